@@ -1,0 +1,702 @@
+//! Configuration: TOML text -> `RawConfig` (serde, unknown keys rejected) -> `validate` -> typed `Config`.
+//!
+//! `Config::from_toml_str` is the pure unit tests call; `Config::load` is the thin IO wrapper.
+//! Every error names the key (and the file, when there is one) so an operator can fix it
+//! without reading code. Components receive only their own section.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// A configuration problem, always naming where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: key `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The validated, typed configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Base URL clients use to reach the proxy; `None` derives it from each request's `Host`.
+    pub public_url: Option<Url>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Glance API base URLs, in order of preference.
+    pub urls: Vec<Url>,
+    /// Further origins that Glance may put in absolute links (e.g. its `public_endpoint`).
+    pub rewrite_origins: Vec<Url>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub failure_backoff: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// `None` when disabled (an empty `listen`).
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `glance_cache_proxy=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Command-line overrides, applied on top of the file (or the defaults).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstreams: Vec<String>,
+    pub public_url: Option<String>,
+    pub cache_dir: Option<String>,
+    pub cache_max_size: Option<String>,
+    pub metrics_listen: Option<String>,
+}
+
+// === raw (serde) form ===
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub upstream: RawUpstream,
+    pub cache: RawCache,
+    pub metrics: RawMetrics,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub public_url: String,
+    pub max_connections: usize,
+    pub header_read_timeout: String,
+    pub drain_timeout: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:9393".into(),
+            public_url: String::new(),
+            max_connections: 4096,
+            header_read_timeout: "30s".into(),
+            drain_timeout: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub urls: Vec<String>,
+    pub rewrite_origins: Vec<String>,
+    pub connect_timeout: String,
+    pub response_timeout: String,
+    pub body_idle_timeout: String,
+    pub failure_backoff: String,
+    pub pool_idle_timeout: String,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            urls: vec!["http://127.0.0.1:9292".into()],
+            rewrite_origins: Vec::new(),
+            connect_timeout: "5s".into(),
+            response_timeout: "5m".into(),
+            body_idle_timeout: "5m".into(),
+            failure_backoff: "10s".into(),
+            pool_idle_timeout: "90s".into(),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// A byte size written either as an integer or as a string such as `500MiB`, `10GiB`, `2GB`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub dir: String,
+    pub max_size: RawSize,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            dir: "/var/cache/glance-cache-proxy".into(),
+            max_size: RawSize::Text("10GiB".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    pub listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: "127.0.0.1:9394".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults are valid by construction; a unit test proves it.
+        match RawConfig::default().validate("defaults") {
+            Ok(config) => config,
+            Err(e) => panic!("built-in defaults are invalid: {e}"),
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate TOML text; `origin` (a file name) prefixes every error.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_str_with(text, origin, &Overrides::default())
+    }
+
+    /// As `from_toml_str`, with command-line overrides applied before validation.
+    pub fn from_toml_str_with(
+        text: &str,
+        origin: &str,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        raw.apply(overrides);
+        raw.validate_with_flags(origin, overrides)
+    }
+
+    /// Read `path` (or use the defaults when `None`) and apply `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Self::from_toml_str_with(&text, &path.display().to_string(), overrides)
+            }
+            None => {
+                let mut raw = RawConfig::default();
+                raw.apply(overrides);
+                raw.validate_with_flags("defaults", overrides)
+            }
+        }
+    }
+
+    /// The effective configuration as TOML, as `--check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        let raw = RawConfig {
+            server: RawServer {
+                listen: self.server.listen.to_string(),
+                public_url: self
+                    .server
+                    .public_url
+                    .as_ref()
+                    .map(Url::to_string)
+                    .unwrap_or_default(),
+                max_connections: self.server.max_connections,
+                header_read_timeout: fmt_duration(self.server.header_read_timeout),
+                drain_timeout: fmt_duration(self.server.drain_timeout),
+            },
+            upstream: RawUpstream {
+                urls: self.upstream.urls.iter().map(Url::to_string).collect(),
+                rewrite_origins: self
+                    .upstream
+                    .rewrite_origins
+                    .iter()
+                    .map(Url::to_string)
+                    .collect(),
+                connect_timeout: fmt_duration(self.upstream.connect_timeout),
+                response_timeout: fmt_duration(self.upstream.response_timeout),
+                body_idle_timeout: fmt_duration(self.upstream.body_idle_timeout),
+                failure_backoff: fmt_duration(self.upstream.failure_backoff),
+                pool_idle_timeout: fmt_duration(self.upstream.pool_idle_timeout),
+                pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
+            },
+            cache: RawCache {
+                dir: self.cache.dir.display().to_string(),
+                max_size: RawSize::Bytes(self.cache.max_size),
+            },
+            metrics: RawMetrics {
+                listen: self
+                    .metrics
+                    .listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            },
+            log: RawLog {
+                level: self.log.level.clone(),
+                format: self.log.format,
+            },
+        };
+        // Serializing plain strings and integers cannot fail.
+        toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+// === impl RawConfig ===
+
+impl RawConfig {
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.listen {
+            self.server.listen = v.clone();
+        }
+        if !o.upstreams.is_empty() {
+            self.upstream.urls = o.upstreams.clone();
+        }
+        if let Some(v) = &o.public_url {
+            self.server.public_url = v.clone();
+        }
+        if let Some(v) = &o.cache_dir {
+            self.cache.dir = v.clone();
+        }
+        if let Some(v) = &o.cache_max_size {
+            self.cache.max_size = RawSize::Text(v.clone());
+        }
+        if let Some(v) = &o.metrics_listen {
+            self.metrics.listen = v.clone();
+        }
+    }
+
+    /// Validate after overrides; an error in an overridden key names the flag too.
+    fn validate_with_flags(self, origin: &str, o: &Overrides) -> Result<Config, ConfigError> {
+        self.validate(origin).map_err(|e| match e {
+            ConfigError::Invalid {
+                origin,
+                key,
+                message,
+            } => {
+                let flag = flag_for_key(&key, o);
+                let origin = match flag {
+                    Some(flag) => format!("command line {flag}"),
+                    None => origin,
+                };
+                ConfigError::Invalid {
+                    origin,
+                    key,
+                    message,
+                }
+            }
+            other => other,
+        })
+    }
+
+    /// Turn the raw strings into typed values, naming the key of the first bad one.
+    pub fn validate(self, origin: &str) -> Result<Config, ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let listen = parse_addr(&self.server.listen).map_err(|m| bad("server.listen", m))?;
+        let public_url = if self.server.public_url.trim().is_empty() {
+            None
+        } else {
+            Some(parse_base_url(&self.server.public_url).map_err(|m| bad("server.public_url", m))?)
+        };
+        if self.server.max_connections == 0 {
+            return Err(bad("server.max_connections", "must be at least 1".into()));
+        }
+        let header_read_timeout = parse_duration(&self.server.header_read_timeout)
+            .map_err(|m| bad("server.header_read_timeout", m))?;
+        let drain_timeout = parse_duration(&self.server.drain_timeout)
+            .map_err(|m| bad("server.drain_timeout", m))?;
+
+        if self.upstream.urls.is_empty() {
+            return Err(bad(
+                "upstream.urls",
+                "at least one upstream URL is needed".into(),
+            ));
+        }
+        let mut urls = Vec::new();
+        for (i, u) in self.upstream.urls.iter().enumerate() {
+            let url = parse_base_url(u).map_err(|m| bad(&format!("upstream.urls[{i}]"), m))?;
+            if url.scheme() != "http" {
+                return Err(bad(
+                    &format!("upstream.urls[{i}]"),
+                    format!(
+                        "unsupported scheme `{}` (only http:// for now)",
+                        url.scheme()
+                    ),
+                ));
+            }
+            urls.push(url);
+        }
+        let mut rewrite_origins = Vec::new();
+        for (i, u) in self.upstream.rewrite_origins.iter().enumerate() {
+            rewrite_origins.push(
+                parse_base_url(u).map_err(|m| bad(&format!("upstream.rewrite_origins[{i}]"), m))?,
+            );
+        }
+        let upstream = UpstreamConfig {
+            urls,
+            rewrite_origins,
+            connect_timeout: parse_duration(&self.upstream.connect_timeout)
+                .map_err(|m| bad("upstream.connect_timeout", m))?,
+            response_timeout: parse_duration(&self.upstream.response_timeout)
+                .map_err(|m| bad("upstream.response_timeout", m))?,
+            body_idle_timeout: parse_duration(&self.upstream.body_idle_timeout)
+                .map_err(|m| bad("upstream.body_idle_timeout", m))?,
+            failure_backoff: parse_duration(&self.upstream.failure_backoff)
+                .map_err(|m| bad("upstream.failure_backoff", m))?,
+            pool_idle_timeout: parse_duration(&self.upstream.pool_idle_timeout)
+                .map_err(|m| bad("upstream.pool_idle_timeout", m))?,
+            pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
+        };
+        for (key, d) in [
+            ("upstream.connect_timeout", upstream.connect_timeout),
+            ("upstream.response_timeout", upstream.response_timeout),
+            ("upstream.body_idle_timeout", upstream.body_idle_timeout),
+            ("server.header_read_timeout", header_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be greater than zero".into()));
+            }
+        }
+
+        if self.cache.dir.trim().is_empty() {
+            return Err(bad("cache.dir", "must not be empty".into()));
+        }
+        let max_size = parse_size(&self.cache.max_size).map_err(|m| bad("cache.max_size", m))?;
+
+        let metrics_listen = if self.metrics.listen.trim().is_empty() {
+            None
+        } else {
+            Some(parse_addr(&self.metrics.listen).map_err(|m| bad("metrics.listen", m))?)
+        };
+        if self.log.level.trim().is_empty() {
+            return Err(bad("log.level", "must not be empty".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            bad(
+                "log.level",
+                format!("invalid filter `{}`: {e}", self.log.level),
+            )
+        })?;
+
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                public_url,
+                max_connections: self.server.max_connections,
+                header_read_timeout,
+                drain_timeout,
+            },
+            upstream,
+            cache: CacheConfig {
+                dir: PathBuf::from(self.cache.dir),
+                max_size,
+            },
+            metrics: MetricsConfig {
+                listen: metrics_listen,
+            },
+            log: LogConfig {
+                level: self.log.level,
+                format: self.log.format,
+            },
+        })
+    }
+}
+
+fn flag_for_key(key: &str, o: &Overrides) -> Option<&'static str> {
+    match key {
+        "server.listen" if o.listen.is_some() => Some("--listen"),
+        "server.public_url" if o.public_url.is_some() => Some("--public-url"),
+        "cache.dir" if o.cache_dir.is_some() => Some("--cache-dir"),
+        "cache.max_size" if o.cache_max_size.is_some() => Some("--cache-max-size"),
+        "metrics.listen" if o.metrics_listen.is_some() => Some("--metrics-listen"),
+        k if k.starts_with("upstream.urls") && !o.upstreams.is_empty() => Some("--upstream"),
+        _ => None,
+    }
+}
+
+// === value parsers (pure) ===
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an ADDR:PORT socket address (e.g. 127.0.0.1:9393)"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration such as 30s, 5m or 1h: {e}"))
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A base URL: http(s), a host, no query or fragment; the trailing slash is dropped.
+fn parse_base_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{s}`: scheme must be http or https"));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("`{s}`: a host is needed"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{s}`: no query or fragment allowed"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("`{s}`: no credentials allowed in the URL"));
+    }
+    Ok(url)
+}
+
+/// Sizes: a byte count, or a number with a unit: `500MiB`, `10GiB`, `2GB` (decimal), `1.5 TiB`.
+pub fn parse_size(raw: &RawSize) -> Result<u64, String> {
+    match raw {
+        RawSize::Bytes(n) => Ok(*n),
+        RawSize::Text(s) => {
+            let t = s.trim();
+            if let Ok(n) = t.parse::<u64>() {
+                return Ok(n);
+            }
+            t.parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| {
+                    format!("`{s}` is not a size such as 1073741824, 500MiB, 10GiB or 2GB: {e}")
+                })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_err(text: &str, expect: &[&str]) {
+        let err = Config::from_toml_str(text, "test.toml")
+            .expect_err("config should be rejected")
+            .to_string();
+        for e in expect {
+            assert!(err.contains(e), "error {err:?} lacks {e:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9393");
+        assert_eq!(c.upstream.urls[0].as_str(), "http://127.0.0.1:9292/");
+        assert_eq!(c.cache.max_size, 10 * 1024 * 1024 * 1024);
+        assert_eq!(Config::from_toml_str("", "empty.toml").ok(), Some(c));
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../config/glance-cache-proxy.toml");
+        let c = Config::from_toml_str(text, "config/glance-cache-proxy.toml")
+            .unwrap_or_else(|e| panic!("example config: {e}"));
+        assert_eq!(
+            c,
+            Config::default(),
+            "the example must document the defaults"
+        );
+    }
+
+    #[test]
+    fn example_file_documents_every_key() {
+        let text = include_str!("../config/glance-cache-proxy.toml");
+        let printed = Config::default().to_toml();
+        let mut section = String::new();
+        for line in printed.lines() {
+            if let Some(s) = line.strip_prefix('[') {
+                section = s.trim_end_matches(']').to_string();
+                assert!(
+                    text.contains(&format!("[{section}]")),
+                    "missing [{section}]"
+                );
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{key} ="))
+                        || l.starts_with(&format!("# {key} ="))),
+                    "example lacks key {section}.{key}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        check_err(
+            "[server]\nlisten_addr = \"1.2.3.4:1\"\n",
+            &["test.toml", "listen_addr"],
+        );
+        check_err("[cahce]\ndir = \"/x\"\n", &["test.toml", "cahce"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        check_err(
+            "[server]\nlisten = \"nope\"\n",
+            &["test.toml", "server.listen"],
+        );
+        check_err(
+            "[upstream]\nurls = [\"http://a:1\", \"ftp://b\"]\n",
+            &["upstream.urls[1]", "http"],
+        );
+        check_err("[upstream]\nurls = []\n", &["upstream.urls"]);
+        check_err(
+            "[upstream]\nconnect_timeout = \"5 parsecs\"\n",
+            &["upstream.connect_timeout"],
+        );
+        check_err(
+            "[upstream]\nresponse_timeout = \"0s\"\n",
+            &["upstream.response_timeout"],
+        );
+        check_err("[cache]\nmax_size = \"lots\"\n", &["cache.max_size"]);
+        check_err(
+            "[server]\nmax_connections = 0\n",
+            &["server.max_connections"],
+        );
+        check_err("[log]\nformat = \"xml\"\n", &["test.toml", "xml"]);
+        check_err(
+            "[server]\npublic_url = \"http://p/?x=1\"\n",
+            &["server.public_url"],
+        );
+        check_err("[server\n", &["test.toml"]);
+    }
+
+    #[test]
+    fn sizes() {
+        let cases: &[(&str, u64)] = &[
+            ("1048576", 1 << 20),
+            ("500MiB", 500 << 20),
+            ("10GiB", 10 << 30),
+            ("2GB", 2_000_000_000),
+            ("1.5 GiB", 3 << 29),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                parse_size(&RawSize::Text(text.to_string())),
+                Ok(*want),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_size(&RawSize::Bytes(7)), Ok(7));
+        assert!(parse_size(&RawSize::Text("-1".into())).is_err());
+        assert!(parse_size(&RawSize::Text("12 parsecs".into())).is_err());
+    }
+
+    #[test]
+    fn overrides_apply_and_name_the_flag() {
+        let o = Overrides {
+            listen: Some("0.0.0.0:8000".into()),
+            upstreams: vec!["http://a:1".into(), "http://b:2/image".into()],
+            cache_max_size: Some("2GB".into()),
+            metrics_listen: Some(String::new()),
+            ..Default::default()
+        };
+        let c = Config::from_toml_str_with("", "f.toml", &o).expect("valid");
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8000");
+        assert_eq!(c.upstream.urls.len(), 2);
+        assert_eq!(c.upstream.urls[1].path(), "/image");
+        assert_eq!(c.cache.max_size, 2_000_000_000);
+        assert_eq!(c.metrics.listen, None);
+
+        let o = Overrides {
+            upstreams: vec!["not a url".into()],
+            ..Default::default()
+        };
+        let err = Config::from_toml_str_with("", "f.toml", &o)
+            .expect_err("bad flag")
+            .to_string();
+        assert!(
+            err.contains("--upstream") && err.contains("upstream.urls[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn printed_config_round_trips() {
+        let c = Config::default();
+        let again = Config::from_toml_str(&c.to_toml(), "printed").expect("round trip");
+        assert_eq!(c, again);
+    }
+}

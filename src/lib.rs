@@ -1,0 +1,19 @@
+//! glance-cache-proxy: a caching reverse proxy for the OpenStack Image service (Glance).
+//!
+//! Codemap, in reading order (see ARCHITECTURE.md for the invariants):
+//! - `config`: TOML -> validated, typed `Config`; every error names its key and file.
+//! - `app`: builds the components from the config and runs the listener.
+//! - `server`: accept loop, connection limit, graceful drain; per request: classify,
+//!   dispatch, error-to-response, access log.
+//! - `route`: pure (method, path) -> `Route`, including Glance's `/v2.N` prefixes.
+//! - `upstream`: the only outbound HTTP: pool, failover, timeouts, header rules, link rewriting.
+//! - `error`: the proxy's own errors and the one table that turns them into responses.
+//! - `body`: the response body type and the idle-timeout wrapper.
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod route;
+pub mod server;
+pub mod upstream;

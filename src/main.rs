@@ -1,0 +1,126 @@
+//! The `glance-cache-proxy` binary: command line, config check, logging, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use glance_cache_proxy::config::{Config, LogFormat, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a bad configuration or command line (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+/// A caching reverse proxy for the OpenStack Image service (Glance).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (default: built-in defaults, see config/glance-cache-proxy.toml).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Address of the API listener (server.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Upstream Glance URL; repeat for several, most preferred first (upstream.urls).
+    #[arg(long = "upstream", value_name = "URL")]
+    upstreams: Vec<String>,
+    /// URL clients reach the proxy at, for rewritten links (server.public_url).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// Cache directory (cache.dir).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<String>,
+    /// Cache size bound: bytes, or 500MiB, 10GiB, 2GB (cache.max_size).
+    #[arg(long, value_name = "SIZE")]
+    cache_max_size: Option<String>,
+    /// Address of the metrics listener; empty disables it (metrics.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        upstreams: cli.upstreams,
+        public_url: cli.public_url,
+        cache_dir: cli.cache_dir,
+        cache_max_size: cli.cache_max_size,
+        metrics_listen: cli.metrics_listen,
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("glance-cache-proxy: configuration error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.check_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("glance-cache-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listen = config.server.listen;
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(%listen, error = %e, "cannot bind the API listener (server.listen)");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            %listen,
+            upstreams = ?config.upstream.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+            version = env!("CARGO_PKG_VERSION"),
+            "glance-cache-proxy listening"
+        );
+        glance_cache_proxy::app::run(config, listener, shutdown_signal()).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// `RUST_LOG`, when set, wins over `log.level`.
+fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The API listener: accept loop under a connection limit, HTTP/1.1 connections with a
+//! header-read timeout, and graceful drain on shutdown.
+
+mod request;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::app::App;
+
+/// Serve `listener` until `shutdown` resolves, then stop accepting and let open connections
+/// finish for at most the configured drain timeout.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let cfg = app.config.server.clone();
+    // One permit per open connection; the accept loop waits for a free permit, so excess
+    // clients queue in the kernel backlog instead of exhausting file descriptors.
+    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .keep_alive(true);
+    let mut accept_backoff = Duration::from_millis(5);
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(accept_backoff).await;
+                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        accept_backoff = Duration::from_millis(5);
+        let _ = stream.set_nodelay(true);
+        let conn_app = Arc::clone(&app);
+        let service = service_fn(move |req| request::handle(Arc::clone(&conn_app), req, peer));
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    tracing::info!(deadline = ?cfg.drain_timeout, "shutting down: no new connections, draining");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(cfg.drain_timeout) => {
+            tracing::warn!("drain deadline passed, closing the remaining connections");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! One request: classify, dispatch, turn errors into responses, and write one access-log line
+//! when the response body is finished (or abandoned).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use url::Url;
+
+use crate::app::App;
+use crate::body::{BoxError, ProxyBody};
+use crate::error;
+use crate::route::{self, Route};
+use crate::upstream::Downstream;
+
+const REQUEST_ID: &str = "x-openstack-request-id";
+
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let route = route::classify(req.method(), req.uri().path());
+    let mut record = AccessRecord {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        route: route.as_str(),
+        status: 0,
+        bytes: 0,
+        upstream: String::from("-"),
+        request_id: header_str(req.headers(), REQUEST_ID).unwrap_or_default(),
+        error: None,
+        complete: false,
+        started,
+    };
+    let public_url = public_url(&app, req.headers());
+    let down = Downstream {
+        client_ip: peer.ip(),
+        public_url: &public_url,
+        rewrite_body: route == Route::Versions,
+    };
+    // Image data, deletes and the rest all pass through until the cache claims them.
+    let response = match app.upstream.forward(req, &down).await {
+        Ok(forwarded) => {
+            record.upstream = app.upstream.label(forwarded.upstream).to_string();
+            forwarded.response
+        }
+        Err(e) => {
+            if record.request_id.is_empty() {
+                record.request_id = format!("req-{}", uuid::Uuid::new_v4());
+            }
+            record.error = Some(format!("{} ({}): {e}", e.reason(), e.side().as_str()));
+            error::respond(&e, &record.request_id)
+        }
+    };
+    if let Some(id) = header_str(response.headers(), REQUEST_ID) {
+        record.request_id = id;
+    }
+    record.status = response.status().as_u16();
+    if response.status() == StatusCode::NO_CONTENT || response.body().is_end_stream() {
+        record.complete = true;
+    }
+    Ok(response.map(|body| {
+        Logged {
+            inner: body,
+            record,
+        }
+        .boxed_unsync()
+    }))
+}
+
+/// The URL clients reach the proxy at: configured, or `http://` + the request's Host.
+fn public_url(app: &App, headers: &HeaderMap) -> Url {
+    if let Some(url) = &app.config.server.public_url {
+        return url.clone();
+    }
+    header_str(headers, "host")
+        .and_then(|host| Url::parse(&format!("http://{host}")).ok())
+        .filter(|url| url.path() == "/" && url.host_str().is_some())
+        .unwrap_or_else(|| app.listen_url.clone())
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Everything the access-log line says about one request.
+struct AccessRecord {
+    method: String,
+    path: String,
+    route: &'static str,
+    status: u16,
+    bytes: u64,
+    upstream: String,
+    request_id: String,
+    error: Option<String>,
+    complete: bool,
+    started: Instant,
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            upstream = %self.upstream,
+            request_id = %self.request_id,
+            route = self.route,
+            outcome = if self.complete { "complete" } else { "aborted" },
+            error = self.error.as_deref().unwrap_or(""),
+        );
+    }
+}
+
+/// Response body wrapper that counts bytes and logs the request when it is done or dropped.
+struct Logged {
+    inner: ProxyBody,
+    record: AccessRecord,
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.record.error = Some(format!("response body failed: {e}"));
+            }
+            Poll::Ready(None) => this.record.complete = true,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,329 @@
+//! The only outbound HTTP: a pooled hyper client over the configured Glance upstreams, with
+//! preference order, failover, backoff and timeouts, plus response post-processing (hop-by-hop
+//! headers, link rewriting, body idle timeout).
+
+pub mod body;
+pub mod headers;
+pub mod health;
+pub mod rewrite;
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{request, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use url::Url;
+
+use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
+use crate::config::UpstreamConfig;
+use crate::error::Error;
+use body::BodySlot;
+use headers::ForwardedFor;
+use health::Health;
+use rewrite::LinkRewriter;
+
+/// Version documents are small (about 2 KB); anything far larger is not one.
+const MAX_REWRITTEN_BODY: usize = 1 << 20;
+
+type OutBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// One configured Glance endpoint.
+#[derive(Debug)]
+struct Target {
+    base: Url,
+    /// `Host` header value for requests to it.
+    host: HeaderValue,
+}
+
+/// What `forward` needs to know about the client side of a request.
+pub struct Downstream<'a> {
+    pub client_ip: IpAddr,
+    /// Base URL at which clients reach the proxy; links are rewritten to it.
+    pub public_url: &'a Url,
+    /// Rewrite JSON links in the response body (version documents).
+    pub rewrite_body: bool,
+}
+
+/// A response from an upstream, with which upstream answered.
+pub struct Forwarded {
+    pub response: Response<ProxyBody>,
+    pub upstream: usize,
+}
+
+/// The upstream Glance pool.
+pub struct Upstream {
+    client: Client<HttpConnector, OutBody>,
+    targets: Vec<Target>,
+    /// std Mutex: held for a few instructions, never across an await.
+    health: Mutex<Health>,
+    links: LinkRewriter,
+    response_timeout: Duration,
+    body_idle_timeout: Duration,
+}
+
+/// Why one attempt failed.
+enum AttemptError {
+    Connect(String),
+    Timeout,
+    Other(String),
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .build(connector);
+        let targets = cfg
+            .urls
+            .iter()
+            .filter_map(|url| {
+                let host = url.host_str()?;
+                let value = match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_string(),
+                };
+                Some(Target {
+                    base: url.clone(),
+                    host: HeaderValue::from_str(&value).ok()?,
+                })
+            })
+            .collect();
+        Upstream {
+            client,
+            targets,
+            health: Mutex::new(Health::new(cfg.urls.len(), cfg.failure_backoff)),
+            links: LinkRewriter::new(cfg.urls.iter().chain(cfg.rewrite_origins.iter())),
+            response_timeout: cfg.response_timeout,
+            body_idle_timeout: cfg.body_idle_timeout,
+        }
+    }
+
+    /// The label of upstream `index` for logs.
+    pub fn label(&self, index: usize) -> &str {
+        self.targets
+            .get(index)
+            .map(|t| t.base.as_str().trim_end_matches('/'))
+            .unwrap_or("-")
+    }
+
+    /// Forward a client request upstream and prepare the response for the client.
+    pub async fn forward<B>(
+        &self,
+        req: Request<B>,
+        down: &Downstream<'_>,
+    ) -> Result<Forwarded, Error>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        let fwd_host = match down.public_url.host_str() {
+            Some(host) => match down.public_url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            },
+            None => String::new(),
+        };
+        let fwd = ForwardedFor {
+            client_ip: down.client_ip,
+            host: (!fwd_host.is_empty()).then_some(fwd_host.as_str()),
+            proto: down.public_url.scheme(),
+        };
+        // Host is set per attempt; the rest of the preparation is the same for every upstream.
+        headers::prepare_request(&mut parts.headers, &HeaderValue::from_static(""), &fwd);
+        let (response, upstream) = self.send(parts, body).await?;
+        let response = self.prepare_response(response, down).await?;
+        Ok(Forwarded { response, upstream })
+    }
+
+    /// Send with failover: a refused connection, or a 502/503 answer, moves on to the next
+    /// upstream while the request can still be replayed (no body, or body not yet sent).
+    pub async fn send<B>(
+        &self,
+        parts: request::Parts,
+        body: B,
+    ) -> Result<(Response<Incoming>, usize), Error>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let slot = BodySlot::new(body);
+        let order = self.lock_health().order(Instant::now());
+        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let mut last_error = String::from("no upstream configured");
+        for (n, &index) in order.iter().enumerate() {
+            let Some(target) = self.targets.get(index) else {
+                continue;
+            };
+            let more = n + 1 < order.len();
+            let req = build_request(target, &parts, slot.attempt().boxed_unsync())?;
+            match self.attempt(req, &slot).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let unavailable = matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                    );
+                    if unavailable {
+                        self.lock_health().failed(index, Instant::now());
+                        if more && slot.replayable() {
+                            tracing::warn!(upstream = self.label(index), %status, "upstream unavailable, trying the next one");
+                            continue;
+                        }
+                    } else {
+                        self.lock_health().succeeded(index);
+                    }
+                    return Ok((resp, index));
+                }
+                Err(AttemptError::Connect(e)) => {
+                    self.lock_health().failed(index, Instant::now());
+                    tracing::warn!(upstream = self.label(index), error = %e, "upstream connection failed");
+                    last_error = format!("{}: {e}", self.label(index));
+                    if !(more && slot.replayable()) {
+                        break;
+                    }
+                }
+                Err(AttemptError::Timeout) => return Err(Error::Timeout(self.response_timeout)),
+                Err(AttemptError::Other(e)) => {
+                    self.lock_health().failed(index, Instant::now());
+                    tracing::warn!(upstream = self.label(index), error = %e, "upstream request failed");
+                    last_error = format!("{}: {e}", self.label(index));
+                    if !(more && idempotent && slot.replayable()) {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(Error::Unreachable(last_error))
+    }
+
+    /// One attempt: wait for the response head. The clock restarts whenever request body
+    /// bytes move, so only `response_timeout` of silence after the last byte times out.
+    async fn attempt(
+        &self,
+        req: Request<OutBody>,
+        slot: &BodySlot<impl Body>,
+    ) -> Result<Response<Incoming>, AttemptError> {
+        let fut = self.client.request(req);
+        tokio::pin!(fut);
+        let mut seen = slot.bytes_sent();
+        loop {
+            match tokio::time::timeout(self.response_timeout, &mut fut).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) if e.is_connect() => return Err(AttemptError::Connect(error_chain(&e))),
+                Ok(Err(e)) => return Err(AttemptError::Other(error_chain(&e))),
+                Err(_) => {
+                    let now = slot.bytes_sent();
+                    if now == seen {
+                        return Err(AttemptError::Timeout);
+                    }
+                    seen = now;
+                }
+            }
+        }
+    }
+
+    async fn prepare_response(
+        &self,
+        resp: Response<Incoming>,
+        down: &Downstream<'_>,
+    ) -> Result<Response<ProxyBody>, Error> {
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let rewritten = parts
+                .headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| self.links.rewrite(v, down.public_url))
+                .and_then(|v| HeaderValue::from_str(&v).ok());
+            if let Some(v) = rewritten {
+                parts.headers.insert(name, v);
+            }
+        }
+        let is_version_doc = down.rewrite_body || parts.status == StatusCode::MULTIPLE_CHOICES;
+        let is_json = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        if !(is_version_doc && is_json && !parts.headers.contains_key(CONTENT_ENCODING)) {
+            let body = IdleTimeout::new(body, self.body_idle_timeout).boxed_unsync();
+            return Ok(Response::from_parts(parts, body));
+        }
+        let collected = tokio::time::timeout(
+            self.body_idle_timeout,
+            Limited::new(body, MAX_REWRITTEN_BODY).collect(),
+        )
+        .await
+        .map_err(|_| Error::Timeout(self.body_idle_timeout))?
+        .map_err(|e| Error::BadUpstream(format!("version document: {e}")))?
+        .to_bytes();
+        let bytes = match self.links.rewrite_json(&collected, down.public_url) {
+            Some(rewritten) => Bytes::from(rewritten),
+            None => collected,
+        };
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        // A panic while holding this lock cannot leave Health inconsistent (plain stores).
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The request for one attempt at `target`: its base URL joined with the client's path.
+fn build_request(
+    target: &Target,
+    parts: &request::Parts,
+    body: OutBody,
+) -> Result<Request<OutBody>, Error> {
+    let base = target.base.as_str().trim_end_matches('/');
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: Uri = format!("{base}{path_and_query}")
+        .parse()
+        .map_err(|e| Error::BadRequest(format!("cannot forward request target: {e}")))?;
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = parts.headers.clone();
+    req.headers_mut()
+        .insert(http::header::HOST, target.host.clone());
+    Ok(req)
+}
+
+/// "outer: inner: innermost", for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
