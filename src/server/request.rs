@@ -149,6 +149,10 @@ impl Body for Logged {
                 if let Some(data) = frame.data_ref() {
                     this.record.bytes += data.len() as u64;
                 }
+                // hyper stops polling once a sized body has delivered its length.
+                if this.inner.is_end_stream() {
+                    this.record.complete = true;
+                }
             }
             Poll::Ready(Some(Err(e))) => {
                 this.record.error = Some(format!("response body failed: {e}"));

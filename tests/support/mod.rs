@@ -1,0 +1,567 @@
+//! Test support: `FakeGlance` (an in-process Glance stand-in that injects faults), `TestProxy`
+//! (the real proxy library on 127.0.0.1:0) and small HTTP client helpers.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use glance_cache_proxy::config::Config;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type FakeBody = BoxBody<Bytes, BoxError>;
+
+/// Faults the fake applies to the requests it serves, until changed.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Answer this status (with a Glance-like JSON body) to the next N requests.
+    pub status: Option<(u16, usize)>,
+    /// Read the whole request body before answering `status`.
+    pub status_after_body: bool,
+    /// Wait this long before sending response headers.
+    pub stall_head: Option<Duration>,
+    /// Image downloads: stop with a broken connection after this many bytes.
+    pub drop_after: Option<usize>,
+    /// Image downloads: stop sending (but keep the connection) after this many bytes.
+    pub stall_after: Option<usize>,
+    /// Image downloads without Content-Length (chunked), as Glance's cache tee sends them.
+    pub chunked: bool,
+    /// Image downloads: pause between 64 KiB chunks.
+    pub drip: Option<Duration>,
+}
+
+/// One request as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+    pub body_sha256: String,
+}
+
+#[derive(Default)]
+struct State {
+    url: String,
+    images: Mutex<HashMap<String, Bytes>>,
+    faults: Mutex<Faults>,
+    seen: Mutex<Vec<Seen>>,
+    next_id: AtomicUsize,
+}
+
+/// An in-process Glance stand-in on 127.0.0.1:0.
+///
+/// Routes: `GET /` (300) and `GET /versions` (200) with absolute hrefs at its own URL,
+/// `GET /v2` (302, absolute Location), `POST /v2/images` (201, absolute Location),
+/// `PUT /v2/images/{id}/file` (204), `GET /v2/images/{id}/file` (data with `Content-MD5`),
+/// `GET /v2/images/{id}`; any other request is echoed back as JSON (method, path, headers,
+/// body length and sha256).
+pub struct FakeGlance {
+    pub addr: SocketAddr,
+    pub url: String,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl FakeGlance {
+    pub async fn start() -> FakeGlance {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake glance");
+        let addr = listener.local_addr().expect("local addr");
+        let url = format!("http://{addr}");
+        let state = Arc::new(State {
+            url: url.clone(),
+            ..Default::default()
+        });
+        let task_state = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = Arc::clone(&task_state);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| serve(Arc::clone(&st), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeGlance {
+            addr,
+            url,
+            state,
+            task,
+        }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults.lock().expect("faults lock") = faults;
+    }
+
+    pub fn add_image(&self, id: &str, data: Bytes) {
+        self.state
+            .images
+            .lock()
+            .expect("images lock")
+            .insert(id.to_string(), data);
+    }
+
+    pub fn image(&self, id: &str) -> Option<Bytes> {
+        self.state
+            .images
+            .lock()
+            .expect("images lock")
+            .get(id)
+            .cloned()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("seen lock").clone()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.seen.lock().expect("seen lock").len()
+    }
+}
+
+impl Drop for FakeGlance {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<FakeBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let faults = state.faults.lock().expect("faults lock").clone();
+    let path = parts.uri.path().to_string();
+    let mut seen = Seen {
+        method: parts.method.to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body_len: 0,
+        body_sha256: String::new(),
+    };
+
+    let injected = {
+        let mut f = state.faults.lock().expect("faults lock");
+        match f.status {
+            Some((code, n)) if n > 0 => {
+                f.status = Some((code, n - 1));
+                Some(code)
+            }
+            _ => None,
+        }
+    };
+    let body_bytes = if injected.is_some() && !faults.status_after_body {
+        Bytes::new()
+    } else {
+        match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Ok(status(StatusCode::BAD_REQUEST, "body read failed")),
+        }
+    };
+    seen.body_len = body_bytes.len();
+    seen.body_sha256 = hex::encode(Sha256::digest(&body_bytes));
+    state.seen.lock().expect("seen lock").push(seen.clone());
+
+    if let Some(d) = faults.stall_head {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(code) = injected {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(status(code, "injected fault"));
+    }
+
+    let segments: Vec<&str> = path.split('/').collect();
+    let method = parts.method.as_str();
+    let resp = match (method, segments.as_slice()) {
+        ("GET", ["", ""]) => versions(&state.url, StatusCode::MULTIPLE_CHOICES),
+        ("GET", ["", "versions"]) => versions(&state.url, StatusCode::OK),
+        // Glance answers an unknown version prefix with the 300 document.
+        (_, ["", "v1", ..]) => versions(&state.url, StatusCode::MULTIPLE_CHOICES),
+        ("GET", ["", "v2"]) => Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", format!("{}/v2/", state.url))
+            .body(full(Bytes::new()))
+            .expect("valid response"),
+        ("POST", ["", "v2", "images"]) => {
+            let id = format!("img-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .header("location", format!("{}/v2/images/{id}", state.url))
+                .header("content-type", "application/json")
+                .header("x-openstack-request-id", request_id(&parts.headers))
+                .body(full(Bytes::from(format!(
+                    "{{\"id\": \"{id}\", \"status\": \"queued\"}}"
+                ))))
+                .expect("valid response")
+        }
+        ("PUT", ["", "v2", "images", id, "file"]) => {
+            state
+                .images
+                .lock()
+                .expect("images lock")
+                .insert(id.to_string(), body_bytes.clone());
+            Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .header("x-openstack-request-id", request_id(&parts.headers))
+                .body(full(Bytes::new()))
+                .expect("valid response")
+        }
+        ("GET", ["", "v2", "images", id, "file"]) => {
+            let data = state.images.lock().expect("images lock").get(*id).cloned();
+            match data {
+                Some(data) => image_data(data, &faults, &parts.headers),
+                None => status(StatusCode::NOT_FOUND, "No image found"),
+            }
+        }
+        ("GET", ["", "v2", "images", id]) => {
+            let size = state
+                .images
+                .lock()
+                .expect("images lock")
+                .get(*id)
+                .map(|d| d.len());
+            match size {
+                Some(size) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"id": id, "status": "active", "size": size}),
+                ),
+                None => status(StatusCode::NOT_FOUND, "No image found"),
+            }
+        }
+        _ => {
+            let headers: HashMap<String, Vec<String>> = seen
+                .headers
+                .keys()
+                .map(|k| {
+                    let vals = seen
+                        .headers
+                        .get_all(k)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect();
+                    (k.as_str().to_string(), vals)
+                })
+                .collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "method": seen.method,
+                    "path": seen.path_and_query,
+                    "headers": headers,
+                    "body_len": seen.body_len,
+                    "body_sha256": seen.body_sha256,
+                }),
+            )
+        }
+    };
+    Ok(resp)
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-openstack-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| "req-fake-0001".to_string())
+}
+
+fn image_data(data: Bytes, faults: &Faults, headers: &HeaderMap) -> Response<FakeBody> {
+    let md5 = hex::encode(Md5::digest(&data));
+    let len = data.len();
+    let limit = faults
+        .drop_after
+        .or(faults.stall_after)
+        .unwrap_or(len)
+        .min(len);
+    let chunks: Vec<Bytes> = (0..limit)
+        .step_by(64 * 1024)
+        .map(|start| data.slice(start..(start + 64 * 1024).min(limit)))
+        .collect();
+    let drip = faults.drip;
+    let drop = faults.drop_after.is_some();
+    let stall = faults.stall_after.is_some();
+    let stream = async_stream(chunks, drip, drop, stall);
+    let mut b = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/octet-stream")
+        .header("content-md5", md5)
+        .header("x-openstack-request-id", request_id(headers));
+    if !faults.chunked {
+        b = b.header("content-length", len);
+    }
+    b.body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("valid response")
+}
+
+/// The download body: chunks (optionally dripped), then an error (drop) or a hang (stall).
+fn async_stream(
+    chunks: Vec<Bytes>,
+    drip: Option<Duration>,
+    drop: bool,
+    stall: bool,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+    tokio::spawn(async move {
+        for chunk in chunks {
+            if let Some(d) = drip {
+                tokio::time::sleep(d).await;
+            }
+            if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                return;
+            }
+        }
+        if drop {
+            let _ = tx.send(Err("injected drop".into())).await;
+        } else if stall {
+            tx.closed().await; // hold the stream open until the reader goes away
+        }
+    });
+    let mut rx = rx;
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn versions(base: &str, code: StatusCode) -> Response<FakeBody> {
+    let entries: Vec<serde_json::Value> = ["v2.17", "v2.15", "v2.0"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            serde_json::json!({
+                "id": id,
+                "status": if i == 0 { "CURRENT" } else { "SUPPORTED" },
+                "links": [{"rel": "self", "href": format!("{base}/v2/")}],
+            })
+        })
+        .collect();
+    json(code, serde_json::json!({ "versions": entries }))
+}
+
+fn json(code: StatusCode, v: serde_json::Value) -> Response<FakeBody> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(full(Bytes::from(v.to_string())))
+        .expect("valid response")
+}
+
+fn status(code: StatusCode, msg: &str) -> Response<FakeBody> {
+    json(
+        code,
+        serde_json::json!({"message": msg, "code": code.to_string(), "title": code.canonical_reason()}),
+    )
+}
+
+fn full(b: Bytes) -> FakeBody {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+// === the proxy under test ===
+
+/// The proxy library running on 127.0.0.1:0.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A config for tests: `extra` is TOML appended to short test timeouts and the upstreams.
+pub fn config(upstreams: &[&str], extra: &str) -> Config {
+    let urls: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    let text = format!(
+        "[upstream]\nurls = [{}]\nconnect_timeout = \"2s\"\nresponse_timeout = \"10s\"\nbody_idle_timeout = \"10s\"\n{extra}",
+        urls.join(", ")
+    );
+    let text = merge_sections(&text);
+    Config::from_toml_str(&text, "test config").unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// Let `extra` override keys of the `[upstream]` section given above it: later keys win.
+fn merge_sections(text: &str) -> String {
+    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            current = line.to_string();
+            if !sections.iter().any(|(s, _)| *s == current) {
+                sections.push((current.clone(), Vec::new()));
+            }
+        } else if let Some((k, v)) = line.split_once('=') {
+            if let Some((_, keys)) = sections.iter_mut().find(|(s, _)| *s == current) {
+                keys.retain(|(key, _)| key != k.trim());
+                keys.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    sections
+        .iter()
+        .map(|(s, keys)| {
+            let body: Vec<String> = keys.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{s}\n{}\n", body.join("\n"))
+        })
+        .collect()
+}
+
+impl TestProxy {
+    pub async fn start(config: Config) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(glance_cache_proxy::app::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        TestProxy {
+            addr,
+            url: format!("http://{addr}"),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Signal shutdown; returns the task so a test can wait for the drain.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("proxy task present")
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+// === client helpers ===
+
+/// A response read completely (or as far as the connection allowed).
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The body ended with an error (aborted connection) rather than cleanly.
+    pub body_error: Option<String>,
+}
+
+impl Got {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Send one request on a fresh connection and read the whole response.
+pub async fn send(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Got {
+    let uri: http::Uri = url.parse().expect("test URL");
+    let authority = uri.authority().expect("authority").to_string();
+    let stream = TcpStream::connect(&authority).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header("host", authority);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("request");
+    let resp = sender.send_request(req).await.expect("response head");
+    read(resp).await
+}
+
+pub async fn get(url: &str) -> Got {
+    send(url, "GET", &[], Bytes::new()).await
+}
+
+pub async fn read(resp: Response<Incoming>) -> Got {
+    let (parts, mut body) = resp.into_parts();
+    let mut buf = Vec::new();
+    let mut body_error = None;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    buf.extend_from_slice(d);
+                }
+            }
+            Err(e) => {
+                body_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: Bytes::from(buf),
+        body_error,
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
+pub fn pattern(len: usize, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// A 127.0.0.1 port with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
