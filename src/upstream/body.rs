@@ -43,7 +43,7 @@ impl<B: Body> BodySlot<B> {
             slot: Arc::clone(&self.body),
             body: None,
             empty: self.empty,
-            hint: self.hint.clone(),
+            hint: self.hint,
             sent: Arc::clone(&self.sent),
         }
     }
@@ -117,7 +117,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 

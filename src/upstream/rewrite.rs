@@ -49,7 +49,7 @@ impl LinkRewriter {
     pub fn new<'a>(urls: impl IntoIterator<Item = &'a Url>) -> Self {
         let mut bases: Vec<Base> = urls.into_iter().filter_map(Base::new).collect();
         // Longest path first, so "http://h/image" wins over "http://h".
-        bases.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        bases.sort_by_key(|b| std::cmp::Reverse(b.path.len()));
         bases.dedup();
         LinkRewriter { bases }
     }

@@ -282,6 +282,13 @@ async fn serve(
             )
         }
     };
+    let mut resp = resp;
+    // Like Glance: every v2 response carries a request id (the client's, if it sent one).
+    if path.starts_with("/v2/") && !resp.headers().contains_key("x-openstack-request-id") {
+        if let Ok(v) = http::HeaderValue::from_str(&request_id(&parts.headers)) {
+            resp.headers_mut().insert("x-openstack-request-id", v);
+        }
+    }
     Ok(resp)
 }
 

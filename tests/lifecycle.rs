@@ -1,0 +1,268 @@
+//! Process and connection lifecycle: graceful drain on shutdown, the connection limit, the
+//! header-read timeout, and the real binary's CLI (`--check-config`, config errors, SIGTERM).
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{config, get, pattern, FakeGlance, Faults, TestProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_glance-cache-proxy");
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_lets_transfers_finish() {
+    let glance = FakeGlance::start().await;
+    let mut proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(2 << 20, 7);
+    glance.add_image("img", data.clone());
+    // 32 chunks, 40 ms apart: the transfer takes about 1.3 s.
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(40)),
+        ..Default::default()
+    });
+    let url = format!("{}/v2/images/img/file", proxy.url);
+    let transfer = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let task = proxy.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "the listener must be closed once shutdown begins"
+    );
+    let got = transfer.await.expect("transfer task");
+    assert!(
+        got.body_error.is_none(),
+        "in-flight transfer was cut: {:?}",
+        got.body_error
+    );
+    assert!(got.body == data);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("proxy stops once drained")
+        .expect("proxy task");
+}
+
+#[tokio::test]
+async fn the_drain_deadline_bounds_shutdown() {
+    let glance = FakeGlance::start().await;
+    let mut proxy = TestProxy::start(config(
+        &[&glance.url],
+        "[server]\ndrain_timeout = \"500ms\"\n",
+    ))
+    .await;
+    glance.add_image("img", pattern(1 << 20, 8));
+    glance.set_faults(Faults {
+        stall_after: Some(64 << 10),
+        ..Default::default()
+    });
+    let url = format!("{}/v2/images/img/file", proxy.url);
+    let transfer = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let task = proxy.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown must not wait past the drain deadline")
+        .expect("proxy task");
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(transfer);
+}
+
+#[tokio::test]
+async fn the_connection_limit_queues_further_clients() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "[server]\nmax_connections = 1\n")).await;
+    let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
+    first
+        .write_all(b"GET /v2/a HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 256];
+    let n = first.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    // The first connection is open (keep-alive): a second client is not served yet.
+    let url = format!("{}/v2/b", proxy.url);
+    let second = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "served beyond max_connections");
+    drop(first);
+    let got = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served once a connection is free")
+        .expect("task");
+    assert_eq!(got.status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_is_disconnected() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        "[server]\nheader_read_timeout = \"300ms\"\n",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /v2/images HTTP/1.1\r\nHost: p\r\n")
+        .await
+        .expect("partial head");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the connection must be closed after the header timeout"
+    );
+    assert_eq!(glance.requests(), 0);
+}
+
+// === the real binary ===
+
+#[test]
+fn check_config_prints_the_effective_config() {
+    let out = Command::new(BIN)
+        .args([
+            "--check-config",
+            "--config",
+            "config/glance-cache-proxy.toml",
+        ])
+        .args([
+            "--upstream",
+            "http://10.0.0.1:9292",
+            "--upstream",
+            "http://10.0.0.2:9292",
+        ])
+        .args(["--cache-max-size", "500MiB", "--listen", "0.0.0.0:9393"])
+        .output()
+        .expect("run binary");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"0.0.0.0:9393\""), "{text}");
+    assert!(
+        text.contains("urls = [\"http://10.0.0.1:9292/\", \"http://10.0.0.2:9292/\"]"),
+        "{text}"
+    );
+    assert!(text.contains("max_size = 524288000"), "{text}");
+
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .output()
+        .expect("run binary");
+    assert!(
+        out.status.success(),
+        "no config file: the defaults must work"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key_and_file_and_exit_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    for (text, key) in [
+        (
+            "[upstream]\nconnect_timeout = \"soon\"\n",
+            "upstream.connect_timeout",
+        ),
+        ("[server]\nlisten_on = \"x\"\n", "listen_on"),
+    ] {
+        std::fs::write(&path, text).expect("write config");
+        let out = Command::new(BIN)
+            .args(["--check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run binary");
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key) && err.contains("bad.toml"), "{err}");
+    }
+    let out = Command::new(BIN)
+        .args(["--check-config", "--cache-max-size", "huge"])
+        .output()
+        .expect("run binary");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cache-max-size") && err.contains("cache.max_size"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent/glance-cache-proxy.toml"])
+        .output()
+        .expect("run binary");
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test]
+async fn the_binary_serves_logs_and_exits_0_on_sigterm() {
+    let glance = FakeGlance::start().await;
+    let port = support::closed_port().await.port();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &glance.url,
+        ])
+        .args(["--metrics-listen", ""])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn binary");
+    let url = format!("http://127.0.0.1:{port}/v2/images");
+    let mut status = None;
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            status = Some(get(&url).await.status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status.map(|s| s.as_u16()), Some(200));
+
+    let pid = child.id().expect("pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(0));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("read stderr");
+    let access = stderr
+        .lines()
+        .find(|l| l.contains("access") && l.contains("path=/v2/images"))
+        .unwrap_or_else(|| panic!("no access line in: {stderr}"));
+    for field in [
+        "method=GET",
+        "status=200",
+        "bytes=",
+        "duration_ms=",
+        "upstream=http://127.0.0.1:",
+        "request_id=req-",
+    ] {
+        assert!(access.contains(field), "{field} missing from {access}");
+    }
+}
