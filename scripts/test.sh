@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit, integration and tidy tests (cargo test), then the end-to-end
+# suite against a real Glance with the real clients (scripts/e2e.sh, which installs the
+# Glance venv it needs). Everything binds 127.0.0.1 only.
+#
+#   scripts/test.sh            # all tests
+#   SKIP_E2E=1 scripts/test.sh # Rust tests only
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== cargo test"
+cargo test --all-targets --locked
+
+if [[ ${SKIP_E2E:-0} == 1 ]]; then
+    echo "== end-to-end tests skipped (SKIP_E2E=1)"
+    exit 0
+fi
+echo "== end-to-end tests against a real Glance"
+scripts/e2e.sh
