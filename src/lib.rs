@@ -9,9 +9,11 @@
 //! - `upstream`: the only outbound HTTP: pool, failover, timeouts, header rules, link rewriting.
 //! - `error`: the proxy's own errors and the one table that turns them into responses.
 //! - `body`: the response body type and the idle-timeout wrapper.
+//! - `cache`: the image cache (`cache::verify`: digests and their comparison).
 
 pub mod app;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod route;

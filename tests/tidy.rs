@@ -90,6 +90,7 @@ const PURE: &[&str] = &[
     "src/upstream/health.rs",
     "src/upstream/headers.rs",
     "src/upstream/rewrite.rs",
+    "src/cache/verify.rs",
 ];
 
 #[test]

@@ -1,0 +1,3 @@
+//! The image cache. So far: `verify`, the pure check that bytes are the image Glance recorded.
+
+pub mod verify;
