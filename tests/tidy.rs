@@ -91,6 +91,7 @@ const PURE: &[&str] = &[
     "src/upstream/headers.rs",
     "src/upstream/rewrite.rs",
     "src/cache/verify.rs",
+    "src/cache/index.rs",
 ];
 
 #[test]

@@ -1,3 +1,4 @@
 //! The image cache. So far: `verify`, the pure check that bytes are the image Glance recorded.
 
+pub mod index;
 pub mod verify;
