@@ -1,0 +1,391 @@
+//! The cache on disk: layout, durable publish, removal and the startup recovery scan.
+//!
+//! Layout under `cache.dir`:
+//! - `images/<id>`: a committed image, immutable once renamed into place.
+//! - `images/<id>.meta`: its record (size, digests, commit time), JSON.
+//! - `tmp/`: fills in progress; anything found here at startup is a leftover and is removed.
+//!
+//! Publish order (`Store::commit`): fsync the data and the meta file, rename the meta, rename
+//! the data, fsync `images/`. An entry counts only when both files exist and the data length
+//! equals the recorded size, so a crash at any point leaves either the whole entry or nothing
+//! that the scan keeps. Recency is the data file's mtime, set on each hit, so LRU order
+//! survives a restart without a write per hit to anything but inode metadata.
+
+use std::fs::{self, File, FileTimes, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::verify::{Expected, HashAlgo};
+
+const IMAGES: &str = "images";
+const TMP: &str = "tmp";
+const META_SUFFIX: &str = ".meta";
+
+/// Disk errors, grouped by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache disk is full: {0}")]
+    NoSpace(io::Error),
+    #[error("cache disk error: {0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(28) {
+            StoreError::NoSpace(e)
+        } else {
+            StoreError::Io(e)
+        }
+    }
+}
+
+impl StoreError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::NoSpace(_) => "no_space",
+            StoreError::Io(_) => "io_error",
+        }
+    }
+}
+
+/// What is recorded beside each committed image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub image_id: String,
+    pub size: u64,
+    pub checksum: Option<String>,
+    pub os_hash_algo: Option<String>,
+    pub os_hash_value: Option<String>,
+    /// Commit time, unix milliseconds.
+    pub committed_ms: u64,
+}
+
+impl EntryMeta {
+    pub fn new(image_id: &str, expected: &Expected, committed_ms: u64) -> Self {
+        EntryMeta {
+            image_id: image_id.to_string(),
+            size: expected.size,
+            checksum: expected.md5.clone(),
+            os_hash_algo: expected
+                .os_hash
+                .as_ref()
+                .map(|(a, _)| a.as_str().to_string()),
+            os_hash_value: expected.os_hash.as_ref().map(|(_, v)| v.clone()),
+            committed_ms,
+        }
+    }
+
+    /// The digests this entry was verified against.
+    pub fn expected(&self) -> Expected {
+        Expected {
+            size: self.size,
+            md5: self.checksum.clone(),
+            os_hash: match (&self.os_hash_algo, &self.os_hash_value) {
+                (Some(a), Some(v)) => HashAlgo::parse(a).map(|a| (a, v.clone())),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// An entry found by the startup scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub meta: EntryMeta,
+    /// Last access (data file mtime), unix milliseconds.
+    pub last_access_ms: u64,
+}
+
+/// The result of the startup scan.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub entries: Vec<Recovered>,
+    /// Leftovers removed: partial fills and half-published entries.
+    pub removed: usize,
+}
+
+/// The cache directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    images: PathBuf,
+    tmp: PathBuf,
+}
+
+/// Whether an image id can name a file: Glance ids are UUIDs; anything with a path
+/// separator, a leading dot or odd characters is simply not cached.
+pub fn is_storable_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && !id.ends_with(META_SUFFIX)
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Store {
+    /// Open (creating if needed) the cache directory.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let store = Store {
+            images: dir.join(IMAGES),
+            tmp: dir.join(TMP),
+        };
+        fs::create_dir_all(&store.images)?;
+        fs::create_dir_all(&store.tmp)?;
+        Ok(store)
+    }
+
+    pub fn data_path(&self, id: &str) -> PathBuf {
+        self.images.join(id)
+    }
+
+    fn meta_path(&self, id: &str) -> PathBuf {
+        self.images.join(format!("{id}{META_SUFFIX}"))
+    }
+
+    /// Remove leftovers and return the committed entries. Runs once, before serving.
+    pub fn scan(&self) -> Result<Scan, StoreError> {
+        let mut scan = Scan::default();
+        for entry in fs::read_dir(&self.tmp)? {
+            let path = entry?.path();
+            if remove_file(&path).is_ok() {
+                scan.removed += 1;
+            }
+        }
+        let mut metas = Vec::new();
+        let mut datas = Vec::new();
+        for entry in fs::read_dir(&self.images)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match name.strip_suffix(META_SUFFIX) {
+                Some(id) => metas.push(id.to_string()),
+                None => datas.push(name),
+            }
+        }
+        for id in &metas {
+            match self.read_entry(id) {
+                Some(found) => scan.entries.push(found),
+                None => {
+                    let _ = remove_file(&self.meta_path(id));
+                    let _ = remove_file(&self.data_path(id));
+                    scan.removed += 1;
+                }
+            }
+        }
+        for name in datas {
+            if !metas.contains(&name) && remove_file(&self.images.join(&name)).is_ok() {
+                scan.removed += 1;
+            }
+        }
+        if scan.removed > 0 {
+            sync_dir(&self.images)?;
+        }
+        Ok(scan)
+    }
+
+    fn read_entry(&self, id: &str) -> Option<Recovered> {
+        let text = fs::read(self.meta_path(id)).ok()?;
+        let meta: EntryMeta = serde_json::from_slice(&text).ok()?;
+        if meta.image_id != id || !is_storable_id(id) {
+            return None;
+        }
+        let stat = fs::metadata(self.data_path(id)).ok()?;
+        if !stat.is_file() || stat.len() != meta.size {
+            return None;
+        }
+        let last_access_ms = stat.modified().map(unix_ms).unwrap_or(meta.committed_ms);
+        Some(Recovered {
+            meta,
+            last_access_ms,
+        })
+    }
+
+    /// A new temporary file for a fill of `id`.
+    pub fn create_temp(&self, id: &str) -> Result<(PathBuf, File), StoreError> {
+        let path = self
+            .tmp
+            .join(format!("{id}.{}", uuid::Uuid::new_v4().simple()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Publish a verified fill durably (see the module doc for the order).
+    pub fn commit(&self, temp: &Path, data: &File, meta: &EntryMeta) -> Result<(), StoreError> {
+        data.sync_all()?;
+        let mut meta_temp = temp.as_os_str().to_owned();
+        meta_temp.push(META_SUFFIX);
+        let meta_temp = PathBuf::from(meta_temp);
+        let result = (|| {
+            let mut f = File::create(&meta_temp)?;
+            f.write_all(&serde_json::to_vec(meta).map_err(io::Error::other)?)?;
+            f.sync_all()?;
+            fs::rename(&meta_temp, self.meta_path(&meta.image_id))?;
+            fs::rename(temp, self.data_path(&meta.image_id))?;
+            sync_dir(&self.images)
+        })();
+        if result.is_err() {
+            let _ = remove_file(&meta_temp);
+        }
+        result.map_err(StoreError::from)
+    }
+
+    /// Delete an entry (readers holding the file open keep reading what they opened).
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let meta = remove_file(&self.meta_path(id));
+        let data = remove_file(&self.data_path(id));
+        meta.and(data).map_err(StoreError::from)
+    }
+
+    /// Record an access: the data file's mtime is the LRU tick.
+    pub fn touch(&self, id: &str, when: SystemTime) {
+        if let Ok(f) = File::options().write(true).open(self.data_path(id)) {
+            let _ = f.set_times(FileTimes::new().set_modified(when));
+        }
+    }
+}
+
+fn remove_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    // A rename is durable only once its directory is: fsync the directory itself.
+    File::open(dir)?.sync_all()
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn meta(id: &str, size: u64) -> EntryMeta {
+        EntryMeta {
+            image_id: id.into(),
+            size,
+            checksum: Some("00".into()),
+            os_hash_algo: Some("sha512".into()),
+            os_hash_value: Some("11".into()),
+            committed_ms: 1,
+        }
+    }
+
+    fn fill(store: &Store, id: &str, bytes: &[u8]) -> (PathBuf, File) {
+        let (path, mut file) = store.create_temp(id).expect("temp");
+        file.write_all(bytes).expect("write");
+        (path, file)
+    }
+
+    #[test]
+    fn commit_scan_touch_remove() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (tmp, file) = fill(&store, "img-1", b"abcd");
+        store
+            .commit(&tmp, &file, &meta("img-1", 4))
+            .expect("commit");
+        assert_eq!(fs::read(store.data_path("img-1")).expect("data"), b"abcd");
+
+        let when = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        store.touch("img-1", when);
+        let scan = store.scan().expect("scan");
+        assert_eq!(scan.removed, 0);
+        assert_eq!(scan.entries.len(), 1);
+        assert_eq!(scan.entries[0].meta, meta("img-1", 4));
+        assert_eq!(scan.entries[0].last_access_ms, 1_800_000_000_000);
+        assert_eq!(
+            scan.entries[0].meta.expected().os_hash.map(|(a, _)| a),
+            Some(HashAlgo::Sha512)
+        );
+
+        store.remove("img-1").expect("remove");
+        store.remove("img-1").expect("removing twice is fine");
+        assert!(store.scan().expect("scan").entries.is_empty());
+    }
+
+    #[test]
+    fn scan_removes_every_kind_of_leftover() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        // A fill interrupted mid-way.
+        let _partial = fill(&store, "a", b"part");
+        // A crash between the two renames: meta without data.
+        fs::write(
+            store.meta_path("b"),
+            serde_json::to_vec(&meta("b", 3)).expect("json"),
+        )
+        .expect("meta");
+        // Data without meta.
+        fs::write(store.data_path("c"), b"xyz").expect("data");
+        // Length differs from the record (truncated).
+        fs::write(store.data_path("d"), b"xy").expect("data");
+        fs::write(
+            store.meta_path("d"),
+            serde_json::to_vec(&meta("d", 3)).expect("json"),
+        )
+        .expect("meta");
+        // A torn or foreign meta file.
+        fs::write(store.data_path("e"), b"xyz").expect("data");
+        fs::write(store.meta_path("e"), b"{not json").expect("meta");
+        // One good entry survives.
+        let (tmp, file) = fill(&store, "ok", b"fine");
+        store.commit(&tmp, &file, &meta("ok", 4)).expect("commit");
+
+        let scan = store.scan().expect("scan");
+        let ids: Vec<&str> = scan
+            .entries
+            .iter()
+            .map(|e| e.meta.image_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["ok"]);
+        assert_eq!(scan.removed, 5);
+        let mut left: Vec<String> = fs::read_dir(dir.path().join(IMAGES))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["ok", "ok.meta"]);
+        assert_eq!(fs::read_dir(dir.path().join(TMP)).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn storable_ids() {
+        assert!(is_storable_id("2337d8ce-eb33-4592-b0fa-b6b639b02963"));
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "x.meta",
+            "a b",
+            &"x".repeat(200),
+        ] {
+            assert!(!is_storable_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn enospc_is_told_apart() {
+        let e = StoreError::from(io::Error::from_raw_os_error(28));
+        assert_eq!(e.reason(), "no_space");
+        assert_eq!(StoreError::from(io::Error::other("x")).reason(), "io_error");
+    }
+}
