@@ -6,35 +6,52 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use url::Url;
 
+use crate::cache::store::StoreError;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::upstream::Upstream;
 
 /// The shared state every request sees.
 pub struct App {
     pub config: Config,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
+    /// `None` when `cache.enabled` is false.
+    pub cache: Option<Arc<Cache>>,
     /// Fallback public URL (`http://` + the listen address) for requests without `Host`.
     pub listen_url: Url,
 }
 
 impl App {
-    pub fn new(config: Config, listen_url: Url) -> Self {
-        let upstream = Upstream::new(&config.upstream);
-        App {
+    /// Build the components; opening the cache scans its directory (before serving).
+    pub fn new(config: Config, listen_url: Url) -> Result<Self, StoreError> {
+        let upstream = Arc::new(Upstream::new(&config.upstream));
+        let cache = if config.cache.enabled {
+            Some(Arc::new(Cache::open(&config.cache)?))
+        } else {
+            None
+        };
+        Ok(App {
             config,
             upstream,
+            cache,
             listen_url,
-        }
+        })
     }
 }
 
 /// Run the proxy on an already bound listener until `shutdown` resolves and the drain ends.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// Fails only if the cache directory cannot be opened.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StoreError> {
     let listen_url = listener
         .local_addr()
         .ok()
         .and_then(|a| Url::parse(&format!("http://{a}")).ok())
         .unwrap_or_else(|| Url::parse("http://127.0.0.1/").expect("literal URL is valid"));
-    let app = Arc::new(App::new(config, listen_url));
+    let app = Arc::new(App::new(config, listen_url)?);
     crate::server::serve(listener, app, shutdown).await;
+    Ok(())
 }

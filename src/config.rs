@@ -65,8 +65,16 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
+    /// `false`: every image passes through uncached.
+    pub enabled: bool,
     pub dir: PathBuf,
     pub max_size: u64,
+    /// Cache images whose record has a size but no checksum or os_hash (verified by size only).
+    pub cache_unverified: bool,
+    /// Keep filling when every client of a fill has gone away.
+    pub finish_abandoned_fills: bool,
+    /// ... for at most this long after the last one left.
+    pub abandoned_fill_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,15 +181,23 @@ pub enum RawSize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCache {
+    pub enabled: bool,
     pub dir: String,
     pub max_size: RawSize,
+    pub cache_unverified: bool,
+    pub finish_abandoned_fills: bool,
+    pub abandoned_fill_timeout: String,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
         RawCache {
+            enabled: true,
             dir: "/var/cache/glance-cache-proxy".into(),
             max_size: RawSize::Text("10GiB".into()),
+            cache_unverified: false,
+            finish_abandoned_fills: true,
+            abandoned_fill_timeout: "10m".into(),
         }
     }
 }
@@ -297,8 +313,12 @@ impl Config {
                 pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
             },
             cache: RawCache {
+                enabled: self.cache.enabled,
                 dir: self.cache.dir.display().to_string(),
                 max_size: RawSize::Bytes(self.cache.max_size),
+                cache_unverified: self.cache.cache_unverified,
+                finish_abandoned_fills: self.cache.finish_abandoned_fills,
+                abandoned_fill_timeout: fmt_duration(self.cache.abandoned_fill_timeout),
             },
             metrics: RawMetrics {
                 listen: self
@@ -441,6 +461,8 @@ impl RawConfig {
             return Err(bad("cache.dir", "must not be empty".into()));
         }
         let max_size = parse_size(&self.cache.max_size).map_err(|m| bad("cache.max_size", m))?;
+        let abandoned_fill_timeout = parse_duration(&self.cache.abandoned_fill_timeout)
+            .map_err(|m| bad("cache.abandoned_fill_timeout", m))?;
 
         let metrics_listen = if self.metrics.listen.trim().is_empty() {
             None
@@ -467,8 +489,12 @@ impl RawConfig {
             },
             upstream,
             cache: CacheConfig {
+                enabled: self.cache.enabled,
                 dir: PathBuf::from(self.cache.dir),
                 max_size,
+                cache_unverified: self.cache.cache_unverified,
+                finish_abandoned_fills: self.cache.finish_abandoned_fills,
+                abandoned_fill_timeout,
             },
             metrics: MetricsConfig {
                 listen: metrics_listen,

@@ -17,5 +17,6 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod route;
+pub mod serve;
 pub mod server;
 pub mod upstream;

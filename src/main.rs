@@ -88,9 +88,17 @@ fn main() -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             "glance-cache-proxy listening"
         );
-        glance_cache_proxy::app::run(config, listener, shutdown_signal()).await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
+        let cache_dir = config.cache.dir.clone();
+        match glance_cache_proxy::app::run(config, listener, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(dir = %cache_dir.display(), error = %e, "cannot open the cache directory (cache.dir)");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

@@ -1,5 +1,417 @@
-//! The image cache. So far: `verify`, the pure check that bytes are the image Glance recorded.
+//! The image cache facade: `lookup` -> Hit | Filling | Miss, `begin_fill`, `remove`, `touch`.
+//!
+//! One mutex guards the bookkeeping (index, entry records, fills in progress); it is never
+//! held across an await or a disk write. Disk work goes through `store`, verification through
+//! `verify`, streaming through `fill`. A committed entry is served by the same reader as a
+//! fill, in the `Committed` state.
 
+pub mod fill;
 pub mod index;
 pub mod store;
 pub mod verify;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body::Body;
+use tokio::sync::watch;
+
+use crate::body::BoxError;
+use crate::config::CacheConfig;
+use fill::{Failure, Fill, Lifetime, Progress};
+use index::{Entry, Index, Reservation};
+use store::{unix_ms, EntryMeta, Store, StoreError};
+use verify::Expected;
+
+/// A committed entry as the cache API and hits see it.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub meta: EntryMeta,
+    pub hits: u64,
+    pub last_access_ms: u64,
+}
+
+/// What the cache holds for an image, given what Glance says the image is now.
+pub enum Lookup {
+    Hit(Arc<Fill>),
+    Filling(Arc<Fill>),
+    Miss,
+}
+
+/// The answer to "start filling this image".
+pub enum Begin {
+    /// This request fills; call `Starter::start` with Glance's 200 body, or drop it.
+    Started(Starter),
+    /// Another request is filling it already.
+    Joined(Arc<Fill>),
+    /// Not cached: serve from upstream only.
+    Bypass(&'static str),
+}
+
+/// Fill results since start, by reason (`committed` or a `Failure::reason`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    fills: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Stats {
+    fn count(&self, reason: &'static str) {
+        if let Ok(mut m) = self.fills.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn fills(&self, reason: &str) -> u64 {
+        self.fills
+            .lock()
+            .map(|m| m.get(reason).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+struct State {
+    index: Index,
+    entries: HashMap<String, Cached>,
+    fills: HashMap<String, Arc<Fill>>,
+}
+
+pub struct Cache {
+    store: Store,
+    state: Mutex<State>,
+    config: CacheConfig,
+    pub stats: Stats,
+}
+
+impl Cache {
+    /// Open the cache directory, remove leftovers and rebuild the index from disk.
+    pub fn open(config: &CacheConfig) -> Result<Cache, StoreError> {
+        let store = Store::open(&config.dir)?;
+        let scan = store.scan()?;
+        let mut state = State {
+            index: Index::new(config.max_size),
+            entries: HashMap::new(),
+            fills: HashMap::new(),
+        };
+        let found = scan.entries.len();
+        for rec in scan.entries {
+            let id = rec.meta.image_id.clone();
+            let victims = state.index.restore(
+                &id,
+                Entry {
+                    size: rec.meta.size,
+                    tick: rec.last_access_ms,
+                },
+            );
+            state.entries.insert(
+                id,
+                Cached {
+                    meta: rec.meta,
+                    hits: 0,
+                    last_access_ms: rec.last_access_ms,
+                },
+            );
+            for v in victims {
+                state.entries.remove(&v);
+                let _ = store.remove(&v);
+            }
+        }
+        tracing::info!(
+            dir = %config.dir.display(),
+            entries = state.index.len(),
+            bytes = state.index.committed_bytes(),
+            found,
+            leftovers_removed = scan.removed,
+            "cache opened"
+        );
+        Ok(Cache {
+            store,
+            state: Mutex::new(state),
+            config: config.clone(),
+            stats: Stats::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves State consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the cache has for `id`, if it was verified against the same `expected` digests.
+    /// An entry recorded with other digests (the image changed) is removed.
+    pub fn lookup(&self, id: &str, expected: &Expected) -> Lookup {
+        let stale = {
+            let st = self.lock();
+            if let Some(fill) = st.fills.get(id) {
+                return if fill.expected == *expected {
+                    Lookup::Filling(Arc::clone(fill))
+                } else {
+                    Lookup::Miss
+                };
+            }
+            match st.entries.get(id) {
+                None => return Lookup::Miss,
+                Some(c) => c.meta.expected() != *expected,
+            }
+        };
+        if stale {
+            tracing::info!(image_id = %id, "cached entry no longer matches the image record; evicting");
+            self.remove(id);
+            return Lookup::Miss;
+        }
+        match File::open(self.store.data_path(id)) {
+            Ok(file) => Lookup::Hit(Fill::committed(id, expected.clone(), Arc::new(file))),
+            Err(e) => {
+                tracing::warn!(image_id = %id, error = %e, "cached file cannot be opened; evicting");
+                self.remove(id);
+                Lookup::Miss
+            }
+        }
+    }
+
+    /// Register a fill of `id`, reserving its size (evicting as needed).
+    pub fn begin_fill(self: &Arc<Self>, id: &str, expected: &Expected) -> Begin {
+        if !store::is_storable_id(id) {
+            return Begin::Bypass("bad_id");
+        }
+        if !expected.has_digest() && !self.config.cache_unverified {
+            return Begin::Bypass("no_digest");
+        }
+        if expected.size == 0 {
+            return Begin::Bypass("empty");
+        }
+        let (temp, file) = match self.store.create_temp(id) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(image_id = %id, error = %e, "cannot create a cache file");
+                self.stats.count(e.reason());
+                return Begin::Bypass(e.reason());
+            }
+        };
+        let read_side = match file.try_clone() {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                tracing::error!(image_id = %id, error = %e, "cannot reopen a cache file");
+                return Begin::Bypass("io_error");
+            }
+        };
+        let (victims, fill, tx) = {
+            let mut st = self.lock();
+            if let Some(fill) = st.fills.get(id) {
+                let fill = Arc::clone(fill);
+                drop(st);
+                let _ = std::fs::remove_file(&temp);
+                return Begin::Joined(fill);
+            }
+            let victims = match st.index.reserve(expected.size) {
+                Reservation::Granted { victims } => victims,
+                Reservation::TooLarge => {
+                    drop(st);
+                    let _ = std::fs::remove_file(&temp);
+                    return Begin::Bypass("too_large");
+                }
+                Reservation::NoRoom => {
+                    drop(st);
+                    let _ = std::fs::remove_file(&temp);
+                    return Begin::Bypass("no_room");
+                }
+            };
+            for v in &victims {
+                st.entries.remove(v);
+            }
+            let (fill, tx) = Fill::new(id, expected.clone(), read_side);
+            st.fills.insert(id.to_string(), Arc::clone(&fill));
+            (victims, fill, tx)
+        };
+        for v in victims {
+            tracing::info!(image_id = %v, "evicted to make room");
+            if let Err(e) = self.store.remove(&v) {
+                tracing::warn!(image_id = %v, error = %e, "cannot delete an evicted entry");
+            }
+        }
+        Begin::Started(Starter {
+            cache: Arc::clone(self),
+            fill,
+            tx: Some(tx),
+            temp,
+            file: Some(file),
+        })
+    }
+
+    /// Forget `id`: its entry, and any fill in progress (which then will not publish).
+    pub fn remove(&self, id: &str) {
+        let had = {
+            let mut st = self.lock();
+            st.fills.remove(id);
+            st.entries.remove(id);
+            st.index.remove(id).is_some()
+        };
+        if had {
+            if let Err(e) = self.store.remove(id) {
+                tracing::warn!(image_id = %id, error = %e, "cannot delete a cache entry");
+            }
+        }
+    }
+
+    /// Count a hit that sent every byte, and make the entry the most recently used.
+    pub fn touch(&self, id: &str) {
+        let now = SystemTime::now();
+        let now_ms = unix_ms(now);
+        {
+            let mut st = self.lock();
+            st.index.touch(id, now_ms);
+            if let Some(c) = st.entries.get_mut(id) {
+                c.hits += 1;
+                c.last_access_ms = now_ms;
+            }
+        }
+        self.store.touch(id, now);
+    }
+
+    /// Committed entries, least recently used first.
+    pub fn entries(&self) -> Vec<Cached> {
+        let st = self.lock();
+        st.index
+            .iter_lru()
+            .filter_map(|(id, _)| st.entries.get(id).cloned())
+            .collect()
+    }
+
+    /// (committed bytes, reserved bytes, entries)
+    pub fn usage(&self) -> (u64, u64, usize) {
+        let st = self.lock();
+        (
+            st.index.committed_bytes(),
+            st.index.reserved_bytes(),
+            st.index.len(),
+        )
+    }
+
+    pub fn lifetime(&self, idle_timeout: std::time::Duration) -> Lifetime {
+        Lifetime {
+            finish_abandoned: self.config.finish_abandoned_fills,
+            abandoned_timeout: self.config.abandoned_fill_timeout,
+            idle_timeout,
+        }
+    }
+
+    /// Publish a verified fill; called by the filler task.
+    fn publish(&self, fill: &Arc<Fill>, filled: fill::Filled) -> Result<(), Failure> {
+        let id = &fill.image_id;
+        let still_wanted = {
+            let st = self.lock();
+            st.fills.get(id).is_some_and(|f| Arc::ptr_eq(f, fill))
+        };
+        if !still_wanted {
+            let _ = std::fs::remove_file(&filled.temp);
+            return Err(Failure::Abandoned);
+        }
+        let now = unix_ms(SystemTime::now());
+        let meta = EntryMeta::new(id, &fill.expected, now);
+        if let Err(e) = self.store.commit(&filled.temp, &filled.file, &meta) {
+            tracing::error!(image_id = %id, error = %e, "cannot publish a verified fill");
+            let _ = std::fs::remove_file(&filled.temp);
+            return Err(Failure::Disk {
+                written: fill.expected.size,
+                reason: e.reason(),
+            });
+        }
+        let mut st = self.lock();
+        st.fills.remove(id);
+        st.index.commit(id, fill.expected.size, now);
+        st.entries.insert(
+            id.to_string(),
+            Cached {
+                meta,
+                hits: 0,
+                last_access_ms: now,
+            },
+        );
+        Ok(())
+    }
+
+    fn abandon(&self, fill: &Arc<Fill>, temp: &PathBuf) {
+        let _ = std::fs::remove_file(temp);
+        let mut st = self.lock();
+        if st
+            .fills
+            .get(&fill.image_id)
+            .is_some_and(|f| Arc::ptr_eq(f, fill))
+        {
+            st.fills.remove(&fill.image_id);
+        }
+        st.index.release(fill.expected.size);
+    }
+}
+
+/// The request that started a fill holds this until Glance's answer is known.
+pub struct Starter {
+    cache: Arc<Cache>,
+    fill: Arc<Fill>,
+    tx: Option<watch::Sender<Progress>>,
+    temp: PathBuf,
+    file: Option<File>,
+}
+
+impl Starter {
+    pub fn fill(&self) -> &Arc<Fill> {
+        &self.fill
+    }
+
+    /// Glance answered 200: stream `body` into the cache in a task of its own, which outlives
+    /// the client that started it (see `Lifetime`).
+    pub fn start<B>(mut self, body: B, idle_timeout: std::time::Duration) -> Arc<Fill>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (Some(tx), Some(file)) = (self.tx.take(), self.file.take()) else {
+            return Arc::clone(&self.fill);
+        };
+        let cache = Arc::clone(&self.cache);
+        let fill = Arc::clone(&self.fill);
+        let temp = self.temp.clone();
+        let life = cache.lifetime(idle_timeout);
+        tokio::spawn(async move {
+            let result = fill::run(&fill, &tx, body, temp.clone(), file, life).await;
+            let result = match result {
+                Ok(filled) => {
+                    let c = Arc::clone(&cache);
+                    let f = Arc::clone(&fill);
+                    tokio::task::spawn_blocking(move || c.publish(&f, filled))
+                        .await
+                        .unwrap_or_else(|e| Err(Failure::Upstream(format!("commit task: {e}"))))
+                }
+                Err(f) => Err(f),
+            };
+            match result {
+                Ok(()) => {
+                    cache.stats.count("committed");
+                    tracing::info!(image_id = %fill.image_id, size = fill.expected.size, "cached");
+                    let _ = tx.send(Progress::Committed);
+                }
+                Err(failure) => {
+                    cache.stats.count(failure.reason());
+                    tracing::warn!(image_id = %fill.image_id, reason = failure.reason(), detail = ?failure, "fill failed; nothing kept");
+                    cache.abandon(&fill, &temp);
+                    let _ = tx.send(Progress::Failed(failure));
+                }
+            }
+        });
+        Arc::clone(&self.fill)
+    }
+}
+
+impl Drop for Starter {
+    /// Dropped without `start`: Glance refused or the request failed; undo the registration.
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.cache.abandon(&self.fill, &self.temp);
+            let _ = tx.send(Progress::Failed(Failure::Rejected));
+        }
+    }
+}

@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::body::{BoxError, ProxyBody};
 use crate::error;
 use crate::route::{self, Route};
+use crate::serve;
 use crate::upstream::Downstream;
 
 const REQUEST_ID: &str = "x-openstack-request-id";
@@ -40,6 +41,8 @@ pub async fn handle(
         request_id: header_str(req.headers(), REQUEST_ID).unwrap_or_default(),
         error: None,
         complete: false,
+        cache: "",
+        cache_reason: "",
         started,
     };
     let public_url = public_url(&app, req.headers());
@@ -48,8 +51,27 @@ pub async fn handle(
         public_url: &public_url,
         rewrite_body: route == Route::Versions,
     };
-    // Image data, deletes and the rest all pass through until the cache claims them.
-    let response = match app.upstream.forward(req, &down).await {
+    let result =
+        match &route {
+            Route::ImageData { image_id } => serve::image_data(&app, req, image_id, &down)
+                .await
+                .map(|served| {
+                    record.cache = served.outcome.as_str();
+                    record.cache_reason = served.outcome.reason();
+                    served.forwarded
+                }),
+            Route::ImageDelete { image_id } => {
+                let result = app.upstream.forward(req, &down).await;
+                if let (Ok(f), Some(cache)) = (&result, &app.cache) {
+                    if f.response.status().is_success() {
+                        cache.remove(image_id);
+                    }
+                }
+                result
+            }
+            Route::Versions | Route::Passthrough => app.upstream.forward(req, &down).await,
+        };
+    let response = match result {
         Ok(forwarded) => {
             record.upstream = app.upstream.label(forwarded.upstream).to_string();
             forwarded.response
@@ -107,6 +129,9 @@ struct AccessRecord {
     request_id: String,
     error: Option<String>,
     complete: bool,
+    /// Cache outcome for image data (hit, miss, coalesced, bypass, denied), else empty.
+    cache: &'static str,
+    cache_reason: &'static str,
     started: Instant,
 }
 
@@ -122,6 +147,8 @@ impl Drop for AccessRecord {
             upstream = %self.upstream,
             request_id = %self.request_id,
             route = self.route,
+            cache = self.cache,
+            cache_reason = self.cache_reason,
             outcome = if self.complete { "complete" } else { "aborted" },
             error = self.error.as_deref().unwrap_or(""),
         );

@@ -3,6 +3,7 @@
 //! headers, link rewriting, body idle timeout).
 
 pub mod body;
+pub mod glance;
 pub mod headers;
 pub mod health;
 pub mod rewrite;
@@ -67,7 +68,7 @@ pub struct Upstream {
     health: Mutex<Health>,
     links: LinkRewriter,
     response_timeout: Duration,
-    body_idle_timeout: Duration,
+    pub(crate) body_idle_timeout: Duration,
 }
 
 /// Why one attempt failed.
@@ -132,6 +133,20 @@ impl Upstream {
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = req.into_parts();
+        parts.headers = self.caller_headers(&parts.headers, down);
+        let (response, upstream) = self.send(parts, body).await?;
+        let response = self.prepare_response(response, down).await?;
+        Ok(Forwarded { response, upstream })
+    }
+
+    /// The client's headers as they go upstream: hop-by-hop fields out, `X-Forwarded-*` in.
+    /// `Host` is set per attempt.
+    pub fn caller_headers(
+        &self,
+        client: &http::HeaderMap,
+        down: &Downstream<'_>,
+    ) -> http::HeaderMap {
+        let mut headers = client.clone();
         let fwd_host = match down.public_url.host_str() {
             Some(host) => match down.public_url.port() {
                 Some(port) => format!("{host}:{port}"),
@@ -144,11 +159,8 @@ impl Upstream {
             host: (!fwd_host.is_empty()).then_some(fwd_host.as_str()),
             proto: down.public_url.scheme(),
         };
-        // Host is set per attempt; the rest of the preparation is the same for every upstream.
-        headers::prepare_request(&mut parts.headers, &HeaderValue::from_static(""), &fwd);
-        let (response, upstream) = self.send(parts, body).await?;
-        let response = self.prepare_response(response, down).await?;
-        Ok(Forwarded { response, upstream })
+        headers::prepare_request(&mut headers, &HeaderValue::from_static(""), &fwd);
+        headers
     }
 
     /// Send with failover: a refused connection, or a 502/503 answer, moves on to the next

@@ -44,6 +44,11 @@ pub struct Faults {
     pub chunked: bool,
     /// Image downloads: pause between 64 KiB chunks.
     pub drip: Option<Duration>,
+    /// Image downloads: flip one byte at this offset (the record keeps the true digests).
+    pub flip_at: Option<usize>,
+    /// Downloads (`/file`) answer this status; records still answer 200 (like a reader-only
+    /// role: may see the image, may not download it).
+    pub deny_download: Option<u16>,
 }
 
 /// One request as the fake saw it.
@@ -60,6 +65,8 @@ pub struct Seen {
 struct State {
     url: String,
     images: Mutex<HashMap<String, Bytes>>,
+    /// Full (non-Range) downloads served, per image.
+    downloads: Mutex<HashMap<String, usize>>,
     faults: Mutex<Faults>,
     seen: Mutex<Vec<Seen>>,
     next_id: AtomicUsize,
@@ -140,6 +147,21 @@ impl FakeGlance {
 
     pub fn requests(&self) -> usize {
         self.state.seen.lock().expect("seen lock").len()
+    }
+
+    /// Full downloads of `id` served so far (Range probes not counted).
+    pub fn downloads(&self, id: &str) -> usize {
+        self.state
+            .downloads
+            .lock()
+            .expect("downloads lock")
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn remove_image(&self, id: &str) {
+        self.state.images.lock().expect("images lock").remove(id);
     }
 }
 
@@ -300,8 +322,44 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "req-fake-0001".to_string())
 }
 
+/// `Range: bytes=A-B`, `bytes=A-` or `bytes=-N` on an image: 206, as Glance answers.
+fn ranged(data: &Bytes, range: &str) -> Response<FakeBody> {
+    let len = data.len();
+    let spec = range.strip_prefix("bytes=").unwrap_or("");
+    let (start, end) = match spec.split_once('-') {
+        Some(("", n)) => (
+            len.saturating_sub(n.parse().unwrap_or(0)),
+            len.saturating_sub(1),
+        ),
+        Some((a, "")) => (a.parse().unwrap_or(len), len.saturating_sub(1)),
+        Some((a, b)) => (
+            a.parse().unwrap_or(len),
+            b.parse::<usize>().unwrap_or(0).min(len.saturating_sub(1)),
+        ),
+        None => (len, 0),
+    };
+    if start >= len || start > end {
+        return status(StatusCode::RANGE_NOT_SATISFIABLE, "bad range");
+    }
+    Response::builder()
+        .status(StatusCode::PARTIAL_CONTENT)
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("bytes {start}-{end}/{len}"))
+        .header("content-md5", hex::encode(Md5::digest(data)))
+        .body(full(data.slice(start..=end)))
+        .expect("valid response")
+}
+
 fn image_data(data: Bytes, faults: &Faults, headers: &HeaderMap) -> Response<FakeBody> {
     let md5 = hex::encode(Md5::digest(&data));
+    let data = match faults.flip_at {
+        Some(at) if at < data.len() => {
+            let mut v = data.to_vec();
+            v[at] ^= 0xff;
+            Bytes::from(v)
+        }
+        _ => data,
+    };
     let len = data.len();
     let limit = faults
         .drop_after
@@ -395,6 +453,7 @@ fn full(b: Bytes) -> FakeBody {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub url: String,
+    pub cache_dir: std::path::PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -402,9 +461,16 @@ pub struct TestProxy {
 /// A config for tests: `extra` is TOML appended to short test timeouts and the upstreams.
 pub fn config(upstreams: &[&str], extra: &str) -> Config {
     let urls: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    // Each proxy gets its own cache directory; TestProxy removes it when dropped.
+    let dir = tempfile::Builder::new()
+        .prefix("gcp-test-cache-")
+        .tempdir()
+        .expect("cache tempdir")
+        .keep();
     let text = format!(
-        "[upstream]\nurls = [{}]\nconnect_timeout = \"2s\"\nresponse_timeout = \"10s\"\nbody_idle_timeout = \"10s\"\n{extra}",
-        urls.join(", ")
+        "[upstream]\nurls = [{}]\nconnect_timeout = \"2s\"\nresponse_timeout = \"10s\"\nbody_idle_timeout = \"10s\"\n[cache]\ndir = \"{}\"\n{extra}",
+        urls.join(", "),
+        dir.display()
     );
     let text = merge_sections(&text);
     Config::from_toml_str(&text, "test config").unwrap_or_else(|e| panic!("test config: {e}"))
@@ -442,12 +508,19 @@ impl TestProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(glance_cache_proxy::app::run(config, listener, async move {
-            let _ = rx.await;
-        }));
+        let cache_dir = config.cache.dir.clone();
+        let task = tokio::spawn(async move {
+            let run = glance_cache_proxy::app::run(config, listener, async move {
+                let _ = rx.await;
+            });
+            if let Err(e) = run.await {
+                panic!("proxy failed to start: {e}");
+            }
+        });
         TestProxy {
             addr,
             url: format!("http://{addr}"),
+            cache_dir,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -466,6 +539,9 @@ impl Drop for TestProxy {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
+        }
+        if self.cache_dir.to_string_lossy().contains("gcp-test-cache-") {
+            let _ = std::fs::remove_dir_all(&self.cache_dir);
         }
     }
 }

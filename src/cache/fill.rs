@@ -1,0 +1,418 @@
+//! Fills: one upstream download per image, written to a temporary file and hashed off the IO
+//! path (md5 and the os_hash each on a blocking thread), while any number of readers stream
+//! the growing file to their clients.
+//!
+//! Readers never receive an image's last byte before the fill is verified and committed, so a
+//! bad fill always ends every reader's response with an error (an aborted connection), never a
+//! clean end with wrong bytes. If the disk fails, the fill stops and each reader fetches the
+//! rest of the image from Glance itself (`Fallback`), so clients still get their image.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::cache::verify::{Digests, Expected, Mismatch};
+
+/// Size of each read from the growing file.
+const READ_CHUNK: usize = 256 * 1024;
+/// Chunks queued to the writer and to each hashing thread.
+const PIPE_DEPTH: usize = 32;
+
+/// Where a fill stands; readers watch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Registered; the upstream response head has not been accepted yet.
+    Starting,
+    /// `written` bytes are in the file.
+    Running {
+        written: u64,
+    },
+    /// Verified and published: the whole file may be read.
+    Committed,
+    Failed(Failure),
+}
+
+/// Why a fill did not commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Glance did not answer the download with a usable 200: nothing was written.
+    Rejected,
+    /// The bytes are not the image (length or digest).
+    Mismatch(Mismatch),
+    /// The upstream body broke or stalled.
+    Upstream(String),
+    /// The disk failed after `written` bytes; readers continue from Glance.
+    Disk { written: u64, reason: &'static str },
+    /// Every reader left and the fill was not to finish alone.
+    Abandoned,
+}
+
+impl Failure {
+    /// Bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Rejected => "rejected",
+            Failure::Mismatch(m) => m.reason(),
+            Failure::Upstream(_) => "upstream",
+            Failure::Disk { reason, .. } => reason,
+            Failure::Abandoned => "aborted",
+        }
+    }
+}
+
+/// A fill in progress, shared by its filler and its readers.
+pub struct Fill {
+    pub image_id: String,
+    pub expected: Expected,
+    /// Read side of the temporary file (`pread`, so readers share it without seeking). After
+    /// the commit's rename it is the committed file.
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+    readers: AtomicUsize,
+}
+
+impl Fill {
+    pub fn new(
+        image_id: &str,
+        expected: Expected,
+        file: Arc<File>,
+    ) -> (Arc<Fill>, watch::Sender<Progress>) {
+        let (tx, rx) = watch::channel(Progress::Starting);
+        let fill = Arc::new(Fill {
+            image_id: image_id.to_string(),
+            expected,
+            file,
+            progress: rx,
+            readers: AtomicUsize::new(0),
+        });
+        (fill, tx)
+    }
+
+    /// A committed entry, served through the same reader as a fill.
+    pub fn committed(image_id: &str, expected: Expected, file: Arc<File>) -> Arc<Fill> {
+        // No sender is kept: a committed fill never changes again.
+        let (_, rx) = watch::channel(Progress::Committed);
+        Arc::new(Fill {
+            image_id: image_id.to_string(),
+            expected,
+            file,
+            progress: rx,
+            readers: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// Wait until the fill has left `Starting`; returns the state then.
+    pub async fn started(&self) -> Progress {
+        let mut rx = self.progress.clone();
+        loop {
+            let now = rx.borrow_and_update().clone();
+            if now != Progress::Starting {
+                return now;
+            }
+            if rx.changed().await.is_err() {
+                return Progress::Failed(Failure::Rejected);
+            }
+        }
+    }
+
+    pub fn readers(&self) -> usize {
+        self.readers.load(Ordering::Relaxed)
+    }
+}
+
+/// Options for a fill's lifetime without readers.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetime {
+    /// Keep filling when every client has left.
+    pub finish_abandoned: bool,
+    /// ... but for at most this long after the last one left.
+    pub abandoned_timeout: Duration,
+    /// A stalled upstream body fails the fill after this long.
+    pub idle_timeout: Duration,
+}
+
+/// What the filler hands to its owner when the bytes are in and verified.
+pub struct Filled {
+    pub temp: PathBuf,
+    pub file: File,
+}
+
+/// Stream `body` into `file`, hashing on two blocking threads. Returns the file once every
+/// byte is written and the digests match `fill.expected`.
+pub async fn run<B>(
+    fill: &Fill,
+    progress: &watch::Sender<Progress>,
+    body: B,
+    temp: PathBuf,
+    file: File,
+    life: Lifetime,
+) -> Result<Filled, Failure>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let expected = fill.expected.clone();
+    let md5_part = Expected {
+        os_hash: None,
+        ..expected.clone()
+    };
+    let os_part = Expected {
+        md5: None,
+        ..expected.clone()
+    };
+    let (md5_tx, md5_job) = hasher(md5_part.clone());
+    let (os_tx, os_job) = hasher(os_part.clone());
+    let (disk_tx, mut disk_rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+    let (written_tx, mut written_rx) = watch::channel(0u64);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut written = 0u64;
+        while let Some(chunk) = disk_rx.blocking_recv() {
+            if let Err(e) = file.write_all(&chunk) {
+                return Err((crate::cache::store::StoreError::from(e), written));
+            }
+            written += chunk.len() as u64;
+            let _ = written_tx.send(written);
+        }
+        Ok(file)
+    });
+
+    let mut body = std::pin::pin!(IdleTimeout::new(body, life.idle_timeout));
+    let mut received = 0u64;
+    let mut orphan_since: Option<Instant> = None;
+    let mut failure: Option<Failure> = None;
+    // False once the writer has exited (its progress sender is gone).
+    let mut writer_alive = true;
+    let _ = progress.send(Progress::Running { written: 0 });
+    loop {
+        tokio::select! {
+            biased;
+            changed = written_rx.changed(), if writer_alive => {
+                match changed {
+                    Ok(()) => {
+                        let written = *written_rx.borrow_and_update();
+                        let _ = progress.send(Progress::Running { written });
+                    }
+                    Err(_) => writer_alive = false,
+                }
+                continue;
+            }
+            frame = body.frame() => match frame {
+                None => break,
+                Some(Err(e)) => {
+                    failure = Some(Failure::Upstream(e.to_string()));
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    received += data.len() as u64;
+                    if received > expected.size {
+                        failure = Some(Failure::Mismatch(Mismatch::Length {
+                            expected: expected.size,
+                            actual: received,
+                        }));
+                        break;
+                    }
+                    if disk_tx.send(data.clone()).await.is_err() {
+                        break; // the writer stopped: its error is collected below
+                    }
+                    let _ = md5_tx.send(data.clone()).await;
+                    let _ = os_tx.send(data).await;
+                    if fill.readers() == 0 {
+                        let since = *orphan_since.get_or_insert_with(Instant::now);
+                        if !life.finish_abandoned || since.elapsed() > life.abandoned_timeout {
+                            failure = Some(Failure::Abandoned);
+                            break;
+                        }
+                    } else {
+                        orphan_since = None;
+                    }
+                }
+            }
+        }
+    }
+    drop((disk_tx, md5_tx, os_tx));
+    let written = writer
+        .await
+        .map_err(|e| Failure::Upstream(format!("writer task: {e}")))?;
+    let file = match written {
+        Ok(file) => file,
+        Err((e, written)) => {
+            tracing::error!(image_id = %fill.image_id, error = %e, "cache write failed; the fill continues from upstream for its readers");
+            return Err(Failure::Disk {
+                written,
+                reason: e.reason(),
+            });
+        }
+    };
+    // The writer reported its last progress before exiting; publish it.
+    let _ = progress.send(Progress::Running {
+        written: *written_rx.borrow(),
+    });
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let md5 = md5_job
+        .await
+        .map_err(|e| Failure::Upstream(format!("hash task: {e}")))?;
+    let os = os_job
+        .await
+        .map_err(|e| Failure::Upstream(format!("hash task: {e}")))?;
+    md5.verify(&md5_part).map_err(Failure::Mismatch)?;
+    os.verify(&os_part).map_err(Failure::Mismatch)?;
+    Ok(Filled { temp, file })
+}
+
+/// A blocking thread that hashes what it is sent; `Digests` for what `part` names.
+fn hasher(part: Expected) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Digests>) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+    let job = tokio::task::spawn_blocking(move || {
+        let mut d = Digests::for_expected(&part);
+        while let Some(chunk) = rx.blocking_recv() {
+            d.update(&chunk);
+        }
+        d
+    });
+    (tx, job)
+}
+
+/// Where a reader gets the rest of the image if the fill's disk fails.
+pub struct Fallback {
+    pub upstream: Arc<crate::upstream::Upstream>,
+    pub caller: HeaderMap,
+}
+
+/// A response body that streams `fill` from the start, following its progress.
+pub fn reader(
+    fill: Arc<Fill>,
+    fallback: Option<Fallback>,
+    on_done: impl FnOnce() + Send + 'static,
+) -> ProxyBody {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+    fill.readers.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let complete = follow(&fill, fallback, &tx).await;
+        fill.readers.fetch_sub(1, Ordering::Relaxed);
+        match complete {
+            Ok(()) => on_done(),
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+            }
+        }
+    });
+    let mut rx = rx;
+    http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        .boxed_unsync()
+}
+
+/// Copy the fill to `tx`; `Ok` when every byte was sent after a commit.
+async fn follow(
+    fill: &Fill,
+    fallback: Option<Fallback>,
+    tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) -> Result<(), BoxError> {
+    let size = fill.expected.size;
+    let mut rx = fill.progress.clone();
+    let mut offset = 0u64;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        // Hold back the final byte until the fill is verified.
+        let limit = match &state {
+            Progress::Starting => 0,
+            Progress::Running { written } => (*written).min(size.saturating_sub(1)),
+            Progress::Committed => size,
+            Progress::Failed(Failure::Disk { .. }) => {
+                return match fallback {
+                    Some(fb) => rest_from_upstream(fill, fb, offset, tx).await,
+                    None => Err("cache fill failed on disk".into()),
+                };
+            }
+            Progress::Failed(f) => {
+                return Err(format!(
+                    "image {} failed verification: {}",
+                    fill.image_id,
+                    f.reason()
+                )
+                .into());
+            }
+        };
+        if offset < limit {
+            let len = (limit - offset).min(READ_CHUNK as u64) as usize;
+            let file = Arc::clone(&fill.file);
+            let at = offset;
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+            })
+            .await
+            .map_err(|e| -> BoxError { e.to_string().into() })??;
+            offset += chunk.len() as u64;
+            if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                return Err("client went away".into());
+            }
+            continue;
+        }
+        if offset >= size && state == Progress::Committed {
+            return Ok(());
+        }
+        if rx.changed().await.is_err() {
+            // The filler is gone without a final word: treat as failed.
+            return Err("cache fill ended without a result".into());
+        }
+    }
+}
+
+async fn rest_from_upstream(
+    fill: &Fill,
+    fb: Fallback,
+    offset: u64,
+    tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) -> Result<(), BoxError> {
+    let size = fill.expected.size;
+    let resp = fb
+        .upstream
+        .download_from(&fb.caller, &fill.image_id, offset)
+        .await
+        .map_err(|e| -> BoxError { e.to_string().into() })?;
+    let want = format!("bytes {offset}-{}/{size}", size.saturating_sub(1));
+    let range_ok = resp.status() == http::StatusCode::PARTIAL_CONTENT
+        && resp
+            .headers()
+            .get(http::header::CONTENT_RANGE)
+            .is_some_and(|v| v.as_bytes() == want.as_bytes());
+    if !range_ok {
+        return Err(format!("upstream did not resume at {offset}: {}", resp.status()).into());
+    }
+    let mut body = resp.into_body();
+    let mut sent = offset;
+    while let Some(frame) = body.frame().await {
+        let data = match frame?.into_data() {
+            Ok(d) => d,
+            Err(_) => continue,
+        };
+        sent += data.len() as u64;
+        if sent > size || tx.send(Ok(Frame::data(data))).await.is_err() {
+            return Err("resumed download overran or client left".into());
+        }
+    }
+    if sent == size {
+        Ok(())
+    } else {
+        Err(format!("resumed download ended at {sent} of {size}").into())
+    }
+}

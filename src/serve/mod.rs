@@ -1,0 +1,239 @@
+//! Image data (`GET /v2/images/{id}/file`) through the cache: authorize with the caller's own
+//! credentials, then serve a hit, join a fill in progress, start a fill, or pass through.
+//!
+//! Every answer is Glance's for that caller: the image record and a `Range: bytes=0-0` probe
+//! are requested with the caller's headers, and any non-2xx answer goes back as Glance sent
+//! it. A cached image is never served to a caller Glance would refuse.
+
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::cache::fill::{self, Fallback, Fill, Progress};
+use crate::cache::verify::Expected;
+use crate::cache::{Begin, Cache, Lookup};
+use crate::error::Error;
+use crate::upstream::glance::ImageRecord;
+use crate::upstream::{Downstream, Forwarded};
+use http_body_util::BodyExt;
+
+/// How an image-data request was answered, for the access log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Coalesced,
+    Bypass(&'static str),
+    /// Glance refused the caller (its status went back unchanged).
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Bypass(_) => "bypass",
+            Outcome::Denied => "denied",
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Outcome::Bypass(r) => r,
+            _ => "",
+        }
+    }
+}
+
+pub struct Served {
+    pub forwarded: Forwarded,
+    pub outcome: Outcome,
+}
+
+/// Serve `GET /v2/images/{id}/file`.
+pub async fn image_data(
+    app: &App,
+    req: Request<Incoming>,
+    image_id: &str,
+    down: &Downstream<'_>,
+) -> Result<Served, Error> {
+    let Some(cache) = app.cache.as_ref() else {
+        return bypass(app, req, down, "disabled").await;
+    };
+    // Glance bypasses its cache for ranges; so does the proxy (hits with Range come later).
+    if req.headers().contains_key(RANGE) || req.headers().contains_key(CONTENT_RANGE) {
+        return bypass(app, req, down, "range").await;
+    }
+    let upstream = &app.upstream;
+    let caller = upstream.caller_headers(req.headers(), down);
+    let record = upstream.image_record(&caller, image_id).await?;
+    if record.status != StatusCode::OK {
+        if record.status == StatusCode::NOT_FOUND {
+            cache.remove(image_id);
+        }
+        return Ok(denied(record.into_response()));
+    }
+    let expected = match ImageRecord::parse(&record.body) {
+        Some(r) if r.status == "active" => r.expected(),
+        Some(_) => return bypass(app, req, down, "not_active").await,
+        None => return bypass(app, req, down, "bad_record").await,
+    };
+    let Some(expected) = expected else {
+        return bypass(app, req, down, "no_size").await;
+    };
+
+    let (fill, outcome) = match cache.lookup(image_id, &expected) {
+        Lookup::Hit(fill) => (fill, Outcome::Hit),
+        Lookup::Filling(fill) => (fill, Outcome::Coalesced),
+        Lookup::Miss => match cache.begin_fill(image_id, &expected) {
+            Begin::Joined(fill) => (fill, Outcome::Coalesced),
+            Begin::Bypass(reason) => return bypass(app, req, down, reason).await,
+            Begin::Started(starter) => {
+                // The download itself, with the caller's credentials, is the authorization.
+                let resp = upstream.download(&caller, image_id).await?;
+                if !download_matches(&resp, &expected) {
+                    drop(starter); // undoes the registration
+                    return Ok(Served {
+                        forwarded: passthrough_response(app, resp),
+                        outcome: Outcome::Bypass("upstream_answer"),
+                    });
+                }
+                let request_id = resp.headers().get("x-openstack-request-id").cloned();
+                let fill = starter.start(resp.into_body(), app.config.upstream.body_idle_timeout);
+                let body = reader(cache, &fill, fallback(app, caller), false);
+                return Ok(Served {
+                    forwarded: data_response(&expected, request_id, body),
+                    outcome: Outcome::Miss,
+                });
+            }
+        },
+    };
+
+    // A hit or a join: Glance must say this caller may download the image.
+    let probe = upstream.download_probe(&caller, image_id).await?;
+    if !probe.status.is_success() || probe.status == StatusCode::NO_CONTENT {
+        return Ok(denied(probe.into_response()));
+    }
+    let request_id = probe.request_id().cloned();
+    if outcome == Outcome::Coalesced {
+        match fill.started().await {
+            Progress::Running { .. } | Progress::Committed => {}
+            Progress::Starting | Progress::Failed(_) => {
+                return bypass(app, req, down, "fill_failed").await;
+            }
+        }
+    }
+    let body = reader(cache, &fill, fallback(app, caller), outcome == Outcome::Hit);
+    Ok(Served {
+        forwarded: data_response(&expected, request_id, body),
+        outcome,
+    })
+}
+
+fn fallback(app: &App, caller: HeaderMap) -> Option<Fallback> {
+    Some(Fallback {
+        upstream: Arc::clone(&app.upstream),
+        caller,
+    })
+}
+
+fn reader(
+    cache: &Arc<Cache>,
+    fill: &Arc<Fill>,
+    fallback: Option<Fallback>,
+    hit: bool,
+) -> ProxyBody {
+    let on_done: Box<dyn FnOnce() + Send> = if hit {
+        let cache = Arc::clone(cache);
+        let id = fill.image_id.clone();
+        Box::new(move || cache.touch(&id))
+    } else {
+        Box::new(|| {})
+    };
+    fill::reader(Arc::clone(fill), fallback, on_done)
+}
+
+/// Glance's 200 for the image we expect (Content-Length, when sent, is the record's size).
+fn download_matches<B>(resp: &Response<B>, expected: &Expected) -> bool {
+    resp.status() == StatusCode::OK
+        && resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_none_or(|len| len == expected.size)
+}
+
+/// The response head Glance sends for a full download.
+fn data_response(
+    expected: &Expected,
+    request_id: Option<HeaderValue>,
+    body: ProxyBody,
+) -> Forwarded {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(CONTENT_LENGTH, HeaderValue::from(expected.size));
+    if let Some(md5) = expected
+        .md5
+        .as_ref()
+        .and_then(|m| HeaderValue::from_str(m).ok())
+    {
+        h.insert("content-md5", md5);
+    }
+    if let Some(id) = request_id {
+        h.insert("x-openstack-request-id", id);
+    }
+    Forwarded {
+        response: resp,
+        upstream: 0,
+    }
+}
+
+fn denied(resp: Response<ProxyBody>) -> Served {
+    Served {
+        forwarded: Forwarded {
+            response: resp,
+            upstream: 0,
+        },
+        outcome: Outcome::Denied,
+    }
+}
+
+/// An upstream download answer that is not cacheable goes back as it is.
+fn passthrough_response<B>(app: &App, resp: Response<B>) -> Forwarded
+where
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = resp.into_parts();
+    crate::upstream::headers::strip_hop_by_hop(&mut parts.headers);
+    let body = IdleTimeout::new(body, app.config.upstream.body_idle_timeout).boxed_unsync();
+    Forwarded {
+        response: Response::from_parts(parts, body),
+        upstream: 0,
+    }
+}
+
+async fn bypass(
+    app: &App,
+    req: Request<Incoming>,
+    down: &Downstream<'_>,
+    reason: &'static str,
+) -> Result<Served, Error> {
+    let forwarded = app.upstream.forward(req, down).await?;
+    Ok(Served {
+        forwarded,
+        outcome: Outcome::Bypass(reason),
+    })
+}

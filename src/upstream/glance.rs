@@ -1,0 +1,197 @@
+//! Typed Glance calls made with the caller's own credentials: the image record
+//! (`GET /v2/images/{id}`), the download probe (`GET …/file` with `Range: bytes=0-0`) and the
+//! full download. Parsing of the record is pure and tested here.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use http::{request, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::cache::verify::{Expected, HashAlgo};
+use crate::error::Error;
+use crate::upstream::Upstream;
+
+/// Image records are a few KB; a larger one is not a record.
+const MAX_RECORD: usize = 1 << 20;
+
+/// Request headers that describe the client's own request and not the caller: they are not
+/// copied onto the proxy's side requests.
+const NOT_COPIED: [HeaderName; 5] = [
+    CONTENT_LENGTH,
+    CONTENT_TYPE,
+    RANGE,
+    HeaderName::from_static("content-range"),
+    HeaderName::from_static("if-range"),
+];
+
+/// What the proxy needs from Glance's image record.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ImageRecord {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub checksum: Option<String>,
+    #[serde(default)]
+    pub os_hash_algo: Option<String>,
+    #[serde(default)]
+    pub os_hash_value: Option<String>,
+}
+
+impl ImageRecord {
+    pub fn parse(body: &[u8]) -> Option<ImageRecord> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// The bytes this record promises, or `None` when it promises none (no size yet).
+    /// An `os_hash_algo` the proxy does not know is treated as absent.
+    pub fn expected(&self) -> Option<Expected> {
+        let size = self.size?;
+        let md5 = self.checksum.as_ref().map(|s| s.to_ascii_lowercase());
+        let os_hash = match (&self.os_hash_algo, &self.os_hash_value) {
+            (Some(algo), Some(value)) => {
+                HashAlgo::parse(algo).map(|a| (a, value.to_ascii_lowercase()))
+            }
+            _ => None,
+        };
+        Some(Expected { size, md5, os_hash })
+    }
+}
+
+/// An upstream answer read into memory (small: records, errors, probes).
+pub struct Small {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Small {
+    /// Back into a response for the client, exactly as Glance sent it.
+    pub fn into_response(self) -> Response<crate::body::ProxyBody> {
+        let mut resp = Response::new(crate::body::full(self.body));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+
+    pub fn request_id(&self) -> Option<&HeaderValue> {
+        self.headers.get("x-openstack-request-id")
+    }
+}
+
+impl Upstream {
+    /// `GET /v2/images/{id}` with the caller's headers.
+    pub async fn image_record(&self, caller: &HeaderMap, id: &str) -> Result<Small, Error> {
+        let resp = self
+            .side_request(caller, &format!("/v2/images/{id}"), None)
+            .await?;
+        read_small(resp, self.body_idle_timeout).await
+    }
+
+    /// `GET /v2/images/{id}/file` with `Range: bytes=0-0`: Glance's own answer to "may this
+    /// caller download this image?" (visibility, `download_image` policy, deactivation),
+    /// without transferring the image. The body (one byte, or an error) is read and dropped.
+    pub async fn download_probe(&self, caller: &HeaderMap, id: &str) -> Result<Small, Error> {
+        let range = HeaderValue::from_static("bytes=0-0");
+        let resp = self
+            .side_request(caller, &format!("/v2/images/{id}/file"), Some(range))
+            .await?;
+        read_small(resp, self.body_idle_timeout).await
+    }
+
+    /// The full download, `GET /v2/images/{id}/file`, with the caller's headers.
+    pub async fn download(
+        &self,
+        caller: &HeaderMap,
+        id: &str,
+    ) -> Result<Response<Incoming>, Error> {
+        self.side_request(caller, &format!("/v2/images/{id}/file"), None)
+            .await
+    }
+
+    /// The rest of a download from `offset`, for a reader whose fill lost its disk.
+    pub async fn download_from(
+        &self,
+        caller: &HeaderMap,
+        id: &str,
+        offset: u64,
+    ) -> Result<Response<Incoming>, Error> {
+        let range = HeaderValue::from_str(&format!("bytes={offset}-"))
+            .map_err(|e| Error::BadRequest(e.to_string()))?;
+        self.side_request(caller, &format!("/v2/images/{id}/file"), Some(range))
+            .await
+    }
+
+    async fn side_request(
+        &self,
+        caller: &HeaderMap,
+        path: &str,
+        range: Option<HeaderValue>,
+    ) -> Result<Response<Incoming>, Error> {
+        let mut headers = caller.clone();
+        for name in &NOT_COPIED {
+            headers.remove(name);
+        }
+        if let Some(range) = range {
+            headers.insert(RANGE, range);
+        }
+        let mut req = Request::new(Empty::<Bytes>::new());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = path
+            .parse()
+            .map_err(|e| Error::BadRequest(format!("image id cannot form a path: {e}")))?;
+        *req.headers_mut() = headers;
+        let (parts, body): (request::Parts, _) = req.into_parts();
+        let (resp, _) = self.send(parts, body).await?;
+        Ok(resp)
+    }
+}
+
+async fn read_small(resp: Response<Incoming>, idle: std::time::Duration) -> Result<Small, Error> {
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(idle, Limited::new(body, MAX_RECORD).collect())
+        .await
+        .map_err(|_| Error::Timeout(idle))?
+        .map_err(|e| Error::BadUpstream(format!("reading a small response: {e}")))?
+        .to_bytes();
+    let mut headers = parts.headers;
+    crate::upstream::headers::strip_hop_by_hop(&mut headers);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Ok(Small {
+        status: parts.status,
+        headers,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records() {
+        let body = br#"{"foo": "bar", "name": "example", "size": 5000000, "status": "active",
+            "checksum": "96B258E58FBB34826FF84D86376C3609", "os_hash_algo": "sha512",
+            "os_hash_value": "8374fc3c", "id": "786e1a48-8ce4-4310-9a23-4dbd46a8bdb9"}"#;
+        let r = ImageRecord::parse(body).expect("record");
+        assert_eq!(r.status, "active");
+        let e = r.expected().expect("expected");
+        assert_eq!(e.size, 5_000_000);
+        assert_eq!(e.md5.as_deref(), Some("96b258e58fbb34826ff84d86376c3609"));
+        assert_eq!(e.os_hash, Some((HashAlgo::Sha512, "8374fc3c".to_string())));
+
+        let queued = br#"{"id": "x", "status": "queued", "size": null, "checksum": null,
+            "os_hash_algo": null, "os_hash_value": null}"#;
+        assert_eq!(ImageRecord::parse(queued).and_then(|r| r.expected()), None);
+
+        let unknown_algo = br#"{"id": "x", "status": "active", "size": 3, "os_hash_algo": "blake3", "os_hash_value": "ab"}"#;
+        let e = ImageRecord::parse(unknown_algo)
+            .and_then(|r| r.expected())
+            .expect("sized");
+        assert!(!e.has_digest());
+        assert_eq!(ImageRecord::parse(b"<html>"), None);
+    }
+}
