@@ -258,22 +258,36 @@ async fn serve(
         }
         ("GET", ["", "v2", "images", id, "file"]) => {
             let data = state.images.lock().expect("images lock").get(*id).cloned();
-            match data {
-                Some(data) => image_data(data, &faults, &parts.headers),
-                None => status(StatusCode::NOT_FOUND, "No image found"),
+            let range = parts.headers.get("range").and_then(|v| v.to_str().ok());
+            match (data, faults.deny_download, range) {
+                (None, _, _) => status(StatusCode::NOT_FOUND, "No image found"),
+                (Some(_), Some(code), _) => status(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN),
+                    "download refused",
+                ),
+                (Some(data), None, Some(range)) => ranged(&data, range),
+                (Some(data), None, None) => {
+                    *state
+                        .downloads
+                        .lock()
+                        .expect("downloads lock")
+                        .entry(id.to_string())
+                        .or_default() += 1;
+                    image_data(data, &faults, &parts.headers)
+                }
             }
         }
         ("GET", ["", "v2", "images", id]) => {
-            let size = state
-                .images
-                .lock()
-                .expect("images lock")
-                .get(*id)
-                .map(|d| d.len());
-            match size {
-                Some(size) => json(
+            let data = state.images.lock().expect("images lock").get(*id).cloned();
+            match data {
+                Some(data) => json(
                     StatusCode::OK,
-                    serde_json::json!({"id": id, "status": "active", "size": size}),
+                    serde_json::json!({
+                        "id": id, "status": "active", "size": data.len(),
+                        "checksum": hex::encode(Md5::digest(&data)),
+                        "os_hash_algo": "sha512",
+                        "os_hash_value": hex::encode(sha2::Sha512::digest(&data)),
+                    }),
                 ),
                 None => status(StatusCode::NOT_FOUND, "No image found"),
             }
@@ -505,6 +519,11 @@ fn merge_sections(text: &str) -> String {
 
 impl TestProxy {
     pub async fn start(config: Config) -> TestProxy {
+        // Logs show with `RUST_LOG=info cargo test -- --nocapture`.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,340 @@
+//! The image cache against the fake Glance: miss then hit, verification faults (nothing bad
+//! served cleanly, nothing kept), coalescing, per-caller authorization, eviction by size,
+//! deletes, and a restart that rebuilds the index from disk.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{config, get, pattern, send, FakeGlance, Faults, TestProxy};
+
+fn file_url(proxy: &TestProxy, id: &str) -> String {
+    format!("{}/v2/images/{id}/file", proxy.url)
+}
+
+/// Committed entries on disk (data files, not .meta records).
+fn cached_ids(proxy: &TestProxy) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(proxy.cache_dir.join("images"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".meta"))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Wait (bounded) for a fill to be published or dropped after its last byte went out.
+async fn settle(proxy: &TestProxy, want: &[&str]) {
+    for _ in 0..100 {
+        if cached_ids(proxy) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cached_ids(proxy), want);
+}
+
+#[tokio::test]
+async fn a_miss_fills_and_the_next_request_is_a_hit() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(5 << 20, 11);
+    glance.add_image("img", data.clone());
+
+    for round in 0..3 {
+        let got = get(&file_url(&proxy, "img")).await;
+        assert_eq!(got.status, 200, "round {round}");
+        assert!(got.body_error.is_none());
+        assert!(got.body == data, "round {round}: bytes differ");
+        assert_eq!(got.headers["content-type"], "application/octet-stream");
+        assert_eq!(
+            got.headers["content-length"],
+            data.len().to_string().as_str()
+        );
+        assert_eq!(
+            got.headers["content-md5"],
+            hex::encode(<md5::Md5 as sha2::Digest>::digest(&data)).as_str()
+        );
+        assert!(got.headers.contains_key("x-openstack-request-id"));
+        settle(&proxy, &["img"]).await;
+    }
+    assert_eq!(glance.downloads("img"), 1, "hits must not download again");
+}
+
+#[tokio::test]
+async fn bad_bytes_are_never_served_cleanly_nor_kept() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(3 << 20, 12);
+    glance.add_image("img", data.clone());
+    let faults = [
+        (
+            "flipped byte",
+            Faults {
+                flip_at: Some(1234),
+                ..Default::default()
+            },
+        ),
+        (
+            "flipped last byte",
+            Faults {
+                flip_at: Some(data.len() - 1),
+                ..Default::default()
+            },
+        ),
+        (
+            "short body",
+            Faults {
+                drop_after: Some(data.len() - 10),
+                ..Default::default()
+            },
+        ),
+        (
+            "dropped early",
+            Faults {
+                drop_after: Some(4096),
+                chunked: true,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, fault) in faults {
+        glance.set_faults(fault);
+        let got = get(&file_url(&proxy, "img")).await;
+        assert_eq!(got.status, 200, "{name}");
+        assert!(
+            got.body_error.is_some(),
+            "{name}: the response ended cleanly"
+        );
+        assert!(
+            got.body.len() < data.len(),
+            "{name}: the whole (bad) body was delivered"
+        );
+        settle(&proxy, &[]).await;
+    }
+    // Healthy again: the next request fills and commits.
+    glance.set_faults(Faults::default());
+    let got = get(&file_url(&proxy, "img")).await;
+    assert!(got.body_error.is_none() && got.body == data);
+    settle(&proxy, &["img"]).await;
+}
+
+#[tokio::test]
+async fn a_stalled_fill_aborts_its_reader_and_keeps_nothing() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        "[upstream]\nbody_idle_timeout = \"300ms\"\n",
+    ))
+    .await;
+    glance.add_image("img", pattern(1 << 20, 13));
+    glance.set_faults(Faults {
+        stall_after: Some(100_000),
+        ..Default::default()
+    });
+    let got = tokio::time::timeout(Duration::from_secs(10), get(&file_url(&proxy, "img")))
+        .await
+        .expect("no hang");
+    assert!(got.body_error.is_some());
+    settle(&proxy, &[]).await;
+}
+
+#[tokio::test]
+async fn upstream_refusals_pass_through_and_fill_nothing() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    glance.add_image("img", pattern(1 << 20, 14));
+    // The record is fine but the download is refused (a reader-only role): 403, nothing cached.
+    glance.set_faults(Faults {
+        deny_download: Some(403),
+        ..Default::default()
+    });
+    let got = get(&file_url(&proxy, "img")).await;
+    assert_eq!(got.status, 403);
+    assert_eq!(got.json()["message"], "download refused");
+    settle(&proxy, &[]).await;
+    // A 503 on the record itself.
+    glance.set_faults(Faults {
+        status: Some((503, 1)),
+        ..Default::default()
+    });
+    assert_eq!(get(&file_url(&proxy, "img")).await.status, 503);
+    // Unknown image.
+    glance.set_faults(Faults::default());
+    assert_eq!(get(&file_url(&proxy, "nope")).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_hit_is_refused_when_glance_refuses_the_caller() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 15);
+    glance.add_image("img", data.clone());
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    settle(&proxy, &["img"]).await;
+
+    // Cached, but Glance now refuses downloads to this caller: the hit must refuse too.
+    glance.set_faults(Faults {
+        deny_download: Some(403),
+        ..Default::default()
+    });
+    assert_eq!(get(&file_url(&proxy, "img")).await.status, 403);
+    glance.set_faults(Faults::default());
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+
+    // Deleted in Glance (not through the proxy): 404, and the entry is evicted.
+    glance.remove_image("img");
+    assert_eq!(get(&file_url(&proxy, "img")).await.status, 404);
+    settle(&proxy, &[]).await;
+    assert_eq!(glance.downloads("img"), 1);
+}
+
+#[tokio::test]
+async fn a_changed_image_is_refetched() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    glance.add_image("img", pattern(1 << 20, 16));
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    // Same id, new bytes and digests (cannot happen to an active Glance image, but the
+    // record is the truth): the old entry is dropped and the new bytes are served.
+    let new = pattern(1 << 20, 17);
+    glance.add_image("img", new.clone());
+    let got = get(&file_url(&proxy, "img")).await;
+    assert!(got.body == new);
+    assert_eq!(glance.downloads("img"), 2);
+}
+
+#[tokio::test]
+async fn a_delete_through_the_proxy_evicts() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    glance.add_image("img", pattern(1 << 20, 18));
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    let got = send(
+        &format!("{}/v2/images/img", proxy.url),
+        "DELETE",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.status, 200); // the fake echoes DELETE with 200
+    settle(&proxy, &[]).await;
+}
+
+#[tokio::test]
+async fn concurrent_cold_requests_make_one_upstream_download() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(4 << 20, 19);
+    glance.add_image("img", data.clone());
+    // Slow enough that every request arrives while the fill runs.
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(10)),
+        ..Default::default()
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let url = file_url(&proxy, "img");
+        tasks.push(tokio::spawn(async move { get(&url).await }));
+    }
+    for t in tasks {
+        let got = t.await.expect("task");
+        assert_eq!(got.status, 200);
+        assert!(got.body_error.is_none());
+        assert!(got.body == data);
+    }
+    assert_eq!(glance.downloads("img"), 1);
+    settle(&proxy, &["img"]).await;
+}
+
+#[tokio::test]
+async fn the_fill_survives_its_first_client_leaving() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(2 << 20, 20);
+    glance.add_image("img", data.clone());
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(5)),
+        ..Default::default()
+    });
+    let url = file_url(&proxy, "img");
+    let first = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.abort(); // the client hangs up mid-transfer
+    settle(&proxy, &["img"]).await;
+    glance.set_faults(Faults::default());
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    assert_eq!(glance.downloads("img"), 1);
+}
+
+#[tokio::test]
+async fn least_recently_used_entries_are_evicted_and_too_large_images_pass() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "[cache]\nmax_size = \"3MiB\"\n")).await;
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        glance.add_image(id, pattern(1 << 20, 30 + i as u64));
+    }
+    glance.add_image("huge", pattern(4 << 20, 40));
+    for id in ["a", "b", "c"] {
+        get(&file_url(&proxy, id)).await;
+    }
+    settle(&proxy, &["a", "b", "c"]).await;
+    get(&file_url(&proxy, "a")).await; // a is now more recent than b
+    glance.add_image("d", pattern(1 << 20, 41));
+    get(&file_url(&proxy, "d")).await;
+    settle(&proxy, &["a", "c", "d"]).await;
+
+    let got = get(&file_url(&proxy, "huge")).await;
+    assert!(got.body_error.is_none() && got.body.len() == 4 << 20);
+    settle(&proxy, &["a", "c", "d"]).await;
+}
+
+#[tokio::test]
+async fn ranges_and_uncacheable_ids_pass_through() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 21);
+    glance.add_image("img", data.clone());
+    let got = send(
+        &file_url(&proxy, "img"),
+        "GET",
+        &[("range", "bytes=100-199")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.status, 206);
+    assert_eq!(got.headers["content-range"], "bytes 100-199/1048576");
+    assert!(got.body[..] == data[100..200]);
+    settle(&proxy, &[]).await;
+}
+
+#[tokio::test]
+async fn a_restart_keeps_committed_entries_and_drops_leftovers() {
+    let glance = FakeGlance::start().await;
+    let cfg = config(&[&glance.url], "");
+    let data = pattern(1 << 20, 22);
+    glance.add_image("img", data.clone());
+    let mut first = TestProxy::start(cfg.clone()).await;
+    get(&file_url(&first, "img")).await;
+    settle(&first, &["img"]).await;
+    first.begin_shutdown().await.expect("stopped");
+    std::fs::write(cfg.cache.dir.join("tmp").join("img.partial"), b"leftover").expect("write");
+
+    let second = TestProxy::start(cfg.clone()).await;
+    let got = get(&file_url(&second, "img")).await;
+    assert!(got.body == data);
+    assert_eq!(glance.downloads("img"), 1, "served from the rebuilt index");
+    assert_eq!(
+        std::fs::read_dir(cfg.cache.dir.join("tmp"))
+            .expect("tmp")
+            .count(),
+        0
+    );
+    drop(first);
+}
