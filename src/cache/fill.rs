@@ -253,7 +253,7 @@ where
     let file = match written {
         Ok(file) => file,
         Err((e, written)) => {
-            tracing::error!(image_id = %fill.image_id, error = %e, "cache write failed; the fill continues from upstream for its readers");
+            tracing::debug!(image_id = %fill.image_id, error = %e, written, "cache write failed");
             return Err(Failure::Disk {
                 written,
                 reason: e.reason(),

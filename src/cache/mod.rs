@@ -313,7 +313,7 @@ impl Cache {
         let now = unix_ms(SystemTime::now());
         let meta = EntryMeta::new(id, &fill.expected, now);
         if let Err(e) = self.store.commit(&filled.temp, &filled.file, &meta) {
-            tracing::error!(image_id = %id, error = %e, "cannot publish a verified fill");
+            tracing::debug!(image_id = %id, error = %e, "cannot publish a verified fill");
             let _ = std::fs::remove_file(&filled.temp);
             return Err(Failure::Disk {
                 written: fill.expected.size,
@@ -396,7 +396,12 @@ impl Starter {
                 }
                 Err(failure) => {
                     cache.stats.count(failure.reason());
-                    tracing::warn!(image_id = %fill.image_id, reason = failure.reason(), detail = ?failure, "fill failed; nothing kept");
+                    if let Failure::Disk { written, reason } = &failure {
+                        // Operator action needed (disk full or failing): error level, once.
+                        tracing::error!(image_id = %fill.image_id, reason, written, "cache write failed; nothing kept, readers continue from upstream");
+                    } else {
+                        tracing::warn!(image_id = %fill.image_id, reason = failure.reason(), detail = ?failure, "fill failed; nothing kept");
+                    }
                     cache.abandon(&fill, &temp);
                     let _ = tx.send(Progress::Failed(failure));
                 }

@@ -667,3 +667,57 @@ pub async fn closed_port() -> SocketAddr {
     drop(l);
     addr
 }
+
+// === the real binary ===
+
+/// The proxy binary as a child process (for SIGKILL and disk-full tests).
+pub struct ProxyProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+    pub log: std::path::PathBuf,
+}
+
+impl ProxyProcess {
+    /// Start `program args...` (the binary itself, or a wrapper that execs it) with
+    /// `--listen` on a free port appended, and wait until it answers.
+    pub async fn start(program: &str, args: &[String], log: std::path::PathBuf) -> ProxyProcess {
+        let port = closed_port().await.port();
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                "",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn proxy");
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return ProxyProcess { child, url, log };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "proxy did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let _ = self.child.wait().await;
+    }
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_glance-cache-proxy");

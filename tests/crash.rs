@@ -1,0 +1,170 @@
+//! The real binary under process and disk faults: SIGKILL mid-fill and after a commit, then a
+//! restart on the same directory; a disk that fills up mid-fill (a real ENOSPC from a small
+//! tmpfs, mounted in a private user and mount namespace so no privileges are needed).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{get, pattern, FakeGlance, Faults, ProxyProcess, BIN};
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn args(glance: &FakeGlance, cache: &Path) -> Vec<String> {
+    vec![
+        "--upstream".into(),
+        glance.url.clone(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ]
+}
+
+#[tokio::test]
+async fn sigkill_mid_fill_and_after_commit_leaves_only_correct_bytes() {
+    let glance = FakeGlance::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let data = pattern(4 << 20, 50);
+    glance.add_image("img", data.clone());
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(20)),
+        ..Default::default()
+    });
+
+    let mut proxy =
+        ProxyProcess::start(BIN, &args(&glance, &cache), dir.path().join("1.log")).await;
+    let url = format!("{}/v2/images/img/file", proxy.url);
+    let client = tokio::spawn(async move { get(&url).await });
+    // Wait until the fill has written part of the image, then kill the process hard.
+    let tmp = cache.join("tmp");
+    for _ in 0..200 {
+        let partial = std::fs::read_dir(&tmp)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| e.metadata().ok())
+            .is_some_and(|m| m.len() > 256 * 1024);
+        if partial {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.kill9().await;
+    let got = client.await.expect("client task");
+    assert!(
+        got.body_error.is_some(),
+        "a killed fill must not end cleanly"
+    );
+    assert!(got.body.len() < data.len());
+    assert!(
+        !files_in(&tmp).is_empty(),
+        "the kill should leave a partial file behind"
+    );
+
+    // Restart on the same directory: leftovers go, the image is fetched and verified again.
+    glance.set_faults(Faults::default());
+    let mut proxy =
+        ProxyProcess::start(BIN, &args(&glance, &cache), dir.path().join("2.log")).await;
+    assert!(
+        files_in(&tmp).is_empty(),
+        "leftovers must be removed at start"
+    );
+    assert!(files_in(&cache.join("images")).is_empty());
+    let got = get(&format!("{}/v2/images/img/file", proxy.url)).await;
+    assert!(got.body_error.is_none() && got.body == data);
+    for _ in 0..100 {
+        if files_in(&cache.join("images")) == ["img", "img.meta"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(files_in(&cache.join("images")), ["img", "img.meta"]);
+    let downloads = glance.downloads("img");
+
+    // Killed after the commit: the entry survives and is served as a hit.
+    proxy.kill9().await;
+    let proxy = ProxyProcess::start(BIN, &args(&glance, &cache), dir.path().join("3.log")).await;
+    let got = get(&format!("{}/v2/images/img/file", proxy.url)).await;
+    assert!(got.body_error.is_none() && got.body == data);
+    assert_eq!(
+        glance.downloads("img"),
+        downloads,
+        "served from disk after the restart"
+    );
+    assert!(
+        proxy.log_text().contains("cache=\"hit\""),
+        "{}",
+        proxy.log_text()
+    );
+}
+
+/// Run the proxy with its cache on a 2 MiB tmpfs of its own (user + mount namespace).
+fn tmpfs_wrapper(dir: &Path) -> Option<std::path::PathBuf> {
+    let script = dir.join("with-small-disk.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\nmount -t tmpfs -o size=2m tmpfs \"$CACHE\"\nexec \"$@\"\n",
+    )
+    .ok()?;
+    Command::new("chmod").arg("+x").arg(&script).status().ok()?;
+    Some(script)
+}
+
+#[tokio::test]
+async fn a_full_disk_mid_fill_still_serves_the_whole_image_and_keeps_nothing() {
+    let glance = FakeGlance::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).expect("cache dir");
+    let data = pattern(6 << 20, 51); // 6 MiB onto a 2 MiB disk
+    glance.add_image("img", data.clone());
+    let script = tmpfs_wrapper(dir.path()).expect("wrapper script");
+
+    let mut args = vec![
+        "--user".to_string(),
+        "--map-root-user".into(),
+        "--mount".into(),
+        "env".into(),
+        format!("CACHE={}", cache.display()),
+        script.display().to_string(),
+        BIN.into(),
+    ];
+    args.extend(self::args(&glance, &cache));
+    let proxy = ProxyProcess::start("unshare", &args, dir.path().join("disk.log")).await;
+
+    for round in 0..2 {
+        let got = get(&format!("{}/v2/images/img/file", proxy.url)).await;
+        assert_eq!(got.status, 200);
+        assert!(
+            got.body_error.is_none(),
+            "round {round}: {:?}\n{}",
+            got.body_error,
+            proxy.log_text()
+        );
+        assert!(
+            got.body == data,
+            "round {round}: the client must get the whole, right image"
+        );
+    }
+    let log = proxy.log_text();
+    assert_eq!(
+        log.matches("cache write failed").count(),
+        2,
+        "one error line per failed fill:\n{log}"
+    );
+    assert!(log.contains("reason=\"no_space\""), "{log}");
+    // Nothing was published: every request went to Glance (the rest by a ranged request).
+    assert_eq!(glance.downloads("img"), 2);
+}
