@@ -338,3 +338,52 @@ async fn a_restart_keeps_committed_entries_and_drops_leftovers() {
     );
     drop(first);
 }
+
+#[tokio::test]
+async fn eviction_never_breaks_a_transfer_in_progress() {
+    use http_body_util::BodyExt;
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "[cache]\nmax_size = \"40MiB\"\n")).await;
+    let a = pattern(24 << 20, 60);
+    let b = pattern(24 << 20, 61);
+    glance.add_image("a", a.clone());
+    glance.add_image("b", b.clone());
+    get(&file_url(&proxy, "a")).await;
+    settle(&proxy, &["a"]).await;
+
+    // Start a hit of `a` and stop reading after the first piece (far more than the socket
+    // buffers hold is still to come).
+    let stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("/v2/images/a/file")
+        .header("host", "p")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let mut body = sender.send_request(req).await.expect("head").into_body();
+    let mut got = Vec::new();
+    while got.len() < 1 << 20 {
+        let frame = body.frame().await.expect("frame").expect("data");
+        got.extend_from_slice(frame.data_ref().expect("data frame"));
+    }
+
+    // Filling `b` needs `a`'s room: `a` is evicted while its transfer is paused.
+    assert!(get(&file_url(&proxy, "b")).await.body == b);
+    settle(&proxy, &["b"]).await;
+
+    // The paused transfer finishes, whole and right.
+    while let Some(frame) = body.frame().await {
+        got.extend_from_slice(
+            frame
+                .expect("no error after eviction")
+                .data_ref()
+                .expect("data"),
+        );
+    }
+    assert!(got == a, "bytes differ after eviction");
+}
