@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use url::Url;
 
+use crate::auth::Grants;
 use crate::cache::store::StoreError;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -17,6 +18,8 @@ pub struct App {
     pub upstream: Arc<Upstream>,
     /// `None` when `cache.enabled` is false.
     pub cache: Option<Arc<Cache>>,
+    /// Which callers Glance let download which images (decides evictions on 404).
+    pub grants: Grants,
     /// Fallback public URL (`http://` + the listen address) for requests without `Host`.
     pub listen_url: Url,
 }
@@ -34,6 +37,7 @@ impl App {
             config,
             upstream,
             cache,
+            grants: Grants::default(),
             listen_url,
         })
     }

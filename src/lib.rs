@@ -6,12 +6,14 @@
 //! - `server`: accept loop, connection limit, graceful drain; per request: classify,
 //!   dispatch, error-to-response, access log.
 //! - `route`: pure (method, path) -> `Route`, including Glance's `/v2.N` prefixes.
+//! - `auth`: caller keys and the memory of download grants (Glance decides access).
 //! - `upstream`: the only outbound HTTP: pool, failover, timeouts, header rules, link rewriting.
 //! - `error`: the proxy's own errors and the one table that turns them into responses.
 //! - `body`: the response body type and the idle-timeout wrapper.
 //! - `cache`: the image cache (`cache::verify`: digests and their comparison).
 
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;

@@ -387,3 +387,28 @@ async fn eviction_never_breaks_a_transfer_in_progress() {
     }
     assert!(got == a, "bytes differ after eviction");
 }
+
+#[tokio::test]
+async fn a_caller_who_cannot_see_an_image_cannot_evict_it() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 70);
+    glance.add_image("img", data.clone());
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    glance.set_faults(Faults {
+        hidden_from_token: Some("stranger".into()),
+        ..Default::default()
+    });
+    let got = send(
+        &file_url(&proxy, "img"),
+        "GET",
+        &[("x-auth-token", "stranger")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.status, 404);
+    settle(&proxy, &["img"]).await;
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    assert_eq!(glance.downloads("img"), 1);
+}

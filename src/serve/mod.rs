@@ -13,6 +13,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::auth::CallerKey;
 use crate::body::{BoxError, IdleTimeout, ProxyBody};
 use crate::cache::fill::{self, Fallback, Fill, Progress};
 use crate::cache::verify::Expected;
@@ -73,9 +74,13 @@ pub async fn image_data(
     }
     let upstream = &app.upstream;
     let caller = upstream.caller_headers(req.headers(), down);
+    let who = CallerKey::of(&caller);
     let record = upstream.image_record(&caller, image_id).await?;
     if record.status != StatusCode::OK {
-        if record.status == StatusCode::NOT_FOUND {
+        // A 404 to a caller Glance had let download the image means it is gone; a 404 to
+        // anyone else may only mean they cannot see it, and must not evict.
+        if record.status == StatusCode::NOT_FOUND && app.grants.was_granted(who, image_id) {
+            tracing::info!(image_id, "image gone from Glance; evicting");
             cache.remove(image_id);
         }
         return Ok(denied(record.into_response()));
@@ -105,6 +110,7 @@ pub async fn image_data(
                         outcome: Outcome::Bypass("upstream_answer"),
                     });
                 }
+                app.grants.granted(who, image_id);
                 let request_id = resp.headers().get("x-openstack-request-id").cloned();
                 let fill = starter.start(resp.into_body(), app.config.upstream.body_idle_timeout);
                 let body = reader(cache, &fill, fallback(app, caller), false);
@@ -121,6 +127,7 @@ pub async fn image_data(
     if !probe.status.is_success() || probe.status == StatusCode::NO_CONTENT {
         return Ok(denied(probe.into_response()));
     }
+    app.grants.granted(who, image_id);
     let request_id = probe.request_id().cloned();
     if outcome == Outcome::Coalesced {
         match fill.started().await {

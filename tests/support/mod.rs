@@ -49,6 +49,8 @@ pub struct Faults {
     /// Downloads (`/file`) answer this status; records still answer 200 (like a reader-only
     /// role: may see the image, may not download it).
     pub deny_download: Option<u16>,
+    /// Images are invisible (404 on record and data) to requests with this X-Auth-Token.
+    pub hidden_from_token: Option<String>,
 }
 
 /// One request as the fake saw it.
@@ -222,6 +224,16 @@ async fn serve(
 
     let segments: Vec<&str> = path.split('/').collect();
     let method = parts.method.as_str();
+    let token = parts
+        .headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok());
+    if faults.hidden_from_token.is_some()
+        && token == faults.hidden_from_token.as_deref()
+        && path.starts_with("/v2/images/")
+    {
+        return Ok(status(StatusCode::NOT_FOUND, "No image found"));
+    }
     let resp = match (method, segments.as_slice()) {
         ("GET", ["", ""]) => versions(&state.url, StatusCode::MULTIPLE_CHOICES),
         ("GET", ["", "versions"]) => versions(&state.url, StatusCode::OK),
