@@ -18,6 +18,10 @@ pub enum Route {
     ImageData { image_id: String },
     /// `DELETE /v2/images/{id}`.
     ImageDelete { image_id: String },
+    /// Legacy v1 `GET /v1/images/{id}`: image data, with the record in `x-image-meta-*`.
+    V1ImageData { image_id: String },
+    /// Legacy v1 `DELETE /v1/images/{id}`.
+    V1ImageDelete { image_id: String },
     /// Everything else goes upstream unchanged.
     Passthrough,
 }
@@ -29,13 +33,18 @@ impl Route {
             Route::Versions => "versions",
             Route::ImageData { .. } => "image_data",
             Route::ImageDelete { .. } => "image_delete",
+            Route::V1ImageData { .. } => "v1_image_data",
+            Route::V1ImageDelete { .. } => "v1_image_delete",
             Route::Passthrough => "passthrough",
         }
     }
 }
 
-/// Classify a request by method and path (the path without the query string).
-pub fn classify(method: &Method, path: &str) -> Route {
+/// Classify a request by method, path (without the query string) and `Accept` header.
+///
+/// Like Glance's version negotiation, a path without a version prefix is taken as `/v2` when
+/// `Accept` names `application/vnd.openstack.images-v2[.N]`.
+pub fn classify(method: &Method, path: &str, accept: Option<&str>) -> Route {
     if matches!(path, "/" | "/versions") {
         return if method == Method::GET {
             Route::Versions
@@ -43,8 +52,22 @@ pub fn classify(method: &Method, path: &str) -> Route {
             Route::Passthrough
         };
     }
-    let Some(rest) = normalize_path(path) else {
-        return Route::Passthrough;
+    if let Some(id) = path.strip_prefix("/v1/images/") {
+        if is_image_id(id) && !id.contains('/') {
+            let image_id = id.to_string();
+            return match *method {
+                Method::GET => Route::V1ImageData { image_id },
+                Method::DELETE => Route::V1ImageDelete { image_id },
+                _ => Route::Passthrough,
+            };
+        }
+    }
+    let rest = match normalize_path(path) {
+        Some(rest) => rest,
+        None if path.starts_with('/') && accepts_v2(accept) && !path.starts_with("/v") => {
+            format!("/v2{path}")
+        }
+        None => return Route::Passthrough,
     };
     let segments: Vec<&str> = rest.split('/').collect();
     match (method, segments.as_slice()) {
@@ -79,6 +102,21 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(format!("/v2{tail}"))
 }
 
+/// `Accept: application/vnd.openstack.images-v2` or `-v2.N` (N <= MAX_V2_MINOR).
+fn accepts_v2(accept: Option<&str>) -> bool {
+    accept.into_iter().flat_map(|a| a.split(',')).any(|item| {
+        let media = item.split(';').next().unwrap_or("").trim();
+        match media.strip_prefix("application/vnd.openstack.images-v2") {
+            Some("") => true,
+            Some(minor) => minor
+                .strip_prefix('.')
+                .and_then(|m| m.parse::<u32>().ok())
+                .is_some_and(|m| m <= MAX_V2_MINOR),
+            None => false,
+        }
+    })
+}
+
 /// Glance image ids are UUIDs, but Glance matches `[^/]+`; reject only what cannot be an id.
 fn is_image_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s != "detail"
@@ -89,7 +127,7 @@ mod tests {
     use super::*;
 
     fn check(method: Method, path: &str, want: Route) {
-        assert_eq!(classify(&method, path), want, "{method} {path}");
+        assert_eq!(classify(&method, path, None), want, "{method} {path}");
     }
 
     fn data(id: &str) -> Route {
@@ -132,8 +170,60 @@ mod tests {
         );
         check(Method::GET, &format!("/v2/images/{id}"), Route::Passthrough);
         check(Method::GET, "/v2/images", Route::Passthrough);
-        check(Method::GET, "/v1/images/x", Route::Passthrough);
+        check(
+            Method::GET,
+            "/v1/images/x",
+            Route::V1ImageData {
+                image_id: "x".into(),
+            },
+        );
+        check(
+            Method::DELETE,
+            "/v1/images/x",
+            Route::V1ImageDelete {
+                image_id: "x".into(),
+            },
+        );
+        check(Method::HEAD, "/v1/images/x", Route::Passthrough);
+        check(Method::GET, "/v1/images/detail", Route::Passthrough);
+        check(Method::GET, "/v1/images/x/members", Route::Passthrough);
         check(Method::GET, "/v2x/images/x/file", Route::Passthrough);
+    }
+
+    #[test]
+    fn accept_header_version() {
+        let id = "abc";
+        let v2 = |a: &str| classify(&Method::GET, "/images/abc/file", Some(a));
+        assert_eq!(v2("application/vnd.openstack.images-v2.1"), data(id));
+        assert_eq!(
+            v2("text/plain, application/vnd.openstack.images-v2;q=0.9"),
+            data(id)
+        );
+        assert_eq!(v2("application/vnd.openstack.images-v2.18"), data(id));
+        assert_eq!(
+            v2("application/vnd.openstack.images-v2.19"),
+            Route::Passthrough
+        );
+        assert_eq!(
+            v2("application/vnd.openstack.images-v1"),
+            Route::Passthrough
+        );
+        assert_eq!(v2("application/json"), Route::Passthrough);
+        assert_eq!(
+            classify(&Method::GET, "/images/abc/file", None),
+            Route::Passthrough
+        );
+        // A versioned path wins over the header.
+        assert_eq!(
+            classify(
+                &Method::GET,
+                "/v1/images/abc",
+                Some("application/vnd.openstack.images-v2")
+            ),
+            Route::V1ImageData {
+                image_id: id.into()
+            }
+        );
     }
 
     #[test]

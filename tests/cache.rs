@@ -412,3 +412,52 @@ async fn a_caller_who_cannot_see_an_image_cannot_evict_it() {
     assert!(get(&file_url(&proxy, "img")).await.body == data);
     assert_eq!(glance.downloads("img"), 1);
 }
+
+#[tokio::test]
+async fn legacy_v1_downloads_are_cached_with_their_headers() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(2 << 20, 80);
+    glance.add_image("v1img", data.clone());
+    let url = format!("{}/v1/images/v1img", proxy.url);
+    let md5 = hex::encode(<md5::Md5 as sha2::Digest>::digest(&data));
+    for round in 0..2 {
+        let got = get(&url).await;
+        assert_eq!(got.status, 200, "round {round}");
+        assert!(
+            got.body_error.is_none() && got.body == data,
+            "round {round}"
+        );
+        assert_eq!(got.headers["x-image-meta-checksum"], md5.as_str());
+        assert_eq!(got.headers["x-image-meta-property-foo"], "bar");
+        assert_eq!(got.headers["etag"], md5.as_str());
+        assert_eq!(
+            got.headers["content-length"],
+            data.len().to_string().as_str()
+        );
+        settle(&proxy, &["v1img"]).await;
+    }
+    assert_eq!(glance.downloads("v1img"), 1);
+
+    // A flipped byte is caught by the md5 alone.
+    let other = pattern(1 << 20, 81);
+    glance.add_image("v1bad", other.clone());
+    glance.set_faults(Faults {
+        flip_at: Some(77),
+        ..Default::default()
+    });
+    let got = get(&format!("{}/v1/images/v1bad", proxy.url)).await;
+    assert!(got.body_error.is_some());
+    settle(&proxy, &["v1img"]).await;
+
+    // Refused downloads stay refused on a hit; a DELETE evicts.
+    glance.set_faults(Faults {
+        deny_download: Some(403),
+        ..Default::default()
+    });
+    assert_eq!(get(&url).await.status, 403);
+    glance.set_faults(Faults::default());
+    let got = send(&url, "DELETE", &[], Bytes::new()).await;
+    assert_eq!(got.status, 200);
+    settle(&proxy, &[]).await;
+}

@@ -294,6 +294,7 @@ fn hasher(part: Expected) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Diges
 /// Where a reader gets the rest of the image if the fill's disk fails.
 pub struct Fallback {
     pub upstream: Arc<crate::upstream::Upstream>,
+    pub api: crate::upstream::glance::Api,
     pub caller: HeaderMap,
 }
 
@@ -386,7 +387,7 @@ async fn rest_from_upstream(
     let size = fill.expected.size;
     let resp = fb
         .upstream
-        .download_from(&fb.caller, &fill.image_id, offset)
+        .download_from(fb.api, &fb.caller, &fill.image_id, offset)
         .await
         .map_err(|e| -> BoxError { e.to_string().into() })?;
     let want = format!("bytes {offset}-{}/{size}", size.saturating_sub(1));

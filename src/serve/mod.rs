@@ -19,7 +19,7 @@ use crate::cache::fill::{self, Fallback, Fill, Progress};
 use crate::cache::verify::Expected;
 use crate::cache::{Begin, Cache, Lookup};
 use crate::error::Error;
-use crate::upstream::glance::ImageRecord;
+use crate::upstream::glance::{Api, ImageInfo};
 use crate::upstream::{Downstream, Forwarded};
 use http_body_util::BodyExt;
 
@@ -58,10 +58,11 @@ pub struct Served {
     pub outcome: Outcome,
 }
 
-/// Serve `GET /v2/images/{id}/file`.
+/// Serve `GET /v2/images/{id}/file` (or legacy `GET /v1/images/{id}`).
 pub async fn image_data(
     app: &App,
     req: Request<Incoming>,
+    api: Api,
     image_id: &str,
     down: &Downstream<'_>,
 ) -> Result<Served, Error> {
@@ -75,7 +76,7 @@ pub async fn image_data(
     let upstream = &app.upstream;
     let caller = upstream.caller_headers(req.headers(), down);
     let who = CallerKey::of(&caller);
-    let record = upstream.image_record(&caller, image_id).await?;
+    let record = upstream.image_record(api, &caller, image_id).await?;
     if record.status != StatusCode::OK {
         // A 404 to a caller Glance had let download the image means it is gone; a 404 to
         // anyone else may only mean they cannot see it, and must not evict.
@@ -83,14 +84,18 @@ pub async fn image_data(
             tracing::info!(image_id, "image gone from Glance; evicting");
             cache.remove(image_id);
         }
-        return Ok(denied(record.into_response()));
+        return match api {
+            Api::V2 => Ok(denied(record.into_response())),
+            // A HEAD answer has no body: let Glance answer the GET itself.
+            Api::V1 => bypass(app, req, down, "v1_refused").await,
+        };
     }
-    let expected = match ImageRecord::parse(&record.body) {
-        Some(r) if r.status == "active" => r.expected(),
+    let info = match ImageInfo::parse(api, &record) {
+        Some(info) if info.status == "active" => info,
         Some(_) => return bypass(app, req, down, "not_active").await,
         None => return bypass(app, req, down, "bad_record").await,
     };
-    let Some(expected) = expected else {
+    let Some(expected) = info.expected.clone() else {
         return bypass(app, req, down, "no_size").await;
     };
 
@@ -102,7 +107,7 @@ pub async fn image_data(
             Begin::Bypass(reason) => return bypass(app, req, down, reason).await,
             Begin::Started(starter) => {
                 // The download itself, with the caller's credentials, is the authorization.
-                let resp = upstream.download(&caller, image_id).await?;
+                let resp = upstream.download(api, &caller, image_id).await?;
                 if !download_matches(&resp, &expected) {
                     drop(starter); // undoes the registration
                     return Ok(Served {
@@ -113,9 +118,9 @@ pub async fn image_data(
                 app.grants.granted(who, image_id);
                 let request_id = resp.headers().get("x-openstack-request-id").cloned();
                 let fill = starter.start(resp.into_body(), app.config.upstream.body_idle_timeout);
-                let body = reader(cache, &fill, fallback(app, caller), false);
+                let body = reader(cache, &fill, fallback(app, api, caller), false);
                 return Ok(Served {
-                    forwarded: data_response(&expected, request_id, body),
+                    forwarded: data_response(&info, &expected, request_id, body),
                     outcome: Outcome::Miss,
                 });
             }
@@ -123,7 +128,7 @@ pub async fn image_data(
     };
 
     // A hit or a join: Glance must say this caller may download the image.
-    let probe = upstream.download_probe(&caller, image_id).await?;
+    let probe = upstream.download_probe(api, &caller, image_id).await?;
     if !probe.status.is_success() || probe.status == StatusCode::NO_CONTENT {
         return Ok(denied(probe.into_response()));
     }
@@ -137,16 +142,22 @@ pub async fn image_data(
             }
         }
     }
-    let body = reader(cache, &fill, fallback(app, caller), outcome == Outcome::Hit);
+    let body = reader(
+        cache,
+        &fill,
+        fallback(app, api, caller),
+        outcome == Outcome::Hit,
+    );
     Ok(Served {
-        forwarded: data_response(&expected, request_id, body),
+        forwarded: data_response(&info, &expected, request_id, body),
         outcome,
     })
 }
 
-fn fallback(app: &App, caller: HeaderMap) -> Option<Fallback> {
+fn fallback(app: &App, api: Api, caller: HeaderMap) -> Option<Fallback> {
     Some(Fallback {
         upstream: Arc::clone(&app.upstream),
+        api,
         caller,
     })
 }
@@ -180,12 +191,17 @@ fn download_matches<B>(resp: &Response<B>, expected: &Expected) -> bool {
 
 /// The response head Glance sends for a full download.
 fn data_response(
+    info: &ImageInfo,
     expected: &Expected,
     request_id: Option<HeaderValue>,
     body: ProxyBody,
 ) -> Forwarded {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
+    // v1: the record's x-image-meta-* headers and ETag, as Glance sends with the data.
+    for (name, value) in &info.meta_headers {
+        h.append(name.clone(), value.clone());
+    }
     h.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

@@ -20,6 +20,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::error;
 use crate::route::{self, Route};
 use crate::serve;
+use crate::upstream::glance::Api;
 use crate::upstream::Downstream;
 
 const REQUEST_ID: &str = "x-openstack-request-id";
@@ -30,7 +31,11 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let route = route::classify(req.method(), req.uri().path());
+    let accept = req
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let route = route::classify(req.method(), req.uri().path(), accept);
     let mut record = AccessRecord {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
@@ -51,26 +56,31 @@ pub async fn handle(
         public_url: &public_url,
         rewrite_body: route == Route::Versions,
     };
-    let result =
-        match &route {
-            Route::ImageData { image_id } => serve::image_data(&app, req, image_id, &down)
+    let result = match &route {
+        Route::ImageData { image_id } | Route::V1ImageData { image_id } => {
+            let api = match route {
+                Route::V1ImageData { .. } => Api::V1,
+                _ => Api::V2,
+            };
+            serve::image_data(&app, req, api, image_id, &down)
                 .await
                 .map(|served| {
                     record.cache = served.outcome.as_str();
                     record.cache_reason = served.outcome.reason();
                     served.forwarded
-                }),
-            Route::ImageDelete { image_id } => {
-                let result = app.upstream.forward(req, &down).await;
-                if let (Ok(f), Some(cache)) = (&result, &app.cache) {
-                    if f.response.status().is_success() {
-                        cache.remove(image_id);
-                    }
+                })
+        }
+        Route::ImageDelete { image_id } | Route::V1ImageDelete { image_id } => {
+            let result = app.upstream.forward(req, &down).await;
+            if let (Ok(f), Some(cache)) = (&result, &app.cache) {
+                if f.response.status().is_success() {
+                    cache.remove(image_id);
                 }
-                result
             }
-            Route::Versions | Route::Passthrough => app.upstream.forward(req, &down).await,
-        };
+            result
+        }
+        Route::Versions | Route::Passthrough => app.upstream.forward(req, &down).await,
+    };
     let response = match result {
         Ok(forwarded) => {
             record.upstream = app.upstream.label(forwarded.upstream).to_string();

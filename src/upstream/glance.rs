@@ -26,6 +26,88 @@ const NOT_COPIED: [HeaderName; 5] = [
     HeaderName::from_static("if-range"),
 ];
 
+/// Which Image API a request speaks: v2 (`/v2/images/{id}/file`, JSON records) or the legacy
+/// v1 (`/v1/images/{id}` data, `HEAD` for the record as `x-image-meta-*` headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    V1,
+    V2,
+}
+
+impl Api {
+    fn record_path(self, id: &str) -> String {
+        match self {
+            Api::V1 => format!("/v1/images/{id}"),
+            Api::V2 => format!("/v2/images/{id}"),
+        }
+    }
+
+    fn data_path(self, id: &str) -> String {
+        match self {
+            Api::V1 => format!("/v1/images/{id}"),
+            Api::V2 => format!("/v2/images/{id}/file"),
+        }
+    }
+
+    fn record_method(self) -> Method {
+        match self {
+            Api::V1 => Method::HEAD,
+            Api::V2 => Method::GET,
+        }
+    }
+}
+
+/// An image as a record says it is: its status, the bytes it promises, and (v1) the
+/// `x-image-meta-*` headers Glance puts on every response about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub status: String,
+    pub expected: Option<Expected>,
+    pub meta_headers: HeaderMap,
+}
+
+impl ImageInfo {
+    /// Parse a 200 record answer of `api`.
+    pub fn parse(api: Api, record: &Small) -> Option<ImageInfo> {
+        match api {
+            Api::V2 => {
+                let r = ImageRecord::parse(&record.body)?;
+                Some(ImageInfo {
+                    expected: r.expected(),
+                    status: r.status,
+                    meta_headers: HeaderMap::new(),
+                })
+            }
+            Api::V1 => {
+                let h = &record.headers;
+                let get = |name: &str| {
+                    h.get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let status = get("x-image-meta-status")?;
+                let size = get("x-image-meta-size").and_then(|s| s.parse::<u64>().ok());
+                let md5 = get("x-image-meta-checksum").map(|s| s.to_ascii_lowercase());
+                let mut meta_headers = HeaderMap::new();
+                for (name, value) in h {
+                    if name.as_str().starts_with("x-image-meta-") || name == http::header::ETAG {
+                        meta_headers.append(name.clone(), value.clone());
+                    }
+                }
+                Some(ImageInfo {
+                    status,
+                    expected: size.map(|size| Expected {
+                        size,
+                        md5,
+                        os_hash: None,
+                    }),
+                    meta_headers,
+                })
+            }
+        }
+    }
+}
+
 /// What the proxy needs from Glance's image record.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ImageRecord {
@@ -83,50 +165,73 @@ impl Small {
 }
 
 impl Upstream {
-    /// `GET /v2/images/{id}` with the caller's headers.
-    pub async fn image_record(&self, caller: &HeaderMap, id: &str) -> Result<Small, Error> {
+    /// The image record (v2 `GET /v2/images/{id}`, v1 `HEAD /v1/images/{id}`), with the
+    /// caller's headers.
+    pub async fn image_record(
+        &self,
+        api: Api,
+        caller: &HeaderMap,
+        id: &str,
+    ) -> Result<Small, Error> {
         let resp = self
-            .side_request(caller, &format!("/v2/images/{id}"), None)
+            .side_request(api.record_method(), caller, &api.record_path(id), None)
             .await?;
         read_small(resp, self.body_idle_timeout).await
     }
 
-    /// `GET /v2/images/{id}/file` with `Range: bytes=0-0`: Glance's own answer to "may this
-    /// caller download this image?" (visibility, `download_image` policy, deactivation),
-    /// without transferring the image. The body (one byte, or an error) is read and dropped.
-    pub async fn download_probe(&self, caller: &HeaderMap, id: &str) -> Result<Small, Error> {
+    /// The image download with `Range: bytes=0-0`: Glance's own answer to "may this caller
+    /// download this image?" (visibility, `download_image` policy, deactivation). A refusal
+    /// is read whole (it goes back to the client); a success is dropped after its head, so
+    /// nothing is transferred even if Glance ignores the range.
+    pub async fn download_probe(
+        &self,
+        api: Api,
+        caller: &HeaderMap,
+        id: &str,
+    ) -> Result<Small, Error> {
         let range = HeaderValue::from_static("bytes=0-0");
         let resp = self
-            .side_request(caller, &format!("/v2/images/{id}/file"), Some(range))
+            .side_request(Method::GET, caller, &api.data_path(id), Some(range))
             .await?;
+        if resp.status().is_success() {
+            let (parts, _dropped) = resp.into_parts();
+            return Ok(Small {
+                status: parts.status,
+                headers: parts.headers,
+                body: Bytes::new(),
+            });
+        }
         read_small(resp, self.body_idle_timeout).await
     }
 
-    /// The full download, `GET /v2/images/{id}/file`, with the caller's headers.
+    /// The full download, with the caller's headers.
     pub async fn download(
         &self,
+        api: Api,
         caller: &HeaderMap,
         id: &str,
     ) -> Result<Response<Incoming>, Error> {
-        self.side_request(caller, &format!("/v2/images/{id}/file"), None)
+        self.side_request(Method::GET, caller, &api.data_path(id), None)
             .await
     }
 
     /// The rest of a download from `offset`, for a reader whose fill lost its disk.
     pub async fn download_from(
         &self,
+        api: Api,
         caller: &HeaderMap,
         id: &str,
         offset: u64,
     ) -> Result<Response<Incoming>, Error> {
         let range = HeaderValue::from_str(&format!("bytes={offset}-"))
             .map_err(|e| Error::BadRequest(e.to_string()))?;
-        self.side_request(caller, &format!("/v2/images/{id}/file"), Some(range))
+        self.side_request(Method::GET, caller, &api.data_path(id), Some(range))
             .await
     }
 
     async fn side_request(
         &self,
+        method: Method,
         caller: &HeaderMap,
         path: &str,
         range: Option<HeaderValue>,
@@ -139,7 +244,7 @@ impl Upstream {
             headers.insert(RANGE, range);
         }
         let mut req = Request::new(Empty::<Bytes>::new());
-        *req.method_mut() = Method::GET;
+        *req.method_mut() = method;
         *req.uri_mut() = path
             .parse()
             .map_err(|e| Error::BadRequest(format!("image id cannot form a path: {e}")))?;

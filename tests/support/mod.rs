@@ -237,6 +237,67 @@ async fn serve(
     let resp = match (method, segments.as_slice()) {
         ("GET", ["", ""]) => versions(&state.url, StatusCode::MULTIPLE_CHOICES),
         ("GET", ["", "versions"]) => versions(&state.url, StatusCode::OK),
+        // Legacy v1: HEAD gives the record as headers; GET gives data (Range is ignored, as
+        // old Glance did) with the same headers.
+        ("HEAD" | "GET", ["", "v1", "images", id])
+            if state.images.lock().expect("images lock").contains_key(*id) =>
+        {
+            let data = state
+                .images
+                .lock()
+                .expect("images lock")
+                .get(*id)
+                .cloned()
+                .unwrap_or_default();
+            let md5 = hex::encode(Md5::digest(&data));
+            let with_meta = |b: http::response::Builder| {
+                b.header("x-image-meta-id", *id)
+                    .header("x-image-meta-name", "v1-image")
+                    .header("x-image-meta-status", "active")
+                    .header("x-image-meta-size", data.len())
+                    .header("x-image-meta-checksum", &md5)
+                    .header("x-image-meta-disk_format", "raw")
+                    .header("x-image-meta-property-foo", "bar")
+                    .header("etag", &md5)
+            };
+            if method == "HEAD" {
+                with_meta(Response::builder().status(StatusCode::OK))
+                    .header("content-length", data.len())
+                    .body(full(Bytes::new()))
+                    .expect("valid response")
+            } else if let Some(code) = faults.deny_download {
+                status(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN),
+                    "download refused",
+                )
+            } else {
+                if !parts.headers.contains_key("range") {
+                    *state
+                        .downloads
+                        .lock()
+                        .expect("downloads lock")
+                        .entry(id.to_string())
+                        .or_default() += 1;
+                }
+                let resp = image_data(data.clone(), &faults, &parts.headers);
+                let (mut p, b) = resp.into_parts();
+                let meta = with_meta(Response::builder()).body(()).expect("headers");
+                for (k, v) in meta.headers() {
+                    p.headers.insert(k.clone(), v.clone());
+                }
+                p.headers.remove("content-md5");
+                Response::from_parts(p, b)
+            }
+        }
+        ("DELETE", ["", "v1", "images", id]) => {
+            match state.images.lock().expect("images lock").remove(*id) {
+                Some(_) => Response::builder()
+                    .status(StatusCode::OK)
+                    .body(full(Bytes::new()))
+                    .expect("valid response"),
+                None => status(StatusCode::NOT_FOUND, "No image found"),
+            }
+        }
         // Glance answers an unknown version prefix with the 300 document.
         (_, ["", "v1", ..]) => versions(&state.url, StatusCode::MULTIPLE_CHOICES),
         ("GET", ["", "v2"]) => Response::builder()
