@@ -20,7 +20,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn sources() -> Vec<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["src", "tests", "bench"] {
+    for dir in ["src", "tests", "bench", "benches"] {
         rust_files(&root.join(dir), &mut files);
     }
     files.sort();

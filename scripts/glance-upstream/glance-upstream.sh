@@ -26,6 +26,8 @@
 #                         keystonemiddleware and python-openstackclient; `start`
 #                         also runs Keystone (data in DATADIR/keystone)
 #   KEYSTONE_PORT         Keystone's port (default PORT+1000)
+#   GLANCE_BIND_ADDR      address Glance binds (default 127.0.0.1; bench/fleet.sh uses
+#                         0.0.0.0 inside its own network namespace)
 #   GLANCE_CATALOG_URL    URL of the image endpoints in Keystone's catalog
 #                         (default Glance's own URL; e.g. a proxy's)
 #
@@ -467,7 +469,7 @@ cmd_start() {
     # gthread workers: the image cache worker and import tasks run as threads
     # in each worker process. --timeout 0: long uploads/downloads are fine.
     OS_GLANCE_CONFIG_DIR=$dir PYTHONWARNINGS=ignore setsid -w "$GLANCE_VENV/bin/gunicorn" \
-        --bind "127.0.0.1:$port" --worker-class gthread \
+        --bind "${GLANCE_BIND_ADDR:-127.0.0.1}:$port" --worker-class gthread \
         --workers "$GLANCE_WORKERS" --threads "$GLANCE_THREADS" \
         --timeout 0 --graceful-timeout 10 --no-control-socket --pythonpath "$dir" \
         --pid "$dir/run/gunicorn.pid" --error-logfile "$dir/log/gunicorn.log" \

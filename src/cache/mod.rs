@@ -89,6 +89,7 @@ pub struct Cache {
 impl Cache {
     /// Open the cache directory, remove leftovers and rebuild the index from disk.
     pub fn open(config: &CacheConfig) -> Result<Cache, StoreError> {
+        let started = std::time::Instant::now();
         let store = Store::open(&config.dir)?;
         let scan = store.scan()?;
         let mut state = State {
@@ -125,6 +126,7 @@ impl Cache {
             bytes = state.index.committed_bytes(),
             found,
             leftovers_removed = scan.removed,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "cache opened"
         );
         Ok(Cache {
