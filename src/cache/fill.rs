@@ -38,7 +38,10 @@ pub enum Progress {
     Running {
         written: u64,
     },
-    /// Verified and published: the whole file may be read.
+    /// Every byte is in the file and the digests match: readers may finish. Publishing
+    /// (fsync, rename) happens after, so no client waits for the disk flush.
+    Verified,
+    /// Verified and published.
     Committed,
     Failed(Failure),
 }
@@ -335,8 +338,17 @@ async fn follow(
         // Hold back the final byte until the fill is verified.
         let limit = match &state {
             Progress::Starting => 0,
-            Progress::Running { written } => (*written).min(size.saturating_sub(1)),
-            Progress::Committed => size,
+            Progress::Running { written } => {
+                let available = (*written).min(size.saturating_sub(1));
+                // Wake for a full read, not for every small write of the filler.
+                let batch_ready = available >= offset + READ_CHUNK as u64 || available + 1 >= size;
+                if batch_ready {
+                    available
+                } else {
+                    offset
+                }
+            }
+            Progress::Verified | Progress::Committed => size,
             Progress::Failed(Failure::Disk { .. }) => {
                 return match fallback {
                     Some(fb) => rest_from_upstream(fill, fb, offset, tx).await,
@@ -368,7 +380,7 @@ async fn follow(
             }
             continue;
         }
-        if offset >= size && state == Progress::Committed {
+        if offset >= size && matches!(state, Progress::Verified | Progress::Committed) {
             return Ok(());
         }
         if rx.changed().await.is_err() {

@@ -382,6 +382,8 @@ impl Starter {
             let result = fill::run(&fill, &tx, body, temp.clone(), file, life).await;
             let result = match result {
                 Ok(filled) => {
+                    // Readers may finish now; publishing waits for the disk, they need not.
+                    let _ = tx.send(Progress::Verified);
                     let c = Arc::clone(&cache);
                     let f = Arc::clone(&fill);
                     tokio::task::spawn_blocking(move || c.publish(&f, filled))

@@ -23,6 +23,8 @@ use crate::cache::verify::{Expected, HashAlgo};
 const IMAGES: &str = "images";
 const TMP: &str = "tmp";
 const META_SUFFIX: &str = ".meta";
+/// Threads reading entry records at start.
+const SCAN_THREADS: usize = 16;
 
 /// Disk errors, grouped by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -166,12 +168,30 @@ impl Store {
                 None => datas.push(name),
             }
         }
-        for id in &metas {
-            match self.read_entry(id) {
+        // Reading thousands of small records from a cold disk is latency-bound: read them
+        // on several threads so the device sees a queue, not one request at a time.
+        let per = metas.len().div_ceil(SCAN_THREADS).max(1);
+        let results: Vec<(String, Option<Recovered>)> = std::thread::scope(|s| {
+            let jobs: Vec<_> = metas
+                .chunks(per)
+                .map(|ids| {
+                    s.spawn(move || {
+                        ids.iter()
+                            .map(|id| (id.clone(), self.read_entry(id)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .flat_map(|j| j.join().unwrap_or_default())
+                .collect()
+        });
+        for (id, found) in results {
+            match found {
                 Some(found) => scan.entries.push(found),
                 None => {
-                    let _ = remove_file(&self.meta_path(id));
-                    let _ = remove_file(&self.data_path(id));
+                    let _ = remove_file(&self.meta_path(&id));
+                    let _ = remove_file(&self.data_path(&id));
                     scan.removed += 1;
                 }
             }

@@ -136,7 +136,7 @@ pub async fn image_data(
     let request_id = probe.request_id().cloned();
     if outcome == Outcome::Coalesced {
         match fill.started().await {
-            Progress::Running { .. } | Progress::Committed => {}
+            Progress::Running { .. } | Progress::Verified | Progress::Committed => {}
             Progress::Starting | Progress::Failed(_) => {
                 return bypass(app, req, down, "fill_failed").await;
             }
