@@ -461,3 +461,16 @@ async fn legacy_v1_downloads_are_cached_with_their_headers() {
     assert_eq!(got.status, 200);
     settle(&proxy, &[]).await;
 }
+
+#[tokio::test]
+async fn the_query_goes_upstream_on_a_miss() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    glance.add_image("img", pattern(1 << 20, 90));
+    let got = get(&format!("{}/v2/images/img/file?prefer=fs,ceph", proxy.url)).await;
+    assert_eq!(got.status, 200);
+    assert!(glance
+        .seen()
+        .iter()
+        .any(|r| r.path_and_query == "/v2/images/img/file?prefer=fs,ceph"));
+}

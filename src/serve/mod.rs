@@ -107,7 +107,12 @@ pub async fn image_data(
             Begin::Bypass(reason) => return bypass(app, req, down, reason).await,
             Begin::Started(starter) => {
                 // The download itself, with the caller's credentials, is the authorization.
-                let resp = upstream.download(api, &caller, image_id).await?;
+                // `?prefer=` and friends go upstream on a miss; hits ignore them, as Glance's
+                // own cache does.
+                let query = req.uri().query().map(str::to_string);
+                let resp = upstream
+                    .download(api, &caller, image_id, query.as_deref())
+                    .await?;
                 if !download_matches(&resp, &expected) {
                     drop(starter); // undoes the registration
                     return Ok(Served {

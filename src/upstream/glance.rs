@@ -204,15 +204,19 @@ impl Upstream {
         read_small(resp, self.body_idle_timeout).await
     }
 
-    /// The full download, with the caller's headers.
+    /// The full download, with the caller's headers and query (e.g. Glance's `?prefer=`).
     pub async fn download(
         &self,
         api: Api,
         caller: &HeaderMap,
         id: &str,
+        query: Option<&str>,
     ) -> Result<Response<Incoming>, Error> {
-        self.side_request(Method::GET, caller, &api.data_path(id), None)
-            .await
+        let path = match query {
+            Some(q) => format!("{}?{q}", api.data_path(id)),
+            None => api.data_path(id),
+        };
+        self.side_request(Method::GET, caller, &path, None).await
     }
 
     /// The rest of a download from `offset`, for a reader whose fill lost its disk.
