@@ -474,3 +474,85 @@ async fn the_query_goes_upstream_on_a_miss() {
         .iter()
         .any(|r| r.path_and_query == "/v2/images/img/file?prefer=fs,ceph"));
 }
+
+#[tokio::test]
+async fn images_without_digests_are_served_and_cached_only_when_allowed() {
+    let glance = FakeGlance::start().await;
+    glance.add_image("img", pattern(1 << 20, 91));
+    glance.set_faults(Faults {
+        no_digests: true,
+        ..Default::default()
+    });
+    let strict = TestProxy::start(config(&[&glance.url], "")).await;
+    for _ in 0..2 {
+        let got = get(&file_url(&strict, "img")).await;
+        assert!(got.body_error.is_none() && got.body.len() == 1 << 20);
+    }
+    settle(&strict, &[]).await;
+    assert_eq!(glance.downloads("img"), 2);
+
+    let lax = TestProxy::start(config(&[&glance.url], "[cache]\ncache_unverified = true\n")).await;
+    for _ in 0..2 {
+        assert!(get(&file_url(&lax, "img")).await.body.len() == 1 << 20);
+    }
+    settle(&lax, &["img"]).await;
+    assert_eq!(glance.downloads("img"), 3);
+}
+
+#[tokio::test]
+async fn an_abandoned_fill_stops_when_configured_to() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        "[cache]\nfinish_abandoned_fills = false\n",
+    ))
+    .await;
+    glance.add_image("img", pattern(2 << 20, 92));
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(5)),
+        ..Default::default()
+    });
+    let url = file_url(&proxy, "img");
+    let client = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.abort();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    settle(&proxy, &[]).await;
+    // The next request fills anew.
+    glance.set_faults(Faults::default());
+    assert_eq!(get(&file_url(&proxy, "img")).await.body.len(), 2 << 20);
+    assert_eq!(glance.downloads("img"), 2);
+}
+
+#[tokio::test]
+async fn recency_survives_a_restart() {
+    let glance = FakeGlance::start().await;
+    let cfg = config(&[&glance.url], "[cache]\nmax_size = \"3MiB\"\n");
+    for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+        glance.add_image(id, pattern(1 << 20, 93 + i as u64));
+    }
+    let mut first = TestProxy::start(cfg.clone()).await;
+    for id in ["a", "b", "c"] {
+        get(&file_url(&first, id)).await;
+        settle_has(&first, id).await;
+        tokio::time::sleep(Duration::from_millis(20)).await; // distinct mtimes
+    }
+    get(&file_url(&first, "a")).await; // a: most recent
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.begin_shutdown().await.expect("stopped");
+
+    let second = TestProxy::start(cfg.clone()).await;
+    get(&file_url(&second, "d")).await;
+    settle(&second, &["a", "c", "d"]).await; // b was the least recently used
+    drop(first);
+}
+
+async fn settle_has(proxy: &TestProxy, id: &str) {
+    for _ in 0..100 {
+        if cached_ids(proxy).iter().any(|c| c == id) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{id} was not cached: {:?}", cached_ids(proxy));
+}

@@ -51,6 +51,9 @@ pub struct Faults {
     pub deny_download: Option<u16>,
     /// Images are invisible (404 on record and data) to requests with this X-Auth-Token.
     pub hidden_from_token: Option<String>,
+    /// Records carry no checksum and no os_hash (as for images uploaded before Glance
+    /// computed them).
+    pub no_digests: bool,
 }
 
 /// One request as the fake saw it.
@@ -357,9 +360,9 @@ async fn serve(
                     StatusCode::OK,
                     serde_json::json!({
                         "id": id, "status": "active", "size": data.len(),
-                        "checksum": hex::encode(Md5::digest(&data)),
-                        "os_hash_algo": "sha512",
-                        "os_hash_value": hex::encode(sha2::Sha512::digest(&data)),
+                        "checksum": (!faults.no_digests).then(|| hex::encode(Md5::digest(&data))),
+                        "os_hash_algo": (!faults.no_digests).then_some("sha512"),
+                        "os_hash_value": (!faults.no_digests).then(|| hex::encode(sha2::Sha512::digest(&data))),
                     }),
                 ),
                 None => status(StatusCode::NOT_FOUND, "No image found"),
