@@ -157,6 +157,13 @@ async fn upstream_refusals_pass_through_and_fill_nothing() {
     assert_eq!(got.status, 403);
     assert_eq!(got.json()["message"], "download refused");
     settle(&proxy, &[]).await;
+    // A 503 on the download itself (the record is fine).
+    glance.set_faults(Faults {
+        deny_download: Some(503),
+        ..Default::default()
+    });
+    assert_eq!(get(&file_url(&proxy, "img")).await.status, 503);
+    settle(&proxy, &[]).await;
     // A 503 on the record itself.
     glance.set_faults(Faults {
         status: Some((503, 1)),
@@ -555,4 +562,32 @@ async fn settle_has(proxy: &TestProxy, id: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("{id} was not cached: {:?}", cached_ids(proxy));
+}
+
+#[tokio::test]
+async fn a_failed_fill_aborts_every_coalesced_reader() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(2 << 20, 99);
+    glance.add_image("img", data.clone());
+    glance.set_faults(Faults {
+        flip_at: Some(data.len() - 100),
+        drip: Some(Duration::from_millis(10)),
+        ..Default::default()
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = file_url(&proxy, "img");
+        tasks.push(tokio::spawn(async move { get(&url).await }));
+    }
+    for t in tasks {
+        let got = t.await.expect("task");
+        assert!(
+            got.body_error.is_some(),
+            "a reader of a bad fill ended cleanly"
+        );
+        assert!(got.body.len() < data.len());
+    }
+    assert_eq!(glance.downloads("img"), 1);
+    settle(&proxy, &[]).await;
 }
