@@ -46,6 +46,7 @@ pub async fn handle(
         request_id: header_str(req.headers(), REQUEST_ID).unwrap_or_default(),
         error: None,
         complete: false,
+        expected_len: None,
         cache: "",
         cache_reason: "",
         started,
@@ -98,6 +99,11 @@ pub async fn handle(
         record.request_id = id;
     }
     record.status = response.status().as_u16();
+    record.expected_len = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     if response.status() == StatusCode::NO_CONTENT || response.body().is_end_stream() {
         record.complete = true;
     }
@@ -139,6 +145,8 @@ struct AccessRecord {
     request_id: String,
     error: Option<String>,
     complete: bool,
+    /// The response's Content-Length: reaching it completes the body.
+    expected_len: Option<u64>,
     /// Cache outcome for image data (hit, miss, coalesced, bypass, denied), else empty.
     cache: &'static str,
     cache_reason: &'static str,
@@ -187,7 +195,8 @@ impl Body for Logged {
                     this.record.bytes += data.len() as u64;
                 }
                 // hyper stops polling once a sized body has delivered its length.
-                if this.inner.is_end_stream() {
+                if this.inner.is_end_stream() || this.record.expected_len == Some(this.record.bytes)
+                {
                     this.record.complete = true;
                 }
             }
