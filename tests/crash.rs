@@ -103,11 +103,12 @@ async fn sigkill_mid_fill_and_after_commit_leaves_only_correct_bytes() {
         downloads,
         "served from disk after the restart"
     );
-    assert!(
-        proxy.log_text().contains("cache=\"hit\""),
-        "{}",
-        proxy.log_text()
-    );
+    let log = proxy.log_text();
+    let hit = log
+        .lines()
+        .find(|l| l.contains("cache=\"hit\""))
+        .unwrap_or_else(|| panic!("no hit logged: {log}"));
+    assert!(hit.contains("outcome=\"complete\""), "{hit}");
 }
 
 /// Run the proxy with its cache on a 2 MiB tmpfs of its own (user + mount namespace).
