@@ -75,7 +75,8 @@ impl Grants {
 
 impl Default for Grants {
     fn default() -> Self {
-        Grants::new(100_000, Duration::from_secs(24 * 3600))
+        // About 150 bytes an entry: at most a few MiB.
+        Grants::new(20_000, Duration::from_secs(24 * 3600))
     }
 }
 

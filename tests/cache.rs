@@ -29,7 +29,7 @@ fn cached_ids(proxy: &TestProxy) -> Vec<String> {
 
 /// Wait (bounded) for a fill to be published or dropped after its last byte went out.
 async fn settle(proxy: &TestProxy, want: &[&str]) {
-    for _ in 0..100 {
+    for _ in 0..500 {
         if cached_ids(proxy) == want {
             return;
         }
@@ -272,7 +272,7 @@ async fn the_fill_survives_its_first_client_leaving() {
     });
     let url = file_url(&proxy, "img");
     let first = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    fill_started(&proxy).await;
     first.abort(); // the client hangs up mid-transfer
     settle(&proxy, &["img"]).await;
     glance.set_faults(Faults::default());
@@ -521,14 +521,22 @@ async fn an_abandoned_fill_stops_when_configured_to() {
     });
     let url = file_url(&proxy, "img");
     let client = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    fill_started(&proxy).await;
     client.abort();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    settle(&proxy, &[]).await;
-    // The next request fills anew.
+    // The orphaned fill stops: its temporary file goes and nothing is published (a fill that
+    // went on would only leave tmp/ empty after publishing the entry).
+    let tmp = proxy.cache_dir.join("tmp");
+    support::until(|| {
+        std::fs::read_dir(&tmp)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(cached_ids(&proxy), Vec::<String>::new());
+    // The next request is served (and fills anew).
     glance.set_faults(Faults::default());
-    assert_eq!(get(&file_url(&proxy, "img")).await.body.len(), 2 << 20);
-    assert_eq!(glance.downloads("img"), 2);
+    let got = get(&file_url(&proxy, "img")).await;
+    assert!(got.body_error.is_none() && got.body.len() == 2 << 20);
 }
 
 #[tokio::test]
@@ -552,6 +560,20 @@ async fn recency_survives_a_restart() {
     get(&file_url(&second, "d")).await;
     settle(&second, &["a", "c", "d"]).await; // b was the least recently used
     drop(first);
+}
+
+/// Wait (bounded) until a fill has a temporary file.
+async fn fill_started(proxy: &TestProxy) {
+    for _ in 0..500 {
+        let busy = std::fs::read_dir(proxy.cache_dir.join("tmp"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if busy {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no fill started");
 }
 
 async fn settle_has(proxy: &TestProxy, id: &str) {
@@ -590,4 +612,25 @@ async fn a_failed_fill_aborts_every_coalesced_reader() {
     }
     assert_eq!(glance.downloads("img"), 1);
     settle(&proxy, &[]).await;
+}
+
+#[tokio::test]
+async fn the_fill_survives_its_client_leaving_before_glance_answers() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 100);
+    glance.add_image("img", data.clone());
+    // Glance takes 300 ms to answer; the client gives up after 100 ms.
+    glance.set_faults(Faults {
+        stall_head: Some(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    let url = file_url(&proxy, "img");
+    let client = tokio::spawn(async move { get(&url).await });
+    fill_started(&proxy).await;
+    client.abort();
+    settle(&proxy, &["img"]).await;
+    glance.set_faults(Faults::default());
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    assert_eq!(glance.downloads("img"), 1);
 }

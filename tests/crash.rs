@@ -49,7 +49,7 @@ async fn sigkill_mid_fill_and_after_commit_leaves_only_correct_bytes() {
     let client = tokio::spawn(async move { get(&url).await });
     // Wait until the fill has written part of the image, then kill the process hard.
     let tmp = cache.join("tmp");
-    for _ in 0..200 {
+    for _ in 0..500 {
         let partial = std::fs::read_dir(&tmp)
             .ok()
             .and_then(|mut d| d.next())
@@ -84,7 +84,7 @@ async fn sigkill_mid_fill_and_after_commit_leaves_only_correct_bytes() {
     assert!(files_in(&cache.join("images")).is_empty());
     let got = get(&format!("{}/v2/images/img/file", proxy.url)).await;
     assert!(got.body_error.is_none() && got.body == data);
-    for _ in 0..100 {
+    for _ in 0..500 {
         if files_in(&cache.join("images")) == ["img", "img.meta"] {
             break;
         }

@@ -25,7 +25,7 @@ async fn shutdown_stops_accepting_and_lets_transfers_finish() {
     });
     let url = format!("{}/v2/images/img/file", proxy.url);
     let transfer = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::until(|| glance.downloads("img") > 0).await;
 
     let task = proxy.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -61,7 +61,7 @@ async fn the_drain_deadline_bounds_shutdown() {
     });
     let url = format!("{}/v2/images/img/file", proxy.url);
     let transfer = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::until(|| glance.downloads("img") > 0).await;
     let t = Instant::now();
     let task = proxy.begin_shutdown();
     tokio::time::timeout(Duration::from_secs(5), task)

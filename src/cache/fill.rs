@@ -349,10 +349,12 @@ async fn follow(
                 }
             }
             Progress::Verified | Progress::Committed => size,
-            Progress::Failed(Failure::Disk { .. }) => {
+            // The fill stopped for a reason that says nothing about the bytes (its disk, or it
+            // gave up an instant before this reader joined): the rest comes from Glance.
+            Progress::Failed(Failure::Disk { .. } | Failure::Abandoned) => {
                 return match fallback {
                     Some(fb) => rest_from_upstream(fill, fb, offset, tx).await,
-                    None => Err("cache fill failed on disk".into()),
+                    None => Err("cache fill stopped".into()),
                 };
             }
             Progress::Failed(f) => {

@@ -174,6 +174,12 @@ impl Cache {
         }
     }
 
+    /// Whether an entry or a fill exists for `id` (whatever its digests).
+    pub fn holds(&self, id: &str) -> bool {
+        let st = self.lock();
+        st.entries.contains_key(id) || st.fills.contains_key(id)
+    }
+
     /// Register a fill of `id`, reserving its size (evicting as needed).
     pub fn begin_fill(self: &Arc<Self>, id: &str, expected: &Expected) -> Begin {
         if !store::is_storable_id(id) {

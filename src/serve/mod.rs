@@ -76,7 +76,16 @@ pub async fn image_data(
     let upstream = &app.upstream;
     let caller = upstream.caller_headers(req.headers(), down);
     let who = CallerKey::of(&caller);
-    let record = upstream.image_record(api, &caller, image_id).await?;
+    // When the image is probably a hit, ask Glance both questions at once.
+    let (record, early_probe) = if cache.holds(image_id) {
+        let (record, probe) = tokio::join!(
+            upstream.image_record(api, &caller, image_id),
+            upstream.download_probe(api, &caller, image_id)
+        );
+        (record?, Some(probe))
+    } else {
+        (upstream.image_record(api, &caller, image_id).await?, None)
+    };
     if record.status != StatusCode::OK {
         // A 404 to a caller Glance had let download the image means it is gone; a 404 to
         // anyone else may only mean they cannot see it, and must not evict.
@@ -110,30 +119,31 @@ pub async fn image_data(
                 // `?prefer=` and friends go upstream on a miss; hits ignore them, as Glance's
                 // own cache does.
                 let query = req.uri().query().map(str::to_string);
-                let resp = upstream
-                    .download(api, &caller, image_id, query.as_deref())
-                    .await?;
-                if !download_matches(&resp, &expected) {
-                    drop(starter); // undoes the registration
-                    return Ok(Served {
+                let started =
+                    start_fill(app, starter, api, caller.clone(), query, &expected).await?;
+                return match started {
+                    Started::Fill(fill, request_id) => {
+                        app.grants.granted(who, image_id);
+                        let body = reader(cache, &fill, fallback(app, api, caller), false);
+                        Ok(Served {
+                            forwarded: data_response(&info, &expected, request_id, body),
+                            outcome: Outcome::Miss,
+                        })
+                    }
+                    Started::Refused(resp) => Ok(Served {
                         forwarded: passthrough_response(app, resp),
                         outcome: Outcome::Bypass("upstream_answer"),
-                    });
-                }
-                app.grants.granted(who, image_id);
-                let request_id = resp.headers().get("x-openstack-request-id").cloned();
-                let fill = starter.start(resp.into_body(), app.config.upstream.body_idle_timeout);
-                let body = reader(cache, &fill, fallback(app, api, caller), false);
-                return Ok(Served {
-                    forwarded: data_response(&info, &expected, request_id, body),
-                    outcome: Outcome::Miss,
-                });
+                    }),
+                };
             }
         },
     };
 
     // A hit or a join: Glance must say this caller may download the image.
-    let probe = upstream.download_probe(api, &caller, image_id).await?;
+    let probe = match early_probe {
+        Some(probe) => probe?,
+        None => upstream.download_probe(api, &caller, image_id).await?,
+    };
     if !probe.status.is_success() || probe.status == StatusCode::NO_CONTENT {
         return Ok(denied(probe.into_response()));
     }
@@ -157,6 +167,57 @@ pub async fn image_data(
         forwarded: data_response(&info, &expected, request_id, body),
         outcome,
     })
+}
+
+/// What became of a miss's download request.
+enum Started {
+    /// Glance sent the image: the fill runs; its `x-openstack-request-id`.
+    Fill(Arc<Fill>, Option<HeaderValue>),
+    /// Glance answered something else: it goes back to the client as is.
+    Refused(Response<Incoming>),
+}
+
+/// Request the image and start the fill in a task of its own, so that the fill goes on (and
+/// serves later requests) even if the client that started it hangs up before Glance answers.
+async fn start_fill(
+    app: &App,
+    starter: crate::cache::Starter,
+    api: Api,
+    caller: HeaderMap,
+    query: Option<String>,
+    expected: &Expected,
+) -> Result<Started, Error> {
+    let upstream = Arc::clone(&app.upstream);
+    let idle = app.config.upstream.body_idle_timeout;
+    let expected = expected.clone();
+    let image_id = starter.fill().image_id.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let started = match upstream
+            .download(api, &caller, &image_id, query.as_deref())
+            .await
+        {
+            Ok(resp) if download_matches(&resp, &expected) => {
+                let request_id = resp.headers().get("x-openstack-request-id").cloned();
+                Ok(Started::Fill(
+                    starter.start(resp.into_body(), idle),
+                    request_id,
+                ))
+            }
+            // Dropping the starter undoes the registration (joiners then pass through).
+            Ok(resp) => {
+                drop(starter);
+                Ok(Started::Refused(resp))
+            }
+            Err(e) => {
+                drop(starter);
+                Err(e)
+            }
+        };
+        let _ = tx.send(started);
+    });
+    rx.await
+        .map_err(|_| Error::Unreachable("fill task ended without an answer".into()))?
 }
 
 fn fallback(app: &App, api: Api, caller: HeaderMap) -> Option<Fallback> {

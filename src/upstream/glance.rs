@@ -15,6 +15,8 @@ use crate::upstream::Upstream;
 
 /// Image records are a few KB; a larger one is not a record.
 const MAX_RECORD: usize = 1 << 20;
+/// A successful probe body up to this size is read (keeping the connection reusable).
+const MAX_PROBE_BODY: u64 = 64 * 1024;
 
 /// Request headers that describe the client's own request and not the caller: they are not
 /// copied onto the proxy's side requests.
@@ -193,7 +195,14 @@ impl Upstream {
         let resp = self
             .side_request(Method::GET, caller, &api.data_path(id), Some(range))
             .await?;
-        if resp.status().is_success() {
+        let small_body = resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|len| len <= MAX_PROBE_BODY);
+        if resp.status().is_success() && !small_body {
+            // Glance ignored the range: drop the body (and that connection) after the head.
             let (parts, _dropped) = resp.into_parts();
             return Ok(Small {
                 status: parts.status,
@@ -201,6 +210,7 @@ impl Upstream {
                 body: Bytes::new(),
             });
         }
+        // A refusal, or the one ranged byte: read it, so the connection goes back to the pool.
         read_small(resp, self.body_idle_timeout).await
     }
 

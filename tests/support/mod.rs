@@ -797,3 +797,14 @@ impl ProxyProcess {
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_glance-cache-proxy");
+
+/// Wait until `cond` holds, polling every 10 ms, for at most 10 s (then fail).
+pub async fn until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
