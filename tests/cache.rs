@@ -303,7 +303,7 @@ async fn least_recently_used_entries_are_evicted_and_too_large_images_pass() {
 }
 
 #[tokio::test]
-async fn ranges_and_uncacheable_ids_pass_through() {
+async fn ranges_on_uncached_images_pass_through() {
     let glance = FakeGlance::start().await;
     let proxy = TestProxy::start(config(&[&glance.url], "")).await;
     let data = pattern(1 << 20, 21);
@@ -633,4 +633,100 @@ async fn the_fill_survives_its_client_leaving_before_glance_answers() {
     glance.set_faults(Faults::default());
     assert!(get(&file_url(&proxy, "img")).await.body == data);
     assert_eq!(glance.downloads("img"), 1);
+}
+
+#[tokio::test]
+async fn ranges_on_hits_are_served_from_the_cache() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 110);
+    let size = data.len();
+    glance.add_image("img", data.clone());
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    let ranged_upstream = || {
+        glance
+            .seen()
+            .iter()
+            .filter(|r| {
+                r.path_and_query.ends_with("/file")
+                    && r.headers.get("range").is_some_and(|v| v != "bytes=0-0")
+            })
+            .count()
+    };
+    let before = ranged_upstream();
+    let md5 = hex::encode(<md5::Md5 as sha2::Digest>::digest(&data));
+    // (Range header, status, the bytes expected: None for the whole image)
+    type Case<'a> = (&'a str, u16, Option<(usize, usize)>);
+    let cases: &[Case] = &[
+        ("bytes=100-199", 206, Some((100, 199))),
+        ("bytes=0-0", 206, Some((0, 0))),
+        ("bytes=-10", 206, Some((size - 10, size - 1))),
+        ("bytes=1000-", 206, Some((1000, size - 1))),
+        ("bytes=0-5,10-20", 200, None),
+    ];
+    for (range, status, span) in cases {
+        let got = send(
+            &file_url(&proxy, "img"),
+            "GET",
+            &[("range", range)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(got.status, *status, "{range}");
+        assert!(got.body_error.is_none(), "{range}");
+        assert_eq!(
+            got.headers["content-md5"],
+            md5.as_str(),
+            "{range}: whole image md5"
+        );
+        match span {
+            Some((a, b)) => {
+                assert!(got.body[..] == data[*a..=*b], "{range}");
+                assert_eq!(
+                    got.headers["content-range"],
+                    format!("bytes {a}-{b}/{size}").as_str()
+                );
+                assert_eq!(
+                    got.headers["content-length"],
+                    (b - a + 1).to_string().as_str()
+                );
+            }
+            None => assert!(got.body == data, "{range}"),
+        }
+    }
+    for bad in ["bytes=2000000-", "bytes=5-2", "pages=1-2"] {
+        let got = send(
+            &file_url(&proxy, "img"),
+            "GET",
+            &[("range", bad)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(got.status, 416, "{bad}");
+        assert_eq!(
+            got.headers["content-range"],
+            format!("bytes */{size}").as_str()
+        );
+    }
+    assert_eq!(
+        ranged_upstream(),
+        before,
+        "ranges on a hit must not reach Glance's data"
+    );
+    assert_eq!(glance.downloads("img"), 1);
+
+    // The same authorization as a full hit.
+    glance.set_faults(Faults {
+        deny_download: Some(403),
+        ..Default::default()
+    });
+    let got = send(
+        &file_url(&proxy, "img"),
+        "GET",
+        &[("range", "bytes=0-9")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.status, 403);
 }

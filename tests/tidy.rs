@@ -92,6 +92,7 @@ const PURE: &[&str] = &[
     "src/upstream/rewrite.rs",
     "src/cache/verify.rs",
     "src/cache/index.rs",
+    "src/serve/range.rs",
 ];
 
 #[test]

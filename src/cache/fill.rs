@@ -301,16 +301,18 @@ pub struct Fallback {
     pub caller: HeaderMap,
 }
 
-/// A response body that streams `fill` from the start, following its progress.
+/// A response body that streams bytes `span` of `fill` (the whole image: `0..size`),
+/// following its progress. `on_done` runs once every byte was sent after verification.
 pub fn reader(
     fill: Arc<Fill>,
+    span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
     on_done: impl FnOnce() + Send + 'static,
 ) -> ProxyBody {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
     fill.readers.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        let complete = follow(&fill, fallback, &tx).await;
+        let complete = follow(&fill, span, fallback, &tx).await;
         fill.readers.fetch_sub(1, Ordering::Relaxed);
         match complete {
             Ok(()) => on_done(),
@@ -324,31 +326,35 @@ pub fn reader(
         .boxed_unsync()
 }
 
-/// Copy the fill to `tx`; `Ok` when every byte was sent after a commit.
+/// Copy `span` of the fill to `tx`; `Ok` when every byte was sent after verification.
 async fn follow(
     fill: &Fill,
+    span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
     tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
 ) -> Result<(), BoxError> {
     let size = fill.expected.size;
+    let end = span.end.min(size);
     let mut rx = fill.progress.clone();
-    let mut offset = 0u64;
+    let mut offset = span.start;
     loop {
         let state = rx.borrow_and_update().clone();
         // Hold back the final byte until the fill is verified.
         let limit = match &state {
             Progress::Starting => 0,
             Progress::Running { written } => {
-                let available = (*written).min(size.saturating_sub(1));
+                let available = (*written).min(size.saturating_sub(1)).min(end);
                 // Wake for a full read, not for every small write of the filler.
-                let batch_ready = available >= offset + READ_CHUNK as u64 || available + 1 >= size;
+                let batch_ready = available >= offset + READ_CHUNK as u64
+                    || available + 1 >= size
+                    || available >= end;
                 if batch_ready {
                     available
                 } else {
                     offset
                 }
             }
-            Progress::Verified | Progress::Committed => size,
+            Progress::Verified | Progress::Committed => end,
             // The fill stopped for a reason that says nothing about the bytes (its disk, or it
             // gave up an instant before this reader joined): the rest comes from Glance.
             Progress::Failed(Failure::Disk { .. } | Failure::Abandoned) => {
@@ -382,7 +388,7 @@ async fn follow(
             }
             continue;
         }
-        if offset >= size && matches!(state, Progress::Verified | Progress::Committed) {
+        if offset >= end && matches!(state, Progress::Verified | Progress::Committed) {
             return Ok(());
         }
         if rx.changed().await.is_err() {

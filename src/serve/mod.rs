@@ -12,6 +12,8 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 
+pub mod range;
+
 use crate::app::App;
 use crate::auth::CallerKey;
 use crate::body::{BoxError, IdleTimeout, ProxyBody};
@@ -22,6 +24,7 @@ use crate::error::Error;
 use crate::upstream::glance::{Api, ImageInfo};
 use crate::upstream::{Downstream, Forwarded};
 use http_body_util::BodyExt;
+use range::RangeAnswer;
 
 /// How an image-data request was answered, for the access log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +73,17 @@ pub async fn image_data(
         return bypass(app, req, down, "disabled").await;
     };
     // Glance bypasses its cache for ranges; so does the proxy (hits with Range come later).
-    if req.headers().contains_key(RANGE) || req.headers().contains_key(CONTENT_RANGE) {
+    // A Range is answered from the cache only for a cached image (Glance's own cache never
+    // does; the proxy can, exactly); otherwise it goes upstream. Legacy request
+    // `Content-Range` and `If-Range` always go upstream.
+    let range = req
+        .headers()
+        .get(RANGE)
+        .map(|v| v.to_str().map(str::to_string).unwrap_or_default());
+    if req.headers().contains_key(CONTENT_RANGE)
+        || req.headers().contains_key(http::header::IF_RANGE)
+        || (range.is_some() && !cache.holds(image_id))
+    {
         return bypass(app, req, down, "range").await;
     }
     let upstream = &app.upstream;
@@ -110,6 +123,9 @@ pub async fn image_data(
 
     let (fill, outcome) = match cache.lookup(image_id, &expected) {
         Lookup::Hit(fill) => (fill, Outcome::Hit),
+        Lookup::Filling(_) | Lookup::Miss if range.is_some() => {
+            return bypass(app, req, down, "range").await;
+        }
         Lookup::Filling(fill) => (fill, Outcome::Coalesced),
         Lookup::Miss => match cache.begin_fill(image_id, &expected) {
             Begin::Joined(fill) => (fill, Outcome::Coalesced),
@@ -124,7 +140,8 @@ pub async fn image_data(
                 return match started {
                     Started::Fill(fill, request_id) => {
                         app.grants.granted(who, image_id);
-                        let body = reader(cache, &fill, fallback(app, api, caller), false);
+                        let size = expected.size;
+                        let body = reader(cache, &fill, 0..size, fallback(app, api, caller), false);
                         Ok(Served {
                             forwarded: data_response(&info, &expected, request_id, body),
                             outcome: Outcome::Miss,
@@ -157,16 +174,58 @@ pub async fn image_data(
             }
         }
     }
+    let answer = range
+        .as_deref()
+        .map_or(RangeAnswer::Full, |r| range::parse(r, expected.size));
+    let span = match answer {
+        RangeAnswer::Full => 0..expected.size,
+        RangeAnswer::Partial { start, end } => start..end + 1,
+        RangeAnswer::Unsatisfiable => {
+            let rid = request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let mut resp = crate::error::error_response(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "Requested range not satisfiable",
+                &rid,
+            );
+            if let Some(v) = answer
+                .content_range(expected.size)
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+            {
+                resp.headers_mut().insert(CONTENT_RANGE, v);
+            }
+            return Ok(Served {
+                forwarded: Forwarded {
+                    response: resp,
+                    upstream: 0,
+                },
+                outcome,
+            });
+        }
+    };
+    let whole = answer == RangeAnswer::Full;
     let body = reader(
         cache,
         &fill,
+        span.clone(),
         fallback(app, api, caller),
-        outcome == Outcome::Hit,
+        outcome == Outcome::Hit && whole,
     );
-    Ok(Served {
-        forwarded: data_response(&info, &expected, request_id, body),
-        outcome,
-    })
+    let mut forwarded = data_response(&info, &expected, request_id, body);
+    if let (false, Some(content_range)) = (whole, answer.content_range(expected.size)) {
+        // 206: this part's length; Content-MD5 stays the whole image's, as Glance sends it.
+        let resp = &mut forwarded.response;
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(span.end - span.start));
+        if let Ok(v) = HeaderValue::from_str(&content_range) {
+            resp.headers_mut().insert(CONTENT_RANGE, v);
+        }
+    }
+    Ok(Served { forwarded, outcome })
 }
 
 /// What became of a miss's download request.
@@ -231,6 +290,7 @@ fn fallback(app: &App, api: Api, caller: HeaderMap) -> Option<Fallback> {
 fn reader(
     cache: &Arc<Cache>,
     fill: &Arc<Fill>,
+    span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
     hit: bool,
 ) -> ProxyBody {
@@ -241,7 +301,7 @@ fn reader(
     } else {
         Box::new(|| {})
     };
-    fill::reader(Arc::clone(fill), fallback, on_done)
+    fill::reader(Arc::clone(fill), span, fallback, on_done)
 }
 
 /// Glance's 200 for the image we expect (Content-Length, when sent, is the record's size).
