@@ -21,4 +21,5 @@ pub mod error;
 pub mod route;
 pub mod serve;
 pub mod server;
+pub mod sys;
 pub mod upstream;

@@ -115,6 +115,11 @@ impl Fill {
         })
     }
 
+    /// The file the fill writes (a committed entry's data file for a hit).
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
     pub fn progress(&self) -> Progress {
         self.progress.borrow().clone()
     }
@@ -322,8 +327,9 @@ pub fn reader(
         }
     });
     let mut rx = rx;
-    http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        .boxed_unsync()
+    crate::body::boxed(http_body_util::StreamBody::new(
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+    ))
 }
 
 /// Copy `span` of the fill to `tx`; `Ok` when every byte was sent after verification.

@@ -13,6 +13,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 
 pub mod range;
+pub mod sendfile;
 
 use crate::app::App;
 use crate::auth::CallerKey;
@@ -68,6 +69,7 @@ pub async fn image_data(
     api: Api,
     image_id: &str,
     down: &Downstream<'_>,
+    zero_copy: Option<&Arc<sendfile::Conn>>,
 ) -> Result<Served, Error> {
     let Some(cache) = app.cache.as_ref() else {
         return bypass(app, req, down, "disabled").await;
@@ -207,13 +209,20 @@ pub async fn image_data(
         }
     };
     let whole = answer == RangeAnswer::Full;
-    let body = reader(
-        cache,
-        &fill,
-        span.clone(),
-        fallback(app, api, caller),
-        outcome == Outcome::Hit && whole,
-    );
+    let body = match (outcome, zero_copy) {
+        // A committed file on a connection that can: zero-copy.
+        (Outcome::Hit, Some(conn)) => {
+            let on_done = hit_done(cache, &fill, whole);
+            conn.body(fill.file(), span.clone(), on_done).boxed_unsync()
+        }
+        _ => reader(
+            cache,
+            &fill,
+            span.clone(),
+            fallback(app, api, caller),
+            outcome == Outcome::Hit && whole,
+        ),
+    };
     let mut forwarded = data_response(&info, &expected, request_id, body);
     if let (false, Some(content_range)) = (whole, answer.content_range(expected.size)) {
         // 206: this part's length; Content-MD5 stays the whole image's, as Glance sends it.
@@ -294,14 +303,18 @@ fn reader(
     fallback: Option<Fallback>,
     hit: bool,
 ) -> ProxyBody {
-    let on_done: Box<dyn FnOnce() + Send> = if hit {
+    fill::reader(Arc::clone(fill), span, fallback, hit_done(cache, fill, hit))
+}
+
+/// What to do once a response sent every byte: a whole hit counts and refreshes the entry.
+fn hit_done(cache: &Arc<Cache>, fill: &Fill, count: bool) -> Box<dyn FnOnce() + Send> {
+    if count {
         let cache = Arc::clone(cache);
         let id = fill.image_id.clone();
         Box::new(move || cache.touch(&id))
     } else {
         Box::new(|| {})
-    };
-    fill::reader(Arc::clone(fill), span, fallback, on_done)
+    }
 }
 
 /// Glance's 200 for the image we expect (Content-Length, when sent, is the record's size).
@@ -367,7 +380,10 @@ where
 {
     let (mut parts, body) = resp.into_parts();
     crate::upstream::headers::strip_hop_by_hop(&mut parts.headers);
-    let body = IdleTimeout::new(body, app.config.upstream.body_idle_timeout).boxed_unsync();
+    let body = crate::body::boxed(IdleTimeout::new(
+        body,
+        app.config.upstream.body_idle_timeout,
+    ));
     Forwarded {
         response: Response::from_parts(parts, body),
         upstream: 0,

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::app::App;
+use crate::serve::sendfile;
 
 /// Serve `listener` until `shutdown` resolves, then stop accepting and let open connections
 /// finish for at most the configured drain timeout.
@@ -28,7 +29,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // The queued write strategy hands body chunks to the IO as they are (no copy into
+        // the head buffer): what sendfile for hits relies on (serve::sendfile).
+        .writev(true);
     let mut accept_backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
 
@@ -56,8 +60,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         accept_backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
         let conn_app = Arc::clone(&app);
-        let service = service_fn(move |req| request::handle(Arc::clone(&conn_app), req, peer));
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let zero_copy = sendfile::Conn::new();
+        let io = sendfile::SendfileIo::new(stream, Arc::clone(&zero_copy));
+        let service = service_fn(move |req| {
+            request::handle(Arc::clone(&conn_app), req, peer, Arc::clone(&zero_copy))
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

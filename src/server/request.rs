@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -16,10 +15,11 @@ use hyper::body::Incoming;
 use url::Url;
 
 use crate::app::App;
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{BoxError, Chunk, ProxyBody};
 use crate::error;
 use crate::route::{self, Route};
 use crate::serve;
+use crate::serve::sendfile;
 use crate::upstream::glance::Api;
 use crate::upstream::Downstream;
 
@@ -29,7 +29,10 @@ pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    zero_copy: Arc<sendfile::Conn>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // sendfile needs HTTP/1.x framing on a plain socket (this listener is both).
+    let zero_copy = (req.version() <= http::Version::HTTP_11).then_some(zero_copy);
     let started = Instant::now();
     let accept = req
         .headers()
@@ -63,7 +66,7 @@ pub async fn handle(
                 Route::V1ImageData { .. } => Api::V1,
                 _ => Api::V2,
             };
-            serve::image_data(&app, req, api, image_id, &down)
+            serve::image_data(&app, req, api, image_id, &down, zero_copy.as_ref())
                 .await
                 .map(|served| {
                     record.cache = served.outcome.as_str();
@@ -180,19 +183,19 @@ struct Logged {
 }
 
 impl Body for Logged {
-    type Data = Bytes;
+    type Data = Chunk;
     type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Chunk>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.record.bytes += data.len() as u64;
+                    this.record.bytes += bytes::Buf::remaining(data) as u64;
                 }
                 // hyper stops polling once a sized body has delivered its length.
                 if this.inner.is_end_stream() || this.record.expected_len == Some(this.record.bytes)

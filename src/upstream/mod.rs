@@ -275,7 +275,7 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
         if !(is_version_doc && is_json && !parts.headers.contains_key(CONTENT_ENCODING)) {
-            let body = IdleTimeout::new(body, self.body_idle_timeout).boxed_unsync();
+            let body = crate::body::boxed(IdleTimeout::new(body, self.body_idle_timeout));
             return Ok(Response::from_parts(parts, body));
         }
         let collected = tokio::time::timeout(

@@ -1,0 +1,320 @@
+//! Zero-copy hits: hyper keeps writing response heads, keep-alive and pipelining; only the
+//! body bytes of a cache hit go from the page cache to the socket with sendfile(2).
+//!
+//! A hit's body (`FileBody`) queues a `SendJob` on its connection and yields placeholder
+//! chunks (`body::Chunk::File`). The connection's IO (`SendfileIo`), handed those chunks by
+//! hyper's queued write strategy (`http1::Builder::writev(true)`), recognises the placeholder
+//! by address and calls sendfile for the job instead of writing the zeros. `Chunk::advance`
+//! guards the contract: if hyper ever consumes placeholder bytes that sendfile did not send,
+//! the connection is poisoned and refuses every later write (see shared/design/sendfile.md).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::{is_placeholder, BoxError, Chunk, SendJob, PLACEHOLDER_LEN};
+
+/// Most bytes one sendfile call may move: bounds how long one call can block the runtime on a
+/// page-cache miss (a cold read), at a negligible cost in calls.
+const MAX_CALL: usize = 2 << 20;
+
+/// Bytes sent with sendfile since start, all connections (for metrics and tests).
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+pub fn bytes_sent() -> u64 {
+    SENT.load(Ordering::Relaxed)
+}
+
+/// Per-connection state shared by its IO and the hit bodies of its responses.
+#[derive(Default)]
+pub struct Conn {
+    /// Jobs in response order; hyper writes one body at a time, so the front is the current one.
+    jobs: Mutex<VecDeque<Arc<SendJob>>>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl Conn {
+    pub fn new() -> Arc<Conn> {
+        Arc::new(Conn::default())
+    }
+
+    fn front(&self) -> Option<Arc<SendJob>> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        while jobs
+            .front()
+            .is_some_and(|j| j.sent.load(Ordering::Acquire) >= j.len)
+        {
+            jobs.pop_front();
+        }
+        jobs.front().cloned()
+    }
+
+    /// A response body for `span` of `file`, sent with sendfile on this connection.
+    pub fn body(
+        self: &Arc<Self>,
+        file: Arc<std::fs::File>,
+        span: std::ops::Range<u64>,
+        on_done: Box<dyn FnOnce() + Send>,
+    ) -> FileBody {
+        let _ = crate::sys::advise_sequential(&*file, span.start, span.end - span.start);
+        FileBody {
+            conn: Arc::clone(self),
+            job: SendJob::new(file, span, Arc::clone(&self.poisoned), on_done),
+            queued: false,
+            yielded: 0,
+        }
+    }
+}
+
+/// A hit's body: placeholder chunks for its job, queued on first poll (hyper never polls the
+/// body of a HEAD, 204 or 304, so those leave no job behind).
+pub struct FileBody {
+    conn: Arc<Conn>,
+    job: Arc<SendJob>,
+    queued: bool,
+    yielded: u64,
+}
+
+impl Body for FileBody {
+    type Data = Chunk;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Chunk>, BoxError>>> {
+        if !self.queued {
+            self.queued = true;
+            let job = Arc::clone(&self.job);
+            self.conn
+                .jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(job);
+        }
+        let left = self.job.len - self.yielded;
+        if left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = left.min(PLACEHOLDER_LEN as u64) as usize;
+        self.yielded += n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.job.chunk(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.yielded >= self.job.len
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.job.len - self.yielded)
+    }
+}
+
+/// The socket of a plaintext HTTP/1 connection, with sendfile for placeholder slices.
+pub struct SendfileIo {
+    tcp: TcpStream,
+    conn: Arc<Conn>,
+}
+
+impl SendfileIo {
+    pub fn new(tcp: TcpStream, conn: Arc<Conn>) -> Self {
+        SendfileIo { tcp, conn }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.conn.poisoned.load(Ordering::Acquire) {
+            Err(io::Error::other(
+                "sendfile guard: placeholder bytes were consumed unsent",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Send up to `max` bytes of the current job.
+    fn poll_sendfile(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
+        let Some(job) = self.conn.front() else {
+            self.conn.poisoned.store(true, Ordering::Release);
+            return Poll::Ready(Err(io::Error::other("sendfile: placeholder without a job")));
+        };
+        let sent = job.sent.load(Ordering::Acquire);
+        let count = max.min((job.len - sent) as usize).min(MAX_CALL);
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let result = self.tcp.try_io(Interest::WRITABLE, || {
+                crate::sys::sendfile(&self.tcp, &*job.file, job.start + sent, count)
+            });
+            match result {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "cached file shorter than announced",
+                    )))
+                }
+                Ok(n) => {
+                    job.sent.fetch_add(n as u64, Ordering::AcqRel);
+                    SENT.fetch_add(n as u64, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for SendfileIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendfileIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check()?;
+        if is_placeholder(buf) {
+            return self.poll_sendfile(cx, buf.len());
+        }
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.check()?;
+        let bufs: Vec<&IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).collect();
+        let Some(first) = bufs.first() else {
+            return Poll::Ready(Ok(0));
+        };
+        if is_placeholder(first) {
+            return self.poll_sendfile(cx, first.len());
+        }
+        // Ordinary bytes up to the next placeholder, in one writev.
+        let run: Vec<IoSlice<'_>> = bufs
+            .iter()
+            .take_while(|b| !is_placeholder(b))
+            .map(|b| IoSlice::new(b))
+            .collect();
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, &run)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    use http_body_util::BodyExt;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncReadExt;
+
+    /// Serve one hit of a file of 0xAB bytes through `SendfileIo` with the given write
+    /// strategy; return what the client received (head and body).
+    async fn serve_once(writev: bool) -> (Vec<u8>, bool) {
+        const LEN: usize = 3 << 20;
+        let mut file = tempfile::tempfile().expect("tempfile");
+        file.write_all(&vec![0xAB; LEN]).expect("write");
+        let file = Arc::new(file);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conn = Conn::new();
+        let poisoned = Arc::clone(&conn.poisoned);
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let io = SendfileIo::new(tcp, Arc::clone(&conn));
+            let service = service_fn(move |_req| {
+                let body = conn.body(Arc::clone(&file), 0..LEN as u64, Box::new(|| {}));
+                async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(body.boxed_unsync()))
+                }
+            });
+            let mut builder = http1::Builder::new();
+            builder.writev(writev);
+            let _ = builder.serve_connection(TokioIo::new(io), service).await;
+        });
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(
+            &mut s,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("request");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        (got, poisoned.load(Ordering::Acquire))
+    }
+
+    fn body_of(raw: &[u8]) -> &[u8] {
+        match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(at) => &raw[at + 4..],
+            None => &[],
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_strategy_sends_the_file() {
+        let (raw, poisoned) = serve_once(true).await;
+        let body = body_of(&raw);
+        assert!(!poisoned);
+        assert_eq!(body.len(), 3 << 20);
+        assert!(body.iter().all(|&b| b == 0xAB));
+    }
+
+    #[tokio::test]
+    async fn a_copying_strategy_trips_the_guard_instead_of_sending_zeros() {
+        // hyper's flattening strategy copies body chunks into its own buffer: the guard must
+        // fail the connection before any placeholder byte is written.
+        let (raw, poisoned) = serve_once(false).await;
+        assert!(poisoned, "the guard did not fire");
+        let body = body_of(&raw);
+        assert!(body.len() < 3 << 20, "the response must not complete");
+        assert!(!body.contains(&0), "placeholder zeros reached the client");
+    }
+
+    #[test]
+    fn advancing_unsent_placeholder_bytes_poisons_the_connection() {
+        let conn = Conn::new();
+        let file = Arc::new(tempfile::tempfile().expect("tempfile"));
+        let job = SendJob::new(file, 0..10, Arc::clone(&conn.poisoned), Box::new(|| {}));
+        let mut chunk = job.chunk(10);
+        assert!(is_placeholder(bytes::Buf::chunk(&chunk)));
+        job.sent.store(4, Ordering::Release);
+        bytes::Buf::advance(&mut chunk, 4);
+        assert!(!conn.poisoned.load(Ordering::Acquire));
+        bytes::Buf::advance(&mut chunk, 1);
+        assert!(conn.poisoned.load(Ordering::Acquire));
+    }
+}

@@ -1,0 +1,165 @@
+//! Zero-copy hits: the bytes of every hit go out with sendfile (counted), byte-exact, with
+//! keep-alive and pipelining intact, under backpressure, client aborts and shutdown.
+//! One test function: the sendfile counter is process-wide, so the scenarios run in order.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use glance_cache_proxy::serve::sendfile::bytes_sent;
+use http_body_util::BodyExt;
+use support::{config, get, pattern, send, FakeGlance, Faults, TestProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn cached(proxy: &TestProxy, id: &str) {
+    let path = proxy.cache_dir.join("images").join(id);
+    support::until(|| path.exists()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_are_zero_copy_and_keep_http_semantics() {
+    let glance = FakeGlance::start().await;
+    let mut proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(24 << 20, 120);
+    glance.add_image("img", data.clone());
+    let url = format!("{}/v2/images/img/file", proxy.url);
+    assert!(get(&url).await.body == data); // miss: not sendfile
+    cached(&proxy, "img").await;
+
+    // 1. A full hit and a ranged hit: every body byte went through sendfile.
+    let before = bytes_sent();
+    let got = get(&url).await;
+    assert!(got.body_error.is_none() && got.body == data);
+    let got = send(
+        &url,
+        "GET",
+        &[("range", "bytes=1000-1999999")],
+        Bytes::new(),
+    )
+    .await;
+    assert!(got.body[..] == data[1000..2_000_000]);
+    assert_eq!(bytes_sent() - before, (data.len() + 1_999_000) as u64);
+
+    // 2. Keep-alive: metadata, hit, metadata, ranged hit on one connection.
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    for (path, range, want) in [
+        ("/v2/images", None, None),
+        ("/v2/images/img/file", None, Some(&data[..])),
+        ("/v2/images/img", None, None),
+        (
+            "/v2/images/img/file",
+            Some("bytes=-4096"),
+            Some(&data[data.len() - 4096..]),
+        ),
+    ] {
+        let mut req = http::Request::get(path).header("host", "p");
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        let resp = sender
+            .send_request(
+                req.body(http_body_util::Empty::<Bytes>::new())
+                    .expect("req"),
+            )
+            .await
+            .expect("the same connection serves the next request");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert!(status.is_success(), "{path}: {status}");
+        if let Some(want) = want {
+            assert!(body[..] == *want, "{path}");
+        }
+    }
+
+    // 3. Pipelining: three requests in one write, answered in order, byte-exact.
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(
+        b"GET /v2/images/img HTTP/1.1\r\nHost: p\r\n\r\n\
+          GET /v2/images/img/file HTTP/1.1\r\nHost: p\r\nRange: bytes=0-9\r\n\r\n\
+          GET /v2/images/img HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("pipelined requests");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("responses");
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 206 Partial Content").count(), 1);
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
+    let second = &raw[at + 4..];
+    let start = second
+        .windows(10)
+        .position(|w| w == &data[..10])
+        .expect("the ten ranged bytes are on the wire");
+    assert!(start > 0);
+
+    // 4. A slow reader: backpressure, still byte-exact.
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("/v2/images/img/file")
+        .header("host", "p")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("req");
+    let mut body = sender.send_request(req).await.expect("head").into_body();
+    let mut got = Vec::new();
+    let mut frames = 0;
+    while let Some(frame) = body.frame().await {
+        got.extend_from_slice(frame.expect("data").data_ref().expect("data"));
+        frames += 1;
+        if frames % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(got == data, "slow reader bytes differ");
+
+    // 5. A client that hangs up mid-transfer does not hurt the next one.
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /v2/images/img/file HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .expect("req");
+    let mut buf = vec![0u8; 64 * 1024];
+    let _ = s.read(&mut buf).await.expect("some bytes");
+    drop(s);
+    assert!(get(&url).await.body == data);
+
+    // 6. Shutdown mid-transfer: the hit finishes byte-exact.
+    glance.set_faults(Faults::default());
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("/v2/images/img/file")
+        .header("host", "p")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("req");
+    let mut body = sender.send_request(req).await.expect("head").into_body();
+    let first = body.frame().await.expect("frame").expect("data");
+    let mut got = first.data_ref().expect("data").to_vec();
+    let task = proxy.begin_shutdown();
+    while let Some(frame) = body.frame().await {
+        got.extend_from_slice(
+            frame
+                .expect("no error while draining")
+                .data_ref()
+                .expect("data"),
+        );
+    }
+    assert!(got == data, "hit cut by shutdown");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("drained")
+        .expect("task");
+}
