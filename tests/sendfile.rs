@@ -63,6 +63,12 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
         if let Some(r) = range {
             req = req.header("range", r);
         }
+        // Between requests an HTTP/1 client connection must be ready again; this fails if the
+        // proxy closed it, so it checks keep-alive.
+        sender
+            .ready()
+            .await
+            .expect("the connection stays open for the next request");
         let resp = sender
             .send_request(
                 req.body(http_body_util::Empty::<Bytes>::new())
