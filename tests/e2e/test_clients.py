@@ -252,3 +252,37 @@ def _wait(pred, timeout=60):
     while not pred():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.3)
+
+
+def test_keep_alive_across_metadata_and_zero_copy_hits(proxy):
+    h = {"X-Auth-Token": "noauth"}
+    r = requests.post(proxy.url + "/v2/images", json={"name": "ka", "disk_format": "raw",
+                      "container_format": "bare"}, headers=h, timeout=30)
+    image_id = r.json()["id"]
+    try:
+        assert requests.put("%s/v2/images/%s/file" % (proxy.url, image_id), data=DATA,
+                            headers=dict(h, **{"Content-Type": "application/octet-stream"}),
+                            timeout=TIMEOUT).status_code == 204
+        assert requests.get("%s/v2/images/%s/file" % (proxy.url, image_id), headers=h,
+                            timeout=TIMEOUT).content == DATA  # miss: fills the cache
+        # The entry is published just after the miss's last byte.
+        _wait(lambda: os.path.exists(os.path.join(proxy.cache, "c", "images", image_id)))
+        # python-requests Session: metadata, hit, metadata on one connection.
+        s = requests.Session()
+        meta = "%s/v2/images/%s" % (proxy.url, image_id)
+        assert s.get(meta, headers=h, timeout=30).status_code == 200
+        assert s.get(meta + "/file", headers=h, timeout=TIMEOUT).content == DATA
+        assert s.get(meta, headers=h, timeout=30).status_code == 200
+        pools = s.get_adapter(proxy.url).poolmanager.pools
+        opened = sum(pools[k].num_connections for k in pools.keys())
+        assert opened == 1, "requests opened %d connections" % opened
+        # curl: three URLs, one connection.
+        out = subprocess.run(["curl", "-sv", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
+                              "-H", "X-Auth-Token: noauth", meta, meta + "/file", meta],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr.count("Re-using existing connection") == 2, out.stderr[-2000:]
+        hits = [l for l in proxy.access_lines(image_id + "/file") if 'cache="hit"' in l]
+        assert len(hits) >= 2 and all('outcome="complete"' in l for l in hits)
+    finally:
+        requests.delete("%s/v2/images/%s" % (proxy.url, image_id), headers=h, timeout=30)
