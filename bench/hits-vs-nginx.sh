@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Cache hits vs nginx on the same file: nginx (Debian nginx-light, sendfile on, tcp_nopush on)
+# serves the proxy's cached image file directly; the proxy serves it as a hit (sendfile under
+# hyper, after asking Glance whether the caller may download it). Interleaved rounds at 1, 8
+# and 32 concurrent clients, with curl and with a lean C reader (bench/rawget.c): total
+# throughput and server CPU seconds per GB, and the proxy/nginx ratios. Then wrk on a small
+# metadata call, directly to Glance and through the proxy. Writes bench/hits-vs-nginx.png.
+#
+#   bench/hits-vs-nginx.sh [IMAGE_MIB] [ROUNDS]    (defaults 512 3)
+# Installs nginx-light, wrk and gcc's output as needed (root). All on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
+IMAGE_MIB=${1:-512}
+ROUNDS=${2:-3}
+LAUNCHER=scripts/glance-upstream/glance-upstream.sh
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk >/dev/null
+fi
+
+work=$(mktemp -d /tmp/gcp-bench-hits.XXXXXX)
+gdata=$work/glance proxy_pid="" nginx_conf=$work/nginx.conf
+cleanup() {
+    [[ -n $proxy_pid ]] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+    [[ -f $work/nginx.pid ]] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null
+    GLANCE_CACHE=0 "$LAUNCHER" stop "$gdata" >/dev/null 2>&1 || true
+    sleep 0.5
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+clk=$(getconf CLK_TCK)
+# cpu PID... -> utime+stime seconds of the processes
+cpu() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk -v t="$clk" '{s += $1} END {printf "%.3f", s / t}'; }
+
+cargo build --release --locked --bin glance-cache-proxy >&2
+gcc -O2 -o "$work/rawget" bench/rawget.c
+
+gport=$(free_port)
+glance=$(GLANCE_CACHE=0 "$LAUNCHER" start "$gport" "$gdata" | awk '{print $2}')
+pport=$(free_port)
+target/release/glance-cache-proxy --listen "127.0.0.1:$pport" --upstream "$glance" \
+    --cache-dir "$work/cache" --cache-max-size 20GiB --metrics-listen "" 2> "$work/proxy.log" &
+proxy_pid=$!
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$pport/versions" && break; sleep 0.1; done
+
+id=$(curl -sf -X POST -H 'X-Auth-Token: noauth' -H 'Content-Type: application/json' \
+    -d '{"name":"bench","disk_format":"raw","container_format":"bare"}' "$glance/v2/images" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+head -c "$((IMAGE_MIB << 20))" /dev/urandom > "$work/img"
+curl -sf -o /dev/null -H 'X-Auth-Token: noauth' -H 'Content-Type: application/octet-stream' \
+    -T "$work/img" "$glance/v2/images/$id/file"
+rm -f "$work/img"
+curl -sf -o /dev/null "http://127.0.0.1:$pport/v2/images/$id/file"   # miss: fills the cache
+for _ in $(seq 300); do [[ -f $work/cache/images/$id ]] && break; sleep 0.1; done
+cat "$work/cache/images/$id" > /dev/null                                # both read from page cache
+
+nport=$(free_port)
+cat > "$nginx_conf" <<NGINX
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65;
+    server {
+        listen 127.0.0.1:$nport;
+        root $work/cache/images;
+        location / { default_type application/octet-stream; }
+    }
+}
+NGINX
+nginx -c "$nginx_conf" -e "$work/nginx-error.log"
+for _ in $(seq 50); do [[ -f $work/nginx.pid ]] && break; sleep 0.1; done
+nginx_pids() { echo "$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"; }
+
+# run SERVER CLIENT N -> "seconds cpu_seconds"
+run() {
+    local url port pids c0 t0 jobs=()
+    if [[ $1 == nginx ]]; then port=$nport; url=/$id; read -ra pids <<< "$(nginx_pids)"
+    else port=$pport; url=/v2/images/$id/file; pids=("$proxy_pid"); fi
+    c0=$(cpu "${pids[@]}"); t0=$(date +%s.%N)
+    for _ in $(seq "$3"); do
+        if [[ $2 == curl ]]; then
+            timeout 600 curl -sf -o /dev/null -H 'X-Auth-Token: noauth' "http://127.0.0.1:$port$url" &
+        else
+            timeout 600 "$work/rawget" 127.0.0.1 "$port" "$url" > /dev/null &
+        fi
+        jobs+=($!)
+    done
+    for j in "${jobs[@]}"; do wait "$j"; done
+    awk -v a="$t0" -v b="$(date +%s.%N)" -v c0="$c0" -v c1="$(cpu "${pids[@]}")" 'BEGIN{printf "%.3f %.3f", b-a, c1-c0}'
+}
+
+results=$work/results.tsv
+: > "$results"
+for r in $(seq "$ROUNDS"); do
+    for n in 1 8 32; do
+        for client in raw curl; do
+            for server in nginx proxy; do   # interleaved: same round, same conditions
+                read -r secs cpus <<< "$(run "$server" "$client" "$n")"
+                echo -e "$r\t$n\t$client\t$server\t$secs\t$cpus" >> "$results"
+            done
+        done
+    done
+done
+
+bytes=$((IMAGE_MIB << 20))
+summary=$(python3 - "$results" "$bytes" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+b = int(sys.argv[2])
+out = {}
+for r, n, client, server, secs, cpus in rows:
+    n, secs, cpus = int(n), float(secs), float(cpus)
+    out.setdefault((n, client, server), []).append((n * b / secs / 1e9, cpus / (n * b / 1e9)))
+print("| clients | reader | nginx GB/s | proxy GB/s | ratio | nginx core-s/GB | proxy core-s/GB | ratio |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for n in (1, 8, 32):
+    for client in ("raw", "curl"):
+        ng = out[(n, client, "nginx")]; px = out[(n, client, "proxy")]
+        g = lambda v, i: statistics.median(x[i] for x in v)
+        print("| %d | %s | %.2f | %.2f | %.2fx | %.3f | %.3f | %.2fx |" % (
+            n, client, g(ng, 0), g(px, 0), g(px, 0) / g(ng, 0), g(ng, 1), g(px, 1), g(px, 1) / max(g(ng, 1), 1e-9)))
+PY
+)
+
+# Small metadata calls: wrk, directly to Glance and through the proxy.
+meta=/v2/images/$id
+wrk_run() { timeout 60 wrk -t2 -c16 -d8s --latency -H 'X-Auth-Token: noauth' "$1$meta" 2>&1; }
+wrk_direct=$(wrk_run "$glance")
+wrk_proxy=$(wrk_run "http://127.0.0.1:$pport")
+parse() { awk '/Requests\/sec/ {r=$2} / 50%/ {p50=$2} / 99%/ {p99=$2} END {print r, p50, p99}' <<< "$1"; }
+read -r d_rps d_p50 d_p99 <<< "$(parse "$wrk_direct")"
+read -r p_rps p_p50 p_p99 <<< "$(parse "$wrk_proxy")"
+
+# Chart of the throughput table (matplotlib from the project venv; installed on demand).
+"$GLANCE_VENV/bin/python" -c 'import matplotlib' 2>/dev/null ||
+    "$GLANCE_VENV/bin/python" -m pip install -q matplotlib >/dev/null
+"$GLANCE_VENV/bin/python" - "$results" "$bytes" bench/hits-vs-nginx.png <<'PY'
+import statistics, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+b = int(sys.argv[2])
+groups = [(n, c) for n in (1, 8, 32) for c in ("raw", "curl")]
+def med(n, c, s):
+    return statistics.median(int(n_) * b / float(t) / 1e9 for _, n_, c_, s_, t, _ in rows
+                             if int(n_) == n and c_ == c and s_ == s)
+xs = range(len(groups))
+fig, ax = plt.subplots(figsize=(8, 4))
+ax.bar([x - 0.2 for x in xs], [med(n, c, "nginx") for n, c in groups], 0.4, label="nginx sendfile")
+ax.bar([x + 0.2 for x in xs], [med(n, c, "proxy") for n, c in groups], 0.4, label="glance-cache-proxy hit")
+ax.set_xticks(list(xs), ["%d x %s" % g for g in groups])
+ax.set_ylabel("total GB/s (median)")
+ax.set_title("Cache hits vs nginx, same file in page cache, 127.0.0.1, 2 cores")
+ax.legend()
+fig.tight_layout()
+fig.savefig(sys.argv[3], dpi=100)
+PY
+
+echo
+echo "Hits vs nginx: ${IMAGE_MIB} MiB image in page cache, ${ROUNDS} interleaved rounds (medians); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(nginx -v 2>&1)"
+echo
+echo "$summary"
+echo
+echo "| metadata GET (wrk -t2 -c16 -d8s) | req/s | p50 | p99 |"
+echo "| --- | --- | --- | --- |"
+echo "| direct to Glance | $d_rps | $d_p50 | $d_p99 |"
+echo "| through the proxy | $p_rps | $p_p50 | $p_p99 |"
+awk -v a="$p_rps" -v b="$d_rps" 'BEGIN{printf "\nmetadata throughput through the proxy vs direct: %.2fx\n", a/b}'
+echo "chart: bench/hits-vs-nginx.png"
