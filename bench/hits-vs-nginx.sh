@@ -58,6 +58,8 @@ cat "$work/cache/images/$id" > /dev/null                                # both r
 
 nport=$(free_port)
 cat > "$nginx_conf" <<NGINX
+# Workers must read the root-owned temporary cache directory.
+user root;
 worker_processes auto;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log;
@@ -78,38 +80,46 @@ nginx -c "$nginx_conf" -e "$work/nginx-error.log"
 for _ in $(seq 50); do [[ -f $work/nginx.pid ]] && break; sleep 0.1; done
 nginx_pids() { echo "$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"; }
 
-# run SERVER CLIENT N -> "seconds cpu_seconds"
+# run SERVER CLIENT N -> "seconds cpu_seconds"; fails unless every client got every byte.
 run() {
-    local url port pids c0 t0 jobs=()
+    local url port pids c0 t0 got jobs=()
     if [[ $1 == nginx ]]; then port=$nport; url=/$id; read -ra pids <<< "$(nginx_pids)"
     else port=$pport; url=/v2/images/$id/file; pids=("$proxy_pid"); fi
     c0=$(cpu "${pids[@]}"); t0=$(date +%s.%N)
-    for _ in $(seq "$3"); do
+    for i in $(seq "$3"); do
         if [[ $2 == curl ]]; then
-            timeout 600 curl -sf -o /dev/null -H 'X-Auth-Token: noauth' "http://127.0.0.1:$port$url" &
+            timeout 600 curl -s -o /dev/null -w '%{size_download}\n' -H 'X-Auth-Token: noauth' \
+                "http://127.0.0.1:$port$url" > "$work/got.$i" &
         else
-            timeout 600 "$work/rawget" 127.0.0.1 "$port" "$url" > /dev/null &
+            timeout 600 "$work/rawget" 127.0.0.1 "$port" "$url" > "$work/got.$i" &
         fi
         jobs+=($!)
     done
-    for j in "${jobs[@]}"; do wait "$j"; done
+    for j in "${jobs[@]}"; do wait "$j" || true; done
+    got=$(cat "$work"/got.* | awk '{s += $1} END {printf "%.0f", s}')
+    rm -f "$work"/got.*
+    if [[ $got != $(( $3 * bytes )) ]]; then
+        echo "bench: $1/$2/$3 received $got of $(( $3 * bytes )) bytes" >&2
+        exit 1
+    fi
     awk -v a="$t0" -v b="$(date +%s.%N)" -v c0="$c0" -v c1="$(cpu "${pids[@]}")" 'BEGIN{printf "%.3f %.3f", b-a, c1-c0}'
 }
 
 results=$work/results.tsv
+bytes=$((IMAGE_MIB << 20))
 : > "$results"
 for r in $(seq "$ROUNDS"); do
     for n in 1 8 32; do
         for client in raw curl; do
             for server in nginx proxy; do   # interleaved: same round, same conditions
-                read -r secs cpus <<< "$(run "$server" "$client" "$n")"
+                line=$(run "$server" "$client" "$n") || exit 1
+                read -r secs cpus <<< "$line"
                 echo -e "$r\t$n\t$client\t$server\t$secs\t$cpus" >> "$results"
             done
         done
     done
 done
 
-bytes=$((IMAGE_MIB << 20))
 summary=$(python3 - "$results" "$bytes" <<'PY'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
