@@ -360,19 +360,10 @@ async fn eviction_never_breaks_a_transfer_in_progress() {
 
     // Start a hit of `a` and stop reading after the first piece (far more than the socket
     // buffers hold is still to come).
-    let stream = tokio::net::TcpStream::connect(proxy.addr)
+    let mut sender = support::connection(proxy.addr).await;
+    let mut body = support::get_on(&mut sender, "/v2/images/a/file", &[])
         .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let req = http::Request::get("/v2/images/a/file")
-        .header("host", "p")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .expect("request");
-    let mut body = sender.send_request(req).await.expect("head").into_body();
+        .into_body();
     let mut got = Vec::new();
     while got.len() < 1 << 20 {
         let frame = body.frame().await.expect("frame").expect("data");

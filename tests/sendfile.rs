@@ -43,12 +43,7 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
     assert_eq!(bytes_sent() - before, (data.len() + 1_999_000) as u64);
 
     // 2. Keep-alive: metadata, hit, metadata, ranged hit on one connection.
-    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = support::connection(proxy.addr).await;
     for (path, range, want) in [
         ("/v2/images", None, None),
         ("/v2/images/img/file", None, Some(&data[..])),
@@ -59,23 +54,8 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
             Some(&data[data.len() - 4096..]),
         ),
     ] {
-        let mut req = http::Request::get(path).header("host", "p");
-        if let Some(r) = range {
-            req = req.header("range", r);
-        }
-        // Between requests an HTTP/1 client connection must be ready again; this fails if the
-        // proxy closed it, so it checks keep-alive.
-        sender
-            .ready()
-            .await
-            .expect("the connection stays open for the next request");
-        let resp = sender
-            .send_request(
-                req.body(http_body_util::Empty::<Bytes>::new())
-                    .expect("req"),
-            )
-            .await
-            .expect("the same connection serves the next request");
+        let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", *r)).collect();
+        let resp = support::get_on(&mut sender, path, &headers).await;
         let status = resp.status();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert!(status.is_success(), "{path}: {status}");
@@ -107,17 +87,10 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
     assert!(start > 0);
 
     // 4. A slow reader: backpressure, still byte-exact.
-    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let req = http::Request::get("/v2/images/img/file")
-        .header("host", "p")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .expect("req");
-    let mut body = sender.send_request(req).await.expect("head").into_body();
+    let mut sender = support::connection(proxy.addr).await;
+    let mut body = support::get_on(&mut sender, "/v2/images/img/file", &[])
+        .await
+        .into_body();
     let mut got = Vec::new();
     let mut frames = 0;
     while let Some(frame) = body.frame().await {
@@ -141,17 +114,10 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
 
     // 6. Shutdown mid-transfer: the hit finishes byte-exact.
     glance.set_faults(Faults::default());
-    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let req = http::Request::get("/v2/images/img/file")
-        .header("host", "p")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .expect("req");
-    let mut body = sender.send_request(req).await.expect("head").into_body();
+    let mut sender = support::connection(proxy.addr).await;
+    let mut body = support::get_on(&mut sender, "/v2/images/img/file", &[])
+        .await
+        .into_body();
     let first = body.frame().await.expect("frame").expect("data");
     let mut got = first.data_ref().expect("data").to_vec();
     let task = proxy.begin_shutdown();

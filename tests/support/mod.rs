@@ -808,3 +808,35 @@ pub async fn until(mut cond: impl FnMut() -> bool) {
     }
     panic!("condition not reached within 10 s");
 }
+
+/// A keep-alive HTTP/1 client connection to `addr` (its connection task is spawned).
+pub async fn connection(
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// `GET path` on `sender` once the connection is ready for it (fails if the server closed it).
+pub async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<Incoming> {
+    sender
+        .ready()
+        .await
+        .expect("the connection stays open for the next request");
+    let mut req = Request::get(path).header("host", "p");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    sender
+        .send_request(req.body(http_body_util::Empty::new()).expect("request"))
+        .await
+        .expect("response head")
+}
