@@ -203,6 +203,22 @@ def test_openstack_cli(proxy, tmp_path):
     finally:
         osc(proxy, "image", "delete", image_id)
     assert proxy.access_lines(image_id)
+    # Interoperable import: stage, then glance-direct. The image is created through the API:
+    # `openstack image create` without --file reads stdin when it is not a TTY (as here) and
+    # would make an active, empty image.
+    r = requests.post(proxy.url + "/v2/images", json={"name": "e2e-osc-import", "disk_format": "raw",
+                      "container_format": "bare"}, headers={"X-Auth-Token": "noauth"}, timeout=30)
+    imp = r.json()["id"]
+    try:
+        osc(proxy, "image", "stage", "--file", str(src), imp)
+        osc(proxy, "image", "import", "--method", "glance-direct", imp)
+        _wait(lambda: json.loads(osc(proxy, "image", "show", "-f", "json", imp).stdout)["status"] == "active")
+        dst = tmp_path / "imported.img"
+        osc(proxy, "image", "save", "--file", str(dst), imp)
+        assert dst.read_bytes() == DATA
+    finally:
+        osc(proxy, "image", "delete", imp)
+    assert proxy.access_lines(imp + "/stage") and proxy.access_lines(imp + "/import")
 
 
 def test_curl_uploads_with_expect_100_continue(proxy, tmp_path):
