@@ -56,6 +56,20 @@ pub async fn run(
         .and_then(|a| Url::parse(&format!("http://{a}")).ok())
         .unwrap_or_else(|| Url::parse("http://127.0.0.1/").expect("literal URL is valid"));
     let app = Arc::new(App::new(config, listen_url)?);
-    crate::server::serve(listener, app, shutdown).await;
+    serve(app, listener, shutdown).await;
     Ok(())
+}
+
+/// Build the components for `config` (scanning the cache directory), before any listener
+/// exists: once the port accepts connections, leftovers are gone and the index is complete.
+pub fn build(config: Config) -> Result<Arc<App>, StoreError> {
+    let listen = config.server.listen;
+    let listen_url = Url::parse(&format!("http://{listen}"))
+        .unwrap_or_else(|_| Url::parse("http://127.0.0.1/").expect("literal URL is valid"));
+    Ok(Arc::new(App::new(config, listen_url)?))
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves and the drain ends.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    crate::server::serve(listener, app, shutdown).await;
 }

@@ -74,7 +74,17 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listen = config.server.listen;
+        // The cache first: the port opens only once the index is rebuilt and leftovers of
+        // interrupted fills are gone, so "accepting connections" means ready.
+        let cache_dir = config.cache.dir.clone();
+        let app = match glance_cache_proxy::app::build(config) {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(dir = %cache_dir.display(), error = %e, "cannot open the cache directory (cache.dir)");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listen = app.config.server.listen;
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -84,21 +94,13 @@ fn main() -> ExitCode {
         };
         tracing::info!(
             %listen,
-            upstreams = ?config.upstream.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+            upstreams = ?app.config.upstream.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
             version = env!("CARGO_PKG_VERSION"),
             "glance-cache-proxy listening"
         );
-        let cache_dir = config.cache.dir.clone();
-        match glance_cache_proxy::app::run(config, listener, shutdown_signal()).await {
-            Ok(()) => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                tracing::error!(dir = %cache_dir.display(), error = %e, "cannot open the cache directory (cache.dir)");
-                ExitCode::FAILURE
-            }
-        }
+        glance_cache_proxy::app::serve(app, listener, shutdown_signal()).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
     })
 }
 
