@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # End-to-end tests: a real Glance 33 (scripts/glance-upstream/) with the real clients
-# (python-glanceclient, openstacksdk, the glance and openstack CLIs) through the proxy.
-# Installs the venv if needed, builds the proxy unless PROXY_BIN is set, runs pytest.
+# (python-glanceclient, openstacksdk, the glance and openstack CLIs, curl) through the proxy.
+# Installs the venv if needed, builds the proxy unless PROXY_BIN is set, runs pytest with the
+# venv's python. Everything binds 127.0.0.1. Exit status: pytest's (non-zero on failure).
 #
 #   scripts/e2e.sh [pytest args]     e.g. scripts/e2e.sh -k sdk -x
+#
+# Environment: GLANCE_VENV (default ~/.cache/glance-cache-proxy/glance-venv), PROXY_BIN
+# (a prebuilt proxy binary; default: cargo build, target/debug/glance-cache-proxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
 
+command -v curl >/dev/null || { echo "e2e: curl is needed" >&2; exit 1; }
+# The default install has Glance, the clients, the openstack CLI and pytest; the Keystone
+# extras are for tests/e2e/test_authz.py, which also runs Glance with a real Keystone.
 scripts/glance-upstream/glance-upstream.sh install
+GLANCE_AUTH=keystone scripts/glance-upstream/glance-upstream.sh install
 if [[ -z ${PROXY_BIN:-} ]]; then
     cargo build --locked --bin glance-cache-proxy
     export PROXY_BIN=$PWD/target/debug/glance-cache-proxy
 fi
-command -v curl >/dev/null || { echo "e2e: curl is needed" >&2; exit 1; }
-exec timeout 1500 "$GLANCE_VENV/bin/python" -m pytest -p no:cacheprovider -q -rA tests/e2e "$@"
+[[ -x $PROXY_BIN ]] || { echo "e2e: no proxy binary at $PROXY_BIN" >&2; exit 1; }
+# Bounded: SIGINT first (pytest then runs its teardown: Glance and the proxies are stopped),
+# SIGKILL a minute later.
+exec timeout -s INT -k 60 900 "$GLANCE_VENV/bin/python" -m pytest -p no:cacheprovider -q -rA \
+    tests/e2e "$@"

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Build and run the proxy (release build) with the default configuration: listen on
-# 127.0.0.1:9393, upstream Glance http://127.0.0.1:9292.
+# Build and run the proxy (release build) with the defaults of config/glance-cache-proxy.toml:
+# listen on 127.0.0.1:9393, upstream Glance http://127.0.0.1:9292.
 #
 #   scripts/run.sh [--with-glance] [proxy flags...]
 #
 # --with-glance  first start a local real Glance 33 on 127.0.0.1:9292 (installed into a venv
 #                by scripts/glance-upstream/; data in ${XDG_DATA_HOME:-~/.local/share}/
 #                glance-cache-proxy/glance), and stop it when the proxy exits.
-# The cache goes to $CACHE_DIR (default ~/.cache/glance-cache-proxy/cache) unless a
-# --cache-dir or --config flag is given. Stop with Ctrl-C (graceful drain).
+# Other arguments go to the proxy (e.g. --upstream URL, --config FILE). The cache goes to
+# $CACHE_DIR (default ~/.cache/glance-cache-proxy/cache) unless a --cache-dir or --config
+# flag is given. Stop with Ctrl-C or SIGTERM (the proxy drains, then Glance is stopped).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
+LAUNCHER=scripts/glance-upstream/glance-upstream.sh
 
 with_glance=0
 args=()
@@ -30,11 +32,25 @@ cargo build --release --locked --bin glance-cache-proxy
 if [[ $with_glance == 1 ]]; then
     data=${XDG_DATA_HOME:-$HOME/.local/share}/glance-cache-proxy/glance
     mkdir -p "$data"
-    scripts/glance-upstream/glance-upstream.sh start 9292 "$data" >/dev/null
-    trap 'scripts/glance-upstream/glance-upstream.sh stop "$data"' EXIT
-    echo "run.sh: Glance on http://127.0.0.1:9292 (clients: $GLANCE_VENV/bin/{glance,openstack})" >&2
+    trap '"$LAUNCHER" stop "$data" || true' EXIT
+    "$LAUNCHER" start 9292 "$data" >/dev/null
+    echo "run.sh: Glance on http://127.0.0.1:9292 (data $data; clients: $GLANCE_VENV/bin/{glance,openstack})" >&2
 fi
-echo "run.sh: proxy on http://127.0.0.1:9393 (Ctrl-C to stop)" >&2
+
+echo "run.sh: proxy on http://127.0.0.1:9393 unless --listen says otherwise (Ctrl-C to stop)" >&2
+target/release/glance-cache-proxy "${args[@]}" &
+proxy=$!
+# A background job ignores SIGINT: hand Ctrl-C and SIGTERM to the proxy as one SIGTERM.
+trap 'kill -TERM "$proxy" 2>/dev/null || true' INT TERM HUP
 status=0
-target/release/glance-cache-proxy "${args[@]}" || status=$?
+while kill -0 "$proxy" 2>/dev/null; do
+    wait "$proxy" && status=0 || status=$?   # > 128 also when a trapped signal interrupted it
+done
+if ((status > 128)); then
+    # The proxy may have exited while `wait` was interrupted: its status is still to collect
+    # (127: it was already collected).
+    rc=0
+    wait "$proxy" 2>/dev/null || rc=$?
+    ((rc == 127)) || status=$rc
+fi
 exit "$status"

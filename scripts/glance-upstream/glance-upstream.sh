@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # glance-upstream.sh - install and run a real OpenStack Glance API server for
-# glance-cache-proxy's end-to-end tests (the project's copy of the kit in
-# shared/glance-upstream/, kept here so tests and the README work on their own): no Keystone (every request is an admin of one fixed
-# project), SQLite database, `file` store, image cache + /v2/cache API,
-# glance-direct import, bound to 127.0.0.1 only. With GLANCE_AUTH=keystone,
-# also a real Keystone (SQLite, fernet tokens) and Glance's keystone paste
-# flavor with keystonemiddleware: real tokens, projects and roles.
+# glance-cache-proxy's end-to-end tests. The project's own copy of the shared
+# kit (shared/glance-upstream/), so that tests, CI and scripts/run.sh work on a
+# fresh machine. Differences from the kit: the default venv is
+# $HOME/.cache/glance-cache-proxy/glance-venv; the default install also has
+# python-openstackclient and pytest; GLANCE_BIND_ADDR.
 #
-#   glance-upstream.sh install                 # venv with glance, glanceclient, openstacksdk, gunicorn
+# No Keystone (every request is an admin of one fixed project), SQLite
+# database, `file` store, image cache + /v2/cache API, glance-direct import,
+# bound to 127.0.0.1 only. With GLANCE_AUTH=keystone, also a real Keystone
+# (SQLite, fernet tokens) and Glance's keystone paste flavor with
+# keystonemiddleware: real tokens, projects and roles.
+#
+#   glance-upstream.sh install                 # venv: glance, glanceclient, openstacksdk, gunicorn,
+#                                              #   openstackclient, pytest (+ keystone if GLANCE_AUTH=keystone)
 #   glance-upstream.sh start [PORT] [DATADIR]  # prints "PID URL" once the API answers
 #   glance-upstream.sh stop DATADIR            # stops Glance (and its Keystone, if any)
 #   glance-upstream.sh status DATADIR          # "PID URL" (+ "keystone PID URL")
@@ -22,12 +28,12 @@
 #   GLANCE_PUBLIC_ENDPOINT  if set, used for the hrefs of GET / (version discovery)
 #   GLANCE_NOAUTH_PROJECT, GLANCE_NOAUTH_USER  identity given to requests
 #                         (default noauth-project / noauth-user, roles admin,member,reader)
-#   GLANCE_AUTH           noauth (default) or keystone: `install` adds keystone,
-#                         keystonemiddleware and python-openstackclient; `start`
-#                         also runs Keystone (data in DATADIR/keystone)
+#   GLANCE_AUTH           noauth (default) or keystone: `install` adds keystone
+#                         and keystonemiddleware; `start` also runs Keystone
+#                         (data in DATADIR/keystone)
 #   KEYSTONE_PORT         Keystone's port (default PORT+1000)
-#   GLANCE_BIND_ADDR      address Glance binds (default 127.0.0.1; bench/fleet.sh uses
-#                         0.0.0.0 inside its own network namespace)
+#   GLANCE_BIND_ADDR      address Glance binds (default 127.0.0.1; bench/fleet.sh
+#                         uses 0.0.0.0 inside its own network namespace)
 #   GLANCE_CATALOG_URL    URL of the image endpoints in Keystone's catalog
 #                         (default Glance's own URL; e.g. a proxy's)
 #
@@ -44,6 +50,8 @@ GLANCE_WORKERS=${GLANCE_WORKERS:-1}
 GLANCE_THREADS=${GLANCE_THREADS:-8}
 GLANCE_AUTH=${GLANCE_AUTH:-noauth}
 # Top-level pins; constraints.txt (next to this script, optional) pins the rest.
+# python-openstackclient (the `openstack` CLI) and pytest are for the project's
+# end-to-end tests (tests/e2e/), in the default install too.
 PKGS=(glance==33.0.0 python-glanceclient==4.13.0 openstacksdk==4.22.0 gunicorn==27.0.1
       python-openstackclient==10.5.0 pytest==8.4.2)
 # Added on top for GLANCE_AUTH=keystone (same venv: pip's resolver finds no

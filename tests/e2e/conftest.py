@@ -4,13 +4,26 @@
 Run through scripts/e2e.sh, which installs the venv and builds the proxy. Environment:
 PROXY_BIN (default target/debug/glance-cache-proxy), GLANCE_VENV (the venv; default: this
 interpreter's).
+
+Session fixtures:
+  glance, proxy                 Glance (noauth, cache on) and the proxy in front of it
+  glance_public, proxy_public   Glance with GLANCE_PUBLIC_ENDPOINT (it writes its own URL
+                                into version hrefs) and a proxy in front; started only when
+                                a test asks for them
+  relay, proxy_traced           proxy -> recording TCP relay -> the `glance` above: the
+                                request heads exactly as the proxy sent them
+Every process started here is stopped at the end of the session, also after failures.
 """
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -21,6 +34,13 @@ PROXY_BIN = os.environ.get("PROXY_BIN", os.path.join(ROOT, "target", "debug", "g
 VENV = os.environ.get("GLANCE_VENV", sys.prefix)
 BIN = os.path.join(VENV, "bin")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+PROXY_START_TIMEOUT = 30
+
+# Everything is on loopback: never let requests, curl or keystoneauth use an HTTP proxy
+# from the environment.
+for _k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+    os.environ.pop(_k, None)
+os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 
 def free_port():
@@ -30,10 +50,11 @@ def free_port():
 
 
 def wait_http(url, timeout=30.0, proc=None):
+    """Wait until url answers (any status below 500)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError("process exited with %s" % proc.returncode)
+            raise RuntimeError("process exited with status %s" % proc.returncode)
         try:
             with OPENER.open(url, timeout=5) as r:
                 if r.status < 500:
@@ -48,72 +69,212 @@ def wait_http(url, timeout=30.0, proc=None):
 
 
 class Glance:
+    """A real Glance started by the project's launcher in a temporary DATADIR.
+
+    Default: noauth, image cache on; env_extra adds launcher variables (GLANCE_CACHE,
+    GLANCE_PUBLIC_ENDPOINT, GLANCE_AUTH, ...). Other GLANCE_* variables of the caller's
+    environment (except the venv and interpreter) are not passed on.
+    """
+
     def __init__(self, env_extra, port=None):
         self.port = port or free_port()
         self.data = tempfile.mkdtemp(prefix="gcp-e2e-glance-")
-        self.env = dict(os.environ, GLANCE_VENV=VENV, **env_extra)
-        out = subprocess.run(
-            ["bash", LAUNCHER, "start", str(self.port), self.data],
-            env=self.env, capture_output=True, text=True, timeout=180,
-        )
+        keep = {"GLANCE_VENV", "GLANCE_PYTHON", "GLANCE_START_TIMEOUT"}
+        env = {k: v for k, v in os.environ.items()
+               if not (k.startswith(("GLANCE_", "KEYSTONE_")) and k not in keep)}
+        self.env = dict(env, GLANCE_VENV=VENV, GLANCE_AUTH="noauth", GLANCE_CACHE="1")
+        self.env.update(env_extra)
+        try:
+            out = subprocess.run(
+                ["bash", LAUNCHER, "start", str(self.port), self.data],
+                env=self.env, capture_output=True, text=True, timeout=240,
+            )
+        except BaseException as e:  # timeout, or Ctrl-C / SIGINT from scripts/e2e.sh's timeout
+            # The launcher was killed; gunicorn (in its own session) may be up already.
+            time.sleep(0.5)  # let it write its pid file
+            self.stop()
+            if isinstance(e, subprocess.TimeoutExpired):
+                raise RuntimeError("glance did not start within %ss: %s" % (e.timeout, e.stderr)) from None
+            raise
         if out.returncode != 0:
-            raise RuntimeError("glance did not start: %s" % out.stderr[-3000:])
+            self.stop()
+            raise RuntimeError("glance did not start (%s): %s" % (out.returncode, out.stderr[-3000:]))
         self.url = out.stdout.split()[-1]
 
+    def access_log(self):
+        with open(os.path.join(self.data, "log", "access.log")) as f:
+            return f.read()
+
     def stop(self):
-        subprocess.run(["bash", LAUNCHER, "stop", self.data], env=self.env,
-                       capture_output=True, timeout=60)
-        subprocess.run(["rm", "-rf", self.data], timeout=60)
+        try:
+            subprocess.run(["bash", LAUNCHER, "stop", self.data], env=self.env,
+                           capture_output=True, timeout=60)
+        finally:
+            shutil.rmtree(self.data, ignore_errors=True)
 
 
 class Proxy:
+    """The proxy binary in front of `upstream`; its stderr goes to a file (self.log_path)."""
+
     def __init__(self, upstream, extra_args=()):
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         self.cache = tempfile.mkdtemp(prefix="gcp-e2e-cache-")
-        self.log_path = os.path.join(self.cache, "..", os.path.basename(self.cache) + ".log")
+        self.log_path = self.cache + ".log"
         self.log = open(self.log_path, "w")
+        self._final_tail = None
         self.proc = subprocess.Popen(
             [PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--upstream", upstream,
              "--cache-dir", os.path.join(self.cache, "c"), "--metrics-listen", "", *extra_args],
-            stdout=subprocess.DEVNULL, stderr=self.log, env=dict(os.environ, RUST_LOG="info"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+            env=dict(os.environ, RUST_LOG="info"),
         )
-        wait_http(self.url + "/versions", proc=self.proc)
+        try:
+            wait_http(self.url + "/versions", timeout=PROXY_START_TIMEOUT, proc=self.proc)
+        except Exception as e:
+            self.kill()
+            tail = self.tail()
+            self.cleanup()
+            raise RuntimeError("proxy did not start: %s\n--- proxy stderr (tail) ---\n%s" % (e, tail)) from None
 
     def access_lines(self, needle=""):
         """The proxy's access-log lines (one per request), optionally filtered."""
         with open(self.log_path) as f:
-            return [l for l in f if " access: " in l and needle in l]
+            return [line for line in f if " access: " in line and needle in line]
+
+    def tail(self, n=40, chars=8000):
+        """The last n lines of the proxy's stderr (at most `chars` characters)."""
+        if self._final_tail is not None:
+            return self._final_tail
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def stop(self):
-        self.proc.terminate()
+        """SIGTERM, wait up to 20 s (then SIGKILL), remove the cache dir and the log (its
+        tail stays available from tail()); returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
         try:
             code = self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(timeout=10)
-        self.log.close()
-        subprocess.run(["rm", "-rf", self.cache, self.log_path], timeout=60)
+            self.kill()
+            code = "killed after 20 s"
+        self.cleanup()
         return code
 
-    def tail(self, n=40):
-        with open(self.log_path) as f:
-            return "".join(f.readlines()[-n:])
+    def cleanup(self):
+        if self._final_tail is None:
+            self.log.close()
+            self._final_tail = self.tail()
+        shutil.rmtree(self.cache, ignore_errors=True)
+        try:
+            os.unlink(self.log_path)
+        except OSError:
+            pass
+
+
+class Relay:
+    """TCP relay 127.0.0.1:port -> upstream_port that records what clients send (the first
+    64 KiB of each connection), so a test can see the request heads on the wire."""
+
+    CAP = 64 * 1024
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.sent = []  # one bytearray per connection: client -> upstream bytes
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+                up.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            rec = bytearray()
+            with self.lock:
+                self.sent.append(rec)
+            threading.Thread(target=self._pump, args=(client, up, rec), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client, None), daemon=True).start()
+
+    def _pump(self, src, dst, rec):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if rec is not None and len(rec) < self.CAP:
+                    with self.lock:
+                        rec += data[:self.CAP - len(rec)]
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (dst, src):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def requests_with(self, needle):
+        """Request heads (as lowercase text) seen on the wire that contain needle."""
+        with self.lock:
+            blobs = [bytes(r) for r in self.sent]
+        heads = []
+        for blob in blobs:
+            for m in re.finditer(rb"(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) [^\r\n]* HTTP/1\.1\r\n.*?\r\n\r\n",
+                                 blob, re.S):
+                head = m.group(0).decode("latin1").lower()
+                if needle.lower() in head:
+                    heads.append(head)
+        return heads
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def _stop_proxy(p):
+    code = p.stop()
+    assert code == 0, "proxy exit status %s on SIGTERM\n--- proxy stderr (tail) ---\n%s" % (code, p.tail())
 
 
 @pytest.fixture(scope="session")
 def glance():
     g = Glance({})
-    yield g
-    g.stop()
+    try:
+        yield g
+    finally:
+        g.stop()
 
 
 @pytest.fixture(scope="session")
 def proxy(glance):
     p = Proxy(glance.url)
-    yield p
-    code = p.stop()
-    assert code == 0, "proxy exit status %s on SIGTERM" % code
+    try:
+        yield p
+    finally:
+        _stop_proxy(p)
 
 
 @pytest.fixture(scope="session")
@@ -121,23 +282,47 @@ def glance_public():
     """A Glance that writes its own URL into version hrefs (public_endpoint), cache off."""
     port = free_port()
     g = Glance({"GLANCE_PUBLIC_ENDPOINT": "http://127.0.0.1:%d" % port, "GLANCE_CACHE": "0"}, port)
-    yield g
-    g.stop()
+    try:
+        yield g
+    finally:
+        g.stop()
 
 
 @pytest.fixture(scope="session")
 def proxy_public(glance_public):
     p = Proxy(glance_public.url)
-    yield p
-    p.stop()
+    try:
+        yield p
+    finally:
+        _stop_proxy(p)
+
+
+@pytest.fixture(scope="session")
+def relay(glance):
+    r = Relay(glance.port)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture(scope="session")
+def proxy_traced(relay):
+    """A proxy whose upstream is the recording relay in front of the session's Glance."""
+    p = Proxy(relay.url)
+    try:
+        yield p
+    finally:
+        _stop_proxy(p)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """On a failed test, append the tail of the stderr of every proxy it used."""
     outcome = yield
     rep = outcome.get_result()
-    if rep.when == "call" and rep.failed:
-        for name in ("proxy", "proxy_public"):
-            p = item.funcargs.get(name)
-            if p is not None:
-                rep.sections.append(("%s log (tail)" % name, p.tail()))
+    if rep.failed and rep.when in ("setup", "call"):
+        for name, value in getattr(item, "funcargs", {}).items():
+            p = value if isinstance(value, Proxy) else getattr(value, "proxy", None)
+            if isinstance(p, Proxy):
+                rep.sections.append(("%s: proxy stderr (tail of %s)" % (name, p.log_path), p.tail()))
