@@ -555,26 +555,12 @@ async fn recency_survives_a_restart() {
 
 /// Wait (bounded) until a fill has a temporary file.
 async fn fill_started(proxy: &TestProxy) {
-    for _ in 0..500 {
-        let busy = std::fs::read_dir(proxy.cache_dir.join("tmp"))
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if busy {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no fill started");
+    let tmp = proxy.cache_dir.join("tmp");
+    support::until(|| std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some())).await;
 }
 
 async fn settle_has(proxy: &TestProxy, id: &str) {
-    for _ in 0..100 {
-        if cached_ids(proxy).iter().any(|c| c == id) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{id} was not cached: {:?}", cached_ids(proxy));
+    support::until(|| cached_ids(proxy).iter().any(|c| c == id)).await;
 }
 
 #[tokio::test]

@@ -120,10 +120,6 @@ impl Fill {
         Arc::clone(&self.file)
     }
 
-    pub fn progress(&self) -> Progress {
-        self.progress.borrow().clone()
-    }
-
     /// Wait until the fill has left `Starting`; returns the state then.
     pub async fn started(&self) -> Progress {
         let mut rx = self.progress.clone();

@@ -280,25 +280,6 @@ impl Cache {
         self.store.touch(id, now);
     }
 
-    /// Committed entries, least recently used first.
-    pub fn entries(&self) -> Vec<Cached> {
-        let st = self.lock();
-        st.index
-            .iter_lru()
-            .filter_map(|(id, _)| st.entries.get(id).cloned())
-            .collect()
-    }
-
-    /// (committed bytes, reserved bytes, entries)
-    pub fn usage(&self) -> (u64, u64, usize) {
-        let st = self.lock();
-        (
-            st.index.committed_bytes(),
-            st.index.reserved_bytes(),
-            st.index.len(),
-        )
-    }
-
     pub fn lifetime(&self, idle_timeout: std::time::Duration) -> Lifetime {
         Lifetime {
             finish_abandoned: self.config.finish_abandoned_fills,

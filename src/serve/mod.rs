@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body::Body;
 use hyper::body::Incoming;
 
 pub mod range;
@@ -17,7 +16,7 @@ pub mod sendfile;
 
 use crate::app::App;
 use crate::auth::CallerKey;
-use crate::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::body::ProxyBody;
 use crate::cache::fill::{self, Fallback, Fill, Progress};
 use crate::cache::verify::Expected;
 use crate::cache::{Begin, Cache, Lookup};
@@ -150,7 +149,10 @@ pub async fn image_data(
                         })
                     }
                     Started::Refused(resp) => Ok(Served {
-                        forwarded: passthrough_response(app, resp),
+                        forwarded: Forwarded {
+                            response: app.upstream.relay(resp),
+                            upstream: 0,
+                        },
                         outcome: Outcome::Bypass("upstream_answer"),
                     }),
                 };
@@ -369,24 +371,6 @@ fn denied(resp: Response<ProxyBody>) -> Served {
             upstream: 0,
         },
         outcome: Outcome::Denied,
-    }
-}
-
-/// An upstream download answer that is not cacheable goes back as it is.
-fn passthrough_response<B>(app: &App, resp: Response<B>) -> Forwarded
-where
-    B: Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let (mut parts, body) = resp.into_parts();
-    crate::upstream::headers::strip_hop_by_hop(&mut parts.headers);
-    let body = crate::body::boxed(IdleTimeout::new(
-        body,
-        app.config.upstream.body_idle_timeout,
-    ));
-    Forwarded {
-        response: Response::from_parts(parts, body),
-        upstream: 0,
     }
 }
 

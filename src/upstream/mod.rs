@@ -275,8 +275,7 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
         if !(is_version_doc && is_json && !parts.headers.contains_key(CONTENT_ENCODING)) {
-            let body = crate::body::boxed(IdleTimeout::new(body, self.body_idle_timeout));
-            return Ok(Response::from_parts(parts, body));
+            return Ok(self.relay(Response::from_parts(parts, body)));
         }
         let collected = tokio::time::timeout(
             self.body_idle_timeout,
@@ -294,6 +293,19 @@ impl Upstream {
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    /// An upstream response as it goes to the client: hop-by-hop fields out, and a body that
+    /// fails (never ends cleanly) if it stalls for `body_idle_timeout`.
+    pub fn relay<B>(&self, resp: Response<B>) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let body = crate::body::boxed(IdleTimeout::new(body, self.body_idle_timeout));
+        Response::from_parts(parts, body)
     }
 
     fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
