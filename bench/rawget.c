@@ -1,5 +1,6 @@
 /* rawget: a lean HTTP/1.1 GET client for benchmarks (1 MiB reads, body discarded).
- * Usage: rawget HOST PORT PATH  -> prints the bytes of body received.
+ * Usage: rawget HOST PORT PATH [MB_PER_S]  -> prints the bytes of body received.
+ * With MB_PER_S, reads are paced to that rate (a client behind a slower link).
  * Build: gcc -O2 -o rawget bench/rawget.c */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -8,10 +9,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4) { fprintf(stderr, "usage: rawget HOST PORT PATH\n"); return 2; }
+    if (argc != 4 && argc != 5) { fprintf(stderr, "usage: rawget HOST PORT PATH [MB_PER_S]\n"); return 2; }
+    double rate = argc == 5 ? atof(argv[4]) * 1e6 : 0, t0 = now();
+    long long total = 0;
     int s = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {0};
     a.sin_family = AF_INET;
@@ -28,6 +38,11 @@ int main(int argc, char **argv) {
     ssize_t r;
     char head[8192]; size_t hl = 0;
     while ((r = read(s, buf, sizeof buf)) > 0) {
+        total += r;
+        if (rate > 0) {
+            double ahead = (double)total / rate - (now() - t0);
+            if (ahead > 0) usleep((useconds_t)(ahead * 1e6));
+        }
         if (body < 0) {
             size_t take = (size_t)r < sizeof head - hl ? (size_t)r : sizeof head - hl;
             memcpy(head + hl, buf, take); hl += take;

@@ -1,9 +1,11 @@
 //! The only module with `unsafe` code: safe wrappers over the Linux calls the proxy needs
-//! that std does not offer (`sendfile(2)`, `posix_fadvise(2)`).
+//! that std does not offer (`sendfile(2)`, `posix_fadvise(2)`, `cachestat(2)`).
 #![allow(unsafe_code)]
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::OnceLock;
 
 /// Send up to `count` bytes of `file`, starting at `offset`, to the socket `sock`. Returns the
 /// bytes sent (0 only at the end of the file). `WouldBlock` when the socket is full.
@@ -34,26 +36,114 @@ pub fn sendfile(
     }
 }
 
-/// Tell the kernel `len` bytes of `file` from `offset` will be read soon, sequentially, so it
-/// reads ahead and a later `sendfile` finds them in the page cache. Advice only: errors are
-/// ignored by callers.
+/// Tell the kernel `len` bytes of `file` from `offset` will be read sequentially (a larger
+/// readahead window). Advice only: errors are ignored by callers.
 pub fn advise_sequential(file: &impl AsFd, offset: u64, len: u64) -> io::Result<()> {
+    fadvise(file, offset, len, libc::POSIX_FADV_SEQUENTIAL)
+}
+
+/// Drop the clean page-cache pages of a range (tests and benchmarks make files cold with it).
+pub fn advise_dont_need(file: &impl AsFd, offset: u64, len: u64) -> io::Result<()> {
+    fadvise(file, offset, len, libc::POSIX_FADV_DONTNEED)
+}
+
+fn fadvise(file: &impl AsFd, offset: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
     let fd = file.as_fd().as_raw_fd();
     let (off, len) = (offset as libc::off_t, len as libc::off_t);
     // SAFETY: plain integer arguments and a borrowed, open descriptor.
-    let rc = unsafe {
-        let seq = libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_SEQUENTIAL);
-        if seq != 0 {
-            seq
-        } else {
-            libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_WILLNEED)
-        }
-    };
+    let rc = unsafe { libc::posix_fadvise(fd, off, len, advice) };
     if rc == 0 {
         Ok(())
     } else {
         Err(io::Error::from_raw_os_error(rc))
     }
+}
+
+/// `cachestat(2)` (Linux 6.5+); one number on every architecture.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// Whether every page of `len` bytes of `file` from `offset` is in the page cache, so that a
+/// `sendfile` of them cannot wait for the disk. `Ok(None)` when the kernel cannot tell
+/// (no `cachestat`, before Linux 6.5).
+pub fn is_cached(file: &impl AsFd, offset: u64, len: u64) -> io::Result<Option<bool>> {
+    if len == 0 {
+        return Ok(Some(true));
+    }
+    let page = page_size();
+    let pages = (offset + len).div_ceil(page) - offset / page;
+    let range = CachestatRange { off: offset, len };
+    let mut stat = Cachestat::default();
+    // SAFETY: a borrowed, open descriptor; `range` and `stat` are valid, properly laid out
+    // (repr(C), as in linux/mman.h) and exclusively borrowed for the call; flags must be 0.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_fd().as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0 as libc::c_uint,
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(stat.nr_cache >= pages));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EOPNOTSUPP) => Ok(None),
+        _ => Err(err),
+    }
+}
+
+fn page_size() -> u64 {
+    static PAGE: OnceLock<u64> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no memory effects.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if n > 0 {
+            n as u64
+        } else {
+            4096
+        }
+    })
+}
+
+/// Bring `len` bytes of `file` from `offset` into the page cache and wait until they are
+/// there, without copying them to user space: a `sendfile` to `/dev/null` (the kernel reads the
+/// pages into a pipe and the null device drops the references). Blocks: run it off the
+/// runtime. Returns the bytes now cached (less only at the end of the file).
+pub fn warm(file: &impl AsFd, offset: u64, len: u64) -> io::Result<u64> {
+    static NULL: OnceLock<io::Result<File>> = OnceLock::new();
+    let null = match NULL.get_or_init(|| File::options().write(true).open("/dev/null")) {
+        Ok(null) => null,
+        Err(e) => return Err(io::Error::new(e.kind(), format!("/dev/null: {e}"))),
+    };
+    let mut done = 0;
+    while done < len {
+        let count = (len - done).min(1 << 30) as usize;
+        match sendfile(null, file, offset + done, count) {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -76,5 +166,34 @@ mod tests {
         server_side.read_to_string(&mut got).expect("read");
         assert_eq!(got, "sendfile");
         advise_sequential(&file, 0, 14).expect("fadvise");
+    }
+
+    #[test]
+    fn warming_brings_a_cold_range_into_the_page_cache() {
+        const LEN: u64 = 4 << 20;
+        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        file.write_all(&vec![7u8; LEN as usize]).expect("write");
+        file.as_file().sync_all().expect("fsync");
+        // Written pages are clean after the fsync, so DONTNEED drops them.
+        advise_dont_need(file.as_file(), 0, LEN).expect("dontneed");
+        let Some(still_cached) = is_cached(file.as_file(), 0, LEN).expect("cachestat") else {
+            return; // a kernel without cachestat (before 6.5): nothing to observe here
+        };
+        // tmpfs keeps every page in memory whatever the advice: then warm() only counts.
+        if still_cached {
+            assert_eq!(warm(file.as_file(), 0, LEN).expect("warm"), LEN);
+            return;
+        }
+        assert_eq!(
+            warm(file.as_file(), 1 << 20, 2 << 20).expect("warm"),
+            2 << 20
+        );
+        assert_eq!(
+            is_cached(file.as_file(), 1 << 20, 2 << 20).expect("cachestat"),
+            Some(true)
+        );
+        // Past the end: warm stops at the file's end.
+        assert_eq!(warm(file.as_file(), LEN - 10, 100).expect("warm"), 10);
+        assert_eq!(is_cached(file.as_file(), 0, 0).expect("empty"), Some(true));
     }
 }

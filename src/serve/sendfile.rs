@@ -7,29 +7,44 @@
 //! by address and calls sendfile for the job instead of writing the zeros. `Chunk::advance`
 //! guards the contract: if hyper ever consumes placeholder bytes that sendfile did not send,
 //! the connection is poisoned and refuses every later write (see shared/design/sendfile.md).
+//!
+//! sendfile waits for the disk when its pages are not in the page cache, which would stall a
+//! runtime thread and every request on it. So a `Warmer` keeps a window ahead of each
+//! connection's sender resident: `cachestat` says whether the next window is cached, and if it
+//! is not (or the kernel cannot tell), a blocking-pool task reads it into the page cache
+//! (`sys::warm`, no copy to user space) while the connection waits; sendfile only ever sends
+//! what is known to be resident.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::body::{is_placeholder, BoxError, Chunk, SendJob, PLACEHOLDER_LEN};
 
-/// Most bytes one sendfile call may move: bounds how long one call can block the runtime on a
-/// page-cache miss (a cold read), at a negligible cost in calls.
-const MAX_CALL: usize = 2 << 20;
+/// Bytes checked (and, when cold, read into the page cache) ahead of the sender at a time; also
+/// the most one sendfile call moves.
+const WINDOW: u64 = 8 << 20;
 
 /// Bytes sent with sendfile since start, all connections (for metrics and tests).
 static SENT: AtomicU64 = AtomicU64::new(0);
+/// Bytes read into the page cache off the runtime because they were cold.
+static WARMED: AtomicU64 = AtomicU64::new(0);
 
 pub fn bytes_sent() -> u64 {
     SENT.load(Ordering::Relaxed)
+}
+
+pub fn bytes_warmed() -> u64 {
+    WARMED.load(Ordering::Relaxed)
 }
 
 /// Per-connection state shared by its IO and the hit bodies of its responses.
@@ -117,15 +132,92 @@ impl Body for FileBody {
     }
 }
 
+/// The page-cache window ahead of one connection's current job.
+#[derive(Default)]
+struct Warmer {
+    /// The job the window belongs to (weak: the job's drop counts the hit).
+    job: Option<Weak<SendJob>>,
+    /// File offset up to which the job's bytes are known to be in the page cache.
+    ready: u64,
+    /// A blocking-pool task warming up to the given offset.
+    pending: Option<(u64, JoinHandle<io::Result<u64>>)>,
+}
+
+impl Warmer {
+    /// How many bytes from file offset `pos` of `job` can be sent without waiting for the
+    /// disk; `Pending` while the window at `pos` is being read in. Keeps the next window
+    /// checked or warming while the current one is sent.
+    fn poll_ready(&mut self, cx: &mut Context<'_>, job: &Arc<SendJob>, pos: u64) -> Poll<u64> {
+        let end = job.start + job.len;
+        let same = self
+            .job
+            .as_ref()
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(job)));
+        if !same {
+            *self = Warmer {
+                job: Some(Arc::downgrade(job)),
+                ready: pos,
+                pending: None,
+            };
+        }
+        self.ready = self.ready.max(pos);
+        loop {
+            if let Some((target, handle)) = self.pending.as_mut() {
+                match Pin::new(handle).poll(cx) {
+                    Poll::Ready(result) => {
+                        if let Ok(Ok(n)) = result {
+                            WARMED.fetch_add(n, Ordering::Relaxed);
+                        }
+                        // Failed or short: sendfile meets the same error or end of file itself.
+                        self.ready = self.ready.max(*target);
+                        self.pending = None;
+                    }
+                    Poll::Pending if self.ready <= pos => return Poll::Pending,
+                    Poll::Pending => return Poll::Ready(self.ready - pos),
+                }
+            }
+            if self.ready >= end || self.ready - pos >= WINDOW / 2 {
+                return Poll::Ready(self.ready - pos);
+            }
+            let (from, to) = (self.ready, (self.ready + WINDOW).min(end));
+            match crate::sys::is_cached(&*job.file, from, to - from) {
+                Ok(Some(true)) => self.ready = to,
+                _ => {
+                    let file = Arc::clone(&job.file);
+                    let warm = move || crate::sys::warm(&*file, from, to - from);
+                    self.pending = Some((to, tokio::task::spawn_blocking(warm)));
+                }
+            }
+        }
+    }
+}
+
 /// The socket of a plaintext HTTP/1 connection, with sendfile for placeholder slices.
 pub struct SendfileIo {
     tcp: TcpStream,
     conn: Arc<Conn>,
+    warmer: Warmer,
+    /// TCP_CORK is on: from a hit's head to its last byte, only full segments go out (as
+    /// nginx's `tcp_nopush`), so the head shares a segment with the body.
+    corked: bool,
 }
 
 impl SendfileIo {
     pub fn new(tcp: TcpStream, conn: Arc<Conn>) -> Self {
-        SendfileIo { tcp, conn }
+        SendfileIo {
+            tcp,
+            conn,
+            warmer: Warmer::default(),
+            corked: false,
+        }
+    }
+
+    fn cork(&mut self, on: bool) {
+        if self.corked != on {
+            self.corked = on;
+            // Only an optimisation: a failure leaves the socket as it was.
+            let _ = socket2::SockRef::from(&self.tcp).set_tcp_cork(on);
+        }
     }
 
     fn check(&self) -> io::Result<()> {
@@ -145,7 +237,9 @@ impl SendfileIo {
             return Poll::Ready(Err(io::Error::other("sendfile: placeholder without a job")));
         };
         let sent = job.sent.load(Ordering::Acquire);
-        let count = max.min((job.len - sent) as usize).min(MAX_CALL);
+        let resident = ready!(self.warmer.poll_ready(cx, &job, job.start + sent));
+        let count = (job.len - sent).min(resident).min(WINDOW) as usize;
+        let count = count.min(max);
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
             let result = self.tcp.try_io(Interest::WRITABLE, || {
@@ -159,8 +253,11 @@ impl SendfileIo {
                     )))
                 }
                 Ok(n) => {
-                    job.sent.fetch_add(n as u64, Ordering::AcqRel);
+                    let sent = job.sent.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
                     SENT.fetch_add(n as u64, Ordering::Relaxed);
+                    if sent >= job.len {
+                        self.cork(false); // pushes the tail out now
+                    }
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -206,6 +303,9 @@ impl AsyncWrite for SendfileIo {
         if is_placeholder(first) {
             return self.poll_sendfile(cx, first.len());
         }
+        if bufs.iter().any(|b| is_placeholder(b)) {
+            self.cork(true); // a head followed by a hit's body
+        }
         // Ordinary bytes up to the next placeholder, in one writev.
         let run: Vec<IoSlice<'_>> = bufs
             .iter()
@@ -241,10 +341,13 @@ mod tests {
 
     /// Serve one hit of a file of 0xAB bytes through `SendfileIo` with the given write
     /// strategy; return what the client received (head and body).
-    async fn serve_once(writev: bool) -> (Vec<u8>, bool) {
-        const LEN: usize = 3 << 20;
+    async fn serve_once(writev: bool, len: usize, cold: bool) -> (Vec<u8>, bool) {
         let mut file = tempfile::tempfile().expect("tempfile");
-        file.write_all(&vec![0xAB; LEN]).expect("write");
+        file.write_all(&vec![0xAB; len]).expect("write");
+        if cold {
+            file.sync_all().expect("fsync");
+            crate::sys::advise_dont_need(&file, 0, 0).expect("dontneed");
+        }
         let file = Arc::new(file);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -256,7 +359,7 @@ mod tests {
             let (tcp, _) = listener.accept().await.expect("accept");
             let io = SendfileIo::new(tcp, Arc::clone(&conn));
             let service = service_fn(move |_req| {
-                let body = conn.body(Arc::clone(&file), 0..LEN as u64, Box::new(|| {}));
+                let body = conn.body(Arc::clone(&file), 0..len as u64, Box::new(|| {}));
                 async move {
                     Ok::<_, std::convert::Infallible>(http::Response::new(body.boxed_unsync()))
                 }
@@ -286,7 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_strategy_sends_the_file() {
-        let (raw, poisoned) = serve_once(true).await;
+        let (raw, poisoned) = serve_once(true, 3 << 20, false).await;
         let body = body_of(&raw);
         assert!(!poisoned);
         assert_eq!(body.len(), 3 << 20);
@@ -294,10 +397,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cold_file_is_read_in_off_the_runtime_and_sent_whole() {
+        const LEN: usize = 20 << 20; // several windows
+        let probe = tempfile::tempfile().expect("tempfile");
+        let can_tell = crate::sys::is_cached(&probe, 0, 1)
+            .expect("cachestat")
+            .is_some();
+        let before = bytes_warmed();
+        let (raw, poisoned) = serve_once(true, LEN, true).await;
+        let body = body_of(&raw);
+        assert!(!poisoned);
+        assert_eq!(body.len(), LEN);
+        assert!(body.iter().all(|&b| b == 0xAB));
+        if can_tell {
+            // The file was dropped from the page cache, so its windows were warmed first.
+            assert!(bytes_warmed() - before >= WINDOW, "nothing was warmed");
+        }
+    }
+
+    #[tokio::test]
     async fn a_copying_strategy_trips_the_guard_instead_of_sending_zeros() {
         // hyper's flattening strategy copies body chunks into its own buffer: the guard must
         // fail the connection before any placeholder byte is written.
-        let (raw, poisoned) = serve_once(false).await;
+        let (raw, poisoned) = serve_once(false, 3 << 20, false).await;
         assert!(poisoned, "the guard did not fire");
         let body = body_of(&raw);
         assert!(body.len() < 3 << 20, "the response must not complete");
