@@ -10,6 +10,7 @@ use crate::auth::Grants;
 use crate::cache::store::StoreError;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::prefetch::Prefetcher;
 use crate::upstream::Upstream;
 
 /// The shared state every request sees.
@@ -18,6 +19,8 @@ pub struct App {
     pub upstream: Arc<Upstream>,
     /// `None` when `cache.enabled` is false.
     pub cache: Option<Arc<Cache>>,
+    /// The persistent prefetch queue and its worker; with the cache.
+    pub prefetch: Option<Arc<Prefetcher>>,
     /// Which callers Glance let download which images (decides evictions on 404).
     pub grants: Grants,
     /// Fallback public URL (`http://` + the listen address) for requests without `Host`.
@@ -33,10 +36,20 @@ impl App {
         } else {
             None
         };
+        let prefetch = match &cache {
+            Some(cache) => Some(Arc::new(Prefetcher::open(
+                &config.prefetch,
+                Arc::clone(cache),
+                Arc::clone(&upstream),
+                config.upstream.body_idle_timeout,
+            )?)),
+            None => None,
+        };
         Ok(App {
             config,
             upstream,
             cache,
+            prefetch,
             grants: Grants::default(),
             listen_url,
         })
@@ -71,5 +84,13 @@ pub fn build(config: Config) -> Result<Arc<App>, StoreError> {
 
 /// Serve `app` on `listener` until `shutdown` resolves and the drain ends.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let worker = app
+        .prefetch
+        .as_ref()
+        .map(|p| tokio::spawn(Arc::clone(p).run()));
     crate::server::serve(listener, app, shutdown).await;
+    if let Some(worker) = worker {
+        // Queued images stay queued on disk; a fetch cut short restarts next time.
+        worker.abort();
+    }
 }

@@ -35,6 +35,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
+    pub prefetch: PrefetchConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -78,6 +79,52 @@ pub struct CacheConfig {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct PrefetchConfig {
+    /// Images fetched at the same time.
+    pub concurrency: usize,
+    /// First wait after a failed attempt; doubles per failure up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub credentials: ServiceCredentials,
+}
+
+/// The proxy's own identity towards Glance, for the prefetcher.
+#[derive(Clone, PartialEq)]
+pub enum ServiceCredentials {
+    /// No `X-Auth-Token` (a Glance without authentication).
+    None,
+    /// A fixed token.
+    Token(String),
+    /// Keystone v3 password authentication, renewed before expiry and on a 401.
+    Keystone(KeystoneAuth),
+}
+
+#[derive(Clone, PartialEq)]
+pub struct KeystoneAuth {
+    pub auth_url: Url,
+    pub username: String,
+    pub password: String,
+    pub user_domain_name: String,
+    pub project_name: String,
+    pub project_domain_name: String,
+}
+
+impl std::fmt::Debug for ServiceCredentials {
+    // Never print secrets (logs, --check-config's debug output).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceCredentials::None => write!(f, "None"),
+            ServiceCredentials::Token(_) => write!(f, "Token(<hidden>)"),
+            ServiceCredentials::Keystone(k) => write!(
+                f,
+                "Keystone({} user {} project {})",
+                k.auth_url, k.username, k.project_name
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
     /// `None` when disabled (an empty `listen`).
     pub listen: Option<SocketAddr>,
@@ -116,6 +163,7 @@ pub struct RawConfig {
     pub server: RawServer,
     pub upstream: RawUpstream,
     pub cache: RawCache,
+    pub prefetch: RawPrefetch,
     pub metrics: RawMetrics,
     pub log: RawLog,
 }
@@ -198,6 +246,38 @@ impl Default for RawCache {
             cache_unverified: false,
             finish_abandoned_fills: true,
             abandoned_fill_timeout: "10m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPrefetch {
+    pub concurrency: usize,
+    pub retry_initial: String,
+    pub retry_max: String,
+    pub token: String,
+    pub auth_url: String,
+    pub username: String,
+    pub password: String,
+    pub user_domain_name: String,
+    pub project_name: String,
+    pub project_domain_name: String,
+}
+
+impl Default for RawPrefetch {
+    fn default() -> Self {
+        RawPrefetch {
+            concurrency: 2,
+            retry_initial: "10s".into(),
+            retry_max: "10m".into(),
+            token: String::new(),
+            auth_url: String::new(),
+            username: String::new(),
+            password: String::new(),
+            user_domain_name: "Default".into(),
+            project_name: String::new(),
+            project_domain_name: "Default".into(),
         }
     }
 }
@@ -319,6 +399,28 @@ impl Config {
                 cache_unverified: self.cache.cache_unverified,
                 finish_abandoned_fills: self.cache.finish_abandoned_fills,
                 abandoned_fill_timeout: fmt_duration(self.cache.abandoned_fill_timeout),
+            },
+            prefetch: {
+                let p = &self.prefetch;
+                let mut raw = RawPrefetch {
+                    concurrency: p.concurrency,
+                    retry_initial: fmt_duration(p.retry_initial),
+                    retry_max: fmt_duration(p.retry_max),
+                    ..RawPrefetch::default()
+                };
+                match &p.credentials {
+                    ServiceCredentials::None => {}
+                    ServiceCredentials::Token(_) => raw.token = "<hidden>".into(),
+                    ServiceCredentials::Keystone(k) => {
+                        raw.auth_url = k.auth_url.to_string();
+                        raw.username = k.username.clone();
+                        raw.password = "<hidden>".into();
+                        raw.user_domain_name = k.user_domain_name.clone();
+                        raw.project_name = k.project_name.clone();
+                        raw.project_domain_name = k.project_domain_name.clone();
+                    }
+                }
+                raw
             },
             metrics: RawMetrics {
                 listen: self
@@ -464,6 +566,8 @@ impl RawConfig {
         let abandoned_fill_timeout = parse_duration(&self.cache.abandoned_fill_timeout)
             .map_err(|m| bad("cache.abandoned_fill_timeout", m))?;
 
+        let prefetch = self.prefetch.validate(&bad)?;
+
         let metrics_listen = if self.metrics.listen.trim().is_empty() {
             None
         } else {
@@ -496,6 +600,7 @@ impl RawConfig {
                 finish_abandoned_fills: self.cache.finish_abandoned_fills,
                 abandoned_fill_timeout,
             },
+            prefetch,
             metrics: MetricsConfig {
                 listen: metrics_listen,
             },
@@ -503,6 +608,90 @@ impl RawConfig {
                 level: self.log.level,
                 format: self.log.format,
             },
+        })
+    }
+}
+
+impl RawPrefetch {
+    fn validate(
+        self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<PrefetchConfig, ConfigError> {
+        if self.concurrency == 0 {
+            return Err(bad("prefetch.concurrency", "must be at least 1".into()));
+        }
+        let retry_initial =
+            parse_duration(&self.retry_initial).map_err(|m| bad("prefetch.retry_initial", m))?;
+        let retry_max =
+            parse_duration(&self.retry_max).map_err(|m| bad("prefetch.retry_max", m))?;
+        if retry_initial.is_zero() {
+            return Err(bad(
+                "prefetch.retry_initial",
+                "must be greater than zero".into(),
+            ));
+        }
+        if retry_max < retry_initial {
+            return Err(bad(
+                "prefetch.retry_max",
+                "must not be less than prefetch.retry_initial".into(),
+            ));
+        }
+        let token = self.token.trim();
+        let credentials = if self.auth_url.trim().is_empty() {
+            for (key, v) in [
+                ("prefetch.username", &self.username),
+                ("prefetch.password", &self.password),
+                ("prefetch.project_name", &self.project_name),
+            ] {
+                if !v.is_empty() {
+                    return Err(bad(key, "is used only with prefetch.auth_url".into()));
+                }
+            }
+            if token.is_empty() {
+                ServiceCredentials::None
+            } else {
+                ServiceCredentials::Token(token.to_string())
+            }
+        } else {
+            if !token.is_empty() {
+                return Err(bad(
+                    "prefetch.token",
+                    "set either prefetch.token or prefetch.auth_url, not both".into(),
+                ));
+            }
+            let auth_url =
+                parse_base_url(&self.auth_url).map_err(|m| bad("prefetch.auth_url", m))?;
+            if auth_url.scheme() != "http" {
+                return Err(bad(
+                    "prefetch.auth_url",
+                    "only http:// for now (TLS comes with the hardening release)".into(),
+                ));
+            }
+            for (key, v) in [
+                ("prefetch.username", &self.username),
+                ("prefetch.password", &self.password),
+                ("prefetch.project_name", &self.project_name),
+                ("prefetch.user_domain_name", &self.user_domain_name),
+                ("prefetch.project_domain_name", &self.project_domain_name),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(bad(key, "is needed with prefetch.auth_url".into()));
+                }
+            }
+            ServiceCredentials::Keystone(KeystoneAuth {
+                auth_url,
+                username: self.username,
+                password: self.password,
+                user_domain_name: self.user_domain_name,
+                project_name: self.project_name,
+                project_domain_name: self.project_domain_name,
+            })
+        };
+        Ok(PrefetchConfig {
+            concurrency: self.concurrency,
+            retry_initial,
+            retry_max,
+            credentials,
         })
     }
 }
@@ -667,6 +856,34 @@ mod tests {
             &["server.public_url"],
         );
         check_err("[server\n", &["test.toml"]);
+        check_err("[prefetch]\nconcurrency = 0\n", &["prefetch.concurrency"]);
+        check_err(
+            "[prefetch]\nretry_initial = \"1m\"\nretry_max = \"10s\"\n",
+            &["prefetch.retry_max"],
+        );
+        check_err(
+            "[prefetch]\nauth_url = \"http://k:5000/v3\"\nusername = \"u\"\npassword = \"p\"\n",
+            &["prefetch.project_name", "needed"],
+        );
+        check_err(
+            "[prefetch]\ntoken = \"t\"\nauth_url = \"http://k:5000\"\n",
+            &["prefetch.token", "not both"],
+        );
+        check_err(
+            "[prefetch]\nusername = \"u\"\n",
+            &["prefetch.username", "auth_url"],
+        );
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let text = "[prefetch]\nauth_url = \"http://k:5000/v3\"\nusername = \"svc\"\npassword = \"s3cret\"\nproject_name = \"service\"\n";
+        let config = Config::from_toml_str(text, "t").expect("valid");
+        assert!(!config.to_toml().contains("s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let config = Config::from_toml_str("[prefetch]\ntoken = \"tok3n\"\n", "t").expect("valid");
+        assert!(!config.to_toml().contains("tok3n"));
+        assert!(!format!("{config:?}").contains("tok3n"));
     }
 
     #[test]

@@ -45,13 +45,29 @@ pub enum Error {
     /// The client's request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// What the request names does not exist (for this caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// The proxy refuses the caller (it could not have Glance decide).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A method the path does not take; `Allow` lists those it does.
+    #[error("The method is not allowed for this resource")]
+    MethodNotAllowed { allow: &'static str },
+    /// The proxy's own disk or state failed.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
     pub fn side(&self) -> Side {
         match self {
             Error::Unreachable(_) | Error::Timeout(_) | Error::BadUpstream(_) => Side::Upstream,
-            Error::BadRequest(_) => Side::Downstream,
+            Error::BadRequest(_)
+            | Error::NotFound(_)
+            | Error::Forbidden(_)
+            | Error::MethodNotAllowed { .. } => Side::Downstream,
+            Error::Internal(_) => Side::Internal,
         }
     }
 
@@ -62,6 +78,10 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::BadUpstream(_) => "bad_upstream",
             Error::BadRequest(_) => "bad_request",
+            Error::NotFound(_) => "not_found",
+            Error::Forbidden(_) => "forbidden",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::Internal(_) => "internal",
         }
     }
 
@@ -70,6 +90,10 @@ impl Error {
             Error::Unreachable(_) | Error::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -77,7 +101,12 @@ impl Error {
 /// Turn an error into the response a Glance client understands: Glance's JSON error shape
 /// `{"message", "code", "title"}` plus an `x-openstack-request-id`.
 pub fn respond(err: &Error, request_id: &str) -> Response<ProxyBody> {
-    error_response(err.status(), &err.to_string(), request_id)
+    let mut resp = error_response(err.status(), &err.to_string(), request_id);
+    if let Error::MethodNotAllowed { allow } = err {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    resp
 }
 
 /// A Glance-shaped JSON error response for `status`.
@@ -114,12 +143,23 @@ mod tests {
             (Error::Timeout(Duration::from_secs(1)), 504, Side::Upstream),
             (Error::BadUpstream("x".into()), 502, Side::Upstream),
             (Error::BadRequest("x".into()), 400, Side::Downstream),
+            (Error::NotFound("x".into()), 404, Side::Downstream),
+            (Error::Forbidden("x".into()), 403, Side::Downstream),
+            (
+                Error::MethodNotAllowed { allow: "GET" },
+                405,
+                Side::Downstream,
+            ),
+            (Error::Internal("x".into()), 500, Side::Internal),
         ];
         for (err, status, side) in cases {
             assert_eq!(err.side(), side);
             let resp = respond(&err, "req-1");
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()["x-openstack-request-id"], "req-1");
+            if status == 405 {
+                assert_eq!(resp.headers()["allow"], "GET");
+            }
             let bytes = resp
                 .into_body()
                 .collect()

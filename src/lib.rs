@@ -11,6 +11,8 @@
 //! - `error`: the proxy's own errors and the one table that turns them into responses.
 //! - `body`: the response body type and the idle-timeout wrapper.
 //! - `cache`: the image cache (`cache::verify`: digests and their comparison).
+//! - `manage`: Glance's cache API (`/v2/cache`, legacy routes) for the proxy's own cache.
+//! - `prefetch`: the persistent queue and the worker that fills the cache from it.
 
 pub mod app;
 pub mod auth;
@@ -18,6 +20,8 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod manage;
+pub mod prefetch;
 pub mod route;
 pub mod serve;
 pub mod server;

@@ -22,6 +22,9 @@ pub enum Route {
     V1ImageData { image_id: String },
     /// Legacy v1 `DELETE /v1/images/{id}`.
     V1ImageDelete { image_id: String },
+    /// Glance's image-cache API (`/v2/cache...`, legacy `cached_images`/`queued_images`),
+    /// answered by the proxy for its own cache.
+    Cache(CacheOp),
     /// Everything else goes upstream unchanged.
     Passthrough,
 }
@@ -35,8 +38,101 @@ impl Route {
             Route::ImageDelete { .. } => "image_delete",
             Route::V1ImageData { .. } => "v1_image_data",
             Route::V1ImageDelete { .. } => "v1_image_delete",
+            Route::Cache(_) => "cache_api",
             Route::Passthrough => "passthrough",
         }
+    }
+}
+
+/// A cache-management call (glance-cache-spec §1.1 and §1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheOp {
+    /// `GET /v2/cache`
+    State,
+    /// `DELETE /v2/cache` (the target comes from `x-image-cache-clear-target`)
+    Clear,
+    /// `PUT /v2/cache/{id}`
+    Queue(String),
+    /// `DELETE /v2/cache/{id}`
+    Delete(String),
+    /// `GET /v2/cache/nodes/{id}`
+    Nodes(String),
+    /// `POST /v2/cache/clean`
+    Clean,
+    /// `POST /v2/cache/prune`
+    Prune,
+    /// `GET /v2/cached_images`
+    LegacyCached,
+    /// `DELETE /v2/cached_images/{id}`
+    LegacyUncache(String),
+    /// `DELETE /v2/cached_images`
+    LegacyClearCached,
+    /// `GET /v2/queued_images`
+    LegacyQueued,
+    /// `PUT /v2/queued_images/{id}`: queue only, no checks
+    LegacyQueue(String),
+    /// `DELETE /v2/queued_images/{id}`
+    LegacyUnqueue(String),
+    /// `DELETE /v2/queued_images`
+    LegacyClearQueued,
+    /// A cache path with a method it does not take: 405 with this `Allow`.
+    NotAllowed(&'static str),
+}
+
+/// The cache-API call for `segments` of a `/v2/...` path (or a pre-Rocky `/v1/...` legacy
+/// one), if it is one. Paths are matched as Glance's router does, first route first.
+fn cache_op(method: &Method, segments: &[&str]) -> Option<CacheOp> {
+    use CacheOp::*;
+    let m = |allowed: &[(Method, CacheOp)], allow: &'static str| {
+        Some(
+            allowed
+                .iter()
+                .find(|(am, _)| am == method)
+                .map_or(NotAllowed(allow), |(_, op)| op.clone()),
+        )
+    };
+    let id = |s: &str| s.to_string();
+    match segments {
+        ["", "v2", "cache"] => m(
+            &[(Method::GET, State), (Method::DELETE, Clear)],
+            "GET, DELETE",
+        ),
+        // Glance connects `/cache/{image_id}` before `/cache/clean` and `/cache/prune`, but
+        // its 2.18 API documents POST on those two; only POST is taken as them here.
+        ["", "v2", "cache", "clean"] if method == Method::POST => Some(Clean),
+        ["", "v2", "cache", "prune"] if method == Method::POST => Some(Prune),
+        ["", "v2", "cache", i] if is_image_id(i) => m(
+            &[(Method::DELETE, Delete(id(i))), (Method::PUT, Queue(id(i)))],
+            "DELETE, PUT",
+        ),
+        ["", "v2", "cache", "nodes", i] if is_image_id(i) => {
+            m(&[(Method::GET, Nodes(id(i)))], "GET")
+        }
+        ["", "v1" | "v2", "cached_images"] => m(
+            &[
+                (Method::GET, LegacyCached),
+                (Method::DELETE, LegacyClearCached),
+            ],
+            "GET, DELETE",
+        ),
+        ["", "v1" | "v2", "cached_images", i] if is_image_id(i) => {
+            m(&[(Method::DELETE, LegacyUncache(id(i)))], "DELETE")
+        }
+        ["", "v1" | "v2", "queued_images"] => m(
+            &[
+                (Method::GET, LegacyQueued),
+                (Method::DELETE, LegacyClearQueued),
+            ],
+            "GET, DELETE",
+        ),
+        ["", "v1" | "v2", "queued_images", i] if is_image_id(i) => m(
+            &[
+                (Method::PUT, LegacyQueue(id(i))),
+                (Method::DELETE, LegacyUnqueue(id(i))),
+            ],
+            "PUT, DELETE",
+        ),
+        _ => None,
     }
 }
 
@@ -51,6 +147,12 @@ pub fn classify(method: &Method, path: &str, accept: Option<&str>) -> Route {
         } else {
             Route::Passthrough
         };
+    }
+    if path.starts_with("/v1/") {
+        let segments: Vec<&str> = path.split('/').collect();
+        if let Some(op) = cache_op(method, &segments) {
+            return Route::Cache(op);
+        }
     }
     if let Some(id) = path.strip_prefix("/v1/images/") {
         if is_image_id(id) && !id.contains('/') {
@@ -70,6 +172,9 @@ pub fn classify(method: &Method, path: &str, accept: Option<&str>) -> Route {
         None => return Route::Passthrough,
     };
     let segments: Vec<&str> = rest.split('/').collect();
+    if let Some(op) = cache_op(method, &segments) {
+        return Route::Cache(op);
+    }
     match (method, segments.as_slice()) {
         (&Method::GET, ["", "v2", "images", id, "file"]) if is_image_id(id) => Route::ImageData {
             image_id: id.to_string(),
@@ -223,6 +328,86 @@ mod tests {
             Route::V1ImageData {
                 image_id: id.into()
             }
+        );
+    }
+
+    #[test]
+    fn cache_api_routes() {
+        use CacheOp::*;
+        let c = |m: Method, p: &str| match classify(&m, p, None) {
+            Route::Cache(op) => Some(op),
+            _ => None,
+        };
+        assert_eq!(c(Method::GET, "/v2/cache"), Some(State));
+        assert_eq!(c(Method::GET, "/v2.14/cache"), Some(State));
+        assert_eq!(c(Method::DELETE, "/v2.18/cache"), Some(Clear));
+        assert_eq!(
+            c(Method::POST, "/v2/cache"),
+            Some(NotAllowed("GET, DELETE"))
+        );
+        assert_eq!(c(Method::PUT, "/v2/cache/abc"), Some(Queue("abc".into())));
+        assert_eq!(
+            c(Method::DELETE, "/v2/cache/abc"),
+            Some(Delete("abc".into()))
+        );
+        assert_eq!(
+            c(Method::GET, "/v2/cache/abc"),
+            Some(NotAllowed("DELETE, PUT"))
+        );
+        assert_eq!(c(Method::POST, "/v2/cache/clean"), Some(Clean));
+        assert_eq!(c(Method::POST, "/v2/cache/prune"), Some(Prune));
+        assert_eq!(
+            c(Method::PUT, "/v2/cache/clean"),
+            Some(Queue("clean".into()))
+        );
+        assert_eq!(
+            c(Method::GET, "/v2/cache/nodes/abc"),
+            Some(Nodes("abc".into()))
+        );
+        assert_eq!(
+            c(Method::PUT, "/v2/cache/nodes/abc"),
+            Some(NotAllowed("GET"))
+        );
+        assert_eq!(c(Method::GET, "/v2/cache/a/b/c"), None);
+        assert_eq!(c(Method::GET, "/v2/cached_images"), Some(LegacyCached));
+        assert_eq!(c(Method::GET, "/v1/cached_images"), Some(LegacyCached));
+        assert_eq!(
+            c(Method::DELETE, "/v2/cached_images"),
+            Some(LegacyClearCached)
+        );
+        assert_eq!(
+            c(Method::DELETE, "/v1/cached_images/x"),
+            Some(LegacyUncache("x".into()))
+        );
+        assert_eq!(
+            c(Method::PUT, "/v2/cached_images/x"),
+            Some(NotAllowed("DELETE"))
+        );
+        assert_eq!(c(Method::GET, "/v2/queued_images"), Some(LegacyQueued));
+        assert_eq!(
+            c(Method::DELETE, "/v2/queued_images"),
+            Some(LegacyClearQueued)
+        );
+        assert_eq!(
+            c(Method::PUT, "/v2/queued_images/x"),
+            Some(LegacyQueue("x".into()))
+        );
+        assert_eq!(
+            c(Method::DELETE, "/v1/queued_images/x"),
+            Some(LegacyUnqueue("x".into()))
+        );
+        assert_eq!(
+            c(Method::POST, "/v2/queued_images"),
+            Some(NotAllowed("GET, DELETE"))
+        );
+        assert_eq!(c(Method::GET, "/v2/cachex"), None);
+        assert_eq!(
+            classify(
+                &Method::GET,
+                "/cache",
+                Some("application/vnd.openstack.images-v2.14")
+            ),
+            Route::Cache(State)
         );
     }
 

@@ -137,6 +137,37 @@ impl Fill {
     pub fn readers(&self) -> usize {
         self.readers.load(Ordering::Relaxed)
     }
+
+    /// Count as a reader until the guard drops, so the fill is not abandoned for lack of
+    /// clients (the prefetcher waits on fills this way).
+    pub fn keep(self: &Arc<Self>) -> Keep {
+        self.readers.fetch_add(1, Ordering::Relaxed);
+        Keep(Arc::clone(self))
+    }
+
+    /// Wait until the fill has ended: `Committed` or `Failed`.
+    pub async fn finished(&self) -> Progress {
+        let mut rx = self.progress.clone();
+        loop {
+            let now = rx.borrow_and_update().clone();
+            if matches!(now, Progress::Committed | Progress::Failed(_)) {
+                return now;
+            }
+            if rx.changed().await.is_err() {
+                // The filler is gone without a final word: it did not commit.
+                return Progress::Failed(Failure::Rejected);
+            }
+        }
+    }
+}
+
+/// A reader registration without a body (see `Fill::keep`).
+pub struct Keep(Arc<Fill>);
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Options for a fill's lifetime without readers.

@@ -174,6 +174,73 @@ impl Cache {
         }
     }
 
+    /// The cache directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.config.dir
+    }
+
+    /// Committed entries, by image id.
+    pub fn entries(&self) -> Vec<Cached> {
+        let st = self.lock();
+        let mut all: Vec<Cached> = st.entries.values().cloned().collect();
+        all.sort_by(|a, b| a.meta.image_id.cmp(&b.meta.image_id));
+        all
+    }
+
+    /// Whether a committed entry exists for `id`.
+    pub fn is_cached(&self, id: &str) -> bool {
+        self.lock().entries.contains_key(id)
+    }
+
+    /// Remove every committed entry (fills in progress go on); returns how many.
+    pub fn clear(&self) -> usize {
+        let ids: Vec<String> = self.lock().entries.keys().cloned().collect();
+        ids.iter().filter(|id| self.remove_entry(id)).count()
+    }
+
+    /// Evict least recently used entries until the cache is within `max_size`; returns the
+    /// files and bytes removed. Fills keep the cache within bounds as they reserve, so this
+    /// finds work only if something else grew it.
+    pub fn prune(&self) -> (u64, u64) {
+        let (mut files, mut bytes) = (0, 0);
+        loop {
+            let victim = {
+                let st = self.lock();
+                let used = st.index.committed_bytes() + st.index.reserved_bytes();
+                if used <= st.index.max_size() {
+                    break;
+                }
+                let lru = st
+                    .index
+                    .iter_lru()
+                    .next()
+                    .map(|(id, e)| (id.to_string(), e.size));
+                lru
+            };
+            let Some((id, size)) = victim else { break };
+            if self.remove_entry(&id) {
+                files += 1;
+                bytes += size;
+            }
+        }
+        (files, bytes)
+    }
+
+    /// Remove a committed entry (not a fill in progress); whether there was one.
+    fn remove_entry(&self, id: &str) -> bool {
+        let had = {
+            let mut st = self.lock();
+            st.entries.remove(id);
+            st.index.remove(id).is_some()
+        };
+        if had {
+            if let Err(e) = self.store.remove(id) {
+                tracing::warn!(image_id = %id, error = %e, "cannot delete a cache entry");
+            }
+        }
+        had
+    }
+
     /// Whether an entry or a fill exists for `id` (whatever its digests).
     pub fn holds(&self, id: &str) -> bool {
         let st = self.lock();

@@ -21,7 +21,7 @@ use crate::cache::fill::{self, Fallback, Fill, Progress};
 use crate::cache::verify::Expected;
 use crate::cache::{Begin, Cache, Lookup};
 use crate::error::Error;
-use crate::upstream::glance::{Api, ImageInfo};
+use crate::upstream::glance::{is_full_download, Api, ImageInfo};
 use crate::upstream::{Downstream, Forwarded};
 use http_body_util::BodyExt;
 use range::RangeAnswer;
@@ -267,7 +267,7 @@ async fn start_fill(
             .download(api, &caller, &image_id, query.as_deref())
             .await
         {
-            Ok(resp) if download_matches(&resp, &expected) => {
+            Ok(resp) if is_full_download(&resp, &expected) => {
                 let request_id = resp.headers().get("x-openstack-request-id").cloned();
                 Ok(Started::Fill(
                     starter.start(resp.into_body(), idle),
@@ -317,17 +317,6 @@ fn hit_done(cache: &Arc<Cache>, fill: &Fill, count: bool) -> Box<dyn FnOnce() + 
     } else {
         Box::new(|| {})
     }
-}
-
-/// Glance's 200 for the image we expect (Content-Length, when sent, is the record's size).
-fn download_matches<B>(resp: &Response<B>, expected: &Expected) -> bool {
-    resp.status() == StatusCode::OK
-        && resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_none_or(|len| len == expected.size)
 }
 
 /// The response head Glance sends for a full download.

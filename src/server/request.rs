@@ -59,6 +59,7 @@ pub async fn handle(
         client_ip: peer.ip(),
         public_url: &public_url,
         rewrite_body: route == Route::Versions,
+        cache_api: app.cache.is_some(),
     };
     let result = match &route {
         Route::ImageData { image_id } | Route::V1ImageData { image_id } => {
@@ -83,6 +84,7 @@ pub async fn handle(
             }
             result
         }
+        Route::Cache(op) => crate::manage::handle(&app, req, op.clone(), &down).await,
         Route::Versions | Route::Passthrough => app.upstream.forward(req, &down).await,
     };
     let response = match result {

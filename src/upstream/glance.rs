@@ -145,6 +145,17 @@ impl ImageRecord {
     }
 }
 
+/// Glance's 200 for the image we expect (Content-Length, when sent, is the record's size).
+pub fn is_full_download<B>(resp: &Response<B>, expected: &Expected) -> bool {
+    resp.status() == StatusCode::OK
+        && resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_none_or(|len| len == expected.size)
+}
+
 /// An upstream answer read into memory (small: records, errors, probes).
 pub struct Small {
     pub status: StatusCode,
@@ -211,6 +222,26 @@ impl Upstream {
             });
         }
         // A refusal, or the one ranged byte: read it, so the connection goes back to the pool.
+        read_small(resp, self.body_idle_timeout).await
+    }
+
+    /// `GET /v2/cache` with the caller's headers: Glance's own decision on its `cache_list`
+    /// policy (admin by default). Glance checks the policy before it checks whether its cache
+    /// is on, so an allowed caller gets 200 (cache on) or 404 "Caching via API is not
+    /// supported at this site." (cache off), and a refused one 401 or 403. A success's body
+    /// (Glance's own cache listing) is dropped unread.
+    pub async fn cache_policy(&self, caller: &HeaderMap) -> Result<Small, Error> {
+        let resp = self
+            .side_request(Method::GET, caller, "/v2/cache", None)
+            .await?;
+        if resp.status().is_success() {
+            let (parts, _dropped) = resp.into_parts();
+            return Ok(Small {
+                status: parts.status,
+                headers: parts.headers,
+                body: Bytes::new(),
+            });
+        }
         read_small(resp, self.body_idle_timeout).await
     }
 

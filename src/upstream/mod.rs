@@ -52,6 +52,8 @@ pub struct Downstream<'a> {
     pub public_url: &'a Url,
     /// Rewrite JSON links in the response body (version documents).
     pub rewrite_body: bool,
+    /// The proxy serves the cache API: version documents list v2.14 and up.
+    pub cache_api: bool,
 }
 
 /// A response from an upstream, with which upstream answered.
@@ -224,6 +226,37 @@ impl Upstream {
         Err(Error::Unreachable(last_error))
     }
 
+    /// A request to another service than Glance (Keystone, for the prefetcher's token) on the
+    /// same client: `url` absolute, the answer read whole (at most `limit` bytes), everything
+    /// bounded by the response timeout.
+    pub async fn call_service(
+        &self,
+        req: Request<Bytes>,
+        limit: usize,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), Error> {
+        let (parts, body) = req.into_parts();
+        let body: OutBody = http_body_util::Full::new(body)
+            .map_err(|never| -> BoxError { match never {} })
+            .boxed_unsync();
+        let fut = async {
+            let resp = self
+                .client
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| Error::Unreachable(error_chain(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let bytes = http_body_util::Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| Error::BadUpstream(e.to_string()))?
+                .to_bytes();
+            Ok((parts.status, parts.headers, bytes))
+        };
+        tokio::time::timeout(self.response_timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout(self.response_timeout))?
+    }
+
     /// One attempt: wait for the response head. The clock restarts whenever request body
     /// bytes move, so only `response_timeout` of silence after the last byte times out.
     async fn attempt(
@@ -285,7 +318,15 @@ impl Upstream {
         .map_err(|_| Error::Timeout(self.body_idle_timeout))?
         .map_err(|e| Error::BadUpstream(format!("version document: {e}")))?
         .to_bytes();
-        let bytes = match self.links.rewrite_json(&collected, down.public_url) {
+        let extra: &[&str] = if down.cache_api {
+            &rewrite::CACHE_API_VERSIONS
+        } else {
+            &[]
+        };
+        let bytes = match self
+            .links
+            .rewrite_version_document(&collected, down.public_url, extra)
+        {
             Some(rewritten) => Bytes::from(rewritten),
             None => collected,
         };
@@ -328,6 +369,18 @@ fn build_request(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    // `/v2.N/...` goes upstream as `/v2/...`, which Glance treats alike, so the prefixes of
+    // the proxy's cache API (2.14-2.18) work even where the upstream does not list them.
+    let normalized = match parts.uri.path() {
+        p if p.starts_with("/v2.") => {
+            crate::route::normalize_path(p).map(|n| match parts.uri.query() {
+                Some(q) => format!("{n}?{q}"),
+                None => n,
+            })
+        }
+        _ => None,
+    };
+    let path_and_query = normalized.as_deref().unwrap_or(path_and_query);
     let uri: Uri = format!("{base}{path_and_query}")
         .parse()
         .map_err(|e| Error::BadRequest(format!("cannot forward request target: {e}")))?;

@@ -68,8 +68,21 @@ impl LinkRewriter {
 
     /// Rewrite every string in a JSON document; `None` if it is not JSON or nothing changed.
     pub fn rewrite_json(&self, body: &[u8], public: &Url) -> Option<Vec<u8>> {
+        self.rewrite_version_document(body, public, &[])
+    }
+
+    /// As `rewrite_json`, and list the version ids `extra` in a version document that lacks
+    /// them (the proxy's own cache API, v2.14+, behind an upstream that has its cache off).
+    pub fn rewrite_version_document(
+        &self,
+        body: &[u8],
+        public: &Url,
+        extra: &[&str],
+    ) -> Option<Vec<u8>> {
         let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
-        if !self.rewrite_value(&mut doc, public) {
+        let rewritten = self.rewrite_value(&mut doc, public);
+        let added = add_versions(&mut doc, extra);
+        if !(rewritten || added) {
             return None;
         }
         serde_json::to_vec(&doc).ok()
@@ -93,6 +106,49 @@ impl LinkRewriter {
             _ => false,
         }
     }
+}
+
+/// Version ids the proxy serves whatever the upstream lists: Glance's cache API (2.14-2.18).
+pub const CACHE_API_VERSIONS: [&str; 5] = ["v2.18", "v2.17", "v2.16", "v2.15", "v2.14"];
+
+/// Add the missing `ids` to `{"versions": [...]}` as SUPPORTED, with the links of its newest
+/// v2 entry, keeping the list newest first as Glance does. Whether anything was added.
+fn add_versions(doc: &mut serde_json::Value, ids: &[&str]) -> bool {
+    let Some(versions) = doc
+        .get_mut("versions")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return false;
+    };
+    let minor = |v: &serde_json::Value| {
+        v.get("id")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|id| id.strip_prefix("v2."))
+            .and_then(|m| m.parse::<u32>().ok())
+    };
+    let Some(links) = versions
+        .iter()
+        .filter(|v| minor(v).is_some())
+        .max_by_key(|v| minor(v))
+        .and_then(|v| v.get("links").cloned())
+    else {
+        return false; // no v2 entry to model the links on
+    };
+    let mut added = false;
+    for id in ids {
+        if !versions
+            .iter()
+            .any(|v| v.get("id").and_then(|i| i.as_str()) == Some(id))
+        {
+            versions.push(serde_json::json!({"id": id, "status": "SUPPORTED", "links": links}));
+            added = true;
+        }
+    }
+    if added {
+        // Newest first (v2.N by N), anything else after, in its order.
+        versions.sort_by_key(|v| std::cmp::Reverse(minor(v)));
+    }
+    added
 }
 
 #[cfg(test)]
@@ -183,6 +239,43 @@ mod tests {
             "{text}"
         );
         assert_eq!(r.rewrite_json(b"{\"a\": \"b\"}", &url("http://p")), None);
+        assert_eq!(
+            r.rewrite_version_document(b"{\"a\": \"b\"}", &url("http://p"), &CACHE_API_VERSIONS),
+            None
+        );
         assert_eq!(r.rewrite_json(b"<html>", &url("http://p")), None);
+    }
+
+    #[test]
+    fn cache_api_versions_are_listed_when_missing() {
+        let up = url("http://127.0.0.1:9292");
+        let r = LinkRewriter::new([&up]);
+        // Glance 33 with its cache off: v2.17 CURRENT, no 2.14, 2.16, 2.18.
+        let doc = br#"{"versions": [{"id": "v2.17", "status": "CURRENT", "links": [{"rel": "self", "href": "http://127.0.0.1:9292/v2/"}]}, {"id": "v2.15", "status": "SUPPORTED", "links": [{"rel": "self", "href": "http://127.0.0.1:9292/v2/"}]}, {"id": "v2.0", "status": "SUPPORTED", "links": [{"rel": "self", "href": "http://127.0.0.1:9292/v2/"}]}]}"#;
+        let out = r
+            .rewrite_version_document(doc, &url("http://proxy:9393"), &CACHE_API_VERSIONS)
+            .expect("changed");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        let ids: Vec<&str> = v["versions"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|e| e["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, ["v2.18", "v2.17", "v2.16", "v2.15", "v2.14", "v2.0"]);
+        assert_eq!(
+            v["versions"][1]["status"], "CURRENT",
+            "the upstream's CURRENT stays"
+        );
+        assert_eq!(v["versions"][0]["status"], "SUPPORTED");
+        for e in v["versions"].as_array().expect("list") {
+            assert_eq!(e["links"][0]["href"], "http://proxy:9393/v2/");
+        }
+        // Nothing missing and nothing to rewrite: unchanged.
+        let full = br#"{"versions": [{"id": "v2.18", "status": "CURRENT", "links": []}, {"id": "v2.17", "links": []}, {"id": "v2.16", "links": []}, {"id": "v2.15", "links": []}, {"id": "v2.14", "links": []}]}"#;
+        assert_eq!(
+            r.rewrite_version_document(full, &url("http://p"), &CACHE_API_VERSIONS),
+            None
+        );
     }
 }

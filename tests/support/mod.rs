@@ -54,6 +54,16 @@ pub struct Faults {
     /// Records carry no checksum and no os_hash (as for images uploaded before Glance
     /// computed them).
     pub no_digests: bool,
+    /// `GET /v2/cache` as a Glance with its cache on (200 to admins) rather than off (404
+    /// "Caching via API is not supported at this site." to admins). Either way the token
+    /// `member` gets 403 there, as Glance's default `cache_*` policies say.
+    pub upstream_cache_on: bool,
+    /// A Glance before Yoga: `/v2/cache` is an unknown route (404 to everyone).
+    pub no_cache_api: bool,
+    /// This image's record says `deactivated`.
+    pub inactive: Option<String>,
+    /// Requests with this X-Auth-Token get 401 (a revoked or expired token).
+    pub revoked_token: Option<String>,
 }
 
 /// One request as the fake saw it.
@@ -237,6 +247,34 @@ async fn serve(
     {
         return Ok(status(StatusCode::NOT_FOUND, "No image found"));
     }
+    // Keystone's verdict on a token, then Glance's cache policy (admin only).
+    let revoked = token.is_some() && token == faults.revoked_token.as_deref();
+    if (token == Some("bad") || revoked) && path.starts_with("/v2/") {
+        return Ok(status(
+            StatusCode::UNAUTHORIZED,
+            "The request you have made requires authentication.",
+        ));
+    }
+    if path == "/v2/cache" && method == "GET" {
+        return Ok(if faults.no_cache_api {
+            status(StatusCode::NOT_FOUND, "The resource could not be found.")
+        } else if token == Some("member") {
+            status(
+                StatusCode::FORBIDDEN,
+                "You are not authorized to complete cache_list action.",
+            )
+        } else if faults.upstream_cache_on {
+            json(
+                StatusCode::OK,
+                serde_json::json!({"cached_images": [], "queued_images": []}),
+            )
+        } else {
+            status(
+                StatusCode::NOT_FOUND,
+                "Caching via API is not supported at this site.",
+            )
+        });
+    }
     let resp = match (method, segments.as_slice()) {
         ("GET", ["", ""]) => versions(&state.url, StatusCode::MULTIPLE_CHOICES),
         ("GET", ["", "versions"]) => versions(&state.url, StatusCode::OK),
@@ -359,7 +397,9 @@ async fn serve(
                 Some(data) => json(
                     StatusCode::OK,
                     serde_json::json!({
-                        "id": id, "status": "active", "size": data.len(),
+                        "id": id,
+                        "status": if faults.inactive.as_deref() == Some(*id) { "deactivated" } else { "active" },
+                        "size": data.len(),
                         "checksum": (!faults.no_digests).then(|| hex::encode(Md5::digest(&data))),
                         "os_hash_algo": (!faults.no_digests).then_some("sha512"),
                         "os_hash_value": (!faults.no_digests).then(|| hex::encode(sha2::Sha512::digest(&data))),
