@@ -169,3 +169,55 @@ async fn a_full_disk_mid_fill_still_serves_the_whole_image_and_keeps_nothing() {
     // Nothing was published: every request went to Glance (the rest by a ranged request).
     assert_eq!(glance.downloads("img"), 2);
 }
+
+#[tokio::test]
+async fn sigkill_mid_prefetch_keeps_the_queue_and_the_next_start_finishes_it() {
+    let glance = FakeGlance::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let data = pattern(4 << 20, 51);
+    glance.add_image("img-q", data.clone());
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(20)),
+        ..Default::default()
+    });
+    let mut proxy =
+        ProxyProcess::start(BIN, &args(&glance, &cache), dir.path().join("1.log")).await;
+    let put = support::send(
+        &format!("{}/v2/cache/img-q", proxy.url),
+        "PUT",
+        &[("x-auth-token", "admin")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(put.status, http::StatusCode::ACCEPTED);
+    // The prefetch is under way: kill the process hard.
+    support::until(|| glance.downloads("img-q") == 1).await;
+    proxy.kill9().await;
+    assert_eq!(files_in(&cache.join("queue")), ["img-q"]);
+    assert!(files_in(&cache.join("images")).is_empty());
+
+    glance.set_faults(Faults::default());
+    let mut proxy =
+        ProxyProcess::start(BIN, &args(&glance, &cache), dir.path().join("2.log")).await;
+    for _ in 0..300 {
+        if files_in(&cache.join("queue")).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        files_in(&cache.join("queue")).is_empty(),
+        "{}",
+        proxy.log_text()
+    );
+    assert_eq!(
+        glance.downloads("img-q"),
+        2,
+        "fetched again after the restart"
+    );
+    let got = get(&format!("{}/v2/images/img-q/file", proxy.url)).await;
+    assert_eq!(got.body, data);
+    assert_eq!(glance.downloads("img-q"), 2, "then a hit");
+    proxy.kill9().await;
+}

@@ -32,6 +32,8 @@
 #                         and keystonemiddleware; `start` also runs Keystone
 #                         (data in DATADIR/keystone)
 #   KEYSTONE_PORT         Keystone's port (default PORT+1000)
+#   GLANCE_TOKEN_CACHE_TIME  keystonemiddleware's token_cache_time (default 300 s;
+#                         -1: validate every request, so a revoked token is refused at once)
 #   GLANCE_BIND_ADDR      address Glance binds (default 127.0.0.1; bench/fleet.sh
 #                         uses 0.0.0.0 inside its own network namespace)
 #   GLANCE_CATALOG_URL    URL of the image endpoints in Keystone's catalog
@@ -144,7 +146,7 @@ paste.filter_factory = glance_sqlite:filter_factory
 paste.filter_factory = keystonemiddleware.auth_token:filter_factory
 delay_auth_decision = true"
         # No memcached_servers: keystonemiddleware caches validated tokens in
-        # the worker's memory (token_cache_time, 300 s).
+        # the worker's memory (token_cache_time, 300 s unless GLANCE_TOKEN_CACHE_TIME).
         auth_conf="
 
 [keystone_authtoken]
@@ -157,7 +159,8 @@ project_name = service
 username = glance
 password = $("$GLANCE_VENV/bin/python" "$HERE/keystone_setup.py" password glance)
 region_name = RegionOne
-interface = public"
+interface = public
+token_cache_time = ${GLANCE_TOKEN_CACHE_TIME:-300}"
         cat > "$dir/glance_sqlite.py" <<'EOF'
 # Paste filter that changes nothing: importing glance_noauth registers its
 # SQLite "BEGIN IMMEDIATE" hook (see there); its noauth filter is unused.
