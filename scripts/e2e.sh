@@ -13,6 +13,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
 
 command -v curl >/dev/null || { echo "e2e: curl is needed" >&2; exit 1; }
+# promtool (Debian's prometheus package) checks a real /metrics scrape (tests/e2e/test_ops.py).
+if ! command -v promtool >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+fi
 # The default install has Glance, the clients, the openstack CLI and pytest; the Keystone
 # extras are for tests/e2e/test_authz.py, which also runs Glance with a real Keystone.
 scripts/glance-upstream/glance-upstream.sh install

@@ -11,6 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 echo "== cargo test"
 cargo test --all-targets --locked
 
+echo "== deployment files (systemd unit, Kubernetes manifests, alert rules)"
+scripts/check-deploy.sh
+
 if [[ ${SKIP_E2E:-0} == 1 ]]; then
     echo "== end-to-end tests skipped (SKIP_E2E=1)"
     exit 0

@@ -10,6 +10,7 @@ use crate::auth::Grants;
 use crate::cache::store::StoreError;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::metrics::{Metrics, Snapshot};
 use crate::prefetch::Prefetcher;
 use crate::upstream::Upstream;
 
@@ -25,12 +26,14 @@ pub struct App {
     pub grants: Grants,
     /// Fallback public URL (`http://` + the listen address) for requests without `Host`.
     pub listen_url: Url,
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
     /// Build the components; opening the cache scans its directory (before serving).
     pub fn new(config: Config, listen_url: Url) -> Result<Self, StoreError> {
-        let upstream = Arc::new(Upstream::new(&config.upstream));
+        let metrics = Arc::new(Metrics::new());
+        let upstream = Arc::new(Upstream::new(&config.upstream, Arc::clone(&metrics)));
         let cache = if config.cache.enabled {
             Some(Arc::new(Cache::open(&config.cache)?))
         } else {
@@ -52,7 +55,39 @@ impl App {
             prefetch,
             grants: Grants::default(),
             listen_url,
+            metrics,
         })
+    }
+
+    /// The components' state for a metrics scrape.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot {
+            upstreams: self.upstream.health(),
+            failovers: self.upstream.failovers(),
+            sendfile_bytes: crate::serve::sendfile::bytes_sent(),
+            cold_read_bytes: crate::serve::sendfile::bytes_warmed(),
+            ..Snapshot::default()
+        };
+        if let Some(cache) = &self.cache {
+            let (bytes, reserved, entries, capacity, evictions) = cache.usage();
+            snap.cache_enabled = true;
+            snap.cache_bytes = bytes;
+            snap.cache_reserved_bytes = reserved;
+            snap.cache_entries = entries;
+            snap.cache_capacity_bytes = capacity;
+            snap.cache_evictions = evictions;
+            snap.fills = cache.stats.all();
+            snap.fetched_bytes = cache
+                .stats
+                .fetched
+                .load(std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(p) = &self.prefetch {
+            snap.prefetch_queued = p.queued().len() as u64;
+            snap.prefetch_in_flight = p.in_flight() as u64;
+            snap.prefetch_failures = p.failures();
+        }
+        snap
     }
 }
 
@@ -69,7 +104,7 @@ pub async fn run(
         .and_then(|a| Url::parse(&format!("http://{a}")).ok())
         .unwrap_or_else(|| Url::parse("http://127.0.0.1/").expect("literal URL is valid"));
     let app = Arc::new(App::new(config, listen_url)?);
-    serve(app, listener, shutdown).await;
+    serve(app, listener, None, shutdown).await;
     Ok(())
 }
 
@@ -82,15 +117,22 @@ pub fn build(config: Config) -> Result<Arc<App>, StoreError> {
     Ok(Arc::new(App::new(config, listen_url)?))
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves and the drain ends.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// Serve `app` on `listener` (and `/metrics`, `/healthz`, `/readyz` on `admin`) until
+/// `shutdown` resolves and the drain ends.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
     let worker = app
         .prefetch
         .as_ref()
         .map(|p| tokio::spawn(Arc::clone(p).run()));
+    let admin = admin.map(|l| tokio::spawn(crate::server::admin::serve(l, Arc::clone(&app))));
     crate::server::serve(listener, app, shutdown).await;
-    if let Some(worker) = worker {
-        // Queued images stay queued on disk; a fetch cut short restarts next time.
-        worker.abort();
+    // Queued images stay queued on disk; a fetch cut short restarts next time.
+    for task in [worker, admin].into_iter().flatten() {
+        task.abort();
     }
 }

@@ -13,6 +13,7 @@
 //! - `cache`: the image cache (`cache::verify`: digests and their comparison).
 //! - `manage`: Glance's cache API (`/v2/cache`, legacy routes) for the proxy's own cache.
 //! - `prefetch`: the persistent queue and the worker that fills the cache from it.
+//! - `metrics`: Prometheus names, counters and histograms, and the scrape-time snapshot.
 
 pub mod app;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod manage;
+pub mod metrics;
 pub mod prefetch;
 pub mod route;
 pub mod serve;

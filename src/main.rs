@@ -98,7 +98,17 @@ fn main() -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             "glance-cache-proxy listening"
         );
-        glance_cache_proxy::app::serve(app, listener, shutdown_signal()).await;
+        let admin = match app.config.metrics.listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot bind the metrics listener (metrics.listen)");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        glance_cache_proxy::app::serve(app, listener, admin, shutdown_signal()).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

@@ -661,11 +661,19 @@ async fn failed_prefetches_are_retried_and_gone_images_leave_the_queue() {
     glance.set_faults(Faults::default());
     wait_cached(&proxy, "img-r").await;
 
-    // Queued without checks (legacy), but gone: skipped and unqueued.
+    // Queued without checks (legacy), but gone or not active: skipped and unqueued.
+    glance.add_image("img-off", pattern(1 << 20, 12));
+    glance.set_faults(Faults {
+        inactive: Some("img-off".into()),
+        ..Faults::default()
+    });
+    call(&proxy, "PUT", "/v2/queued_images/img-off", "admin").await;
     call(&proxy, "PUT", "/v2/queued_images/img-gone", "admin").await;
     for _ in 0..100 {
         let state = call(&proxy, "GET", "/v2/cache", "admin").await.json();
         if state["queued_images"] == serde_json::json!([]) {
+            assert_eq!(glance.downloads("img-off"), 0);
+            assert!(!cached_ids(&state).contains(&"img-off".to_string()));
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -196,6 +196,7 @@ pub async fn run<B>(
     temp: PathBuf,
     file: File,
     life: Lifetime,
+    fetched: &std::sync::atomic::AtomicU64,
 ) -> Result<Filled, Failure>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -256,6 +257,7 @@ where
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
                     received += data.len() as u64;
+                    fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if received > expected.size {
                         failure = Some(Failure::Mismatch(Mismatch::Length {
                             expected: expected.size,

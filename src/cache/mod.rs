@@ -56,6 +56,8 @@ pub enum Begin {
 #[derive(Debug, Default)]
 pub struct Stats {
     fills: Mutex<HashMap<&'static str, u64>>,
+    /// Image bytes received from Glance by fills.
+    pub fetched: std::sync::atomic::AtomicU64,
 }
 
 impl Stats {
@@ -63,6 +65,17 @@ impl Stats {
         if let Ok(mut m) = self.fills.lock() {
             *m.entry(reason).or_default() += 1;
         }
+    }
+
+    /// Every fill result seen, with its count.
+    pub fn all(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<(&'static str, u64)> = self
+            .fills
+            .lock()
+            .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     pub fn fills(&self, reason: &str) -> u64 {
@@ -177,6 +190,18 @@ impl Cache {
     /// The cache directory.
     pub fn dir(&self) -> &std::path::Path {
         &self.config.dir
+    }
+
+    /// (committed bytes, reserved bytes, entries, capacity, evictions) for metrics.
+    pub fn usage(&self) -> (u64, u64, u64, u64, u64) {
+        let st = self.lock();
+        (
+            st.index.committed_bytes(),
+            st.index.reserved_bytes(),
+            st.index.len() as u64,
+            st.index.max_size(),
+            st.index.evictions(),
+        )
     }
 
     /// Committed entries, by image id.
@@ -433,7 +458,16 @@ impl Starter {
         let temp = self.temp.clone();
         let life = cache.lifetime(idle_timeout);
         tokio::spawn(async move {
-            let result = fill::run(&fill, &tx, body, temp.clone(), file, life).await;
+            let result = fill::run(
+                &fill,
+                &tx,
+                body,
+                temp.clone(),
+                file,
+                life,
+                &cache.stats.fetched,
+            )
+            .await;
             let result = match result {
                 Ok(filled) => {
                     // Readers may finish now; publishing waits for the disk, they need not.

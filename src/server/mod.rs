@@ -1,6 +1,7 @@
 //! The API listener: accept loop under a connection limit, HTTP/1.1 connections with a
 //! header-read timeout, and graceful drain on shutdown.
 
+pub mod admin;
 mod request;
 
 use std::future::Future;

@@ -53,6 +53,8 @@ pub async fn handle(
         cache: "",
         cache_reason: "",
         started,
+        ttfb: 0.0,
+        metrics: Arc::clone(&app.metrics),
     };
     let public_url = public_url(&app, req.headers());
     let down = Downstream {
@@ -104,6 +106,7 @@ pub async fn handle(
         record.request_id = id;
     }
     record.status = response.status().as_u16();
+    record.ttfb = started.elapsed().as_secs_f64();
     record.expected_len = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -156,10 +159,21 @@ struct AccessRecord {
     cache: &'static str,
     cache_reason: &'static str,
     started: Instant,
+    /// Seconds to the response head.
+    ttfb: f64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
+        self.metrics.finished(&crate::metrics::Finished {
+            route: self.route,
+            status: self.status,
+            outcome: self.cache,
+            reason: self.cache_reason,
+            bytes: self.bytes,
+            ttfb: self.ttfb,
+        });
         tracing::info!(
             target: "access",
             method = %self.method,

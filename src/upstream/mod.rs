@@ -9,7 +9,8 @@ pub mod health;
 pub mod rewrite;
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use url::Url;
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::UpstreamConfig;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use body::BodySlot;
 use headers::ForwardedFor;
 use health::Health;
@@ -71,6 +73,9 @@ pub struct Upstream {
     links: LinkRewriter,
     response_timeout: Duration,
     pub(crate) body_idle_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// Requests moved on to the next upstream (for metrics).
+    failovers: AtomicU64,
 }
 
 /// Why one attempt failed.
@@ -81,7 +86,7 @@ enum AttemptError {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Self {
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
@@ -113,7 +118,51 @@ impl Upstream {
             links: LinkRewriter::new(cfg.urls.iter().chain(cfg.rewrite_origins.iter())),
             response_timeout: cfg.response_timeout,
             body_idle_timeout: cfg.body_idle_timeout,
+            metrics,
+            failovers: AtomicU64::new(0),
         }
+    }
+
+    /// Each upstream's URL and whether it takes requests now (not in failure backoff).
+    pub fn health(&self) -> Vec<(String, bool)> {
+        let health = self.lock_health();
+        let now = Instant::now();
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.base.to_string(), health.is_healthy(i, now)))
+            .collect()
+    }
+
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
+    /// Whether some upstream answers `GET /versions` (any status below 500) within `wait`:
+    /// the readiness check.
+    pub async fn reachable(&self, wait: Duration) -> bool {
+        for target in &self.targets {
+            let base = target.base.as_str().trim_end_matches('/');
+            let Ok(req) = Request::get(format!("{base}/versions"))
+                .header(http::header::HOST, target.host.clone())
+                .body(Bytes::new())
+            else {
+                continue;
+            };
+            let (parts, body) = req.into_parts();
+            let body: OutBody = http_body_util::Full::new(body)
+                .map_err(|never| -> BoxError { match never {} })
+                .boxed_unsync();
+            let answer =
+                tokio::time::timeout(wait, self.client.request(Request::from_parts(parts, body)))
+                    .await;
+            if let Ok(Ok(resp)) = answer {
+                if resp.status().as_u16() < 500 {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// The label of upstream `index` for logs.
@@ -197,6 +246,7 @@ impl Upstream {
                         self.lock_health().failed(index, Instant::now());
                         if more && slot.replayable() {
                             tracing::warn!(upstream = self.label(index), %status, "upstream unavailable, trying the next one");
+                            self.failovers.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                     } else {
@@ -211,6 +261,7 @@ impl Upstream {
                     if !(more && slot.replayable()) {
                         break;
                     }
+                    self.failovers.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(AttemptError::Timeout) => return Err(Error::Timeout(self.response_timeout)),
                 Err(AttemptError::Other(e)) => {
@@ -220,6 +271,7 @@ impl Upstream {
                     if !(more && idempotent && slot.replayable()) {
                         break;
                     }
+                    self.failovers.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -267,9 +319,13 @@ impl Upstream {
         let fut = self.client.request(req);
         tokio::pin!(fut);
         let mut seen = slot.bytes_sent();
+        let sent = Instant::now();
         loop {
             match tokio::time::timeout(self.response_timeout, &mut fut).await {
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(resp)) => {
+                    self.metrics.upstream_response(sent.elapsed().as_secs_f64());
+                    return Ok(resp);
+                }
                 Ok(Err(e)) if e.is_connect() => return Err(AttemptError::Connect(error_chain(&e))),
                 Ok(Err(e)) => return Err(AttemptError::Other(error_chain(&e))),
                 Err(_) => {

@@ -116,16 +116,21 @@ class Glance:
 class Proxy:
     """The proxy binary in front of `upstream`; its stderr goes to a file (self.log_path)."""
 
-    def __init__(self, upstream, extra_args=()):
+    def __init__(self, upstream, extra_args=(), metrics=False):
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
+        self.metrics_url = None
+        metrics_listen = ""
+        if metrics:
+            metrics_listen = "127.0.0.1:%d" % free_port()
+            self.metrics_url = "http://" + metrics_listen
         self.cache = tempfile.mkdtemp(prefix="gcp-e2e-cache-")
         self.log_path = self.cache + ".log"
         self.log = open(self.log_path, "w")
         self._final_tail = None
         self.proc = subprocess.Popen(
             [PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--upstream", upstream,
-             "--cache-dir", os.path.join(self.cache, "c"), "--metrics-listen", "", *extra_args],
+             "--cache-dir", os.path.join(self.cache, "c"), "--metrics-listen", metrics_listen, *extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
             env=dict(os.environ, RUST_LOG="info"),
         )

@@ -583,6 +583,8 @@ fn full(b: Bytes) -> FakeBody {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub url: String,
+    /// The metrics listener's URL, for proxies started with `start_with_admin`.
+    pub admin_url: Option<String>,
     pub cache_dir: std::path::PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -655,6 +657,33 @@ impl TestProxy {
         TestProxy {
             addr,
             url: format!("http://{addr}"),
+            admin_url: None,
+            cache_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// As `start`, with the metrics listener (`/metrics`, `/healthz`, `/readyz`) on a port
+    /// of its own.
+    pub async fn start_with_admin(config: Config) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = listener.local_addr().expect("local addr");
+        let admin_addr = admin.local_addr().expect("admin addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let cache_dir = config.cache.dir.clone();
+        let app = glance_cache_proxy::app::build(config).expect("proxy builds");
+        let task = tokio::spawn(async move {
+            glance_cache_proxy::app::serve(app, listener, Some(admin), async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        TestProxy {
+            addr,
+            url: format!("http://{addr}"),
+            admin_url: Some(format!("http://{admin_addr}")),
             cache_dir,
             shutdown: Some(tx),
             task: Some(task),

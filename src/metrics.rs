@@ -1,0 +1,396 @@
+//! Prometheus metrics: the names, one `Metrics` (built against its own `Registry` at start,
+//! shared through `Arc`), and `render`, which adds the values read from the components at
+//! scrape time (`Snapshot`: cache usage, fills, queue, upstream health) to the counters and
+//! histograms recorded as requests finish.
+//!
+//! Labels are bounded: route, status class, outcome, reason, source, result, decision and the
+//! configured upstream URLs. Never an image id or a project.
+
+use prometheus::core::Collector;
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+
+const NS: &str = "glance_cache_proxy";
+
+/// Latency buckets (seconds): 1 ms to 2 min.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+/// What a finished request contributes.
+pub struct Finished {
+    pub route: &'static str,
+    pub status: u16,
+    /// Image data: the cache outcome (hit, miss, coalesced, bypass, denied) and its reason.
+    pub outcome: &'static str,
+    pub reason: &'static str,
+    pub bytes: u64,
+    /// Seconds from the request head to the response head.
+    pub ttfb: f64,
+}
+
+/// Values read from the components when `/metrics` is scraped.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub cache_enabled: bool,
+    pub cache_bytes: u64,
+    pub cache_reserved_bytes: u64,
+    pub cache_entries: u64,
+    pub cache_capacity_bytes: u64,
+    pub cache_evictions: u64,
+    /// Fill results since start, by result.
+    pub fills: Vec<(&'static str, u64)>,
+    /// Image bytes received from Glance by fills.
+    pub fetched_bytes: u64,
+    pub sendfile_bytes: u64,
+    pub cold_read_bytes: u64,
+    pub prefetch_queued: u64,
+    pub prefetch_in_flight: u64,
+    pub prefetch_failures: u64,
+    /// Per configured upstream: (URL, healthy).
+    pub upstreams: Vec<(String, bool)>,
+    pub failovers: u64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    image_requests: IntCounterVec,
+    served_bytes: IntCounterVec,
+    ttfb: HistogramVec,
+    upstream_seconds: Histogram,
+    authorization: IntCounterVec,
+    scrape_errors: IntCounter,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        // Registering fresh, uniquely named collectors cannot fail; if it ever did, the
+        // metric would only be missing from the output.
+        let reg = |c: Box<dyn Collector>| {
+            let _ = registry.register(c);
+        };
+        let requests = IntCounterVec::new(
+            opts(
+                "requests_total",
+                "Requests answered, by route and status class.",
+            ),
+            &["route", "status_class"],
+        )
+        .expect("valid metric");
+        let image_requests = IntCounterVec::new(
+            opts(
+                "image_requests_total",
+                "Image-data requests by cache outcome (hit, miss, coalesced, bypass, denied) and bypass reason.",
+            ),
+            &["outcome", "reason"],
+        )
+        .expect("valid metric");
+        let served_bytes = IntCounterVec::new(
+            opts(
+                "served_bytes_total",
+                "Image-data bytes sent to clients, by source (cache: hits; upstream: everything else).",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "ttfb_seconds",
+                "Time from request head to response head for image data, by cache outcome.",
+            )
+            .namespace(NS)
+            .buckets(BUCKETS.to_vec()),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let upstream_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "upstream_response_seconds",
+                "Time from sending a request to Glance to its response head.",
+            )
+            .namespace(NS)
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let authorization = IntCounterVec::new(
+            opts(
+                "authorization_decisions_total",
+                "Glance's answers to the proxy's authorization questions (image downloads from the cache, cache API), by decision.",
+            ),
+            &["decision"],
+        )
+        .expect("valid metric");
+        let scrape_errors = IntCounter::with_opts(opts(
+            "metrics_encode_errors_total",
+            "Failures to encode the metrics page.",
+        ))
+        .expect("valid metric");
+        // Series the dashboard and alerts read exist from the start (at zero).
+        for outcome in ["hit", "miss", "coalesced", "bypass", "denied"] {
+            image_requests.with_label_values(&[outcome, ""]);
+        }
+        for outcome in ["hit", "miss", "coalesced"] {
+            ttfb.with_label_values(&[outcome]);
+        }
+        for source in ["cache", "upstream"] {
+            served_bytes.with_label_values(&[source]);
+        }
+        for decision in ["allowed", "denied"] {
+            authorization.with_label_values(&[decision]);
+        }
+        reg(Box::new(requests.clone()));
+        reg(Box::new(image_requests.clone()));
+        reg(Box::new(served_bytes.clone()));
+        reg(Box::new(ttfb.clone()));
+        reg(Box::new(upstream_seconds.clone()));
+        reg(Box::new(authorization.clone()));
+        reg(Box::new(scrape_errors.clone()));
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        Metrics {
+            registry,
+            requests,
+            image_requests,
+            served_bytes,
+            ttfb,
+            upstream_seconds,
+            authorization,
+            scrape_errors,
+        }
+    }
+
+    /// Count a finished request (called once per request, when its body ends or drops).
+    pub fn finished(&self, f: &Finished) {
+        let class = match f.status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.with_label_values(&[f.route, class]).inc();
+        if !f.outcome.is_empty() {
+            self.image_requests
+                .with_label_values(&[f.outcome, f.reason])
+                .inc();
+            let source = if f.outcome == "hit" {
+                "cache"
+            } else {
+                "upstream"
+            };
+            self.served_bytes
+                .with_label_values(&[source])
+                .inc_by(f.bytes);
+            self.ttfb.with_label_values(&[f.outcome]).observe(f.ttfb);
+        }
+        let decision = match (f.route, f.outcome, f.status) {
+            (_, "hit" | "coalesced", _) => Some("allowed"),
+            (_, "denied", _) => Some("denied"),
+            ("cache_api", _, 401 | 403) => Some("denied"),
+            ("cache_api", _, 200..=299) => Some("allowed"),
+            _ => None,
+        };
+        if let Some(d) = decision {
+            self.authorization.with_label_values(&[d]).inc();
+        }
+    }
+
+    /// Time to a response head from Glance.
+    pub fn upstream_response(&self, seconds: f64) {
+        self.upstream_seconds.observe(seconds);
+    }
+
+    /// The Prometheus text page: the recorded metrics plus `snap`.
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let mut families = self.registry.gather();
+        families.extend(snapshot_families(snap));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            self.scrape_errors.inc();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: Vec<(Vec<(&str, String)>, f64)>,
+) -> MetricFamily {
+    let mut fam = MetricFamily::default();
+    fam.set_name(format!("{NS}_{name}"));
+    fam.set_help(help.to_string());
+    fam.set_field_type(kind);
+    for (labels, value) in values {
+        let mut m = Metric::default();
+        let pairs: Vec<LabelPair> = labels
+            .into_iter()
+            .map(|(k, v)| {
+                let mut p = LabelPair::default();
+                p.set_name(k.to_string());
+                p.set_value(v);
+                p
+            })
+            .collect();
+        m.set_label(pairs);
+        if kind == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        fam.mut_metric().push(m);
+    }
+    fam
+}
+
+fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
+    use MetricType::{COUNTER, GAUGE};
+    let one = |v: u64| vec![(Vec::new(), v as f64)];
+    let mut out = vec![
+        family(
+            "upstream_up",
+            "1 if the upstream Glance is taking requests (not in failure backoff), else 0.",
+            GAUGE,
+            s.upstreams
+                .iter()
+                .map(|(u, up)| (vec![("upstream", u.clone())], if *up { 1.0 } else { 0.0 }))
+                .collect(),
+        ),
+        family(
+            "upstream_failovers_total",
+            "Requests moved to the next upstream after a refused connection or a 502/503.",
+            COUNTER,
+            one(s.failovers),
+        ),
+        family(
+            "sendfile_bytes_total",
+            "Cache-hit bytes sent with sendfile(2) (zero-copy).",
+            COUNTER,
+            one(s.sendfile_bytes),
+        ),
+        family(
+            "cold_read_bytes_total",
+            "Cached bytes read into the page cache off the request threads before sendfile.",
+            COUNTER,
+            one(s.cold_read_bytes),
+        ),
+    ];
+    if s.cache_enabled {
+        out.extend([
+            family("cache_bytes", "Bytes of committed cache entries.", GAUGE, one(s.cache_bytes)),
+            family(
+                "cache_reserved_bytes",
+                "Bytes reserved by fills in progress.",
+                GAUGE,
+                one(s.cache_reserved_bytes),
+            ),
+            family("cache_entries", "Committed cache entries.", GAUGE, one(s.cache_entries)),
+            family(
+                "cache_capacity_bytes",
+                "cache.max_size: bound on committed plus reserved bytes.",
+                GAUGE,
+                one(s.cache_capacity_bytes),
+            ),
+            family(
+                "cache_evictions_total",
+                "Entries evicted to make room (least recently used first).",
+                COUNTER,
+                one(s.cache_evictions),
+            ),
+            family(
+                "fills_total",
+                "Cache fills by result: committed, or why nothing was kept (hash_mismatch, short, long, upstream, aborted, no_space, io_error, rejected).",
+                COUNTER,
+                s.fills
+                    .iter()
+                    .map(|(r, n)| (vec![("result", r.to_string())], *n as f64))
+                    .collect(),
+            ),
+            family(
+                "upstream_fetched_bytes_total",
+                "Image bytes received from Glance by cache fills.",
+                COUNTER,
+                one(s.fetched_bytes),
+            ),
+            family(
+                "prefetch_queue_depth",
+                "Images queued for the prefetcher (in flight included).",
+                GAUGE,
+                one(s.prefetch_queued),
+            ),
+            family(
+                "prefetch_in_flight",
+                "Images the prefetcher is fetching now.",
+                GAUGE,
+                one(s.prefetch_in_flight),
+            ),
+            family(
+                "prefetch_failures_total",
+                "Failed prefetch attempts (each is retried with backoff).",
+                COUNTER,
+                one(s.prefetch_failures),
+            ),
+        ]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_has_recorded_and_snapshot_metrics() {
+        let m = Metrics::new();
+        m.finished(&Finished {
+            route: "image_data",
+            status: 200,
+            outcome: "hit",
+            reason: "",
+            bytes: 10,
+            ttfb: 0.002,
+        });
+        m.upstream_response(0.01);
+        let snap = Snapshot {
+            cache_enabled: true,
+            fills: vec![("committed", 3)],
+            upstreams: vec![("http://g:9292/".into(), true)],
+            ..Snapshot::default()
+        };
+        let page = m.render(&snap);
+        for line in [
+            "glance_cache_proxy_requests_total{route=\"image_data\",status_class=\"2xx\"} 1",
+            "glance_cache_proxy_image_requests_total{outcome=\"hit\",reason=\"\"} 1",
+            "glance_cache_proxy_served_bytes_total{source=\"cache\"} 10",
+            "glance_cache_proxy_fills_total{result=\"committed\"} 3",
+            "glance_cache_proxy_upstream_up{upstream=\"http://g:9292/\"} 1",
+            "glance_cache_proxy_authorization_decisions_total{decision=\"allowed\"} 1",
+            "# TYPE glance_cache_proxy_ttfb_seconds histogram",
+            "glance_cache_proxy_upstream_response_seconds_count 1",
+        ] {
+            assert!(page.contains(line), "missing {line}:\n{page}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The operations listener (`metrics.listen`, loopback by default, apart from the API):
+//! `/metrics` (Prometheus text), `/healthz` (the process answers) and `/readyz` (the cache
+//! index is loaded, which `App` guarantees once built, and an upstream Glance answers).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::app::App;
+
+/// How long `/readyz` waits for an upstream.
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening (/metrics, /healthz, /readyz)");
+    }
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(Arc::clone(&app), req));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status: StatusCode, body: String, kind: &'static str| {
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+        resp
+    };
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET only\n".into(),
+            PLAIN,
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            app.metrics.render(&app.snapshot()),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), PLAIN),
+        "/readyz" => {
+            if app.upstream.reachable(READY_WAIT).await {
+                text(StatusCode::OK, "ready\n".into(), PLAIN)
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no upstream Glance answers GET /versions\n".into(),
+                    PLAIN,
+                )
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "/metrics, /healthz, /readyz\n".into(),
+            PLAIN,
+        ),
+    })
+}
