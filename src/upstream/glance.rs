@@ -206,23 +206,9 @@ impl Upstream {
         let resp = self
             .side_request(Method::GET, caller, &api.data_path(id), Some(range))
             .await?;
-        let small_body = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|len| len <= MAX_PROBE_BODY);
-        if resp.status().is_success() && !small_body {
-            // Glance ignored the range: drop the body (and that connection) after the head.
-            let (parts, _dropped) = resp.into_parts();
-            return Ok(Small {
-                status: parts.status,
-                headers: parts.headers,
-                body: Bytes::new(),
-            });
-        }
-        // A refusal, or the one ranged byte: read it, so the connection goes back to the pool.
-        read_small(resp, self.body_idle_timeout).await
+        // The one ranged byte is read (the connection goes back to the pool); if Glance
+        // ignored the range, the body is dropped after the head.
+        verdict(resp, MAX_PROBE_BODY, self.body_idle_timeout).await
     }
 
     /// `GET /v2/cache` with the caller's headers: Glance's own decision on its `cache_list`
@@ -234,15 +220,7 @@ impl Upstream {
         let resp = self
             .side_request(Method::GET, caller, "/v2/cache", None)
             .await?;
-        if resp.status().is_success() {
-            let (parts, _dropped) = resp.into_parts();
-            return Ok(Small {
-                status: parts.status,
-                headers: parts.headers,
-                body: Bytes::new(),
-            });
-        }
-        read_small(resp, self.body_idle_timeout).await
+        verdict(resp, 0, self.body_idle_timeout).await
     }
 
     /// The full download, with the caller's headers and query (e.g. Glance's `?prefer=`).
@@ -298,6 +276,31 @@ impl Upstream {
         let (resp, _) = self.send(parts, body).await?;
         Ok(resp)
     }
+}
+
+/// Glance's answer to a yes/no question: a refusal is read whole (it goes back to the client
+/// as sent); a success is read only when its Content-Length is at most `keep`, else its body
+/// is dropped after the head (with its connection), so nothing large is transferred.
+async fn verdict(
+    resp: Response<Incoming>,
+    keep: u64,
+    idle: std::time::Duration,
+) -> Result<Small, Error> {
+    let small = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len <= keep);
+    if resp.status().is_success() && !small {
+        let (parts, _dropped) = resp.into_parts();
+        return Ok(Small {
+            status: parts.status,
+            headers: parts.headers,
+            body: Bytes::new(),
+        });
+    }
+    read_small(resp, idle).await
 }
 
 async fn read_small(resp: Response<Incoming>, idle: std::time::Duration) -> Result<Small, Error> {
