@@ -425,7 +425,10 @@ mod tests {
         if can_tell {
             // The file was dropped from the page cache, so every window was warmed first
             // (after a cold window, readahead's in-flight pages must not count as cached).
-            assert!(bytes_warmed() - before >= LEN as u64, "not every window was warmed");
+            assert!(
+                bytes_warmed() - before >= LEN as u64,
+                "not every window was warmed"
+            );
         }
     }
 
