@@ -266,3 +266,26 @@ async fn the_binary_serves_logs_and_exits_0_on_sigterm() {
         assert!(access.contains(field), "{field} missing from {access}");
     }
 }
+
+#[test]
+fn a_busy_metrics_port_stops_the_start_naming_the_key() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .arg("--cache-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run binary");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics.listen"), "{err}");
+    drop(busy);
+}
