@@ -6,6 +6,13 @@
 # throughput and server CPU seconds per GB, and the proxy/nginx ratios. Then wrk on a small
 # metadata call, directly to Glance and through the proxy. Writes bench/hits-vs-nginx.png.
 #
+# Every cell runs in two placements, interleaved: "shared" (server and clients on all cores, as
+# the scheduler likes) and "split" (the server on the first half of the cores, the clients on
+# the other half, as with clients on other machines). On loopback the receivers' TCP work and
+# wake-ups are charged to whichever process runs when they happen, and with shared cores the
+# readers preempt the server inside sendfile, so the server's own CPU figure moves with
+# scheduling; split cores keep the client's work off the server's cores.
+#
 #   bench/hits-vs-nginx.sh [IMAGE_MIB] [ROUNDS]    (defaults 512 3)
 # Installs nginx-light, wrk and gcc's output as needed (root). All on 127.0.0.1.
 set -euo pipefail
@@ -84,19 +91,32 @@ nginx -c "$nginx_conf" -e "$work/nginx-error.log"
 for _ in $(seq 50); do [[ -f $work/nginx.pid ]] && break; sleep 0.1; done
 nginx_pids() { echo "$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"; }
 
-# run SERVER CLIENT N -> "seconds cpu_seconds machine_seconds"; fails unless every client got
-# every byte.
+ncpu=$(nproc)
+server_cpus=0-$(( ncpu / 2 - 1 )) client_cpus=$(( ncpu / 2 ))-$(( ncpu - 1 ))
+placements="shared split"
+(( ncpu >= 2 )) || placements=shared
+# place SERVER PLACEMENT: pin every thread of the server's processes (shared: all cores).
+place() {
+    local p cpus=0-$(( ncpu - 1 ))
+    [[ $2 == split ]] && cpus=$server_cpus
+    for p in "${@:3}"; do taskset -a -p -c "$cpus" "$p" > /dev/null; done
+}
+
+# run SERVER CLIENT N PLACEMENT -> "seconds cpu_seconds machine_seconds"; fails unless every
+# client got every byte.
 run() {
-    local url port pids c0 m0 t0 got jobs=()
+    local url port pids c0 m0 t0 got jobs=() pin=()
     if [[ $1 == nginx ]]; then port=$nport; url=/$id; read -ra pids <<< "$(nginx_pids)"
     else port=$pport; url=/v2/images/$id/file; pids=("$proxy_pid"); fi
+    place "$1" "$4" "${pids[@]}"
+    [[ $4 == split ]] && pin=(taskset -c "$client_cpus")
     c0=$(cpu "${pids[@]}"); m0=$(machine); t0=$(date +%s.%N)
     for i in $(seq "$3"); do
         if [[ $2 == curl ]]; then
-            timeout 600 curl -s -o /dev/null -w '%{size_download}\n' -H 'X-Auth-Token: noauth' \
+            timeout 600 "${pin[@]}" curl -s -o /dev/null -w '%{size_download}\n' -H 'X-Auth-Token: noauth' \
                 "http://127.0.0.1:$port$url" > "$work/got.$i" &
         else
-            timeout 600 "$work/rawget" 127.0.0.1 "$port" "$url" > "$work/got.$i" &
+            timeout 600 "${pin[@]}" "$work/rawget" 127.0.0.1 "$port" "$url" > "$work/got.$i" &
         fi
         jobs+=($!)
     done
@@ -104,7 +124,7 @@ run() {
     got=$(cat "$work"/got.* | awk '{s += $1} END {printf "%.0f", s}')
     rm -f "$work"/got.*
     if [[ $got != $(( $3 * bytes )) ]]; then
-        echo "bench: $1/$2/$3 received $got of $(( $3 * bytes )) bytes" >&2
+        echo "bench: $1/$2/$3/$4 received $got of $(( $3 * bytes )) bytes" >&2
         exit 1
     fi
     awk -v a="$t0" -v b="$(date +%s.%N)" -v c0="$c0" -v c1="$(cpu "${pids[@]}")" -v m0="$m0" -v m1="$(machine)" \
@@ -115,35 +135,49 @@ results=$work/results.tsv
 bytes=$((IMAGE_MIB << 20))
 : > "$results"
 for r in $(seq "$ROUNDS"); do
-    for n in 1 8 32; do
-        for client in raw curl; do
-            for server in nginx proxy; do   # interleaved: same round, same conditions
-                line=$(run "$server" "$client" "$n") || exit 1
-                read -r secs cpus mach <<< "$line"
-                echo -e "$r\t$n\t$client\t$server\t$secs\t$cpus\t$mach" >> "$results"
+    for placement in $placements; do
+        for n in 1 8 32; do
+            for client in raw curl; do
+                for server in nginx proxy; do   # interleaved: same round, same conditions
+                    line=$(run "$server" "$client" "$n" "$placement") || exit 1
+                    read -r secs cpus mach <<< "$line"
+                    echo -e "$r\t$placement\t$n\t$client\t$server\t$secs\t$cpus\t$mach" >> "$results"
+                done
             done
         done
     done
 done
+# Back to all cores for the metadata runs.
+place nginx shared $(nginx_pids)
+place proxy shared "$proxy_pid"
 
+cp "$results" bench/hits-vs-nginx.tsv   # raw rows: round placement clients reader server s cpu-s machine-s
 summary=$(python3 - "$results" "$bytes" <<'PY'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 b = int(sys.argv[2])
-out = {}
-for r, n, client, server, secs, cpus, mach in rows:
-    n, secs, cpus, mach = int(n), float(secs), float(cpus), float(mach)
-    gb = n * b / 1e9
-    out.setdefault((n, client, server), []).append((gb / secs, cpus / gb, mach / gb))
-print("| clients | reader | nginx GB/s | proxy GB/s | ratio | nginx core-s/GB | proxy core-s/GB | ratio | machine core-s/GB nginx | proxy | ratio |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-for n in (1, 8, 32):
-    for client in ("raw", "curl"):
-        ng = out[(n, client, "nginx")]; px = out[(n, client, "proxy")]
-        g = lambda v, i: statistics.median(x[i] for x in v)
-        r = lambda i: g(px, i) / max(g(ng, i), 1e-9)
-        print("| %d | %s | %.2f | %.2f | %.2fx | %.3f | %.3f | %.2fx | %.3f | %.3f | %.2fx |" % (
-            n, client, g(ng, 0), g(px, 0), r(0), g(ng, 1), g(px, 1), r(1), g(ng, 2), g(px, 2), r(2)))
+# (placement, clients, reader) -> round -> server -> (GB/s, core-s/GB, machine core-s/GB)
+cells = {}
+for r, placement, n, client, server, secs, cpus, mach in rows:
+    gb = int(n) * b / 1e9
+    v = (gb / float(secs), float(cpus) / gb, float(mach) / gb)
+    cells.setdefault((placement, int(n), client), {}).setdefault(r, {})[server] = v
+med = statistics.median
+print("| cores | clients | reader | nginx GB/s | proxy GB/s | ratio | nginx core-s/GB | proxy core-s/GB | ratio | machine core-s/GB nginx | proxy | ratio |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for placement in ("shared", "split"):
+    for n in (1, 8, 32):
+        for client in ("raw", "curl"):
+            rounds = [x for x in cells.get((placement, n, client), {}).values() if len(x) == 2]
+            if not rounds:
+                continue
+            # Absolute figures: medians over rounds. Ratios: the median of each round's
+            # proxy/nginx ratio (the two ran back to back, under the same conditions).
+            a = lambda s, i: med(x[s][i] for x in rounds)
+            q = lambda i: med(x["proxy"][i] / max(x["nginx"][i], 1e-9) for x in rounds)
+            print("| %s | %d | %s | %.2f | %.2f | %.2fx | %.3f | %.3f | %.2fx | %.3f | %.3f | %.2fx |" % (
+                placement, n, client, a("nginx", 0), a("proxy", 0), q(0), a("nginx", 1),
+                a("proxy", 1), q(1), a("nginx", 2), a("proxy", 2), q(2)))
 PY
 )
 
@@ -166,24 +200,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 b = int(sys.argv[2])
+placements = [p for p in ("shared", "split") if any(r[1] == p for r in rows)]
 groups = [(n, c) for n in (1, 8, 32) for c in ("raw", "curl")]
-def med(n, c, s):
-    return statistics.median(int(n_) * b / float(t) / 1e9 for _, n_, c_, s_, t, _, _ in rows
-                             if int(n_) == n and c_ == c and s_ == s)
+def med(p, n, c, s):
+    return statistics.median(int(n_) * b / float(t) / 1e9 for _, p_, n_, c_, s_, t, _, _ in rows
+                             if p_ == p and int(n_) == n and c_ == c and s_ == s)
 xs = range(len(groups))
-fig, ax = plt.subplots(figsize=(8, 4))
-ax.bar([x - 0.2 for x in xs], [med(n, c, "nginx") for n, c in groups], 0.4, label="nginx sendfile")
-ax.bar([x + 0.2 for x in xs], [med(n, c, "proxy") for n, c in groups], 0.4, label="glance-cache-proxy hit")
-ax.set_xticks(list(xs), ["%d x %s" % g for g in groups])
-ax.set_ylabel("total GB/s (median)")
-ax.set_title("Cache hits vs nginx, same file in page cache, 127.0.0.1, 2 cores")
-ax.legend()
+fig, axes = plt.subplots(1, len(placements), figsize=(6 * len(placements), 4), squeeze=False)
+for ax, p in zip(axes[0], placements):
+    ax.bar([x - 0.2 for x in xs], [med(p, n, c, "nginx") for n, c in groups], 0.4, label="nginx sendfile")
+    ax.bar([x + 0.2 for x in xs], [med(p, n, c, "proxy") for n, c in groups], 0.4,
+           label="glance-cache-proxy hit")
+    ax.set_xticks(list(xs), ["%d x %s" % g for g in groups], fontsize=8)
+    ax.set_ylabel("total GB/s (median)")
+    ax.set_title("%s cores" % p if p == "shared" else "server and clients on split cores")
+    ax.legend(fontsize=8)
+fig.suptitle("Cache hits vs nginx, same file in page cache, 127.0.0.1")
 fig.tight_layout()
 fig.savefig(sys.argv[3], dpi=100)
 PY
 
 echo
-echo "Hits vs nginx: ${IMAGE_MIB} MiB image in page cache, ${ROUNDS} interleaved rounds (medians); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(nginx -v 2>&1)"
+echo "Hits vs nginx: ${IMAGE_MIB} MiB image in page cache, ${ROUNDS} interleaved rounds (figures: medians; ratios: median of the per-round proxy/nginx ratios); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(nginx -v 2>&1)"
 echo
 echo "$summary"
 echo
