@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use url::Url;
 
 use crate::auth::Grants;
+use crate::cache::scrub::Scrubber;
 use crate::cache::store::StoreError;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -22,11 +23,15 @@ pub struct App {
     pub cache: Option<Arc<Cache>>,
     /// The persistent prefetch queue and its worker; with the cache.
     pub prefetch: Option<Arc<Prefetcher>>,
+    /// The bit-rot scrubber; with the cache.
+    pub scrub: Option<Arc<Scrubber>>,
     /// Which callers Glance let download which images (decides evictions on 404).
     pub grants: Grants,
     /// Fallback public URL (`http://` + the listen address) for requests without `Host`.
     pub listen_url: Url,
     pub metrics: Arc<Metrics>,
+    /// Client connection slots (`server.max_connections`).
+    pub slots: Arc<crate::server::slots::Slots>,
 }
 
 impl App {
@@ -48,13 +53,23 @@ impl App {
             )?)),
             None => None,
         };
+        let scrub = cache.as_ref().map(|cache| {
+            Arc::new(Scrubber::new(
+                Arc::clone(cache),
+                config.cache.scrub_rate,
+                config.cache.scrub_interval,
+            ))
+        });
+        let slots = crate::server::slots::Slots::new(config.server.max_connections);
         Ok(App {
             config,
             upstream,
             cache,
             prefetch,
+            scrub,
             grants: Grants::default(),
             listen_url,
+            slots,
             metrics,
         })
     }
@@ -66,6 +81,8 @@ impl App {
             failovers: self.upstream.failovers(),
             sendfile_bytes: crate::serve::sendfile::bytes_sent(),
             cold_read_bytes: crate::serve::sendfile::bytes_warmed(),
+            connections_open: self.slots.open() as u64,
+            connections_shed: self.slots.shed(),
             ..Snapshot::default()
         };
         if let Some(cache) = &self.cache {
@@ -81,6 +98,13 @@ impl App {
                 .stats
                 .fetched
                 .load(std::sync::atomic::Ordering::Relaxed);
+            snap.quarantined = cache.stats.quarantined();
+        }
+        if let Some(s) = &self.scrub {
+            use std::sync::atomic::Ordering::Relaxed;
+            snap.scrub_verified_bytes = s.stats.verified_bytes.load(Relaxed);
+            snap.scrub_verified_entries = s.stats.verified_entries.load(Relaxed);
+            snap.scrub_corruptions = s.stats.corruptions.load(Relaxed);
         }
         if let Some(p) = &self.prefetch {
             snap.prefetch_queued = p.queued().len() as u64;
@@ -129,10 +153,15 @@ pub async fn serve(
         .prefetch
         .as_ref()
         .map(|p| tokio::spawn(Arc::clone(p).run()));
+    let scrub = app
+        .scrub
+        .as_ref()
+        .map(|s| tokio::spawn(Arc::clone(s).run()));
     let admin = admin.map(|l| tokio::spawn(crate::server::admin::serve(l, Arc::clone(&app))));
     crate::server::serve(listener, app, shutdown).await;
-    // Queued images stay queued on disk; a fetch cut short restarts next time.
-    for task in [worker, admin].into_iter().flatten() {
+    // Queued images stay queued on disk; a fetch cut short restarts next time; a scrub pass
+    // cut short starts over with the same entry.
+    for task in [worker, scrub, admin].into_iter().flatten() {
         task.abort();
     }
 }

@@ -76,6 +76,10 @@ pub struct CacheConfig {
     pub finish_abandoned_fills: bool,
     /// ... for at most this long after the last one left.
     pub abandoned_fill_timeout: Duration,
+    /// Bytes per second the scrubber re-reads; 0: no scrubbing.
+    pub scrub_rate: u64,
+    /// How often each entry is re-verified at most.
+    pub scrub_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +239,8 @@ pub struct RawCache {
     pub cache_unverified: bool,
     pub finish_abandoned_fills: bool,
     pub abandoned_fill_timeout: String,
+    pub scrub_rate: RawSize,
+    pub scrub_interval: String,
 }
 
 impl Default for RawCache {
@@ -246,6 +252,8 @@ impl Default for RawCache {
             cache_unverified: false,
             finish_abandoned_fills: true,
             abandoned_fill_timeout: "10m".into(),
+            scrub_rate: RawSize::Text("32MiB".into()),
+            scrub_interval: "24h".into(),
         }
     }
 }
@@ -399,6 +407,8 @@ impl Config {
                 cache_unverified: self.cache.cache_unverified,
                 finish_abandoned_fills: self.cache.finish_abandoned_fills,
                 abandoned_fill_timeout: fmt_duration(self.cache.abandoned_fill_timeout),
+                scrub_rate: RawSize::Bytes(self.cache.scrub_rate),
+                scrub_interval: fmt_duration(self.cache.scrub_interval),
             },
             prefetch: {
                 let p = &self.prefetch;
@@ -565,6 +575,13 @@ impl RawConfig {
         let max_size = parse_size(&self.cache.max_size).map_err(|m| bad("cache.max_size", m))?;
         let abandoned_fill_timeout = parse_duration(&self.cache.abandoned_fill_timeout)
             .map_err(|m| bad("cache.abandoned_fill_timeout", m))?;
+        let scrub_rate =
+            parse_size(&self.cache.scrub_rate).map_err(|m| bad("cache.scrub_rate", m))?;
+        let scrub_interval = parse_duration(&self.cache.scrub_interval)
+            .map_err(|m| bad("cache.scrub_interval", m))?;
+        if scrub_interval < Duration::from_secs(1) {
+            return Err(bad("cache.scrub_interval", "must be at least 1s".into()));
+        }
 
         let prefetch = self.prefetch.validate(&bad)?;
 
@@ -599,6 +616,8 @@ impl RawConfig {
                 cache_unverified: self.cache.cache_unverified,
                 finish_abandoned_fills: self.cache.finish_abandoned_fills,
                 abandoned_fill_timeout,
+                scrub_rate,
+                scrub_interval,
             },
             prefetch,
             metrics: MetricsConfig {

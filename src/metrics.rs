@@ -53,6 +53,13 @@ pub struct Snapshot {
     /// Per configured upstream: (URL, healthy).
     pub upstreams: Vec<(String, bool)>,
     pub failovers: u64,
+    /// Entries taken out of service, by reason.
+    pub quarantined: Vec<(&'static str, u64)>,
+    pub scrub_verified_bytes: u64,
+    pub scrub_verified_entries: u64,
+    pub scrub_corruptions: u64,
+    pub connections_open: u64,
+    pub connections_shed: u64,
 }
 
 pub struct Metrics {
@@ -214,6 +221,8 @@ impl Metrics {
     pub fn render(&self, snap: &Snapshot) -> String {
         let mut families = self.registry.gather();
         families.extend(snapshot_families(snap));
+        // The text encoder refuses a family without series (and stops there).
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         if TextEncoder::new().encode(&families, &mut out).is_err() {
@@ -265,6 +274,19 @@ fn family(
     fam
 }
 
+/// `seen` counts plus a zero for each `known` label value not seen yet (so rate() and alerts
+/// have a series from the start).
+fn with_known(known: &[&'static str], seen: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
+    let mut all: Vec<(&'static str, u64)> = seen.to_vec();
+    for k in known {
+        if !all.iter().any(|(r, _)| r == k) {
+            all.push((k, 0));
+        }
+    }
+    all.sort();
+    all
+}
+
 fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     use MetricType::{COUNTER, GAUGE};
     let one = |v: u64| vec![(Vec::new(), v as f64)];
@@ -283,6 +305,18 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
             "Requests moved to the next upstream after a refused connection or a 502/503.",
             COUNTER,
             one(s.failovers),
+        ),
+        family(
+            "connections_open",
+            "Client connections open on the API listener.",
+            GAUGE,
+            one(s.connections_open),
+        ),
+        family(
+            "connections_shed_total",
+            "Idle client connections closed to make room for a new one (server.max_connections reached).",
+            COUNTER,
+            one(s.connections_shed),
         ),
         family(
             "sendfile_bytes_total",
@@ -323,9 +357,9 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 "fills_total",
                 "Cache fills by result: committed, or why nothing was kept (hash_mismatch, short, long, upstream, aborted, no_space, io_error, rejected).",
                 COUNTER,
-                s.fills
-                    .iter()
-                    .map(|(r, n)| (vec![("result", r.to_string())], *n as f64))
+                with_known(&["committed", "hash_mismatch", "short", "long"], &s.fills)
+                    .into_iter()
+                    .map(|(r, n)| (vec![("result", r.to_string())], n as f64))
                     .collect(),
             ),
             family(
@@ -351,6 +385,36 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 "Failed prefetch attempts (each is retried with backoff).",
                 COUNTER,
                 one(s.prefetch_failures),
+            ),
+            family(
+                "cache_quarantined_total",
+                "Entries taken out of service for good, by reason: changed_on_disk (found on a hit or by the scrubber), hash_mismatch, short, long, read_error (scrubber).",
+                COUNTER,
+                with_known(
+                    &["changed_on_disk", "hash_mismatch", "short", "long", "read_error"],
+                    &s.quarantined,
+                )
+                .into_iter()
+                .map(|(r, n)| (vec![("reason", r.to_string())], n as f64))
+                .collect(),
+            ),
+            family(
+                "scrub_verified_bytes_total",
+                "Bytes of committed entries re-read from disk and checked by the scrubber.",
+                COUNTER,
+                one(s.scrub_verified_bytes),
+            ),
+            family(
+                "scrub_verified_entries_total",
+                "Entries the scrubber checked in full and found intact.",
+                COUNTER,
+                one(s.scrub_verified_entries),
+            ),
+            family(
+                "scrub_corruptions_total",
+                "Entries the scrubber found corrupt or unreadable (each is quarantined).",
+                COUNTER,
+                one(s.scrub_corruptions),
             ),
         ]);
     }

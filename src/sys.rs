@@ -36,6 +36,12 @@ pub fn sendfile(
     }
 }
 
+/// Open flags for reading a file past the page cache (`O_DIRECT`): reads must use
+/// block-aligned buffers, offsets and lengths.
+pub const O_DIRECT: i32 = libc::O_DIRECT;
+/// The errno a filesystem without direct IO answers an `O_DIRECT` open with.
+pub const EINVAL: i32 = libc::EINVAL;
+
 /// Tell the kernel `len` bytes of `file` from `offset` will be read sequentially (a larger
 /// readahead window). Advice only: errors are ignored by callers.
 pub fn advise_sequential(file: &impl AsFd, offset: u64, len: u64) -> io::Result<()> {

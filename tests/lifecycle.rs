@@ -1,5 +1,6 @@
-//! Process and connection lifecycle: graceful drain on shutdown, the connection limit, the
-//! header-read timeout, and the real binary's CLI (`--check-config`, config errors, SIGTERM).
+//! Process and connection lifecycle: graceful drain on shutdown, the connection limit (idle
+//! and slowloris connections make room, busy ones do not), the header-read and keep-alive idle
+//! timeouts, and the real binary's CLI (`--check-config`, config errors, SIGTERM).
 
 mod support;
 
@@ -77,29 +78,132 @@ async fn the_drain_deadline_bounds_shutdown() {
 }
 
 #[tokio::test]
-async fn the_connection_limit_queues_further_clients() {
+async fn the_connection_limit_queues_clients_while_every_connection_is_busy() {
     let glance = FakeGlance::start().await;
     let proxy = TestProxy::start(config(&[&glance.url], "[server]\nmax_connections = 1\n")).await;
-    let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
-    first
-        .write_all(b"GET /v2/a HTTP/1.1\r\nHost: p\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = [0u8; 256];
-    let n = first.read(&mut buf).await.expect("read");
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // The only slot is busy: Glance takes its time with this request.
+    glance.set_faults(Faults {
+        stall_head: Some(Duration::from_millis(1500)),
+        ..Faults::default()
+    });
+    let busy_url = format!("{}/v2/a", proxy.url);
+    let first = tokio::spawn(async move { get(&busy_url).await });
+    support::until(|| glance.requests() == 1).await;
+    glance.set_faults(Faults::default());
 
-    // The first connection is open (keep-alive): a second client is not served yet.
     let url = format!("{}/v2/b", proxy.url);
     let second = tokio::spawn(async move { get(&url).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished(), "served beyond max_connections");
-    drop(first);
+    let got = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("first answered")
+        .expect("task");
+    assert_eq!(
+        got.status, 200,
+        "a busy connection is never closed to make room"
+    );
     let got = tokio::time::timeout(Duration::from_secs(5), second)
         .await
-        .expect("served once a connection is free")
+        .expect("served once the first request is done")
         .expect("task");
     assert_eq!(got.status, 200);
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_cannot_lock_clients_out() {
+    let glance = FakeGlance::start().await;
+    // A long header timeout: only the slot policy can help the honest client here.
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        "[server]\nmax_connections = 8\nheader_read_timeout = \"60s\"\n",
+    ))
+    .await;
+    // One idle keep-alive connection that already had an answer...
+    let mut keep = TcpStream::connect(proxy.addr).await.expect("connect");
+    keep.write_all(b"GET /v2/a HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = keep.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // ... and a slowloris taking every other slot, one header byte now and then.
+    let mut slow = Vec::new();
+    for _ in 0..7 {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(b"GET /v2/images HTTP/1.1\r\nHost: p\r\nX-A: ")
+            .await
+            .expect("partial head");
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dripping = tokio::spawn(async move {
+        let mut closed = 0;
+        for _ in 0..20 {
+            for s in slow.iter_mut() {
+                if s.write_all(b"a").await.is_err() {
+                    closed += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        closed
+    });
+    // Eight honest clients, one after the other, each served at once.
+    for i in 0..8 {
+        let started = Instant::now();
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            get(&format!("{}/v2/honest{i}", proxy.url)),
+        )
+        .await
+        .expect("an honest client is served while the slots are held");
+        assert_eq!(got.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "client {i} waited {:?}",
+            started.elapsed()
+        );
+    }
+    // The idle keep-alive went first (idle longest), then slowloris connections.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), keep.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the idle keep-alive connection was closed to make room"
+    );
+    assert!(
+        dripping.await.expect("task") > 0,
+        "slowloris connections were closed"
+    );
+    // None of the slowloris requests ever reached Glance.
+    assert!(glance
+        .seen()
+        .iter()
+        .all(|r| !r.path_and_query.starts_with("/v2/images")));
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        "[server]\nheader_read_timeout = \"300ms\"\n",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /v2/a HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Nothing more is sent: the connection must not stay open for ever.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "an idle keep-alive connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(250));
 }
 
 #[tokio::test]

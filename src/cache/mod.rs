@@ -7,6 +7,7 @@
 
 pub mod fill;
 pub mod index;
+pub mod scrub;
 pub mod store;
 pub mod verify;
 
@@ -24,7 +25,7 @@ use crate::body::BoxError;
 use crate::config::CacheConfig;
 use fill::{Failure, Fill, Lifetime, Progress};
 use index::{Entry, Index, Reservation};
-use store::{unix_ms, EntryMeta, Store, StoreError};
+use store::{unix_ms, EntryMeta, Fingerprint, Store, StoreError};
 use verify::Expected;
 
 /// A committed entry as the cache API and hits see it.
@@ -33,6 +34,15 @@ pub struct Cached {
     pub meta: EntryMeta,
     pub hits: u64,
     pub last_access_ms: u64,
+    /// When its bytes were last checked against its digests (the fill, or the scrubber);
+    /// unix milliseconds.
+    pub verified_ms: u64,
+    /// The data file as committed (or as found at start): a hit on a file that no longer
+    /// matches quarantines the entry instead.
+    fingerprint: Fingerprint,
+    /// Changed on disk while the proxy was down: served from Glance (not from the file)
+    /// until the scrubber, which takes it first, has checked it.
+    pub suspect: bool,
 }
 
 /// What the cache holds for an image, given what Glance says the image is now.
@@ -56,6 +66,8 @@ pub enum Begin {
 #[derive(Debug, Default)]
 pub struct Stats {
     fills: Mutex<HashMap<&'static str, u64>>,
+    /// Entries taken out of service, by reason (`changed_on_disk`, `hash_mismatch`, ...).
+    quarantined: Mutex<HashMap<&'static str, u64>>,
     /// Image bytes received from Glance by fills.
     pub fetched: std::sync::atomic::AtomicU64,
 }
@@ -71,6 +83,17 @@ impl Stats {
     pub fn all(&self) -> Vec<(&'static str, u64)> {
         let mut v: Vec<(&'static str, u64)> = self
             .fills
+            .lock()
+            .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Every quarantine reason seen, with its count.
+    pub fn quarantined(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<(&'static str, u64)> = self
+            .quarantined
             .lock()
             .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
             .unwrap_or_default();
@@ -111,6 +134,7 @@ impl Cache {
             fills: HashMap::new(),
         };
         let found = scan.entries.len();
+        let suspects = scan.entries.iter().filter(|e| e.suspect).count();
         for rec in scan.entries {
             let id = rec.meta.image_id.clone();
             let victims = state.index.restore(
@@ -123,9 +147,17 @@ impl Cache {
             state.entries.insert(
                 id,
                 Cached {
+                    // Suspects are due for the scrubber at once.
+                    verified_ms: if rec.suspect {
+                        0
+                    } else {
+                        rec.meta.committed_ms
+                    },
                     meta: rec.meta,
                     hits: 0,
                     last_access_ms: rec.last_access_ms,
+                    fingerprint: rec.fingerprint,
+                    suspect: rec.suspect,
                 },
             );
             for v in victims {
@@ -138,6 +170,7 @@ impl Cache {
             entries = state.index.len(),
             bytes = state.index.committed_bytes(),
             found,
+            suspects,
             leftovers_removed = scan.removed,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "cache opened"
@@ -158,7 +191,7 @@ impl Cache {
     /// What the cache has for `id`, if it was verified against the same `expected` digests.
     /// An entry recorded with other digests (the image changed) is removed.
     pub fn lookup(&self, id: &str, expected: &Expected) -> Lookup {
-        let stale = {
+        let (stale, print) = {
             let st = self.lock();
             if let Some(fill) = st.fills.get(id) {
                 return if fill.expected == *expected {
@@ -169,7 +202,9 @@ impl Cache {
             }
             match st.entries.get(id) {
                 None => return Lookup::Miss,
-                Some(c) => c.meta.expected() != *expected,
+                // Not served until checked; `begin_fill` passes such requests through.
+                Some(c) if c.suspect => return Lookup::Miss,
+                Some(c) => (c.meta.expected() != *expected, c.fingerprint),
             }
         };
         if stale {
@@ -177,14 +212,102 @@ impl Cache {
             self.remove(id);
             return Lookup::Miss;
         }
-        match File::open(self.store.data_path(id)) {
-            Ok(file) => Lookup::Hit(Fill::committed(id, expected.clone(), Arc::new(file))),
+        let opened = File::open(self.store.data_path(id)).and_then(|f| {
+            let stat = f.metadata()?;
+            Ok((f, Fingerprint::of(&stat)))
+        });
+        match opened {
+            Ok((file, now)) if now == print => {
+                Lookup::Hit(Fill::committed(id, expected.clone(), Arc::new(file)))
+            }
+            Ok(_) => {
+                // Written, truncated or replaced behind the proxy's back: never serve it.
+                self.quarantine(
+                    id,
+                    print,
+                    "changed_on_disk",
+                    "the data file changed after it was verified".into(),
+                );
+                Lookup::Miss
+            }
             Err(e) => {
                 tracing::warn!(image_id = %id, error = %e, "cached file cannot be opened; evicting");
                 self.remove(id);
                 Lookup::Miss
             }
         }
+    }
+
+    /// Take the entry `id` out of service for good, if it is still the file `print`: its
+    /// files are deleted, a report stays in `quarantine/`, the next request fetches afresh.
+    pub fn quarantine(&self, id: &str, print: Fingerprint, reason: &'static str, detail: String) {
+        let meta = {
+            let mut st = self.lock();
+            match st.entries.get(id) {
+                Some(c) if c.fingerprint == print => {
+                    let meta = c.meta.clone();
+                    st.entries.remove(id);
+                    st.index.remove(id);
+                    meta
+                }
+                _ => return, // already gone or replaced by a new fill
+            }
+        };
+        if let Ok(mut m) = self.stats.quarantined.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+        let report = serde_json::json!({
+            "image_id": id,
+            "reason": reason,
+            "detail": detail,
+            "found_ms": unix_ms(SystemTime::now()),
+            "entry": meta,
+        });
+        match self.store.quarantine(id, &report) {
+            Ok(path) => {
+                tracing::error!(image_id = %id, reason, %detail, report = %path.display(), "cache entry quarantined; it will be fetched again on demand")
+            }
+            Err(e) => {
+                tracing::error!(image_id = %id, reason, %detail, error = %e, "cache entry quarantined, but its files could not all be removed")
+            }
+        }
+    }
+
+    /// The committed entry verified longest ago, if that was more than `interval_ms` before
+    /// `now_ms`: its id, digests and fingerprint. Otherwise when the next one falls due.
+    pub fn next_to_scrub(
+        &self,
+        now_ms: u64,
+        interval_ms: u64,
+    ) -> Result<(String, Expected, Fingerprint), Option<u64>> {
+        let st = self.lock();
+        let oldest = st.entries.values().min_by_key(|c| c.verified_ms);
+        match oldest {
+            None => Err(None),
+            Some(c) if c.verified_ms.saturating_add(interval_ms) <= now_ms => {
+                Ok((c.meta.image_id.clone(), c.meta.expected(), c.fingerprint))
+            }
+            Some(c) => Err(Some(c.verified_ms.saturating_add(interval_ms))),
+        }
+    }
+
+    /// The scrubber read `id` (as `print`) and its digests matched at `now_ms`.
+    pub fn scrubbed(&self, id: &str, print: Fingerprint, now_ms: u64) {
+        let mut st = self.lock();
+        if let Some(c) = st.entries.get_mut(id) {
+            if c.fingerprint == print {
+                c.verified_ms = now_ms;
+                c.suspect = false;
+            }
+        }
+    }
+
+    /// Open a committed entry for the scrubber: the file, whether it bypasses the page cache,
+    /// and whether it is still the file `print`.
+    pub fn open_for_scrub(&self, id: &str) -> std::io::Result<(File, bool, Fingerprint)> {
+        let (file, direct) = self.store.open_direct(id)?;
+        let stat = file.metadata()?;
+        Ok((file, direct, Fingerprint::of(&stat)))
     }
 
     /// The cache directory.
@@ -307,6 +430,11 @@ impl Cache {
                 let _ = std::fs::remove_file(&temp);
                 return Begin::Joined(fill);
             }
+            if st.entries.get(id).is_some_and(|c| c.suspect) {
+                drop(st);
+                let _ = std::fs::remove_file(&temp);
+                return Begin::Bypass("unverified");
+            }
             let victims = match st.index.reserve(expected.size) {
                 Reservation::Granted { victims } => victims,
                 Reservation::TooLarge => {
@@ -391,16 +519,22 @@ impl Cache {
             let _ = std::fs::remove_file(&filled.temp);
             return Err(Failure::Abandoned);
         }
-        let now = unix_ms(SystemTime::now());
-        let meta = EntryMeta::new(id, &fill.expected, now);
-        if let Err(e) = self.store.commit(&filled.temp, &filled.file, &meta) {
-            tracing::debug!(image_id = %id, error = %e, "cannot publish a verified fill");
-            let _ = std::fs::remove_file(&filled.temp);
-            return Err(Failure::Disk {
-                written: fill.expected.size,
-                reason: e.reason(),
-            });
-        }
+        let (meta, fingerprint) =
+            match self
+                .store
+                .commit(&filled.temp, &filled.file, id, &fill.expected)
+            {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::debug!(image_id = %id, error = %e, "cannot publish a verified fill");
+                    let _ = std::fs::remove_file(&filled.temp);
+                    return Err(Failure::Disk {
+                        written: fill.expected.size,
+                        reason: e.reason(),
+                    });
+                }
+            };
+        let now = meta.committed_ms;
         let mut st = self.lock();
         st.fills.remove(id);
         st.index.commit(id, fill.expected.size, now);
@@ -410,6 +544,9 @@ impl Cache {
                 meta,
                 hits: 0,
                 last_access_ms: now,
+                verified_ms: now,
+                fingerprint,
+                suspect: false,
             },
         );
         Ok(())

@@ -4,15 +4,20 @@
 //! - `images/<id>`: a committed image, immutable once renamed into place.
 //! - `images/<id>.meta`: its record (size, digests, commit time), JSON.
 //! - `tmp/`: fills in progress; anything found here at startup is a leftover and is removed.
+//! - `quarantine/<id>.<ms>.json`: what was found about an entry that failed re-verification
+//!   or changed on disk (its files are deleted; the report stays for the operator).
 //!
 //! Publish order (`Store::commit`): fsync the data and the meta file, rename the meta, rename
 //! the data, fsync `images/`. An entry counts only when both files exist and the data length
 //! equals the recorded size, so a crash at any point leaves either the whole entry or nothing
-//! that the scan keeps. Recency is the data file's mtime, set on each hit, so LRU order
-//! survives a restart without a write per hit to anything but inode metadata.
+//! that the scan keeps. Recency is the meta file's mtime, set on each hit, so LRU order
+//! survives a restart without a write per hit to anything but inode metadata; the data file
+//! itself is never touched after commit, so its `Fingerprint` (inode, size, ctime) changes
+//! only if something else writes it.
 
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +27,7 @@ use crate::cache::verify::{Expected, HashAlgo};
 
 const IMAGES: &str = "images";
 const TMP: &str = "tmp";
+const QUARANTINE: &str = "quarantine";
 const META_SUFFIX: &str = ".meta";
 /// Threads reading entry records at start.
 const SCAN_THREADS: usize = 16;
@@ -94,12 +100,48 @@ impl EntryMeta {
     }
 }
 
+/// What identifies the exact file an entry was committed as: any write to it, a truncation
+/// or a replacement changes one of these (ctime cannot be set back from user space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime_ns: i128,
+}
+
+impl Fingerprint {
+    pub fn of(stat: &fs::Metadata) -> Fingerprint {
+        Fingerprint {
+            dev: stat.dev(),
+            ino: stat.ino(),
+            size: stat.len(),
+            ctime_ns: i128::from(stat.ctime()) * 1_000_000_000 + i128::from(stat.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file's inode changed (written, truncated, chmod-ed...) well after the
+    /// entry was committed at `committed_ms`: its bytes must be checked again before use.
+    pub fn changed_since(&self, committed_ms: u64) -> bool {
+        let ctime_ms = self.ctime_ns.div_euclid(1_000_000);
+        ctime_ms > i128::from(committed_ms) + COMMIT_SLACK_MS
+    }
+}
+
+/// How long after its record's commit time a published data file's ctime may be (the two
+/// renames and a directory fsync).
+const COMMIT_SLACK_MS: i128 = 2_000;
+
 /// An entry found by the startup scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
     pub meta: EntryMeta,
-    /// Last access (data file mtime), unix milliseconds.
+    /// Last access (the later of the meta and data files' mtimes), unix milliseconds.
     pub last_access_ms: u64,
+    pub fingerprint: Fingerprint,
+    /// The data file changed after its commit (while the proxy was down, or by an older
+    /// version that touched data files): not served until the scrubber has checked it.
+    pub suspect: bool,
 }
 
 /// The result of the startup scan.
@@ -115,6 +157,7 @@ pub struct Scan {
 pub struct Store {
     images: PathBuf,
     tmp: PathBuf,
+    quarantine: PathBuf,
 }
 
 /// Whether an image id can name a file: Glance ids are UUIDs; anything with a path
@@ -135,9 +178,11 @@ impl Store {
         let store = Store {
             images: dir.join(IMAGES),
             tmp: dir.join(TMP),
+            quarantine: dir.join(QUARANTINE),
         };
         fs::create_dir_all(&store.images)?;
         fs::create_dir_all(&store.tmp)?;
+        fs::create_dir_all(&store.quarantine)?;
         Ok(store)
     }
 
@@ -217,10 +262,19 @@ impl Store {
         if !stat.is_file() || stat.len() != meta.size {
             return None;
         }
-        let last_access_ms = stat.modified().map(unix_ms).unwrap_or(meta.committed_ms);
+        // Hits touch the meta file; caches written before that touched the data file.
+        let touched = fs::metadata(self.meta_path(id)).and_then(|m| m.modified());
+        let last_access_ms = [stat.modified(), touched]
+            .into_iter()
+            .filter_map(|t| t.ok().map(unix_ms))
+            .max()
+            .unwrap_or(meta.committed_ms);
+        let fingerprint = Fingerprint::of(&stat);
         Some(Recovered {
+            suspect: fingerprint.changed_since(meta.committed_ms),
             meta,
             last_access_ms,
+            fingerprint,
         })
     }
 
@@ -237,9 +291,19 @@ impl Store {
         Ok((path, file))
     }
 
-    /// Publish a verified fill durably (see the module doc for the order).
-    pub fn commit(&self, temp: &Path, data: &File, meta: &EntryMeta) -> Result<(), StoreError> {
+    /// Publish a verified fill of `id` durably (see the module doc for the order); returns
+    /// its record (committed once the data is on disk, so the data file's ctime follows
+    /// within milliseconds) and the fingerprint of the published data file.
+    pub fn commit(
+        &self,
+        temp: &Path,
+        data: &File,
+        id: &str,
+        expected: &Expected,
+    ) -> Result<(EntryMeta, Fingerprint), StoreError> {
         data.sync_all()?;
+        let meta = EntryMeta::new(id, expected, unix_ms(SystemTime::now()));
+        let meta = &meta;
         let mut meta_temp = temp.as_os_str().to_owned();
         meta_temp.push(META_SUFFIX);
         let meta_temp = PathBuf::from(meta_temp);
@@ -249,12 +313,45 @@ impl Store {
             f.sync_all()?;
             fs::rename(&meta_temp, self.meta_path(&meta.image_id))?;
             fs::rename(temp, self.data_path(&meta.image_id))?;
-            sync_dir(&self.images)
+            sync_dir(&self.images)?;
+            // After the rename (which sets ctime): the file as it is now served.
+            data.metadata()
         })();
         if result.is_err() {
             let _ = remove_file(&meta_temp);
         }
-        result.map_err(StoreError::from)
+        result
+            .map(|stat| (meta.clone(), Fingerprint::of(&stat)))
+            .map_err(StoreError::from)
+    }
+
+    /// Open an entry's data file to read the disk itself (`O_DIRECT`: the page cache neither
+    /// answers nor keeps what is read); buffered where the filesystem has no direct IO.
+    pub fn open_direct(&self, id: &str) -> io::Result<(File, bool)> {
+        let path = self.data_path(id);
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(crate::sys::O_DIRECT)
+            .open(&path)
+        {
+            Ok(f) => Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(crate::sys::EINVAL) => {
+                Ok((File::open(&path)?, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Take an entry out of service for good: delete its files and leave `report` (JSON) in
+    /// `quarantine/` for the operator. Returns the report's path.
+    pub fn quarantine(&self, id: &str, report: &serde_json::Value) -> Result<PathBuf, StoreError> {
+        self.remove(id)?;
+        let path = self
+            .quarantine
+            .join(format!("{id}.{}.json", unix_ms(SystemTime::now())));
+        let text = serde_json::to_vec_pretty(report).map_err(io::Error::other)?;
+        fs::write(&path, text)?;
+        Ok(path)
     }
 
     /// Delete an entry (readers holding the file open keep reading what they opened).
@@ -264,9 +361,10 @@ impl Store {
         meta.and(data).map_err(StoreError::from)
     }
 
-    /// Record an access: the data file's mtime is the LRU tick.
+    /// Record an access: the meta file's mtime is the LRU tick (the data file is left alone,
+    /// so its fingerprint holds).
     pub fn touch(&self, id: &str, when: SystemTime) {
-        if let Ok(f) = File::options().write(true).open(self.data_path(id)) {
+        if let Ok(f) = File::options().write(true).open(self.meta_path(id)) {
             let _ = f.set_times(FileTimes::new().set_modified(when));
         }
     }
@@ -319,8 +417,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let (tmp, file) = fill(&store, "img-1", b"abcd");
-        store
-            .commit(&tmp, &file, &meta("img-1", 4))
+        let (_, print) = store
+            .commit(&tmp, &file, "img-1", &meta("img-1", 4).expected())
             .expect("commit");
         assert_eq!(fs::read(store.data_path("img-1")).expect("data"), b"abcd");
 
@@ -329,8 +427,17 @@ mod tests {
         let scan = store.scan().expect("scan");
         assert_eq!(scan.removed, 0);
         assert_eq!(scan.entries.len(), 1);
-        assert_eq!(scan.entries[0].meta, meta("img-1", 4));
+        assert_eq!(
+            scan.entries[0].meta,
+            EntryMeta {
+                committed_ms: scan.entries[0].meta.committed_ms,
+                ..meta("img-1", 4)
+            }
+        );
+        assert!(!scan.entries[0].suspect);
         assert_eq!(scan.entries[0].last_access_ms, 1_800_000_000_000);
+        // A hit's touch leaves the data file as committed.
+        assert_eq!(scan.entries[0].fingerprint, print);
         assert_eq!(
             scan.entries[0].meta.expected().os_hash.map(|(a, _)| a),
             Some(HashAlgo::Sha512)
@@ -367,7 +474,9 @@ mod tests {
         fs::write(store.meta_path("e"), b"{not json").expect("meta");
         // One good entry survives.
         let (tmp, file) = fill(&store, "ok", b"fine");
-        store.commit(&tmp, &file, &meta("ok", 4)).expect("commit");
+        store
+            .commit(&tmp, &file, "ok", &meta("ok", 4).expected())
+            .expect("commit");
 
         let scan = store.scan().expect("scan");
         let ids: Vec<&str> = scan
@@ -384,6 +493,60 @@ mod tests {
         left.sort();
         assert_eq!(left, vec!["ok", "ok.meta"]);
         assert_eq!(fs::read_dir(dir.path().join(TMP)).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn any_write_to_a_committed_file_changes_its_fingerprint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (tmp, file) = fill(&store, "img", b"abcdef");
+        let (_, print) = store
+            .commit(&tmp, &file, "img", &meta("img", 6).expected())
+            .expect("commit");
+        let stat = || Fingerprint::of(&fs::metadata(store.data_path("img")).expect("stat"));
+        assert_eq!(stat(), print);
+        // Same length, one byte rewritten in place (what bit rot through the filesystem,
+        // or a stray tool, would do).
+        std::thread::sleep(Duration::from_millis(20));
+        let f = File::options()
+            .write(true)
+            .open(store.data_path("img"))
+            .expect("open");
+        std::os::unix::fs::FileExt::write_at(&f, b"X", 2).expect("write");
+        assert_ne!(stat(), print);
+        // Found so at the next start (the ctime is seconds past the commit).
+        let late = Fingerprint {
+            ctime_ns: print.ctime_ns + 3_000_000_000,
+            ..print
+        };
+        let committed = (print.ctime_ns / 1_000_000) as u64;
+        assert!(late.changed_since(committed));
+        assert!(!print.changed_since(committed));
+    }
+
+    #[test]
+    fn quarantine_deletes_the_entry_and_keeps_a_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (tmp, file) = fill(&store, "img", b"abc");
+        store
+            .commit(&tmp, &file, "img", &meta("img", 3).expected())
+            .expect("commit");
+        let report = store
+            .quarantine("img", &serde_json::json!({"reason": "hash_mismatch"}))
+            .expect("quarantine");
+        assert!(!store.data_path("img").exists());
+        assert!(store.scan().expect("scan").entries.is_empty());
+        let text = fs::read_to_string(report).expect("report");
+        assert!(text.contains("hash_mismatch"));
+        let (direct, _) = {
+            let (tmp, file) = fill(&store, "img2", b"xyz");
+            store
+                .commit(&tmp, &file, "img2", &meta("img2", 3).expected())
+                .expect("commit");
+            store.open_direct("img2").expect("open")
+        };
+        assert_eq!(direct.metadata().expect("stat").len(), 3);
     }
 
     #[test]

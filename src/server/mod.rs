@@ -1,8 +1,10 @@
-//! The API listener: accept loop under a connection limit, HTTP/1.1 connections with a
-//! header-read timeout, and graceful drain on shutdown.
+//! The API listener: accept loop under a connection limit (idle connections make room for
+//! newcomers: `slots`), HTTP/1.1 connections with a header-read timeout that also bounds the
+//! idle time between keep-alive requests, and graceful drain on shutdown.
 
 pub mod admin;
 mod request;
+pub mod slots;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +15,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::app::App;
 use crate::serve::sendfile;
@@ -22,9 +23,10 @@ use crate::serve::sendfile;
 /// finish for at most the configured drain timeout.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let cfg = app.config.server.clone();
-    // One permit per open connection; the accept loop waits for a free permit, so excess
-    // clients queue in the kernel backlog instead of exhausting file descriptors.
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    // One slot per open connection. A newcomer to a full house closes the connection idle
+    // longest; only when every connection is busy does it wait (holding one descriptor),
+    // and the clients behind it wait in the kernel backlog instead of exhausting descriptors.
+    let slots = Arc::clone(&app.slots);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -38,13 +40,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     tokio::pin!(shutdown);
 
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break, // the semaphore is never closed
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -59,19 +54,37 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             },
         };
         accept_backoff = Duration::from_millis(5);
+        let (slot, closed) = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.acquire() => slot,
+        };
+        let slot = Arc::new(slot);
         let _ = stream.set_nodelay(true);
         let conn_app = Arc::clone(&app);
         let zero_copy = sendfile::Conn::new();
         let io = sendfile::SendfileIo::new(stream, Arc::clone(&zero_copy));
+        let conn_slot = Arc::clone(&slot);
         let service = service_fn(move |req| {
-            request::handle(Arc::clone(&conn_app), req, peer, Arc::clone(&zero_copy))
+            let busy = conn_slot.busy();
+            request::handle(
+                Arc::clone(&conn_app),
+                req,
+                peer,
+                Arc::clone(&zero_copy),
+                busy,
+            )
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                // Idle while another client needed its slot: closed without a response
+                // lost (no request was in progress).
+                _ = closed => tracing::debug!(%peer, "idle connection closed to make room"),
             }
-            drop(permit);
+            drop(slot);
         });
     }
 

@@ -30,6 +30,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     zero_copy: Arc<sendfile::Conn>,
+    busy: super::slots::Busy,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // sendfile needs HTTP/1.x framing on a plain socket (this listener is both).
     let zero_copy = (req.version() <= http::Version::HTTP_11).then_some(zero_copy);
@@ -55,6 +56,7 @@ pub async fn handle(
         started,
         ttfb: 0.0,
         metrics: Arc::clone(&app.metrics),
+        _busy: busy,
     };
     let public_url = public_url(&app, req.headers());
     let down = Downstream {
@@ -162,6 +164,8 @@ struct AccessRecord {
     /// Seconds to the response head.
     ttfb: f64,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The connection counts as busy (not closable to make room) until this record drops.
+    _busy: super::slots::Busy,
 }
 
 impl Drop for AccessRecord {

@@ -1,0 +1,250 @@
+//! Connection slots: at most `server.max_connections` client connections. When every slot is
+//! taken and another client connects, the connection that has been idle longest (no request
+//! in progress: still sending its first request head, or between keep-alive requests) is
+//! closed to make room. Clients that hold connections without using them (slowloris, pools
+//! of forgotten keep-alives) can delay others by one accept, never lock them out; only
+//! connections busy with requests make a newcomer wait.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::{oneshot, Notify};
+
+pub struct Slots {
+    max: usize,
+    inner: Mutex<Inner>,
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    open: usize,
+    next_id: u64,
+    /// Idle connections by (idle since, id); the sender closes that connection.
+    idle: BTreeMap<(Instant, u64), oneshot::Sender<()>>,
+    /// Per open connection: requests in progress and, when idle, its key in `idle`.
+    conns: std::collections::HashMap<u64, ConnState>,
+    /// Idle connections closed to make room (for metrics and tests).
+    shed: u64,
+}
+
+struct ConnState {
+    busy: usize,
+    idle_key: Option<(Instant, u64)>,
+    /// Kept while busy, so the connection can be made idle (and closable) again.
+    close: Option<oneshot::Sender<()>>,
+}
+
+/// One open connection's slot; frees it on drop.
+pub struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+/// A request in progress on a connection; the connection is idle again when every one of
+/// its `Busy` guards is dropped (the response body finished or was abandoned).
+pub struct Busy {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            max: max.max(1),
+            inner: Mutex::new(Inner::default()),
+            freed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a connection just accepted, and the signal that closes it. Waits only
+    /// while every slot holds a connection with a request in progress.
+    pub async fn acquire(self: &Arc<Self>) -> (Slot, oneshot::Receiver<()>) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                if inner.open < self.max {
+                    inner.open += 1;
+                    inner.next_id += 1;
+                    let id = inner.next_id;
+                    let (tx, rx) = oneshot::channel();
+                    let key = (Instant::now(), id);
+                    inner.idle.insert(key, tx);
+                    inner.conns.insert(
+                        id,
+                        ConnState {
+                            busy: 0,
+                            idle_key: Some(key),
+                            close: None,
+                        },
+                    );
+                    return (
+                        Slot {
+                            slots: Arc::clone(self),
+                            id,
+                        },
+                        rx,
+                    );
+                }
+                // Full: close the connection idle longest; its slot frees when its task ends.
+                if let Some((key, close)) = inner.idle.pop_first() {
+                    if let Some(c) = inner.conns.get_mut(&key.1) {
+                        c.idle_key = None;
+                    }
+                    inner.shed += 1;
+                    let _ = close.send(());
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Idle connections closed to make room since start.
+    pub fn shed(&self) -> u64 {
+        self.lock().shed
+    }
+
+    /// Open connections.
+    pub fn open(&self) -> usize {
+        self.lock().open
+    }
+}
+
+impl Slot {
+    /// Mark a request in progress on this connection (not closable until it is done).
+    pub fn busy(&self) -> Busy {
+        let mut guard = self.slots.lock();
+        let inner = &mut *guard;
+        if let Some(c) = inner.conns.get_mut(&self.id) {
+            c.busy += 1;
+            if let Some(key) = c.idle_key.take() {
+                c.close = inner.idle.remove(&key);
+            }
+        }
+        Busy {
+            slots: Arc::clone(&self.slots),
+            id: self.id,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut guard = self.slots.lock();
+        let inner = &mut *guard;
+        let Some(c) = inner.conns.get_mut(&self.id) else {
+            return;
+        };
+        c.busy = c.busy.saturating_sub(1);
+        if c.busy == 0 {
+            if let Some(close) = c.close.take() {
+                let key = (Instant::now(), self.id);
+                c.idle_key = Some(key);
+                inner.idle.insert(key, close);
+                drop(guard);
+                // A newcomer waiting for a full house may close this one now.
+                self.slots.freed.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.slots.lock();
+            if let Some(c) = inner.conns.remove(&self.id) {
+                if let Some(key) = c.idle_key {
+                    inner.idle.remove(&key);
+                }
+            }
+            inner.open = inner.open.saturating_sub(1);
+        }
+        self.slots.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_full_house_closes_the_longest_idle_connection() {
+        let slots = Slots::new(2);
+        let (a, mut a_close) = slots.acquire().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (b, mut b_close) = slots.acquire().await;
+        let busy_b = b.busy();
+        // Both taken; a is idle, b is busy: a third client makes a close.
+        let third = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire().await }
+        });
+        tokio::time::timeout(Duration::from_secs(2), &mut a_close)
+            .await
+            .expect("the idle connection is told to close")
+            .expect("signal");
+        assert!(
+            b_close.try_recv().is_err(),
+            "a busy connection is never closed"
+        );
+        assert!(
+            !third.is_finished(),
+            "the slot frees only when a's task ends"
+        );
+        drop(a);
+        let (c, _c_close) = tokio::time::timeout(Duration::from_secs(2), third)
+            .await
+            .expect("a slot")
+            .expect("task");
+        assert_eq!(slots.open(), 2);
+        assert_eq!(slots.shed(), 1);
+        // c gets a request; b's ends, so b is now the only idle one and is closed next.
+        let busy_c = c.busy();
+        drop(busy_b);
+        let fourth = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire().await }
+        });
+        tokio::time::timeout(Duration::from_secs(2), &mut b_close)
+            .await
+            .expect("b closed")
+            .expect("signal");
+        drop(b);
+        let _ = tokio::time::timeout(Duration::from_secs(2), fourth)
+            .await
+            .expect("a slot")
+            .expect("task");
+        drop(busy_c);
+        drop(c);
+    }
+
+    #[tokio::test]
+    async fn when_every_connection_is_busy_a_newcomer_waits() {
+        let slots = Slots::new(1);
+        let (a, mut a_close) = slots.acquire().await;
+        let busy = a.busy();
+        let waiting = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        assert!(a_close.try_recv().is_err());
+        drop(busy);
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("a slot once the busy connection ended")
+            .expect("task");
+    }
+}
