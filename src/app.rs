@@ -38,6 +38,8 @@ impl App {
     /// Build the components; opening the cache scans its directory (before serving).
     pub fn new(config: Config, listen_url: Url) -> Result<Self, StoreError> {
         let metrics = Arc::new(Metrics::new());
+        let _ = crate::sys::dev_null(); // held for the process's life: open it now
+
         let upstream = Arc::new(Upstream::new(&config.upstream, Arc::clone(&metrics)));
         let cache = if config.cache.enabled {
             Some(Arc::new(Cache::open(&config.cache)?))

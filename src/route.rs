@@ -79,6 +79,40 @@ pub enum CacheOp {
     NotAllowed(&'static str),
 }
 
+/// What `DELETE /v2/cache` clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClearTarget {
+    pub cache: bool,
+    pub queue: bool,
+}
+
+/// The `x-image-cache-clear-target` header as Glance reads it: absent or empty clears both,
+/// `cache` or `queue` (any case, spaces around) one of them; anything else is `None` (400).
+pub fn clear_target(header: Option<&[u8]>) -> Option<ClearTarget> {
+    let Some(raw) = header else {
+        return Some(ClearTarget {
+            cache: true,
+            queue: true,
+        });
+    };
+    let text = std::str::from_utf8(raw).ok()?.trim().to_ascii_lowercase();
+    match text.as_str() {
+        "" => Some(ClearTarget {
+            cache: true,
+            queue: true,
+        }),
+        "cache" => Some(ClearTarget {
+            cache: true,
+            queue: false,
+        }),
+        "queue" => Some(ClearTarget {
+            cache: false,
+            queue: true,
+        }),
+        _ => None,
+    }
+}
+
 /// The cache-API call for `segments` of a `/v2/...` path (or a pre-Rocky `/v1/...` legacy
 /// one), if it is one. Paths are matched as Glance's router does, first route first.
 fn cache_op(method: &Method, segments: &[&str]) -> Option<CacheOp> {
@@ -230,6 +264,33 @@ fn is_image_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clear_targets_as_glance_reads_them() {
+        let both = Some(ClearTarget {
+            cache: true,
+            queue: true,
+        });
+        assert_eq!(clear_target(None), both);
+        assert_eq!(clear_target(Some(b"")), both);
+        assert_eq!(clear_target(Some(b"  ")), both);
+        assert_eq!(
+            clear_target(Some(b" Cache ")),
+            Some(ClearTarget {
+                cache: true,
+                queue: false
+            })
+        );
+        assert_eq!(
+            clear_target(Some(b"QUEUE")),
+            Some(ClearTarget {
+                cache: false,
+                queue: true
+            })
+        );
+        assert_eq!(clear_target(Some(b"both")), None);
+        assert_eq!(clear_target(Some(b"\xff")), None);
+    }
 
     fn check(method: Method, path: &str, want: Route) {
         assert_eq!(classify(&method, path, None), want, "{method} {path}");

@@ -129,13 +129,19 @@ fn page_size() -> u64 {
     })
 }
 
+/// The one `/dev/null` handle `warm` writes to, opened on first use (call at start, so the
+/// process's descriptor count does not move later).
+pub fn dev_null() -> &'static io::Result<File> {
+    static NULL: OnceLock<io::Result<File>> = OnceLock::new();
+    NULL.get_or_init(|| File::options().write(true).open("/dev/null"))
+}
+
 /// Bring `len` bytes of `file` from `offset` into the page cache and wait until they are
 /// there, without copying them to user space: a `sendfile` to `/dev/null` (the kernel reads the
 /// pages into a pipe and the null device drops the references). Blocks: run it off the
 /// runtime. Returns the bytes now cached (less only at the end of the file).
 pub fn warm(file: &impl AsFd, offset: u64, len: u64) -> io::Result<u64> {
-    static NULL: OnceLock<io::Result<File>> = OnceLock::new();
-    let null = match NULL.get_or_init(|| File::options().write(true).open("/dev/null")) {
+    let null = match dev_null() {
         Ok(null) => null,
         Err(e) => return Err(io::Error::new(e.kind(), format!("/dev/null: {e}"))),
     };

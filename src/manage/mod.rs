@@ -45,10 +45,11 @@ pub async fn handle(
         ));
     }
     let caller = app.upstream.caller_headers(req.headers(), down);
-    let target = req
-        .headers()
-        .get("x-image-cache-clear-target")
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let target = crate::route::clear_target(
+        req.headers()
+            .get("x-image-cache-clear-target")
+            .map(|v| v.as_bytes()),
+    );
     // The image record, for calls that name an image, asked together with the policy.
     let image = match &op {
         CacheOp::Queue(id) | CacheOp::Delete(id) | CacheOp::Nodes(id) => Some(id.clone()),
@@ -92,15 +93,14 @@ pub async fn handle(
             "queued_images": prefetch.queued(),
         })),
         CacheOp::Clear => {
-            let (cache_too, queue_too) = match target.as_deref() {
-                None | Some("") => (true, true),
-                Some("cache") => (true, false),
-                Some("queue") => (false, true),
-                Some(_) => {
-                    return Err(Error::BadRequest(
-                        "If provided 'x-image-cache-clear-target' must be 'cache', 'queue' or empty string.".into(),
-                    ))
-                }
+            let Some(crate::route::ClearTarget {
+                cache: cache_too,
+                queue: queue_too,
+            }) = target
+            else {
+                return Err(Error::BadRequest(
+                    "If provided 'x-image-cache-clear-target' must be 'cache', 'queue' or empty string.".into(),
+                ));
             };
             if queue_too {
                 prefetch.clear();

@@ -1,7 +1,8 @@
 //! Connection slots: at most `server.max_connections` client connections. When every slot is
-//! taken and another client connects, the connection that has been idle longest (no request
-//! in progress: still sending its first request head, or between keep-alive requests) is
-//! closed to make room. Clients that hold connections without using them (slowloris, pools
+//! taken and another client connects, an idle connection (no request in progress) is closed
+//! to make room: first the oldest of those that never completed a request head (slowloris,
+//! port scanners, clients that connect ahead and never ask), then the keep-alive connection
+//! idle longest. Clients that hold connections without using them (slowloris, pools
 //! of forgotten keep-alives) can delay others by one accept, never lock them out; only
 //! connections busy with requests make a newcomer wait.
 
@@ -21,17 +22,20 @@ pub struct Slots {
 struct Inner {
     open: usize,
     next_id: u64,
-    /// Idle connections by (idle since, id); the sender closes that connection.
-    idle: BTreeMap<(Instant, u64), oneshot::Sender<()>>,
+    /// Idle connections by (served a request yet, idle since, id); the sender closes that
+    /// connection. Never-served connections sort first.
+    idle: BTreeMap<IdleKey, oneshot::Sender<()>>,
     /// Per open connection: requests in progress and, when idle, its key in `idle`.
     conns: std::collections::HashMap<u64, ConnState>,
     /// Idle connections closed to make room (for metrics and tests).
     shed: u64,
 }
 
+type IdleKey = (bool, Instant, u64);
+
 struct ConnState {
     busy: usize,
-    idle_key: Option<(Instant, u64)>,
+    idle_key: Option<IdleKey>,
     /// Kept while busy, so the connection can be made idle (and closable) again.
     close: Option<oneshot::Sender<()>>,
 }
@@ -76,7 +80,7 @@ impl Slots {
                     inner.next_id += 1;
                     let id = inner.next_id;
                     let (tx, rx) = oneshot::channel();
-                    let key = (Instant::now(), id);
+                    let key = (false, Instant::now(), id);
                     inner.idle.insert(key, tx);
                     inner.conns.insert(
                         id,
@@ -94,9 +98,10 @@ impl Slots {
                         rx,
                     );
                 }
-                // Full: close the connection idle longest; its slot frees when its task ends.
+                // Full: close an idle connection (never served first, then idle longest); its
+                // slot frees when its task ends.
                 if let Some((key, close)) = inner.idle.pop_first() {
-                    if let Some(c) = inner.conns.get_mut(&key.1) {
+                    if let Some(c) = inner.conns.get_mut(&key.2) {
                         c.idle_key = None;
                     }
                     inner.shed += 1;
@@ -146,7 +151,7 @@ impl Drop for Busy {
         c.busy = c.busy.saturating_sub(1);
         if c.busy == 0 {
             if let Some(close) = c.close.take() {
-                let key = (Instant::now(), self.id);
+                let key = (true, Instant::now(), self.id);
                 c.idle_key = Some(key);
                 inner.idle.insert(key, close);
                 drop(guard);
@@ -226,6 +231,30 @@ mod tests {
             .expect("task");
         drop(busy_c);
         drop(c);
+    }
+
+    #[tokio::test]
+    async fn connections_that_never_sent_a_request_go_before_idle_keep_alives() {
+        let slots = Slots::new(2);
+        let (served, mut served_close) = slots.acquire().await;
+        drop(served.busy()); // one request answered, now idle (the older of the two)
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (silent, mut silent_close) = slots.acquire().await;
+        let newcomer = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire().await }
+        });
+        tokio::time::timeout(Duration::from_secs(2), &mut silent_close)
+            .await
+            .expect("the never-served connection is closed")
+            .expect("signal");
+        assert!(served_close.try_recv().is_err(), "the keep-alive stays");
+        drop(silent);
+        let _ = tokio::time::timeout(Duration::from_secs(2), newcomer)
+            .await
+            .expect("a slot")
+            .expect("task");
+        drop(served);
     }
 
     #[tokio::test]

@@ -84,7 +84,32 @@ struct State {
     downloads: Mutex<HashMap<String, usize>>,
     faults: Mutex<Faults>,
     seen: Mutex<Vec<Seen>>,
+    /// Keep `seen` (off for long load runs).
+    quiet: std::sync::atomic::AtomicBool,
+    /// md5 and sha512 (hex) of each image's current bytes (kept with those bytes, so a
+    /// replaced image is recognised).
+    digests: Mutex<HashMap<String, (Bytes, String, String)>>,
     next_id: AtomicUsize,
+}
+
+impl State {
+    /// md5 and sha512 (hex) of image `id`'s bytes `data`, computed once per version.
+    fn digests(&self, id: &str, data: &Bytes) -> (String, String) {
+        if let Some((b, md5, sha)) = self.digests.lock().expect("digests lock").get(id) {
+            if b.as_ptr() == data.as_ptr() && b.len() == data.len() {
+                return (md5.clone(), sha.clone());
+            }
+        }
+        let (md5, sha) = (
+            hex::encode(Md5::digest(data)),
+            hex::encode(sha2::Sha512::digest(data)),
+        );
+        self.digests
+            .lock()
+            .expect("digests lock")
+            .insert(id.to_string(), (data.clone(), md5.clone(), sha.clone()));
+        (md5, sha)
+    }
 }
 
 /// An in-process Glance stand-in on 127.0.0.1:0.
@@ -135,6 +160,13 @@ impl FakeGlance {
         }
     }
 
+    /// Stop recording requests (`seen`, `requests`): for load runs of millions of requests.
+    pub fn set_quiet(&self) {
+        self.state
+            .quiet
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         *self.state.faults.lock().expect("faults lock") = faults;
     }
@@ -177,6 +209,7 @@ impl FakeGlance {
 
     pub fn remove_image(&self, id: &str) {
         self.state.images.lock().expect("images lock").remove(id);
+        self.state.digests.lock().expect("digests lock").remove(id);
     }
 }
 
@@ -223,9 +256,11 @@ async fn serve(
             Err(_) => return Ok(status(StatusCode::BAD_REQUEST, "body read failed")),
         }
     };
-    seen.body_len = body_bytes.len();
-    seen.body_sha256 = hex::encode(Sha256::digest(&body_bytes));
-    state.seen.lock().expect("seen lock").push(seen.clone());
+    if !state.quiet.load(std::sync::atomic::Ordering::Relaxed) {
+        seen.body_len = body_bytes.len();
+        seen.body_sha256 = hex::encode(Sha256::digest(&body_bytes));
+        state.seen.lock().expect("seen lock").push(seen.clone());
+    }
 
     if let Some(d) = faults.stall_head {
         tokio::time::sleep(d).await;
@@ -290,7 +325,7 @@ async fn serve(
                 .get(*id)
                 .cloned()
                 .unwrap_or_default();
-            let md5 = hex::encode(Md5::digest(&data));
+            let (md5, _) = state.digests(id, &data);
             let with_meta = |b: http::response::Builder| {
                 b.header("x-image-meta-id", *id)
                     .header("x-image-meta-name", "v1-image")
@@ -320,7 +355,8 @@ async fn serve(
                         .entry(id.to_string())
                         .or_default() += 1;
                 }
-                let resp = image_data(data.clone(), &faults, &parts.headers);
+                let md5 = state.digests(id, &data).0;
+                let resp = image_data(data.clone(), md5, &faults, &parts.headers);
                 let (mut p, b) = resp.into_parts();
                 let meta = with_meta(Response::builder()).body(()).expect("headers");
                 for (k, v) in meta.headers() {
@@ -379,7 +415,10 @@ async fn serve(
                     StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN),
                     "download refused",
                 ),
-                (Some(data), None, Some(range)) => ranged(&data, range),
+                (Some(data), None, Some(range)) => {
+                    let md5 = state.digests(id, &data).0;
+                    ranged(&data, range, &md5)
+                }
                 (Some(data), None, None) => {
                     *state
                         .downloads
@@ -387,7 +426,8 @@ async fn serve(
                         .expect("downloads lock")
                         .entry(id.to_string())
                         .or_default() += 1;
-                    image_data(data, &faults, &parts.headers)
+                    let md5 = state.digests(id, &data).0;
+                    image_data(data, md5, &faults, &parts.headers)
                 }
             }
         }
@@ -400,9 +440,9 @@ async fn serve(
                         "id": id,
                         "status": if faults.inactive.as_deref() == Some(*id) { "deactivated" } else { "active" },
                         "size": data.len(),
-                        "checksum": (!faults.no_digests).then(|| hex::encode(Md5::digest(&data))),
+                        "checksum": (!faults.no_digests).then(|| state.digests(id, &data).0),
                         "os_hash_algo": (!faults.no_digests).then_some("sha512"),
-                        "os_hash_value": (!faults.no_digests).then(|| hex::encode(sha2::Sha512::digest(&data))),
+                        "os_hash_value": (!faults.no_digests).then(|| state.digests(id, &data).1),
                     }),
                 ),
                 None => status(StatusCode::NOT_FOUND, "No image found"),
@@ -453,7 +493,7 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// `Range: bytes=A-B`, `bytes=A-` or `bytes=-N` on an image: 206, as Glance answers.
-fn ranged(data: &Bytes, range: &str) -> Response<FakeBody> {
+fn ranged(data: &Bytes, range: &str, md5: &str) -> Response<FakeBody> {
     let len = data.len();
     let spec = range.strip_prefix("bytes=").unwrap_or("");
     let (start, end) = match spec.split_once('-') {
@@ -475,13 +515,17 @@ fn ranged(data: &Bytes, range: &str) -> Response<FakeBody> {
         .status(StatusCode::PARTIAL_CONTENT)
         .header("content-type", "application/octet-stream")
         .header("content-range", format!("bytes {start}-{end}/{len}"))
-        .header("content-md5", hex::encode(Md5::digest(data)))
+        .header("content-md5", md5)
         .body(full(data.slice(start..=end)))
         .expect("valid response")
 }
 
-fn image_data(data: Bytes, faults: &Faults, headers: &HeaderMap) -> Response<FakeBody> {
-    let md5 = hex::encode(Md5::digest(&data));
+fn image_data(
+    data: Bytes,
+    md5: String,
+    faults: &Faults,
+    headers: &HeaderMap,
+) -> Response<FakeBody> {
     let data = match faults.flip_at {
         Some(at) if at < data.len() => {
             let mut v = data.to_vec();
