@@ -6,6 +6,10 @@
 //!
 //!   cargo bench --bench load -- [CONNECTIONS] [SECONDS]      (defaults 1000 60)
 //!
+//! The proxy's upstream pool may keep 4096 idle connections here (the default is 64): with
+//! 1,000 clients each request needs one to three upstream calls at once, and a pool smaller
+//! than that closes and reopens connections all run long (see bench/RESULTS.md "Load").
+//!
 //! Under `cargo test` it runs a small version (50 connections, 3 s) and asserts the same
 //! properties, so the harness itself is tested.
 
@@ -89,7 +93,7 @@ async fn start_proxy(upstream: &str, max_connections: usize) -> Proxy {
     let (addr, metrics) = (free_addr(), free_addr());
     let config = format!(
         "[server]\nlisten = \"{addr}\"\nmax_connections = {max_connections}\nheader_read_timeout = \"10s\"\n\
-         [upstream]\nurls = [\"{upstream}\"]\npool_idle_timeout = \"2s\"\n\
+         [upstream]\nurls = [\"{upstream}\"]\npool_idle_timeout = \"2s\"\npool_max_idle_per_host = 4096\n\
          [cache]\ndir = \"{}\"\nmax_size = \"256MiB\"\n[metrics]\nlisten = \"{metrics}\"\n[log]\nlevel = \"warn\"\n",
         dir.path().join("cache").display()
     );
@@ -417,7 +421,8 @@ async fn main() {
         .get(1)
         .copied()
         .unwrap_or(if benching { 60 } else { 3 });
-    let warmup = if benching { (secs / 6).max(10) } else { 1 };
+    // Warm-up: the cache fills and the upstream connection population settles (a third).
+    let warmup = if benching { (secs / 3).max(10) } else { 1 };
 
     let glance = Arc::new(FakeGlance::start().await);
     glance.set_quiet();
@@ -493,6 +498,12 @@ async fn main() {
         "| 4 s after the clients left | {:.1} | {fds_end} |",
         rss_end as f64 / 1024.0
     );
+    let series: Vec<String> = samples
+        .iter()
+        .step_by(5)
+        .map(|(t, r, _)| format!("{t:.0}s {:.0}", *r as f64 / 1024.0))
+        .collect();
+    println!("\nRSS MiB every 5 s: {}", series.join(", "));
     println!(
         "\ncache: {cached} entries after {} misses, {evictions} evictions",
         cold.load(Ordering::Relaxed)

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
             }
         };
         let listen = app.config.server.listen;
-        let listener = match tokio::net::TcpListener::bind(listen).await {
+        let listener = match glance_cache_proxy::server::bind(listen) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(%listen, error = %e, "cannot bind the API listener (server.listen)");

@@ -19,6 +19,22 @@ use tokio::net::TcpListener;
 use crate::app::App;
 use crate::serve::sendfile;
 
+/// Pending connections the kernel keeps for the API listener (capped by
+/// `net.core.somaxconn`): deep enough that a burst of connections, or an attacker's, does not
+/// make the kernel drop honest clients' SYNs (which they would retry only after seconds).
+const BACKLOG: u32 = 4096;
+
+/// Bind the API listener (`SO_REUSEADDR`, a deep accept backlog).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serve `listener` until `shutdown` resolves, then stop accepting and let open connections
 /// finish for at most the configured drain timeout.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {

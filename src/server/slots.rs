@@ -29,6 +29,9 @@ struct Inner {
     conns: std::collections::HashMap<u64, ConnState>,
     /// Idle connections closed to make room (for metrics and tests).
     shed: u64,
+    /// Connections told to close whose slot is not free yet: a newcomer closes another one
+    /// only when none is on its way out (one close per newcomer, not one per wake-up).
+    closing: usize,
 }
 
 type IdleKey = (bool, Instant, u64);
@@ -38,6 +41,8 @@ struct ConnState {
     idle_key: Option<IdleKey>,
     /// Kept while busy, so the connection can be made idle (and closable) again.
     close: Option<oneshot::Sender<()>>,
+    /// Told to close to make room.
+    closing: bool,
 }
 
 /// One open connection's slot; frees it on drop.
@@ -74,7 +79,8 @@ impl Slots {
             tokio::pin!(freed);
             freed.as_mut().enable();
             {
-                let mut inner = self.lock();
+                let mut guard = self.lock();
+                let inner = &mut *guard;
                 if inner.open < self.max {
                     inner.open += 1;
                     inner.next_id += 1;
@@ -88,6 +94,7 @@ impl Slots {
                             busy: 0,
                             idle_key: Some(key),
                             close: None,
+                            closing: false,
                         },
                     );
                     return (
@@ -98,14 +105,18 @@ impl Slots {
                         rx,
                     );
                 }
-                // Full: close an idle connection (never served first, then idle longest); its
-                // slot frees when its task ends.
-                if let Some((key, close)) = inner.idle.pop_first() {
-                    if let Some(c) = inner.conns.get_mut(&key.2) {
-                        c.idle_key = None;
+                // Full: close an idle connection (never served first, then idle longest),
+                // unless one is closing already; its slot frees when its task ends.
+                if inner.closing == 0 {
+                    if let Some((key, close)) = inner.idle.pop_first() {
+                        if let Some(c) = inner.conns.get_mut(&key.2) {
+                            c.idle_key = None;
+                            c.closing = true;
+                            inner.closing += 1;
+                        }
+                        inner.shed += 1;
+                        let _ = close.send(());
                     }
-                    inner.shed += 1;
-                    let _ = close.send(());
                 }
             }
             freed.await;
@@ -169,6 +180,9 @@ impl Drop for Slot {
             if let Some(c) = inner.conns.remove(&self.id) {
                 if let Some(key) = c.idle_key {
                     inner.idle.remove(&key);
+                }
+                if c.closing {
+                    inner.closing = inner.closing.saturating_sub(1);
                 }
             }
             inner.open = inner.open.saturating_sub(1);
@@ -255,6 +269,35 @@ mod tests {
             .expect("a slot")
             .expect("task");
         drop(served);
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_closes_one_connection_not_one_per_wake_up() {
+        let slots = Slots::new(3);
+        let (a, mut a_close) = slots.acquire().await;
+        let (b, mut b_close) = slots.acquire().await;
+        let (c, mut c_close) = slots.acquire().await;
+        let (b_busy, c_busy) = (b.busy(), c.busy());
+        let newcomer = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.acquire().await }
+        });
+        tokio::time::timeout(Duration::from_secs(2), &mut a_close)
+            .await
+            .expect("a closed")
+            .expect("signal");
+        // While a is on its way out, b and c finish requests (each wakes the newcomer).
+        drop(b_busy);
+        drop(c_busy);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(b_close.try_recv().is_err() && c_close.try_recv().is_err());
+        assert_eq!(slots.shed(), 1);
+        drop(a);
+        let _ = tokio::time::timeout(Duration::from_secs(2), newcomer)
+            .await
+            .expect("a slot")
+            .expect("task");
+        drop((b, c));
     }
 
     #[tokio::test]
