@@ -15,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&len, meta)) = data.split_first() else {
         return;
     };
-    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path();
+    let dir = DIR
+        .get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path();
     let store = Store::open(dir).expect("open");
     let images = dir.join("images");
     std::fs::write(images.join("img.meta"), meta).expect("meta");

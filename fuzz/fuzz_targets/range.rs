@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let header = String::from_utf8_lossy(header);
     let answer = parse(&header, size);
     if let RangeAnswer::Partial { start, end } = answer {
-        assert!(start <= end && end < size, "{header:?} on {size}: {start}-{end}");
+        assert!(
+            start <= end && end < size,
+            "{header:?} on {size}: {start}-{end}"
+        );
     }
     let _ = answer.content_range(size);
 });

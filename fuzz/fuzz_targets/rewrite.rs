@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let rw = LinkRewriter::new(upstreams.iter());
     let text = String::from_utf8_lossy(data);
     if let Some(link) = rw.rewrite(&text, &public) {
-        assert!(link.starts_with("http://127.0.0.1:9393"), "{text:?} -> {link:?}");
+        assert!(
+            link.starts_with("http://127.0.0.1:9393"),
+            "{text:?} -> {link:?}"
+        );
     }
     if let Some(body) = rw.rewrite_json(data, &public) {
         serde_json::from_slice::<serde_json::Value>(&body).expect("rewritten JSON parses");
