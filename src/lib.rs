@@ -1,6 +1,7 @@
 //! glance-cache-proxy: a caching reverse proxy for the OpenStack Image service (Glance).
 //!
 //! Codemap, in reading order (see ARCHITECTURE.md for the invariants):
+//! - `clock`: the wall clock (one place, so tests can step it).
 //! - `config`: TOML -> validated, typed `Config`; every error names its key and file.
 //! - `app`: builds the components from the config and runs the listener.
 //! - `server`: accept loop, connection limit, graceful drain; per request: classify,
@@ -19,6 +20,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod manage;

@@ -63,6 +63,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    // Test builds only: fault-injection points named in the FAILPOINTS environment variable.
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

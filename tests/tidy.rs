@@ -82,6 +82,11 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "only sys may contain unsafe code",
     ),
     ("libc::", &["src/sys.rs"], "only sys calls libc"),
+    (
+        "SystemTime::now",
+        &["src/clock.rs", "src/cache/store.rs"],
+        "the wall clock is read through clock::now (store compares with file times)",
+    ),
 ];
 
 /// Pure modules: no IO, no hyper or Tokio types.

@@ -219,6 +219,10 @@ where
         let mut file = file;
         let mut written = 0u64;
         while let Some(chunk) = disk_rx.blocking_recv() {
+            fail::fail_point!("cache::write", |kind| Err((
+                crate::cache::store::StoreError::from(injected(kind)),
+                written
+            )));
             if let Err(e) = file.write_all(&chunk) {
                 return Err((crate::cache::store::StoreError::from(e), written));
             }
@@ -411,12 +415,25 @@ async fn follow(
             let len = (limit - offset).min(READ_CHUNK as u64) as usize;
             let file = Arc::clone(&fill.file);
             let at = offset;
-            let chunk = tokio::task::spawn_blocking(move || {
+            let read = tokio::task::spawn_blocking(move || {
+                fail::fail_point!("cache::read", |kind| Err(injected(kind)));
                 let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
             })
             .await
-            .map_err(|e| -> BoxError { e.to_string().into() })??;
+            .map_err(|e| -> BoxError { e.to_string().into() })?;
+            let chunk = match read {
+                Ok(chunk) => chunk,
+                // The disk failed under us: the bytes read so far were good; the rest comes
+                // from Glance when the request runs to the image's end.
+                Err(e) => {
+                    tracing::error!(image_id = %fill.image_id, offset, error = %e, "cache read failed; continuing from upstream");
+                    return match fallback {
+                        Some(fb) if end == size => rest_from_upstream(fill, fb, offset, tx).await,
+                        _ => Err(format!("cache read failed: {e}").into()),
+                    };
+                }
+            };
             offset += chunk.len() as u64;
             if tx.send(Ok(Frame::data(chunk))).await.is_err() {
                 return Err("client went away".into());
@@ -430,6 +447,15 @@ async fn follow(
             // The filler is gone without a final word: treat as failed.
             return Err("cache fill ended without a result".into());
         }
+    }
+}
+
+/// The error a fault-injection point asks for: `return(enospc)` or `return` (EIO).
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn injected(kind: Option<String>) -> std::io::Error {
+    match kind.as_deref() {
+        Some("enospc") => std::io::Error::from_raw_os_error(28),
+        _ => std::io::Error::from_raw_os_error(5),
     }
 }
 

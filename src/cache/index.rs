@@ -3,7 +3,9 @@
 //!
 //! The index never touches the disk: `reserve` *returns* the victims and the caller deletes
 //! them (pingora's eviction manager does the same). Recency is a caller-supplied tick (unix
-//! milliseconds in production), so it can be restored from disk after a restart.
+//! milliseconds in production), so it can be restored from disk after a restart. Ticks never
+//! go backwards: one not newer than the newest seen counts as just after it (a wall clock stepped
+//! back must not make the entries used since look like the oldest).
 //!
 //! Invariant, checked after every operation in the tests: committed + reserved <= max_size.
 
@@ -37,6 +39,8 @@ pub struct Index {
     /// (tick, id), oldest first.
     by_age: BTreeSet<(u64, String)>,
     evictions: u64,
+    /// The newest tick seen.
+    latest: u64,
 }
 
 impl Index {
@@ -48,6 +52,7 @@ impl Index {
             entries: HashMap::new(),
             by_age: BTreeSet::new(),
             evictions: 0,
+            latest: 0,
         }
     }
 
@@ -113,17 +118,27 @@ impl Index {
         self.reserved = self.reserved.saturating_sub(size);
     }
 
-    /// Turn a reservation of `size` into the committed entry `id`.
-    pub fn commit(&mut self, id: &str, size: u64, tick: u64) {
+    /// `tick`, or just after the newest tick seen if the clock did not move on (or went
+    /// back): strictly increasing, so recency ties never fall back to id order.
+    fn monotonic(&mut self, tick: u64) -> u64 {
+        self.latest = tick.max(self.latest.saturating_add(1));
+        self.latest
+    }
+
+    /// Turn a reservation of `size` into the committed entry `id`; returns the tick used.
+    pub fn commit(&mut self, id: &str, size: u64, tick: u64) -> u64 {
         self.release(size);
         self.remove(id);
+        let tick = self.monotonic(tick);
         self.insert(id, Entry { size, tick });
+        tick
     }
 
     /// Add an entry found on disk at startup. Returns the victims if the disk held more than
     /// `max_size` (e.g. after the bound was lowered).
     pub fn restore(&mut self, id: &str, entry: Entry) -> Vec<String> {
         self.remove(id);
+        self.latest = self.latest.max(entry.tick);
         self.insert(id, entry);
         let mut victims = Vec::new();
         while self.committed + self.reserved > self.max_size {
@@ -137,15 +152,15 @@ impl Index {
         victims
     }
 
-    /// Mark `id` used at `tick`. Returns false if it is not in the index.
-    pub fn touch(&mut self, id: &str, tick: u64) -> bool {
-        let Some(entry) = self.entries.get_mut(id) else {
-            return false;
-        };
+    /// Mark `id` used at `tick`. Returns the tick recorded, or `None` if `id` is not in the
+    /// index.
+    pub fn touch(&mut self, id: &str, tick: u64) -> Option<u64> {
+        let tick = self.monotonic(tick);
+        let entry = self.entries.get_mut(id)?;
         self.by_age.remove(&(entry.tick, id.to_string()));
         entry.tick = entry.tick.max(tick);
         self.by_age.insert((entry.tick, id.to_string()));
-        true
+        Some(entry.tick)
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
@@ -165,6 +180,26 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_stepped_back_does_not_make_recent_entries_the_oldest() {
+        let mut ix = Index::new(90);
+        ix.commit("a", 30, 1_000);
+        ix.commit("b", 30, 2_000);
+        // The wall clock steps back a day: b's use and c's commit still rank as newest.
+        assert_eq!(ix.touch("a", 500), Some(2_001));
+        ix.reserve(30);
+        assert_eq!(ix.commit("c", 30, 600), 2_002);
+        // b is now the least recently used, a and c are not.
+        assert_eq!(
+            ix.iter_lru().next().map(|(id, _)| id.to_string()),
+            Some("b".into())
+        );
+        match ix.reserve(30) {
+            Reservation::Granted { victims } => assert_eq!(victims, vec!["b".to_string()]),
+            other => panic!("{other:?}"),
+        }
+    }
     use proptest::prelude::*;
 
     fn granted(r: Reservation) -> Vec<String> {
@@ -181,7 +216,7 @@ mod tests {
             assert!(granted(ix.reserve(30)).is_empty());
             ix.commit(id, 30, i as u64);
         }
-        assert!(ix.touch("a", 10)); // a is now the most recent
+        assert!(ix.touch("a", 10).is_some()); // a is now the most recent
         assert_eq!(granted(ix.reserve(30)), vec!["b"]);
         ix.commit("d", 30, 11);
         assert_eq!(ix.committed_bytes(), 90);
@@ -203,7 +238,7 @@ mod tests {
         assert!(granted(ix.reserve(60)).is_empty());
         // 60 bytes are held by a fill in progress: nothing evictable frees them.
         assert_eq!(ix.reserve(50), Reservation::NoRoom);
-        assert!(!ix.touch("missing", 1));
+        assert!(ix.touch("missing", 1).is_none());
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body::Body;
@@ -260,7 +259,7 @@ impl Cache {
             "image_id": id,
             "reason": reason,
             "detail": detail,
-            "found_ms": unix_ms(SystemTime::now()),
+            "found_ms": unix_ms(crate::clock::now()),
             "entry": meta,
         });
         match self.store.quarantine(id, &report) {
@@ -487,17 +486,24 @@ impl Cache {
 
     /// Count a hit that sent every byte, and make the entry the most recently used.
     pub fn touch(&self, id: &str) {
-        let now = SystemTime::now();
-        let now_ms = unix_ms(now);
-        {
+        let now_ms = unix_ms(crate::clock::now());
+        let tick = {
             let mut st = self.lock();
-            st.index.touch(id, now_ms);
+            let tick = st.index.touch(id, now_ms);
             if let Some(c) = st.entries.get_mut(id) {
                 c.hits += 1;
                 c.last_access_ms = now_ms;
             }
+            tick
+        };
+        // The tick the index used (never older than the newest seen), so the order survives
+        // a restart even after the wall clock stepped back.
+        if let Some(tick) = tick {
+            self.store.touch(
+                id,
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(tick),
+            );
         }
-        self.store.touch(id, now);
     }
 
     pub fn lifetime(&self, idle_timeout: std::time::Duration) -> Lifetime {
@@ -537,13 +543,13 @@ impl Cache {
         let now = meta.committed_ms;
         let mut st = self.lock();
         st.fills.remove(id);
-        st.index.commit(id, fill.expected.size, now);
+        let tick = st.index.commit(id, fill.expected.size, now);
         st.entries.insert(
             id.to_string(),
             Cached {
                 meta,
                 hits: 0,
-                last_access_ms: now,
+                last_access_ms: tick,
                 verified_ms: now,
                 fingerprint,
                 suspect: false,

@@ -7,7 +7,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::store::unix_ms;
 use super::verify::{Digests, Expected};
@@ -74,12 +74,13 @@ impl Scrubber {
         }
         let interval_ms = self.interval.as_millis().try_into().unwrap_or(u64::MAX);
         loop {
-            let now = unix_ms(SystemTime::now());
+            let now = unix_ms(crate::clock::now());
             match self.cache.next_to_scrub(now, interval_ms) {
                 Ok((id, expected, print)) => match self.check(&id, &expected, print).await {
                     Verdict::Intact => {
                         self.stats.verified_entries.fetch_add(1, Ordering::Relaxed);
-                        self.cache.scrubbed(&id, print, unix_ms(SystemTime::now()));
+                        self.cache
+                            .scrubbed(&id, print, unix_ms(crate::clock::now()));
                         tracing::debug!(image_id = %id, "scrub: entry intact");
                     }
                     Verdict::Corrupt(reason, detail) => {

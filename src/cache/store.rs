@@ -357,6 +357,8 @@ impl Store {
     /// Delete an entry (readers holding the file open keep reading what they opened).
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         let meta = remove_file(&self.meta_path(id));
+        // Between the two removals (a crash here leaves data without a record).
+        fail::fail_point!("store::remove");
         let data = remove_file(&self.data_path(id));
         meta.and(data).map_err(StoreError::from)
     }

@@ -67,7 +67,7 @@ impl Credentials {
                 let mut cached = self.token.lock().await;
                 let fresh = cached
                     .as_ref()
-                    .is_some_and(|t| !needs_renewal(SystemTime::now(), t.issued, t.expires));
+                    .is_some_and(|t| !needs_renewal(crate::clock::now(), t.issued, t.expires));
                 if !fresh {
                     let token = self.issue(auth).await?;
                     tracing::info!(
@@ -117,7 +117,7 @@ impl Credentials {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Bytes::from(body.to_string()))
             .map_err(|e| format!("Keystone request to {url}: {e}"))?;
-        let issued = SystemTime::now();
+        let issued = crate::clock::now();
         let (status, headers, body) = self
             .upstream
             .call_service(req, MAX_TOKEN_BODY)

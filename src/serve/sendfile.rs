@@ -255,6 +255,9 @@ impl SendfileIo {
         let count = count.min(max);
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
+            fail::fail_point!("sendfile::send", |_| Poll::Ready(Err(
+                io::Error::from_raw_os_error(5)
+            )));
             let result = self.tcp.try_io(Interest::WRITABLE, || {
                 crate::sys::sendfile(&self.tcp, &*job.file, job.start + sent, count)
             });

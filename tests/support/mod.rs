@@ -870,6 +870,16 @@ impl ProxyProcess {
     /// Start `program args...` (the binary itself, or a wrapper that execs it) with
     /// `--listen` on a free port appended, and wait until it answers.
     pub async fn start(program: &str, args: &[String], log: std::path::PathBuf) -> ProxyProcess {
+        Self::start_with_env(program, args, log, &[]).await
+    }
+
+    /// As `start`, with extra environment variables (e.g. `FAILPOINTS`).
+    pub async fn start_with_env(
+        program: &str,
+        args: &[String],
+        log: std::path::PathBuf,
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
         let port = closed_port().await.port();
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(program)
@@ -881,6 +891,7 @@ impl ProxyProcess {
                 "",
             ])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true)

@@ -1,0 +1,232 @@
+//! The fault matrix's disk and crash cells, driven by fault-injection points (`fail` crate,
+//! built with `--features failpoints`): EIO and ENOSPC on the cache's writes and reads and on
+//! sendfile, SIGKILL in the middle of an eviction. In every case a client gets either the
+//! whole correct image or a visibly broken transfer, never wrong bytes with a clean end, and
+//! nothing wrong is kept.
+#![cfg(feature = "failpoints")]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{config, get, pattern, until, FakeGlance, Faults, ProxyProcess, TestProxy, BIN};
+
+/// Fail points are process-wide: one test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn file_url(proxy: &TestProxy, id: &str) -> String {
+    format!("{}/v2/images/{id}/file", proxy.url)
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("images"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_write_error_mid_fill_still_serves_the_whole_image_and_keeps_nothing() {
+    let _serial = SERIAL.lock().await;
+    for (case, action) in [
+        ("eio", "1*off->return"),
+        ("enospc", "2*off->return(enospc)"),
+    ] {
+        let scenario = fail::FailScenario::setup();
+        let glance = FakeGlance::start().await;
+        let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+        let data = pattern(3 << 20, 701);
+        glance.add_image("img", data.clone());
+        // The first chunks are written, a later write fails.
+        fail::cfg("cache::write", action).expect("failpoint");
+        let got = get(&file_url(&proxy, "img")).await;
+        fail::remove("cache::write");
+        assert_eq!(got.status, 200, "{case}");
+        assert!(got.body_error.is_none(), "{case}: {:?}", got.body_error);
+        assert!(got.body == data, "{case}: the client got other bytes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            entries(&proxy.cache_dir).is_empty(),
+            "{case}: a failed fill was kept"
+        );
+        // The next request fills the cache normally.
+        assert!(get(&file_url(&proxy, "img")).await.body == data);
+        until(|| entries(&proxy.cache_dir).len() == 2).await;
+        scenario.teardown();
+    }
+}
+
+#[tokio::test]
+async fn a_read_error_for_a_coalesced_reader_continues_from_glance() {
+    let _serial = SERIAL.lock().await;
+    let scenario = fail::FailScenario::setup();
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(4 << 20, 702);
+    glance.add_image("img", data.clone());
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(10)),
+        ..Faults::default()
+    });
+    // The first client starts the fill; a second one joins it and reads the fill's file.
+    let url = file_url(&proxy, "img");
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { get(&url).await }
+    });
+    let tmp = proxy.cache_dir.join("tmp");
+    until(|| std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some())).await;
+    fail::cfg("cache::read", "1*off->return").expect("failpoint");
+    let second = get(&url).await;
+    fail::remove("cache::read");
+    let first = first.await.expect("task");
+    for (who, got) in [("first", &first), ("second", &second)] {
+        assert_eq!(got.status, 200, "{who}");
+        assert!(got.body_error.is_none(), "{who}: {:?}", got.body_error);
+        assert!(got.body == data, "{who}: other bytes");
+    }
+    // The second reader's rest came from Glance with a ranged request.
+    let resumed = glance.seen().iter().any(|r| {
+        r.headers
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("bytes=") && v != "bytes=0-0" && v.ends_with('-'))
+    });
+    assert!(
+        resumed,
+        "the read error was not injected or not recovered from Glance"
+    );
+    // The fill itself was fine: the image is cached.
+    until(|| entries(&proxy.cache_dir).len() == 2).await;
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_read_error_during_a_zero_copy_hit_breaks_the_transfer_visibly() {
+    let _serial = SERIAL.lock().await;
+    let scenario = fail::FailScenario::setup();
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(8 << 20, 703);
+    glance.add_image("img", data.clone());
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    until(|| entries(&proxy.cache_dir).len() == 2).await;
+    // The second sendfile call fails with EIO.
+    fail::cfg("sendfile::send", "1*off->return").expect("failpoint");
+    let got = get(&file_url(&proxy, "img")).await;
+    fail::remove("sendfile::send");
+    assert_eq!(got.status, 200);
+    assert!(
+        got.body_error.is_some(),
+        "a broken hit must not end cleanly"
+    );
+    assert!(got.body.len() < data.len());
+    assert!(
+        data.starts_with(&got.body),
+        "the bytes that did arrive are the image's"
+    );
+    // The connection is gone, the cache is not: the next request is a clean hit.
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    assert_eq!(glance.downloads("img"), 1);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn sigkill_in_the_middle_of_an_eviction_leaves_a_consistent_cache() {
+    let glance = FakeGlance::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let (a, b) = (pattern(3 << 20, 704), pattern(3 << 20, 705));
+    glance.add_image("a", a.clone());
+    glance.add_image("b", b.clone());
+    let args = vec![
+        "--upstream".to_string(),
+        glance.url.clone(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+        "--cache-max-size".into(),
+        "4MiB".into(),
+    ];
+    // Evicting sleeps between removing an entry's record and its data.
+    let mut proxy = ProxyProcess::start_with_env(
+        BIN,
+        &args,
+        dir.path().join("1.log"),
+        &[("FAILPOINTS", "store::remove=sleep(5000)")],
+    )
+    .await;
+    assert!(get(&format!("{}/v2/images/a/file", proxy.url)).await.body == a);
+    until(|| entries(&cache).len() == 2).await;
+    // b needs a's room: the eviction starts, and the process dies in the middle of it.
+    let url = format!("{}/v2/images/b/file", proxy.url);
+    let client = tokio::spawn(async move { get(&url).await });
+    until(|| !cache.join("images").join("a.meta").exists()).await;
+    assert!(
+        cache.join("images").join("a").exists(),
+        "killed mid-eviction"
+    );
+    proxy.kill9().await;
+    let _ = client.await;
+
+    // The next start drops the orphaned data file and serves both images correctly.
+    let proxy = ProxyProcess::start(BIN, &args, dir.path().join("2.log")).await;
+    assert!(
+        !cache.join("images").join("a").exists(),
+        "orphaned data was kept"
+    );
+    for (id, data) in [("a", &a), ("b", &b)] {
+        let got = get(&format!("{}/v2/images/{id}/file", proxy.url)).await;
+        assert!(got.body == *data, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn wall_clock_steps_keep_lru_order_and_serve_correct_bytes() {
+    let _serial = SERIAL.lock().await;
+    let scenario = fail::FailScenario::setup();
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "[cache]\nmax_size = \"7MiB\"\n")).await;
+    let images: Vec<(&str, bytes::Bytes)> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, pattern(3 << 20, 710 + i as u64)))
+        .collect();
+    for (id, data) in &images {
+        glance.add_image(id, data.clone());
+    }
+    let fetch = |id: &str| {
+        let url = file_url(&proxy, id);
+        async move { get(&url).await }
+    };
+    for (id, data) in &images[..2] {
+        assert!(fetch(id).await.body == *data);
+        until(|| entries(&proxy.cache_dir).contains(&id.to_string())).await;
+    }
+    // The clock steps back a day; a is used again, then c needs room: b (least recently
+    // used) goes, not a.
+    fail::cfg("clock::offset", "return(-86400)").expect("failpoint");
+    assert!(fetch("a").await.body == images[0].1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(fetch("c").await.body == images[2].1);
+    until(|| entries(&proxy.cache_dir).contains(&"c".to_string())).await;
+    let now = entries(&proxy.cache_dir);
+    assert!(now.contains(&"a".to_string()), "a was evicted: {now:?}");
+    assert!(
+        !now.contains(&"b".to_string()),
+        "b should have been evicted: {now:?}"
+    );
+    // Then two days forward: hits and a fill still work and serve the right bytes.
+    fail::cfg("clock::offset", "return(86400)").expect("failpoint");
+    assert!(fetch("c").await.body == images[2].1);
+    assert!(fetch("d").await.body == images[3].1);
+    fail::remove("clock::offset");
+    for (id, data) in &images {
+        assert!(fetch(id).await.body == *data, "{id}");
+    }
+    scenario.teardown();
+}
