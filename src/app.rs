@@ -9,6 +9,16 @@ use url::Url;
 use crate::auth::Grants;
 use crate::cache::scrub::Scrubber;
 use crate::cache::store::StoreError;
+use crate::server::tls::{Tls, TlsError};
+
+/// Why the proxy cannot start; each names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the cache directory (cache.dir): {0}")]
+    Cache(#[from] StoreError),
+    #[error("cannot load the TLS certificate: {0}")]
+    Tls(#[from] TlsError),
+}
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::{Metrics, Snapshot};
@@ -30,13 +40,19 @@ pub struct App {
     /// Fallback public URL (`http://` + the listen address) for requests without `Host`.
     pub listen_url: Url,
     pub metrics: Arc<Metrics>,
+    /// HTTPS on the API listener (`server.tls_cert_file`), reloadable.
+    pub tls: Option<Arc<Tls>>,
     /// Client connection slots (`server.max_connections`).
     pub slots: Arc<crate::server::slots::Slots>,
 }
 
 impl App {
     /// Build the components; opening the cache scans its directory (before serving).
-    pub fn new(config: Config, listen_url: Url) -> Result<Self, StoreError> {
+    pub fn new(config: Config, listen_url: Url) -> Result<Self, StartError> {
+        let tls = match &config.server.tls {
+            Some((cert, key)) => Some(Arc::new(Tls::new(cert, key)?)),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let _ = crate::sys::dev_null(); // held for the process's life: open it now
 
@@ -47,12 +63,15 @@ impl App {
             None
         };
         let prefetch = match &cache {
-            Some(cache) => Some(Arc::new(Prefetcher::open(
-                &config.prefetch,
-                Arc::clone(cache),
-                Arc::clone(&upstream),
-                config.upstream.body_idle_timeout,
-            )?)),
+            Some(cache) => Some(Arc::new(
+                Prefetcher::open(
+                    &config.prefetch,
+                    Arc::clone(cache),
+                    Arc::clone(&upstream),
+                    config.upstream.body_idle_timeout,
+                )
+                .map_err(StoreError::from)?,
+            )),
             None => None,
         };
         let scrub = cache.as_ref().map(|cache| {
@@ -71,6 +90,7 @@ impl App {
             scrub,
             grants: Grants::default(),
             listen_url,
+            tls,
             slots,
             metrics,
         })
@@ -123,11 +143,18 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), StoreError> {
+) -> Result<(), StartError> {
     let listen_url = listener
         .local_addr()
         .ok()
-        .and_then(|a| Url::parse(&format!("http://{a}")).ok())
+        .and_then(|a| {
+            let scheme = if config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            Url::parse(&format!("{scheme}://{a}")).ok()
+        })
         .unwrap_or_else(|| Url::parse("http://127.0.0.1/").expect("literal URL is valid"));
     let app = Arc::new(App::new(config, listen_url)?);
     serve(app, listener, None, shutdown).await;
@@ -136,9 +163,14 @@ pub async fn run(
 
 /// Build the components for `config` (scanning the cache directory), before any listener
 /// exists: once the port accepts connections, leftovers are gone and the index is complete.
-pub fn build(config: Config) -> Result<Arc<App>, StoreError> {
+pub fn build(config: Config) -> Result<Arc<App>, StartError> {
     let listen = config.server.listen;
-    let listen_url = Url::parse(&format!("http://{listen}"))
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let listen_url = Url::parse(&format!("{scheme}://{listen}"))
         .unwrap_or_else(|_| Url::parse("http://127.0.0.1/").expect("literal URL is valid"));
     Ok(Arc::new(App::new(config, listen_url)?))
 }

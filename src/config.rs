@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub drain_timeout: Duration,
+    /// HTTPS: PEM certificate chain and private key files (both or neither).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -180,6 +182,8 @@ pub struct RawServer {
     pub max_connections: usize,
     pub header_read_timeout: String,
     pub drain_timeout: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Default for RawServer {
@@ -190,6 +194,8 @@ impl Default for RawServer {
             max_connections: 4096,
             header_read_timeout: "30s".into(),
             drain_timeout: "60s".into(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -384,6 +390,18 @@ impl Config {
                 max_connections: self.server.max_connections,
                 header_read_timeout: fmt_duration(self.server.header_read_timeout),
                 drain_timeout: fmt_duration(self.server.drain_timeout),
+                tls_cert_file: self
+                    .server
+                    .tls
+                    .as_ref()
+                    .map(|(c, _)| c.display().to_string())
+                    .unwrap_or_default(),
+                tls_key_file: self
+                    .server
+                    .tls
+                    .as_ref()
+                    .map(|(_, k)| k.display().to_string())
+                    .unwrap_or_default(),
             },
             upstream: RawUpstream {
                 urls: self.upstream.urls.iter().map(Url::to_string).collect(),
@@ -516,6 +534,25 @@ impl RawConfig {
             .map_err(|m| bad("server.header_read_timeout", m))?;
         let drain_timeout = parse_duration(&self.server.drain_timeout)
             .map_err(|m| bad("server.drain_timeout", m))?;
+        let tls = match (
+            self.server.tls_cert_file.trim(),
+            self.server.tls_key_file.trim(),
+        ) {
+            ("", "") => None,
+            ("", _) => {
+                return Err(bad(
+                    "server.tls_cert_file",
+                    "must be set with server.tls_key_file".into(),
+                ))
+            }
+            (_, "") => {
+                return Err(bad(
+                    "server.tls_key_file",
+                    "must be set with server.tls_cert_file".into(),
+                ))
+            }
+            (c, k) => Some((PathBuf::from(c), PathBuf::from(k))),
+        };
 
         if self.upstream.urls.is_empty() {
             return Err(bad(
@@ -607,6 +644,7 @@ impl RawConfig {
                 max_connections: self.server.max_connections,
                 header_read_timeout,
                 drain_timeout,
+                tls,
             },
             upstream,
             cache: CacheConfig {

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         let app = match glance_cache_proxy::app::build(config) {
             Ok(app) => app,
             Err(e) => {
-                tracing::error!(dir = %cache_dir.display(), error = %e, "cannot open the cache directory (cache.dir)");
+                tracing::error!(dir = %cache_dir.display(), "{e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -111,10 +111,28 @@ fn main() -> ExitCode {
                 }
             },
         };
+        if let Some(tls) = app.tls.clone() {
+            tokio::spawn(reload_on_sighup(tls));
+        }
         glance_cache_proxy::app::serve(app, listener, admin, shutdown_signal()).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP: load the TLS certificate and key again (open connections keep theirs).
+async fn reload_on_sighup(tls: std::sync::Arc<glance_cache_proxy::server::tls::Tls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; TLS certificates will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => tracing::error!("SIGHUP: {e}; keeping the current certificate"),
+        }
+    }
 }
 
 /// `RUST_LOG`, when set, wins over `log.level`.

@@ -5,6 +5,7 @@
 pub mod admin;
 mod request;
 pub mod slots;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,23 +78,46 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let slot = Arc::new(slot);
         let _ = stream.set_nodelay(true);
         let conn_app = Arc::clone(&app);
-        let zero_copy = sendfile::Conn::new();
-        let io = sendfile::SendfileIo::new(stream, Arc::clone(&zero_copy));
         let conn_slot = Arc::clone(&slot);
-        let service = service_fn(move |req| {
-            let busy = conn_slot.busy();
-            request::handle(
-                Arc::clone(&conn_app),
-                req,
-                peer,
-                Arc::clone(&zero_copy),
-                busy,
-            )
-        });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+        let service = move |zero_copy: Option<Arc<sendfile::Conn>>| {
+            service_fn(move |req| {
+                let busy = conn_slot.busy();
+                request::handle(Arc::clone(&conn_app), req, peer, zero_copy.clone(), busy)
+            })
+        };
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = app.tls.clone();
+        let handshake_timeout = cfg.header_read_timeout;
         tokio::spawn(async move {
+            let served = async {
+                match tls {
+                    // Plain HTTP/1: hits go out with sendfile.
+                    None => {
+                        let zero_copy = sendfile::Conn::new();
+                        let io = sendfile::SendfileIo::new(stream, Arc::clone(&zero_copy));
+                        let conn =
+                            builder.serve_connection(TokioIo::new(io), service(Some(zero_copy)));
+                        watcher.watch(conn).await.map_err(|e| e.to_string())
+                    }
+                    // TLS: the handshake counts against the header timeout; hits are read
+                    // and encrypted in user space.
+                    Some(tls) => {
+                        let accepted =
+                            tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream))
+                                .await;
+                        let io = match accepted {
+                            Ok(Ok(io)) => io,
+                            Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+                            Err(_) => return Err("TLS handshake timed out".into()),
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(io), service(None));
+                        watcher.watch(conn).await.map_err(|e| e.to_string())
+                    }
+                }
+            };
             tokio::select! {
-                ended = conn => if let Err(e) = ended {
+                ended = served => if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 },
                 // Idle while another client needed its slot: closed without a response

@@ -29,11 +29,11 @@ pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    zero_copy: Arc<sendfile::Conn>,
+    zero_copy: Option<Arc<sendfile::Conn>>,
     busy: super::slots::Busy,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    // sendfile needs HTTP/1.x framing on a plain socket (this listener is both).
-    let zero_copy = (req.version() <= http::Version::HTTP_11).then_some(zero_copy);
+    // sendfile needs HTTP/1.x framing on a plain socket (`None` on TLS connections).
+    let zero_copy = zero_copy.filter(|_| req.version() <= http::Version::HTTP_11);
     let started = Instant::now();
     let accept = req
         .headers()
@@ -132,7 +132,10 @@ fn public_url(app: &App, headers: &HeaderMap) -> Url {
         return url.clone();
     }
     header_str(headers, "host")
-        .and_then(|host| Url::parse(&format!("http://{host}")).ok())
+        .and_then(|host| {
+            let scheme = if app.tls.is_some() { "https" } else { "http" };
+            Url::parse(&format!("{scheme}://{host}")).ok()
+        })
         .filter(|url| url.path() == "/" && url.host_str().is_some())
         .unwrap_or_else(|| app.listen_url.clone())
 }
