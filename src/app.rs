@@ -115,12 +115,12 @@ impl App {
             snap.cache_entries = entries;
             snap.cache_capacity_bytes = capacity;
             snap.cache_evictions = evictions;
-            snap.fills = cache.stats.all();
+            snap.fills = cache.stats.fills.all();
             snap.fetched_bytes = cache
                 .stats
                 .fetched
                 .load(std::sync::atomic::Ordering::Relaxed);
-            snap.quarantined = cache.stats.quarantined();
+            snap.quarantined = cache.stats.quarantined.all();
         }
         if let Some(s) = &self.scrub {
             use std::sync::atomic::Ordering::Relaxed;

@@ -61,51 +61,42 @@ pub enum Begin {
     Bypass(&'static str),
 }
 
-/// Fill results since start, by reason (`committed` or a `Failure::reason`).
+/// Counters by a bounded reason label, for metrics.
 #[derive(Debug, Default)]
-pub struct Stats {
-    fills: Mutex<HashMap<&'static str, u64>>,
-    /// Entries taken out of service, by reason (`changed_on_disk`, `hash_mismatch`, ...).
-    quarantined: Mutex<HashMap<&'static str, u64>>,
-    /// Image bytes received from Glance by fills.
-    pub fetched: std::sync::atomic::AtomicU64,
-}
+pub struct Counts(Mutex<HashMap<&'static str, u64>>);
 
-impl Stats {
-    fn count(&self, reason: &'static str) {
-        if let Ok(mut m) = self.fills.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
+impl Counts {
+    fn add(&self, reason: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
-    /// Every fill result seen, with its count.
+    /// Every reason seen, with its count, in reason order.
     pub fn all(&self) -> Vec<(&'static str, u64)> {
         let mut v: Vec<(&'static str, u64)> = self
-            .fills
+            .0
             .lock()
-            .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
-            .unwrap_or_default();
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect();
         v.sort();
         v
     }
+}
 
-    /// Every quarantine reason seen, with its count.
-    pub fn quarantined(&self) -> Vec<(&'static str, u64)> {
-        let mut v: Vec<(&'static str, u64)> = self
-            .quarantined
-            .lock()
-            .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    pub fn fills(&self, reason: &str) -> u64 {
-        self.fills
-            .lock()
-            .map(|m| m.get(reason).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Fill results since start (`committed` or a `Failure::reason`).
+    pub fills: Counts,
+    /// Entries taken out of service, by reason (`changed_on_disk`, `hash_mismatch`, ...).
+    pub quarantined: Counts,
+    /// Image bytes received from Glance by fills.
+    pub fetched: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -252,9 +243,7 @@ impl Cache {
                 _ => return, // already gone or replaced by a new fill
             }
         };
-        if let Ok(mut m) = self.stats.quarantined.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
+        self.stats.quarantined.add(reason);
         let report = serde_json::json!({
             "image_id": id,
             "reason": reason,
@@ -409,7 +398,7 @@ impl Cache {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(image_id = %id, error = %e, "cannot create a cache file");
-                self.stats.count(e.reason());
+                self.stats.fills.add(e.reason());
                 return Begin::Bypass(e.reason());
             }
         };
@@ -625,12 +614,12 @@ impl Starter {
             };
             match result {
                 Ok(()) => {
-                    cache.stats.count("committed");
+                    cache.stats.fills.add("committed");
                     tracing::info!(image_id = %fill.image_id, size = fill.expected.size, "cached");
                     let _ = tx.send(Progress::Committed);
                 }
                 Err(failure) => {
-                    cache.stats.count(failure.reason());
+                    cache.stats.fills.add(failure.reason());
                     if let Failure::Disk { written, reason } = &failure {
                         // Operator action needed (disk full or failing): error level, once.
                         tracing::error!(image_id = %fill.image_id, reason, written, "cache write failed; nothing kept, readers continue from upstream");

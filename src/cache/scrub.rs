@@ -127,25 +127,24 @@ impl Scrubber {
             Err(_) => return Verdict::Gone, // the blocking pool is shutting down
         };
         let started = Instant::now();
-        let mut digests = Some(Digests::for_expected(expected));
-        let mut buf = Some(vec![0u8; CHUNK + ALIGN]);
+        // The digests and the buffer go to each blocking read and come back with its result.
+        let mut digests = Digests::for_expected(expected);
+        let mut buf = vec![0u8; CHUNK + ALIGN];
         let mut offset = 0u64;
         loop {
-            let (Some(mut d), Some(mut b)) = (digests.take(), buf.take()) else {
-                return Verdict::Gone;
-            };
             let f = Arc::clone(&file);
             let read = tokio::task::spawn_blocking(move || {
-                let result = read_chunk(&f, &mut b, offset, direct).map(|data| {
-                    d.update(data);
+                let result = read_chunk(&f, &mut buf, offset, direct).map(|data| {
+                    digests.update(data);
                     data.len()
                 });
-                (result, d, b)
+                (result, digests, buf)
             })
             .await;
             let Ok((result, d, b)) = read else {
                 return Verdict::Gone;
             };
+            (digests, buf) = (d, b);
             let n = match result {
                 Ok(n) => n,
                 Err(e) => {
@@ -156,8 +155,6 @@ impl Scrubber {
                 .verified_bytes
                 .fetch_add(n as u64, Ordering::Relaxed);
             offset += n as u64;
-            digests = Some(d);
-            buf = Some(b);
             if n == 0 || offset >= expected.size {
                 break;
             }
@@ -171,10 +168,7 @@ impl Scrubber {
         }
         // A file longer or shorter than recorded has another fingerprint (checked at open);
         // the digests and the length read decide the rest.
-        let Some(d) = digests else {
-            return Verdict::Gone;
-        };
-        match d.verify(expected) {
+        match digests.verify(expected) {
             Ok(()) => Verdict::Intact,
             Err(m) => Verdict::Corrupt(m.reason(), m.to_string()),
         }
