@@ -8,19 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{get, pattern, FakeGlance, Faults, ProxyProcess, BIN};
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
+use support::{files_in, get, pattern, FakeGlance, Faults, ProxyProcess, BIN};
 
 fn args(glance: &FakeGlance, cache: &Path) -> Vec<String> {
     vec![

@@ -18,16 +18,8 @@ fn file_url(proxy: &TestProxy, id: &str) -> String {
     format!("{}/v2/images/{id}/file", proxy.url)
 }
 
-fn entries(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir.join("images"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+fn entries(cache_dir: &std::path::Path) -> Vec<String> {
+    support::files_in(&cache_dir.join("images"))
 }
 
 #[tokio::test]

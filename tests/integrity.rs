@@ -52,6 +52,16 @@ async fn metric(proxy: &TestProxy, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Wait (at most 10 s) until `series` is at least `value`; the caller asserts it after.
+async fn reaches(proxy: &TestProxy, series: &str, value: f64) {
+    for _ in 0..400 {
+        if metric(proxy, series).await >= value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 async fn cached(proxy: &TestProxy, id: &str) {
     let path = data_path(proxy, id);
     until(|| path.exists()).await;
@@ -107,12 +117,12 @@ async fn rot_found_by_the_scrubber_is_quarantined_and_never_served() {
     assert!(get(&file_url(&first, "img")).await.body == data);
     cached(&first, "img").await;
     // Intact entries pass the scrubber (it reads the whole file from disk).
-    for _ in 0..200 {
-        if metric(&first, "glance_cache_proxy_scrub_verified_entries_total").await >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    reaches(
+        &first,
+        "glance_cache_proxy_scrub_verified_entries_total",
+        1.0,
+    )
+    .await;
     assert!(metric(&first, "glance_cache_proxy_scrub_verified_entries_total").await >= 1.0);
     assert!(
         metric(&first, "glance_cache_proxy_scrub_verified_bytes_total").await >= (5 << 20) as f64
@@ -133,12 +143,7 @@ async fn rot_found_by_the_scrubber_is_quarantined_and_never_served() {
         got.body == data,
         "a changed cache file was served after a restart"
     );
-    for _ in 0..400 {
-        if metric(&second, "glance_cache_proxy_scrub_corruptions_total").await >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    reaches(&second, "glance_cache_proxy_scrub_corruptions_total", 1.0).await;
     assert_eq!(
         metric(&second, "glance_cache_proxy_scrub_corruptions_total").await,
         1.0
@@ -189,12 +194,12 @@ async fn an_entry_touched_while_down_is_checked_then_served_again() {
 
     let second = TestProxy::start_with_admin(cfg).await;
     // The scrubber takes the suspect first, even with a long interval, and finds it intact.
-    for _ in 0..400 {
-        if metric(&second, "glance_cache_proxy_scrub_verified_entries_total").await >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    reaches(
+        &second,
+        "glance_cache_proxy_scrub_verified_entries_total",
+        1.0,
+    )
+    .await;
     assert_eq!(
         metric(&second, "glance_cache_proxy_scrub_verified_entries_total").await,
         1.0

@@ -137,7 +137,7 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
         "hits over TLS come from the cache"
     );
     // Plain HTTP on the TLS port gets nowhere.
-    assert!(reqwest_plain(&proxy.url).await.is_err());
+    assert!(plain_http(&proxy.url).await.is_err());
 
     // New certificate from another CA, then SIGHUP.
     let (ca2, issuer2) = ca("second CA");
@@ -173,7 +173,7 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
 }
 
 /// A plain-HTTP request to `url`: Err when the other side does not speak HTTP.
-async fn reqwest_plain(url: &str) -> Result<u16, String> {
+async fn plain_http(url: &str) -> Result<u16, String> {
     let addr = url.trim_start_matches("http://");
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) =

@@ -196,6 +196,12 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A client arriving: its `acquire`, in a task of its own.
+    fn newcomer(slots: &Arc<Slots>) -> tokio::task::JoinHandle<(Slot, oneshot::Receiver<()>)> {
+        let slots = Arc::clone(slots);
+        tokio::spawn(async move { slots.acquire().await })
+    }
+
     #[tokio::test]
     async fn a_full_house_closes_the_longest_idle_connection() {
         let slots = Slots::new(2);
@@ -204,10 +210,7 @@ mod tests {
         let (b, mut b_close) = slots.acquire().await;
         let busy_b = b.busy();
         // Both taken; a is idle, b is busy: a third client makes a close.
-        let third = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.acquire().await }
-        });
+        let third = newcomer(&slots);
         tokio::time::timeout(Duration::from_secs(2), &mut a_close)
             .await
             .expect("the idle connection is told to close")
@@ -230,10 +233,7 @@ mod tests {
         // c gets a request; b's ends, so b is now the only idle one and is closed next.
         let busy_c = c.busy();
         drop(busy_b);
-        let fourth = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.acquire().await }
-        });
+        let fourth = newcomer(&slots);
         tokio::time::timeout(Duration::from_secs(2), &mut b_close)
             .await
             .expect("b closed")
@@ -254,10 +254,7 @@ mod tests {
         drop(served.busy()); // one request answered, now idle (the older of the two)
         tokio::time::sleep(Duration::from_millis(2)).await;
         let (silent, mut silent_close) = slots.acquire().await;
-        let newcomer = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.acquire().await }
-        });
+        let newcomer = newcomer(&slots);
         tokio::time::timeout(Duration::from_secs(2), &mut silent_close)
             .await
             .expect("the never-served connection is closed")
@@ -278,10 +275,7 @@ mod tests {
         let (b, mut b_close) = slots.acquire().await;
         let (c, mut c_close) = slots.acquire().await;
         let (b_busy, c_busy) = (b.busy(), c.busy());
-        let newcomer = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.acquire().await }
-        });
+        let newcomer = newcomer(&slots);
         tokio::time::timeout(Duration::from_secs(2), &mut a_close)
             .await
             .expect("a closed")
@@ -305,10 +299,7 @@ mod tests {
         let slots = Slots::new(1);
         let (a, mut a_close) = slots.acquire().await;
         let busy = a.busy();
-        let waiting = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.acquire().await }
-        });
+        let waiting = newcomer(&slots);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished());
         assert!(a_close.try_recv().is_err());

@@ -927,6 +927,19 @@ impl ProxyProcess {
 pub const BIN: &str = env!("CARGO_BIN_EXE_glance-cache-proxy");
 
 /// Wait until `cond` holds, polling every 10 ms, for at most 10 s (then fail).
+/// The names in `dir`, sorted (empty if it cannot be read).
+pub fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 pub async fn until(mut cond: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if cond() {
