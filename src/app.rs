@@ -9,14 +9,15 @@ use url::Url;
 use crate::auth::Grants;
 use crate::cache::scrub::Scrubber;
 use crate::cache::store::StoreError;
-use crate::server::tls::{Tls, TlsError};
+use crate::server::tls::Tls;
+use crate::tls::TlsError;
 
 /// Why the proxy cannot start; each names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the cache directory (cache.dir): {0}")]
     Cache(#[from] StoreError),
-    #[error("cannot load the TLS certificate: {0}")]
+    #[error("cannot load a TLS file: {0}")]
     Tls(#[from] TlsError),
 }
 use crate::cache::Cache;
@@ -56,7 +57,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let _ = crate::sys::dev_null(); // held for the process's life: open it now
 
-        let upstream = Arc::new(Upstream::new(&config.upstream, Arc::clone(&metrics)));
+        let upstream = Arc::new(Upstream::new(&config.upstream, Arc::clone(&metrics))?);
         let cache = if config.cache.enabled {
             Some(Arc::new(Cache::open(&config.cache)?))
         } else {

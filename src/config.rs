@@ -64,6 +64,11 @@ pub struct UpstreamConfig {
     pub failure_backoff: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// PEM CA bundle that `https://` upstreams' certificates must chain to; `None`: the
+    /// system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key presented to `https://` upstreams.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,6 +216,9 @@ pub struct RawUpstream {
     pub failure_backoff: String,
     pub pool_idle_timeout: String,
     pub pool_max_idle_per_host: usize,
+    pub ca_file: String,
+    pub client_cert_file: String,
+    pub client_key_file: String,
 }
 
 impl Default for RawUpstream {
@@ -224,6 +232,9 @@ impl Default for RawUpstream {
             failure_backoff: "10s".into(),
             pool_idle_timeout: "90s".into(),
             pool_max_idle_per_host: 64,
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
         }
     }
 }
@@ -417,6 +428,24 @@ impl Config {
                 failure_backoff: fmt_duration(self.upstream.failure_backoff),
                 pool_idle_timeout: fmt_duration(self.upstream.pool_idle_timeout),
                 pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
+                ca_file: self
+                    .upstream
+                    .ca_file
+                    .as_ref()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default(),
+                client_cert_file: self
+                    .upstream
+                    .client_identity
+                    .as_ref()
+                    .map(|(c, _)| c.display().to_string())
+                    .unwrap_or_default(),
+                client_key_file: self
+                    .upstream
+                    .client_identity
+                    .as_ref()
+                    .map(|(_, k)| k.display().to_string())
+                    .unwrap_or_default(),
             },
             cache: RawCache {
                 enabled: self.cache.enabled,
@@ -534,25 +563,11 @@ impl RawConfig {
             .map_err(|m| bad("server.header_read_timeout", m))?;
         let drain_timeout = parse_duration(&self.server.drain_timeout)
             .map_err(|m| bad("server.drain_timeout", m))?;
-        let tls = match (
-            self.server.tls_cert_file.trim(),
-            self.server.tls_key_file.trim(),
-        ) {
-            ("", "") => None,
-            ("", _) => {
-                return Err(bad(
-                    "server.tls_cert_file",
-                    "must be set with server.tls_key_file".into(),
-                ))
-            }
-            (_, "") => {
-                return Err(bad(
-                    "server.tls_key_file",
-                    "must be set with server.tls_cert_file".into(),
-                ))
-            }
-            (c, k) => Some((PathBuf::from(c), PathBuf::from(k))),
-        };
+        let tls = file_pair(
+            ("server.tls_cert_file", &self.server.tls_cert_file),
+            ("server.tls_key_file", &self.server.tls_key_file),
+        )
+        .map_err(|(key, m)| bad(key, m))?;
 
         if self.upstream.urls.is_empty() {
             return Err(bad(
@@ -563,13 +578,10 @@ impl RawConfig {
         let mut urls = Vec::new();
         for (i, u) in self.upstream.urls.iter().enumerate() {
             let url = parse_base_url(u).map_err(|m| bad(&format!("upstream.urls[{i}]"), m))?;
-            if url.scheme() != "http" {
+            if !matches!(url.scheme(), "http" | "https") {
                 return Err(bad(
                     &format!("upstream.urls[{i}]"),
-                    format!(
-                        "unsupported scheme `{}` (only http:// for now)",
-                        url.scheme()
-                    ),
+                    format!("unsupported scheme `{}` (http or https)", url.scheme()),
                 ));
             }
             urls.push(url);
@@ -594,6 +606,12 @@ impl RawConfig {
             pool_idle_timeout: parse_duration(&self.upstream.pool_idle_timeout)
                 .map_err(|m| bad("upstream.pool_idle_timeout", m))?,
             pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
+            ca_file: non_empty_path(&self.upstream.ca_file),
+            client_identity: file_pair(
+                ("upstream.client_cert_file", &self.upstream.client_cert_file),
+                ("upstream.client_key_file", &self.upstream.client_key_file),
+            )
+            .map_err(|(key, m)| bad(key, m))?,
         };
         for (key, d) in [
             ("upstream.connect_timeout", upstream.connect_timeout),
@@ -773,6 +791,24 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{s}` is not an ADDR:PORT socket address (e.g. 127.0.0.1:9393)"))
 }
 
+fn non_empty_path(s: &str) -> Option<PathBuf> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+/// A certificate file and its key file: both set or neither; the error names the unset key.
+fn file_pair(
+    (cert_key, cert): (&'static str, &str),
+    (key_key, key): (&'static str, &str),
+) -> Result<Option<(PathBuf, PathBuf)>, (&'static str, String)> {
+    match (non_empty_path(cert), non_empty_path(key)) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err((cert_key, format!("must be set with {key_key}"))),
+        (Some(_), None) => Err((key_key, format!("must be set with {cert_key}"))),
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("`{s}` is not a duration such as 30s, 5m or 1h: {e}"))
@@ -894,6 +930,20 @@ mod tests {
             &["upstream.urls[1]", "http"],
         );
         check_err("[upstream]\nurls = []\n", &["upstream.urls"]);
+        check_err(
+            "[upstream]\nclient_cert_file = \"/c.pem\"\n",
+            &[
+                "upstream.client_key_file",
+                "must be set with upstream.client_cert_file",
+            ],
+        );
+        check_err(
+            "[server]\ntls_key_file = \"/k.pem\"\n",
+            &[
+                "server.tls_cert_file",
+                "must be set with server.tls_key_file",
+            ],
+        );
         check_err(
             "[upstream]\nconnect_timeout = \"5 parsecs\"\n",
             &["upstream.connect_timeout"],

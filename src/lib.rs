@@ -15,6 +15,7 @@
 //! - `manage`: Glance's cache API (`/v2/cache`, legacy routes) for the proxy's own cache.
 //! - `prefetch`: the persistent queue and the worker that fills the cache from it.
 //! - `metrics`: Prometheus names, counters and histograms, and the scrape-time snapshot.
+//! - `tls`: what both TLS sides share: PEM loading, trust roots, reloadable identities.
 
 pub mod app;
 pub mod auth;
@@ -30,4 +31,5 @@ pub mod route;
 pub mod serve;
 pub mod server;
 pub mod sys;
+pub mod tls;
 pub mod upstream;

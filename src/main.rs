@@ -111,8 +111,15 @@ fn main() -> ExitCode {
                 }
             },
         };
-        if let Some(tls) = app.tls.clone() {
-            tokio::spawn(reload_on_sighup(tls));
+        let identities: Vec<_> = app
+            .tls
+            .iter()
+            .map(|tls| tls.identity())
+            .chain(app.upstream.identity())
+            .cloned()
+            .collect();
+        if !identities.is_empty() {
+            tokio::spawn(reload_on_sighup(identities));
         }
         glance_cache_proxy::app::serve(app, listener, admin, shutdown_signal()).await;
         tracing::info!("stopped");
@@ -120,17 +127,23 @@ fn main() -> ExitCode {
     })
 }
 
-/// SIGHUP: load the TLS certificate and key again (open connections keep theirs).
-async fn reload_on_sighup(tls: std::sync::Arc<glance_cache_proxy::server::tls::Tls>) {
+/// SIGHUP: load the TLS certificates and keys again (the listener's and the upstream client
+/// certificate); open connections keep theirs.
+async fn reload_on_sighup(identities: Vec<std::sync::Arc<glance_cache_proxy::tls::Identity>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; TLS certificates will not be reloaded");
         return;
     };
     while hup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(e) => tracing::error!("SIGHUP: {e}; keeping the current certificate"),
+        for identity in &identities {
+            match identity.reload() {
+                Ok(()) => tracing::info!(
+                    setting = identity.setting(),
+                    "SIGHUP: TLS certificate reloaded"
+                ),
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the current certificate"),
+            }
         }
     }
 }

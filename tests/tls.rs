@@ -1,7 +1,10 @@
-//! HTTPS on the API listener, with certificates from a CA made here (rcgen): passthrough and
-//! cache hits over TLS (served by the user-space reader, byte-exact, no sendfile), a SIGHUP
-//! that swaps the certificate for new connections while an open one keeps working, and a
-//! certificate file that does not load named in the error.
+//! TLS on both sides, with certificates from CAs made here (rcgen). The API listener:
+//! passthrough and cache hits over TLS (served by the user-space reader, byte-exact, no
+//! sendfile), a SIGHUP that swaps the certificate for new connections while an open one keeps
+//! working, a certificate file that does not load named in the error. `https://` upstreams:
+//! verified against `upstream.ca_file` (and by default against the system's roots, which do not
+//! know a private CA), the client certificate presented to an upstream that demands one, and
+//! bad TLS files named at start.
 
 mod support;
 
@@ -11,10 +14,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
-use support::{pattern, FakeGlance, ProxyProcess, BIN};
+use support::{config, get, pattern, FakeGlance, ProxyProcess, TestProxy, BIN};
 
 /// A CA: its PEM certificate, and an issuer for leaves.
 fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
@@ -38,8 +42,47 @@ fn leaf(issuer: &Issuer<'static, KeyPair>) -> (String, String) {
 }
 
 fn write_pair(dir: &Path, pair: &(String, String)) {
-    std::fs::write(dir.join("cert.pem"), &pair.0).expect("cert");
-    std::fs::write(dir.join("key.pem"), &pair.1).expect("key");
+    write_named(dir, "cert", pair);
+}
+
+/// `<name>.pem` and `<name>-key.pem` in `dir`.
+fn write_named(dir: &Path, name: &str, pair: &(String, String)) {
+    std::fs::write(dir.join(format!("{name}.pem")), &pair.0).expect("cert");
+    let key = if name == "cert" {
+        "key.pem".to_string()
+    } else {
+        format!("{name}-key.pem")
+    };
+    std::fs::write(dir.join(key), &pair.1).expect("key");
+}
+
+fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+/// A server config for `leaf` that demands a client certificate issued by `client_ca`.
+fn demanding_server(leaf: &(String, String), client_ca: &str) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pem_certs(client_ca) {
+        roots.add(cert).expect("client CA");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.1.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pem_certs(&leaf.0), key)
+        .expect("server config");
+    Arc::new(config)
 }
 
 /// An HTTP/1.1 connection over TLS that trusts only `ca_pem`.
@@ -48,7 +91,7 @@ async fn connect(
     ca_pem: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let cert: CertificateDer<'static> = cert.map_err(|e| e.to_string())?;
         roots.add(cert).map_err(|e| e.to_string())?;
     }
@@ -214,4 +257,137 @@ fn a_certificate_that_does_not_load_stops_the_start_naming_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.tls_cert_file"), "{err}");
+}
+
+/// `[upstream]` TLS keys for `config()`: `ca` and `client` name files in `dir` (`<client>.pem`
+/// and `<client>-key.pem`).
+fn upstream_tls(dir: &Path, ca: Option<&str>, client: Option<&str>) -> String {
+    let mut text = String::from("[upstream]\n");
+    if let Some(ca) = ca {
+        text += &format!("ca_file = \"{}\"\n", dir.join(ca).display());
+    }
+    if let Some(client) = client {
+        text += &format!(
+            "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            dir.join(format!("{client}.pem")).display(),
+            dir.join(format!("{client}-key.pem")).display()
+        );
+    }
+    text
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_and_get_the_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_pem, issuer) = ca("upstream CA");
+    let (other_pem, other_issuer) = ca("some other CA");
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).expect("ca");
+    std::fs::write(dir.path().join("other-ca.pem"), &other_pem).expect("other ca");
+    write_named(dir.path(), "client", &leaf(&issuer));
+    write_named(dir.path(), "stranger", &leaf(&other_issuer));
+    let glance = FakeGlance::start_tls(demanding_server(&leaf(&issuer), &ca_pem)).await;
+    let data = pattern(2 << 20, 902);
+    glance.add_image("img", data.clone());
+    let port = glance.addr.port();
+
+    // Trusted CA and a client certificate: passthrough with links rewritten, a miss, a hit.
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        &upstream_tls(dir.path(), Some("ca.pem"), Some("client")),
+    ))
+    .await;
+    let versions = get(&format!("{}/versions", proxy.url)).await;
+    assert_eq!(versions.status, 200);
+    let text = String::from_utf8_lossy(&versions.body).to_string();
+    assert!(
+        text.contains(&proxy.url),
+        "links point at the proxy: {text}"
+    );
+    assert!(!text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    for round in 0..2 {
+        let got = get(&format!("{}/v2/images/img/file", proxy.url)).await;
+        assert_eq!(got.status, 200, "round {round}");
+        assert!(
+            got.body == data && got.body_error.is_none(),
+            "round {round}"
+        );
+    }
+    assert_eq!(glance.downloads("img"), 1, "the second download was a hit");
+    let served = glance.requests();
+
+    // Not trusted: no ca_file (the system's roots do not know this CA), or the wrong CA. No
+    // request reaches the upstream; the client gets Glance's error shape.
+    for (what, tls) in [
+        (
+            "system roots",
+            upstream_tls(dir.path(), None, Some("client")),
+        ),
+        (
+            "other CA",
+            upstream_tls(dir.path(), Some("other-ca.pem"), Some("client")),
+        ),
+    ] {
+        let proxy = TestProxy::start(config(&[&glance.url], &tls)).await;
+        let got = get(&format!("{}/v2/images", proxy.url)).await;
+        assert_eq!(got.status, 502, "{what}");
+        assert!(
+            got.json().get("message").is_some() || got.json().get("error").is_some(),
+            "{what}: {:?}",
+            got.body
+        );
+    }
+    // Trusted, but no client certificate (or one from a CA the upstream does not accept): the
+    // upstream refuses the handshake.
+    for (what, client) in [
+        ("no client certificate", None),
+        ("stranger's certificate", Some("stranger")),
+    ] {
+        let proxy = TestProxy::start(config(
+            &[&glance.url],
+            &upstream_tls(dir.path(), Some("ca.pem"), client),
+        ))
+        .await;
+        let got = get(&format!("{}/v2/images", proxy.url)).await;
+        assert_eq!(got.status, 502, "{what}");
+    }
+    assert_eq!(
+        glance.requests(),
+        served,
+        "no request got past the handshake"
+    );
+}
+
+#[test]
+fn upstream_tls_files_that_do_not_load_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("junk.pem"), "junk").expect("junk");
+    std::fs::write(dir.path().join("junk-key.pem"), "junk").expect("junk");
+    let (ca_pem, issuer) = ca("CA");
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).expect("ca");
+    write_named(dir.path(), "client", &leaf(&issuer));
+    let (_, other) = ca("other");
+    // A certificate with somebody else's key.
+    std::fs::write(dir.path().join("mixed.pem"), leaf(&issuer).0).expect("cert");
+    std::fs::write(dir.path().join("mixed-key.pem"), leaf(&other).1).expect("key");
+    for (tls, key) in [
+        (
+            upstream_tls(dir.path(), Some("junk.pem"), None),
+            "upstream.ca_file",
+        ),
+        (
+            upstream_tls(dir.path(), Some("ca.pem"), Some("junk")),
+            "upstream.client_cert_file",
+        ),
+        (
+            upstream_tls(dir.path(), Some("ca.pem"), Some("mixed")),
+            "upstream.client_key_file",
+        ),
+    ] {
+        let cfg = config(&["https://127.0.0.1:1"], &tls);
+        let err = match glance_cache_proxy::app::build(cfg) {
+            Ok(_) => panic!("{key}: started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(key), "{key}: {err}");
+    }
 }

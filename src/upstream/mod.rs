@@ -1,6 +1,7 @@
-//! The only outbound HTTP: a pooled hyper client over the configured Glance upstreams, with
-//! preference order, failover, backoff and timeouts, plus response post-processing (hop-by-hop
-//! headers, link rewriting, body idle timeout).
+//! The only outbound HTTP: a pooled hyper client over the configured Glance upstreams (`http`
+//! or `https`, certificates verified against `upstream.ca_file` or the system's roots, with an
+//! optional client certificate), with preference order, failover, backoff and timeouts, plus
+//! response post-processing (hop-by-hop headers, link rewriting, body idle timeout).
 
 pub mod body;
 pub mod glance;
@@ -20,6 +21,7 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -29,6 +31,7 @@ use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::tls::{Identity, Keys, TlsError};
 use body::BodySlot;
 use headers::ForwardedFor;
 use health::Health;
@@ -66,7 +69,9 @@ pub struct Forwarded {
 
 /// The upstream Glance pool.
 pub struct Upstream {
-    client: Client<HttpConnector, OutBody>,
+    client: Client<HttpsConnector<HttpConnector>, OutBody>,
+    /// The client certificate for `https` upstreams (reloaded on SIGHUP).
+    identity: Option<Arc<Identity>>,
     targets: Vec<Target>,
     /// std Mutex: held for a few instructions, never across an await.
     health: Mutex<Health>,
@@ -85,11 +90,56 @@ enum AttemptError {
     Other(String),
 }
 
+/// TCP with the connect timeout, then TLS for `https` URLs: rustls with the safe default
+/// protocol versions, server certificates verified (never optional) against `upstream.ca_file`
+/// or the system's roots, and the client certificate when one is configured.
+fn connector(
+    cfg: &UpstreamConfig,
+) -> Result<(HttpsConnector<HttpConnector>, Option<Arc<Identity>>), TlsError> {
+    const CA: &str = "upstream.ca_file";
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(cfg.connect_timeout));
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let any_https = cfg.urls.iter().any(|u| u.scheme() == "https");
+    let roots = match crate::tls::roots(cfg.ca_file.as_deref(), CA) {
+        Ok(roots) => roots,
+        // Plain-http upstreams need no roots (a Keystone behind https would then fail
+        // verification, naming the certificate).
+        Err(_) if cfg.ca_file.is_none() && !any_https => rustls::RootCertStore::empty(),
+        Err(e) => return Err(e),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::new(CA, std::path::Path::new("-"), e))?
+        .with_root_certificates(roots);
+    let identity = match &cfg.client_identity {
+        Some((cert, key)) => Some(Identity::load(
+            cert,
+            key,
+            Keys {
+                cert: "upstream.client_cert_file",
+                key: "upstream.client_key_file",
+            },
+        )?),
+        None => None,
+    };
+    let tls = match &identity {
+        Some(id) => builder.with_client_cert_resolver(Arc::clone(id) as _),
+        None => builder.with_no_client_auth(),
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    Ok((https, identity))
+}
+
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
+    /// Fails only on the TLS settings: a CA bundle or client certificate that does not load.
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
+        let (connector, identity) = connector(cfg)?;
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -111,8 +161,9 @@ impl Upstream {
                 })
             })
             .collect();
-        Upstream {
+        Ok(Upstream {
             client,
+            identity,
             targets,
             health: Mutex::new(Health::new(cfg.urls.len(), cfg.failure_backoff)),
             links: LinkRewriter::new(cfg.urls.iter().chain(cfg.rewrite_origins.iter())),
@@ -120,7 +171,12 @@ impl Upstream {
             body_idle_timeout: cfg.body_idle_timeout,
             metrics,
             failovers: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// The client certificate presented to `https` upstreams, if one is configured.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.as_ref()
     }
 
     /// Each upstream's URL and whether it takes requests now (not in failure backoff).

@@ -128,11 +128,22 @@ pub struct FakeGlance {
 
 impl FakeGlance {
     pub async fn start() -> FakeGlance {
+        FakeGlance::start_with(None).await
+    }
+
+    /// The fake behind HTTPS with `tls` (an `https://` URL); connections whose handshake fails
+    /// are dropped before any request is seen.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> FakeGlance {
+        FakeGlance::start_with(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> FakeGlance {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake glance");
         let addr = listener.local_addr().expect("local addr");
-        let url = format!("http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
         let state = Arc::new(State {
             url: url.clone(),
             ..Default::default()
@@ -144,11 +155,20 @@ impl FakeGlance {
                     continue;
                 };
                 let st = Arc::clone(&task_state);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| serve(Arc::clone(&st), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -783,6 +803,18 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Got {
+    try_send(url, method, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("response head: {e}"))
+}
+
+/// As `send`; Err when the connection ended before a whole response head arrived.
+pub async fn try_send(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Got, String> {
     let uri: http::Uri = url.parse().expect("test URL");
     let authority = uri.authority().expect("authority").to_string();
     let stream = TcpStream::connect(&authority).await.expect("connect");
@@ -798,12 +830,17 @@ pub async fn send(
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(body.into())).expect("request");
-    let resp = sender.send_request(req).await.expect("response head");
-    read(resp).await
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(read(resp).await)
 }
 
 pub async fn get(url: &str) -> Got {
     send(url, "GET", &[], Bytes::new()).await
+}
+
+/// A GET; Err when the connection ended before a whole response head arrived.
+pub async fn try_get(url: &str) -> Result<Got, String> {
+    try_send(url, "GET", &[], Bytes::new()).await
 }
 
 pub async fn read(resp: Response<Incoming>) -> Got {
