@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 echo "== cargo test"
-cargo test --all-targets --locked --features failpoints
+cargo test --all-targets --locked --features failpoints,ktls
 
 echo "== deployment files (systemd unit, Kubernetes manifests, alert rules)"
 scripts/check-deploy.sh

@@ -51,7 +51,7 @@ impl App {
     /// Build the components; opening the cache scans its directory (before serving).
     pub fn new(config: Config, listen_url: Url) -> Result<Self, StartError> {
         let tls = match &config.server.tls {
-            Some((cert, key)) => Some(Arc::new(Tls::new(cert, key)?)),
+            Some((cert, key)) => Some(Arc::new(Tls::new(cert, key, config.server.ktls)?)),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());

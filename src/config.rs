@@ -50,6 +50,18 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// HTTPS: PEM certificate chain and private key files (both or neither).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Kernel TLS for hits over HTTPS where available.
+    pub ktls: KtlsMode,
+}
+
+/// `server.ktls`: "auto" uses kernel TLS + sendfile for hits over HTTPS where the build and
+/// the kernel support it; "off" always encrypts them in user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KtlsMode {
+    #[default]
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -189,6 +201,7 @@ pub struct RawServer {
     pub drain_timeout: String,
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    pub ktls: KtlsMode,
 }
 
 impl Default for RawServer {
@@ -201,6 +214,7 @@ impl Default for RawServer {
             drain_timeout: "60s".into(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            ktls: KtlsMode::Auto,
         }
     }
 }
@@ -413,6 +427,7 @@ impl Config {
                     .as_ref()
                     .map(|(_, k)| k.display().to_string())
                     .unwrap_or_default(),
+                ktls: self.server.ktls,
             },
             upstream: RawUpstream {
                 urls: self.upstream.urls.iter().map(Url::to_string).collect(),
@@ -663,6 +678,7 @@ impl RawConfig {
                 header_read_timeout,
                 drain_timeout,
                 tls,
+                ktls: self.server.ktls,
             },
             upstream,
             cache: CacheConfig {

@@ -30,6 +30,8 @@ pub struct Finished {
     pub bytes: u64,
     /// Seconds from the request head to the response head.
     pub ttfb: f64,
+    /// Over HTTPS: how hits are encrypted ("ktls", "userspace"); "" for plain HTTP.
+    pub tls: &'static str,
 }
 
 /// Values read from the components when `/metrics` is scraped.
@@ -70,6 +72,7 @@ pub struct Metrics {
     ttfb: HistogramVec,
     upstream_seconds: Histogram,
     authorization: IntCounterVec,
+    tls_hits: IntCounterVec,
     scrape_errors: IntCounter,
 }
 
@@ -136,6 +139,14 @@ impl Metrics {
             &["decision"],
         )
         .expect("valid metric");
+        let tls_hits = IntCounterVec::new(
+            opts(
+                "tls_hits_total",
+                "Cache hits served over HTTPS, by how their bytes were encrypted: ktls (kernel TLS, sent with sendfile) or userspace (read and encrypted by rustls).",
+            ),
+            &["path"],
+        )
+        .expect("valid metric");
         let scrape_errors = IntCounter::with_opts(opts(
             "metrics_encode_errors_total",
             "Failures to encode the metrics page.",
@@ -154,12 +165,16 @@ impl Metrics {
         for decision in ["allowed", "denied"] {
             authorization.with_label_values(&[decision]);
         }
+        for path in ["ktls", "userspace"] {
+            tls_hits.with_label_values(&[path]);
+        }
         reg(Box::new(requests.clone()));
         reg(Box::new(image_requests.clone()));
         reg(Box::new(served_bytes.clone()));
         reg(Box::new(ttfb.clone()));
         reg(Box::new(upstream_seconds.clone()));
         reg(Box::new(authorization.clone()));
+        reg(Box::new(tls_hits.clone()));
         reg(Box::new(scrape_errors.clone()));
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -172,6 +187,7 @@ impl Metrics {
             ttfb,
             upstream_seconds,
             authorization,
+            tls_hits,
             scrape_errors,
         }
     }
@@ -199,6 +215,9 @@ impl Metrics {
                 .with_label_values(&[source])
                 .inc_by(f.bytes);
             self.ttfb.with_label_values(&[f.outcome]).observe(f.ttfb);
+            if f.outcome == "hit" && !f.tls.is_empty() {
+                self.tls_hits.with_label_values(&[f.tls]).inc();
+            }
         }
         let decision = match (f.route, f.outcome, f.status) {
             (_, "hit" | "coalesced", _) => Some("allowed"),
@@ -435,6 +454,16 @@ mod tests {
             reason: "",
             bytes: 10,
             ttfb: 0.002,
+            tls: "",
+        });
+        m.finished(&Finished {
+            route: "image_data",
+            status: 200,
+            outcome: "hit",
+            reason: "",
+            bytes: 5,
+            ttfb: 0.002,
+            tls: "userspace",
         });
         m.upstream_response(0.01);
         let snap = Snapshot {
@@ -445,12 +474,14 @@ mod tests {
         };
         let page = m.render(&snap);
         for line in [
-            "glance_cache_proxy_requests_total{route=\"image_data\",status_class=\"2xx\"} 1",
-            "glance_cache_proxy_image_requests_total{outcome=\"hit\",reason=\"\"} 1",
-            "glance_cache_proxy_served_bytes_total{source=\"cache\"} 10",
+            "glance_cache_proxy_requests_total{route=\"image_data\",status_class=\"2xx\"} 2",
+            "glance_cache_proxy_image_requests_total{outcome=\"hit\",reason=\"\"} 2",
+            "glance_cache_proxy_served_bytes_total{source=\"cache\"} 15",
+            "glance_cache_proxy_tls_hits_total{path=\"userspace\"} 1",
+            "glance_cache_proxy_tls_hits_total{path=\"ktls\"} 0",
             "glance_cache_proxy_fills_total{result=\"committed\"} 3",
             "glance_cache_proxy_upstream_up{upstream=\"http://g:9292/\"} 1",
-            "glance_cache_proxy_authorization_decisions_total{decision=\"allowed\"} 1",
+            "glance_cache_proxy_authorization_decisions_total{decision=\"allowed\"} 2",
             "# TYPE glance_cache_proxy_ttfb_seconds histogram",
             "glance_cache_proxy_upstream_response_seconds_count 1",
         ] {

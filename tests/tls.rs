@@ -1,6 +1,6 @@
 //! TLS on both sides, with certificates from CAs made here (rcgen). The API listener:
-//! passthrough and cache hits over TLS (served by the user-space reader, byte-exact, no
-//! sendfile), a SIGHUP that swaps the certificate for new connections while an open one keeps
+//! passthrough and cache hits over TLS (this kernel has no `tls` ULP, so the user-space path:
+//! byte-exact, reported in the start log, the access log and `tls_hits_total`), a SIGHUP that swaps the certificate for new connections while an open one keeps
 //! working, a certificate file that does not load named in the error. `https://` upstreams:
 //! verified against `upstream.ca_file` (and by default against the system's roots, which do not
 //! know a private CA), the client certificate presented to an upstream that demands one, and
@@ -147,6 +147,7 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
         dir.path().join("key.pem").display()
     );
     std::fs::write(dir.path().join("proxy.toml"), config).expect("config");
+    let metrics = support::closed_port().await;
     let args = vec![
         "--config".to_string(),
         dir.path().join("proxy.toml").display().to_string(),
@@ -154,6 +155,8 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
         glance.url.clone(),
         "--cache-dir".into(),
         dir.path().join("cache").display().to_string(),
+        "--metrics-listen".into(),
+        metrics.to_string(),
     ];
     let proxy = ProxyProcess::start(BIN, &args, dir.path().join("proxy.log")).await;
 
@@ -179,6 +182,27 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
         1,
         "hits over TLS come from the cache"
     );
+    // This machine's kernel has no "tls" ULP (or the build no `ktls` feature): the hits were
+    // encrypted in user space, which the start log, the access log and the metric say.
+    let log = proxy.log_text();
+    assert!(
+        log.contains("TLS: cache hits are encrypted in user space")
+            && (log.contains("offers no \"tls\" ULP") || log.contains("cargo feature `ktls`")),
+        "{log}"
+    );
+    let hits = log
+        .lines()
+        .filter(|l| l.contains("cache=\"hit\"") && l.contains("tls=\"userspace\""))
+        .count();
+    assert_eq!(hits, 2, "{log}");
+    let page = get(&format!("http://{metrics}/metrics")).await;
+    let page = String::from_utf8_lossy(&page.body);
+    for line in [
+        "glance_cache_proxy_tls_hits_total{path=\"userspace\"} 2",
+        "glance_cache_proxy_tls_hits_total{path=\"ktls\"} 0",
+    ] {
+        assert!(page.contains(line), "{line} missing: {page}");
+    }
     // Plain HTTP on the TLS port gets nowhere.
     assert!(plain_http(&proxy.url).await.is_err());
 

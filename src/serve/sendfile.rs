@@ -205,9 +205,28 @@ impl Warmer {
     }
 }
 
-/// The socket of a plaintext HTTP/1 connection, with sendfile for placeholder slices.
-pub struct SendfileIo {
-    tcp: TcpStream,
+/// A connection's byte stream whose TCP socket carries what sendfile writes as is: plain TCP,
+/// or (feature `ktls`) TCP that the kernel encrypts.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+#[cfg(feature = "ktls")]
+impl Socket for ::ktls::KtlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
+
+/// The socket of an HTTP/1 connection, with sendfile for placeholder slices.
+pub struct SendfileIo<S = TcpStream> {
+    socket: S,
     conn: Arc<Conn>,
     warmer: Warmer,
     /// TCP_CORK is on: from a hit's head to its last byte, only full segments go out (as
@@ -215,10 +234,10 @@ pub struct SendfileIo {
     corked: bool,
 }
 
-impl SendfileIo {
-    pub fn new(tcp: TcpStream, conn: Arc<Conn>) -> Self {
+impl<S: Socket> SendfileIo<S> {
+    pub fn new(socket: S, conn: Arc<Conn>) -> Self {
         SendfileIo {
-            tcp,
+            socket,
             conn,
             warmer: Warmer::default(),
             corked: false,
@@ -229,7 +248,7 @@ impl SendfileIo {
         if self.corked != on {
             self.corked = on;
             // Only an optimisation: a failure leaves the socket as it was.
-            let _ = socket2::SockRef::from(&self.tcp).set_tcp_cork(on);
+            let _ = socket2::SockRef::from(self.socket.tcp()).set_tcp_cork(on);
         }
     }
 
@@ -254,12 +273,13 @@ impl SendfileIo {
         let count = (job.len - sent).min(resident).min(MAX_CALL) as usize;
         let count = count.min(max);
         loop {
-            ready!(self.tcp.poll_write_ready(cx))?;
+            let tcp = self.socket.tcp();
+            ready!(tcp.poll_write_ready(cx))?;
             fail::fail_point!("sendfile::send", |_| Poll::Ready(Err(
                 io::Error::from_raw_os_error(5)
             )));
-            let result = self.tcp.try_io(Interest::WRITABLE, || {
-                crate::sys::sendfile(&self.tcp, &*job.file, job.start + sent, count)
+            let result = tcp.try_io(Interest::WRITABLE, || {
+                crate::sys::sendfile(tcp, &*job.file, job.start + sent, count)
             });
             match result {
                 Ok(0) => {
@@ -283,17 +303,17 @@ impl SendfileIo {
     }
 }
 
-impl AsyncRead for SendfileIo {
+impl<S: Socket> AsyncRead for SendfileIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        Pin::new(&mut self.socket).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for SendfileIo {
+impl<S: Socket> AsyncWrite for SendfileIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -303,7 +323,7 @@ impl AsyncWrite for SendfileIo {
         if is_placeholder(buf) {
             return self.poll_sendfile(cx, buf.len());
         }
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        Pin::new(&mut self.socket).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -328,7 +348,7 @@ impl AsyncWrite for SendfileIo {
             .take_while(|b| !is_placeholder(b))
             .map(|b| IoSlice::new(b))
             .collect();
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, &run)
+        Pin::new(&mut self.socket).poll_write_vectored(cx, &run)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -336,11 +356,11 @@ impl AsyncWrite for SendfileIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        Pin::new(&mut self.socket).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 }
 

@@ -3,6 +3,7 @@
 //! idle time between keep-alive requests, and graceful drain on shutdown.
 
 pub mod admin;
+pub mod ktls;
 mod request;
 pub mod slots;
 pub mod tls;
@@ -17,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use self::ktls::Transport;
 use crate::app::App;
 use crate::serve::sendfile;
 
@@ -79,10 +81,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let _ = stream.set_nodelay(true);
         let conn_app = Arc::clone(&app);
         let conn_slot = Arc::clone(&slot);
-        let service = move |zero_copy: Option<Arc<sendfile::Conn>>| {
+        let service = move |zero_copy: Option<Arc<sendfile::Conn>>, transport: Transport| {
             service_fn(move |req| {
                 let busy = conn_slot.busy();
-                request::handle(Arc::clone(&conn_app), req, peer, zero_copy.clone(), busy)
+                let conn = request::Connection {
+                    peer,
+                    zero_copy: zero_copy.clone(),
+                    transport,
+                    busy,
+                };
+                request::handle(Arc::clone(&conn_app), req, conn)
             })
         };
         let watcher = graceful.watcher();
@@ -96,22 +104,40 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                     None => {
                         let zero_copy = sendfile::Conn::new();
                         let io = sendfile::SendfileIo::new(stream, Arc::clone(&zero_copy));
-                        let conn =
-                            builder.serve_connection(TokioIo::new(io), service(Some(zero_copy)));
+                        let conn = builder.serve_connection(
+                            TokioIo::new(io),
+                            service(Some(zero_copy), Transport::Plain),
+                        );
                         watcher.watch(conn).await.map_err(|e| e.to_string())
                     }
-                    // TLS: the handshake counts against the header timeout; hits are read
-                    // and encrypted in user space.
-                    Some(tls) => {
-                        let accepted =
-                            tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream))
-                                .await;
-                        let io = match accepted {
-                            Ok(Ok(io)) => io,
-                            Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
-                            Err(_) => return Err("TLS handshake timed out".into()),
+                    // TLS with the kernel encrypting: served like plain HTTP, with sendfile.
+                    #[cfg(feature = "ktls")]
+                    Some(tls) if tls.kernel().is_on() => {
+                        let io =
+                            handshake(&tls, ::ktls::CorkStream::new(stream), handshake_timeout)
+                                .await?;
+                        let io = match ::ktls::config_ktls_server(io).await {
+                            Ok(io) => io,
+                            Err(e) => {
+                                tls.kernel().failed(&e);
+                                return Err(format!("kernel TLS setup failed: {e}"));
+                            }
                         };
-                        let conn = builder.serve_connection(TokioIo::new(io), service(None));
+                        let zero_copy = sendfile::Conn::new();
+                        let io = sendfile::SendfileIo::new(io, Arc::clone(&zero_copy));
+                        let conn = builder.serve_connection(
+                            TokioIo::new(io),
+                            service(Some(zero_copy), Transport::Ktls),
+                        );
+                        watcher.watch(conn).await.map_err(|e| e.to_string())
+                    }
+                    // TLS in user space: hits are read and encrypted by rustls.
+                    Some(tls) => {
+                        let io = handshake(&tls, stream, handshake_timeout).await?;
+                        let conn = builder.serve_connection(
+                            TokioIo::new(io),
+                            service(None, Transport::TlsUserspace),
+                        );
                         watcher.watch(conn).await.map_err(|e| e.to_string())
                     }
                 }
@@ -135,5 +161,21 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         _ = tokio::time::sleep(cfg.drain_timeout) => {
             tracing::warn!("drain deadline passed, closing the remaining connections");
         }
+    }
+}
+
+/// The TLS handshake, which counts against the header timeout.
+async fn handshake<IO>(
+    tls: &tls::Tls,
+    stream: IO,
+    timeout: Duration,
+) -> Result<tokio_rustls::server::TlsStream<IO>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(io)) => Ok(io),
+        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+        Err(_) => Err("TLS handshake timed out".into()),
     }
 }

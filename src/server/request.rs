@@ -20,19 +20,34 @@ use crate::error;
 use crate::route::{self, Route};
 use crate::serve;
 use crate::serve::sendfile;
+use crate::server::ktls::Transport;
 use crate::upstream::glance::Api;
 use crate::upstream::Downstream;
 
 const REQUEST_ID: &str = "x-openstack-request-id";
 
+/// What a request knows of its connection.
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// Hits go out with sendfile (`None`: TLS in user space).
+    pub zero_copy: Option<Arc<sendfile::Conn>>,
+    pub transport: Transport,
+    /// The connection counts as busy until the request's access record drops.
+    pub busy: super::slots::Busy,
+}
+
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    zero_copy: Option<Arc<sendfile::Conn>>,
-    busy: super::slots::Busy,
+    conn: Connection,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    // sendfile needs HTTP/1.x framing on a plain socket (`None` on TLS connections).
+    let Connection {
+        peer,
+        zero_copy,
+        transport,
+        busy,
+    } = conn;
+    // sendfile needs HTTP/1.x framing on a socket that sends file bytes as they are.
     let zero_copy = zero_copy.filter(|_| req.version() <= http::Version::HTTP_11);
     let started = Instant::now();
     let accept = req
@@ -55,6 +70,7 @@ pub async fn handle(
         cache_reason: "",
         started,
         ttfb: 0.0,
+        tls: transport.tls_label(),
         metrics: Arc::clone(&app.metrics),
         _busy: busy,
     };
@@ -166,6 +182,8 @@ struct AccessRecord {
     started: Instant,
     /// Seconds to the response head.
     ttfb: f64,
+    /// How hits on this connection are encrypted ("ktls", "userspace"; "" for plain HTTP).
+    tls: &'static str,
     metrics: Arc<crate::metrics::Metrics>,
     /// The connection counts as busy (not closable to make room) until this record drops.
     _busy: super::slots::Busy,
@@ -180,6 +198,7 @@ impl Drop for AccessRecord {
             reason: self.cache_reason,
             bytes: self.bytes,
             ttfb: self.ttfb,
+            tls: self.tls,
         });
         tracing::info!(
             target: "access",
@@ -193,6 +212,7 @@ impl Drop for AccessRecord {
             route = self.route,
             cache = self.cache,
             cache_reason = self.cache_reason,
+            tls = self.tls,
             outcome = if self.complete { "complete" } else { "aborted" },
             error = self.error.as_deref().unwrap_or(""),
         );

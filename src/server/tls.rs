@@ -11,6 +11,8 @@ use std::sync::Arc;
 use rustls::server::ResolvesServerCert;
 use tokio_rustls::TlsAcceptor;
 
+use super::ktls::KernelTls;
+use crate::config::KtlsMode;
 use crate::tls::{provider, Identity, Keys, TlsError};
 
 const KEYS: Keys = Keys {
@@ -22,10 +24,11 @@ const KEYS: Keys = Keys {
 pub struct Tls {
     identity: Arc<Identity>,
     acceptor: TlsAcceptor,
+    kernel: KernelTls,
 }
 
 impl Tls {
-    pub fn new(cert_file: &Path, key_file: &Path) -> Result<Tls, TlsError> {
+    pub fn new(cert_file: &Path, key_file: &Path, ktls: KtlsMode) -> Result<Tls, TlsError> {
         let identity = Identity::load(cert_file, key_file, KEYS)?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -33,14 +36,23 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&identity) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let kernel = KernelTls::detect(ktls);
+        // kTLS takes the session keys from rustls after the handshake.
+        config.enable_secret_extraction = kernel.is_on();
         Ok(Tls {
             identity,
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            kernel,
         })
     }
 
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
+    }
+
+    /// Whether hits go out with kernel TLS and sendfile.
+    pub fn kernel(&self) -> &KernelTls {
+        &self.kernel
     }
 
     /// The certificate and key, reloaded on SIGHUP.

@@ -905,7 +905,8 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Start `program args...` (the binary itself, or a wrapper that execs it) with
-    /// `--listen` on a free port appended, and wait until it answers.
+    /// `--listen` on a free port appended (and no metrics listener unless `args` has
+    /// `--metrics-listen`), and wait until it answers.
     pub async fn start(program: &str, args: &[String], log: std::path::PathBuf) -> ProxyProcess {
         Self::start_with_env(program, args, log, &[]).await
     }
@@ -919,14 +920,16 @@ impl ProxyProcess {
     ) -> ProxyProcess {
         let port = closed_port().await.port();
         let stderr = std::fs::File::create(&log).expect("log file");
+        // No metrics listener unless the caller asks for one.
+        let metrics: &[&str] = if args.iter().any(|a| a == "--metrics-listen") {
+            &[]
+        } else {
+            &["--metrics-listen", ""]
+        };
         let child = tokio::process::Command::new(program)
             .args(args)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--metrics-listen",
-                "",
-            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(metrics)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
