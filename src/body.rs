@@ -105,6 +105,35 @@ impl Buf for Chunk {
     }
 }
 
+/// What a hit's body reports back to the cache: `done` once every byte was sent,
+/// `disk_error` if reading the cached file failed (the entry is then quarantined).
+#[derive(Default)]
+pub struct Hooks {
+    done: Option<OnDone>,
+    disk_error: Option<OnDiskError>,
+}
+
+pub type OnDone = Box<dyn FnOnce() + Send>;
+pub type OnDiskError = Box<dyn FnOnce(&std::io::Error) + Send>;
+
+impl Hooks {
+    pub fn new(done: Option<OnDone>, disk_error: Option<OnDiskError>) -> Hooks {
+        Hooks { done, disk_error }
+    }
+
+    pub fn done(&mut self) {
+        if let Some(f) = self.done.take() {
+            f();
+        }
+    }
+
+    pub fn disk_failed(&mut self, error: &std::io::Error) {
+        if let Some(f) = self.disk_error.take() {
+            f(error);
+        }
+    }
+}
+
 /// One response's file span, queued on its connection for sendfile.
 pub struct SendJob {
     pub file: Arc<File>,
@@ -117,8 +146,8 @@ pub struct SendJob {
     consumed: AtomicU64,
     /// The connection's poison flag.
     pub poisoned: Arc<AtomicBool>,
-    /// Runs when the job is dropped with every byte sent (e.g. counting a cache hit).
-    on_done: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// `done` runs when the job is dropped with every byte sent (counting a cache hit).
+    hooks: Mutex<Hooks>,
 }
 
 impl SendJob {
@@ -126,7 +155,7 @@ impl SendJob {
         file: Arc<File>,
         span: std::ops::Range<u64>,
         poisoned: Arc<AtomicBool>,
-        on_done: Box<dyn FnOnce() + Send>,
+        hooks: Hooks,
     ) -> Arc<SendJob> {
         Arc::new(SendJob {
             file,
@@ -135,8 +164,16 @@ impl SendJob {
             sent: AtomicU64::new(0),
             consumed: AtomicU64::new(0),
             poisoned,
-            on_done: Mutex::new(Some(on_done)),
+            hooks: Mutex::new(hooks),
         })
+    }
+
+    /// Reading the file failed (the disk, not the socket).
+    pub fn disk_failed(&self, error: &std::io::Error) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .disk_failed(error);
     }
 
     /// A data chunk of `len` bytes of this job.
@@ -153,9 +190,10 @@ impl Drop for SendJob {
     fn drop(&mut self) {
         let done = *self.sent.get_mut() == self.len && !self.poisoned.load(Ordering::Acquire);
         if done {
-            if let Some(f) = self.on_done.get_mut().ok().and_then(Option::take) {
-                f();
-            }
+            self.hooks
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .done();
         }
     }
 }

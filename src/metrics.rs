@@ -407,7 +407,7 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
             ),
             family(
                 "cache_quarantined_total",
-                "Entries taken out of service for good, by reason: changed_on_disk (found on a hit or by the scrubber), hash_mismatch, short, long, read_error (scrubber).",
+                "Entries taken out of service for good, by reason: changed_on_disk (found on a hit or by the scrubber), hash_mismatch, short, long, read_error (by the scrubber, or a hit whose read of the file failed).",
                 COUNTER,
                 with_known(
                     &["changed_on_disk", "hash_mismatch", "short", "long", "read_error"],

@@ -7,6 +7,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::OnceLock;
 
+/// The errno of an I/O error from the device (a disk read that failed).
+pub const EIO: i32 = libc::EIO;
+
 /// Send up to `count` bytes of `file`, starting at `offset`, to the socket `sock`. Returns the
 /// bytes sent (0 only at the end of the file). `WouldBlock` when the socket is full.
 pub fn sendfile(

@@ -99,7 +99,7 @@ async fn a_read_error_for_a_coalesced_reader_continues_from_glance() {
 }
 
 #[tokio::test]
-async fn a_read_error_during_a_zero_copy_hit_breaks_the_transfer_visibly() {
+async fn a_read_error_during_a_zero_copy_hit_breaks_the_transfer_and_quarantines_the_entry() {
     let _serial = SERIAL.lock().await;
     let scenario = fail::FailScenario::setup();
     let glance = FakeGlance::start().await;
@@ -122,9 +122,18 @@ async fn a_read_error_during_a_zero_copy_hit_breaks_the_transfer_visibly() {
         data.starts_with(&got.body),
         "the bytes that did arrive are the image's"
     );
-    // The connection is gone, the cache is not: the next request is a clean hit.
+    // A file the disk cannot read is not served again: the entry is quarantined (with a
+    // report), the next request fetches the image afresh and caches it again.
+    let quarantine = proxy.cache_dir.join("quarantine");
+    let reports = std::fs::read_dir(&quarantine)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(reports, 1, "one quarantine report");
     assert!(get(&file_url(&proxy, "img")).await.body == data);
-    assert_eq!(glance.downloads("img"), 1);
+    assert_eq!(glance.downloads("img"), 2, "refetched after the quarantine");
+    until(|| entries(&proxy.cache_dir).len() == 2).await;
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    assert_eq!(glance.downloads("img"), 2, "then a hit again");
     scenario.teardown();
 }
 

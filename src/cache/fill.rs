@@ -22,6 +22,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::cache::store::Fingerprint;
 use crate::cache::verify::{Digests, Expected, Mismatch};
 
 /// Size of each read from the growing file.
@@ -83,6 +84,8 @@ pub struct Fill {
     file: Arc<File>,
     progress: watch::Receiver<Progress>,
     readers: AtomicUsize,
+    /// A committed entry's file as recorded (`None` while filling).
+    print: Option<Fingerprint>,
 }
 
 impl Fill {
@@ -98,12 +101,18 @@ impl Fill {
             file,
             progress: rx,
             readers: AtomicUsize::new(0),
+            print: None,
         });
         (fill, tx)
     }
 
     /// A committed entry, served through the same reader as a fill.
-    pub fn committed(image_id: &str, expected: Expected, file: Arc<File>) -> Arc<Fill> {
+    pub fn committed(
+        image_id: &str,
+        expected: Expected,
+        file: Arc<File>,
+        print: Fingerprint,
+    ) -> Arc<Fill> {
         // No sender is kept: a committed fill never changes again.
         let (_, rx) = watch::channel(Progress::Committed);
         Arc::new(Fill {
@@ -112,7 +121,13 @@ impl Fill {
             file,
             progress: rx,
             readers: AtomicUsize::new(0),
+            print: Some(print),
         })
+    }
+
+    /// The committed entry's recorded file (`None` for a fill in progress).
+    pub fn print(&self) -> Option<Fingerprint> {
+        self.print
     }
 
     /// The file the fill writes (a committed entry's data file for a hit).
@@ -340,20 +355,21 @@ pub struct Fallback {
 }
 
 /// A response body that streams bytes `span` of `fill` (the whole image: `0..size`),
-/// following its progress. `on_done` runs once every byte was sent after verification.
+/// following its progress. `hooks.done` runs once every byte was sent after verification,
+/// `hooks.disk_failed` if reading the file fails.
 pub fn reader(
     fill: Arc<Fill>,
     span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
-    on_done: impl FnOnce() + Send + 'static,
+    mut hooks: crate::body::Hooks,
 ) -> ProxyBody {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
     fill.readers.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        let complete = follow(&fill, span, fallback, &tx).await;
+        let complete = follow(&fill, span, fallback, &tx, &mut hooks).await;
         fill.readers.fetch_sub(1, Ordering::Relaxed);
         match complete {
-            Ok(()) => on_done(),
+            Ok(()) => hooks.done(),
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
             }
@@ -371,6 +387,7 @@ async fn follow(
     span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
     tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    hooks: &mut crate::body::Hooks,
 ) -> Result<(), BoxError> {
     let size = fill.expected.size;
     let end = span.end.min(size);
@@ -428,6 +445,7 @@ async fn follow(
                 // from Glance when the request runs to the image's end.
                 Err(e) => {
                     tracing::error!(image_id = %fill.image_id, offset, error = %e, "cache read failed; continuing from upstream");
+                    hooks.disk_failed(&e);
                     return match fallback {
                         Some(fb) if end == size => rest_from_upstream(fill, fb, offset, tx).await,
                         _ => Err(format!("cache read failed: {e}").into()),

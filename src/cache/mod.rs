@@ -208,7 +208,7 @@ impl Cache {
         });
         match opened {
             Ok((file, now)) if now == print => {
-                Lookup::Hit(Fill::committed(id, expected.clone(), Arc::new(file)))
+                Lookup::Hit(Fill::committed(id, expected.clone(), Arc::new(file), print))
             }
             Ok(_) => {
                 // Written, truncated or replaced behind the proxy's back: never serve it.

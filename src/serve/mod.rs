@@ -16,7 +16,7 @@ pub mod sendfile;
 
 use crate::app::App;
 use crate::auth::CallerKey;
-use crate::body::ProxyBody;
+use crate::body::{Hooks, ProxyBody};
 use crate::cache::fill::{self, Fallback, Fill, Progress};
 use crate::cache::verify::Expected;
 use crate::cache::{Begin, Cache, Lookup};
@@ -213,10 +213,9 @@ pub async fn image_data(
     let whole = answer == RangeAnswer::Full;
     let body = match (outcome, zero_copy) {
         // A committed file on a connection that can: zero-copy.
-        (Outcome::Hit, Some(conn)) => {
-            let on_done = hit_done(cache, &fill, whole);
-            conn.body(fill.file(), span.clone(), on_done).boxed_unsync()
-        }
+        (Outcome::Hit, Some(conn)) => conn
+            .body(fill.file(), span.clone(), hooks(cache, &fill, whole))
+            .boxed_unsync(),
         _ => reader(
             cache,
             &fill,
@@ -305,18 +304,31 @@ fn reader(
     fallback: Option<Fallback>,
     hit: bool,
 ) -> ProxyBody {
-    fill::reader(Arc::clone(fill), span, fallback, hit_done(cache, fill, hit))
+    fill::reader(Arc::clone(fill), span, fallback, hooks(cache, fill, hit))
 }
 
-/// What to do once a response sent every byte: a whole hit counts and refreshes the entry.
-fn hit_done(cache: &Arc<Cache>, fill: &Fill, count: bool) -> Box<dyn FnOnce() + Send> {
-    if count {
+/// What a response's body reports: once it sent every byte, a whole hit counts and refreshes
+/// the entry; a committed entry whose file cannot be read is quarantined (the rest of this
+/// response comes from Glance where it can, and the next request refetches).
+fn hooks(cache: &Arc<Cache>, fill: &Fill, count: bool) -> Hooks {
+    let done = count.then(|| {
         let cache = Arc::clone(cache);
         let id = fill.image_id.clone();
-        Box::new(move || cache.touch(&id))
-    } else {
-        Box::new(|| {})
-    }
+        Box::new(move || cache.touch(&id)) as crate::body::OnDone
+    });
+    let disk_error = fill.print().map(|print| {
+        let cache = Arc::clone(cache);
+        let id = fill.image_id.clone();
+        Box::new(move |e: &std::io::Error| {
+            cache.quarantine(
+                &id,
+                print,
+                "read_error",
+                format!("reading the cached file failed: {e}"),
+            )
+        }) as crate::body::OnDiskError
+    });
+    Hooks::new(done, disk_error)
 }
 
 /// The response head Glance sends for a full download.

@@ -78,12 +78,12 @@ impl Conn {
         self: &Arc<Self>,
         file: Arc<std::fs::File>,
         span: std::ops::Range<u64>,
-        on_done: Box<dyn FnOnce() + Send>,
+        hooks: crate::body::Hooks,
     ) -> FileBody {
         let _ = crate::sys::advise_sequential(&*file, span.start, span.end - span.start);
         FileBody {
             conn: Arc::clone(self),
-            job: SendJob::new(file, span, Arc::clone(&self.poisoned), on_done),
+            job: SendJob::new(file, span, Arc::clone(&self.poisoned), hooks),
             queued: false,
             yielded: 0,
         }
@@ -275,18 +275,20 @@ impl<S: Socket> SendfileIo<S> {
         loop {
             let tcp = self.socket.tcp();
             ready!(tcp.poll_write_ready(cx))?;
-            fail::fail_point!("sendfile::send", |_| Poll::Ready(Err(
-                io::Error::from_raw_os_error(5)
-            )));
             let result = tcp.try_io(Interest::WRITABLE, || {
+                fail::fail_point!("sendfile::send", |_| Err(io::Error::from_raw_os_error(
+                    crate::sys::EIO
+                )));
                 crate::sys::sendfile(tcp, &*job.file, job.start + sent, count)
             });
             match result {
                 Ok(0) => {
-                    return Poll::Ready(Err(io::Error::new(
+                    let e = io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "cached file shorter than announced",
-                    )))
+                    );
+                    job.disk_failed(&e);
+                    return Poll::Ready(Err(e));
                 }
                 Ok(n) => {
                     let sent = job.sent.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
@@ -297,7 +299,13 @@ impl<S: Socket> SendfileIo<S> {
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => {
+                    // EIO comes from reading the file (socket errors are EPIPE, ECONNRESET...).
+                    if e.raw_os_error() == Some(crate::sys::EIO) {
+                        job.disk_failed(&e);
+                    }
+                    return Poll::Ready(Err(e));
+                }
             }
         }
     }
@@ -395,7 +403,7 @@ mod tests {
             let (tcp, _) = listener.accept().await.expect("accept");
             let io = SendfileIo::new(tcp, Arc::clone(&conn));
             let service = service_fn(move |_req| {
-                let body = conn.body(Arc::clone(&file), 0..len as u64, Box::new(|| {}));
+                let body = conn.body(Arc::clone(&file), 0..len as u64, Default::default());
                 async move {
                     Ok::<_, std::convert::Infallible>(http::Response::new(body.boxed_unsync()))
                 }
@@ -470,7 +478,7 @@ mod tests {
     fn advancing_unsent_placeholder_bytes_poisons_the_connection() {
         let conn = Conn::new();
         let file = Arc::new(tempfile::tempfile().expect("tempfile"));
-        let job = SendJob::new(file, 0..10, Arc::clone(&conn.poisoned), Box::new(|| {}));
+        let job = SendJob::new(file, 0..10, Arc::clone(&conn.poisoned), Default::default());
         let mut chunk = job.chunk(10);
         assert!(is_placeholder(bytes::Buf::chunk(&chunk)));
         job.sent.store(4, Ordering::Release);
