@@ -5,9 +5,11 @@
 # venv's python. Everything binds 127.0.0.1. Exit status: pytest's (non-zero on failure).
 #
 #   scripts/e2e.sh [pytest args]     e.g. scripts/e2e.sh -k sdk -x
+#                                    or  scripts/e2e.sh tests/e2e/test_tls.py -x (that file only)
 #
 # Environment: GLANCE_VENV (default ~/.cache/glance-cache-proxy/glance-venv), PROXY_BIN
-# (a prebuilt proxy binary; default: cargo build, target/debug/glance-cache-proxy).
+# (a prebuilt proxy binary; default: cargo build, target/debug/glance-cache-proxy), MKCERT_BIN
+# (a prebuilt mkcert example; default: cargo build, target/debug/examples/mkcert).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
@@ -18,6 +20,12 @@ if ! command -v promtool >/dev/null; then
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
 fi
+# nginx (Debian's) is the HTTPS front of Glance that checks the proxy's client certificate
+# (tests/e2e/test_tls.py).
+if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx >/dev/null
+fi
 # The default install has Glance, the clients, the openstack CLI and pytest; the Keystone
 # extras are for tests/e2e/test_authz.py, which also runs Glance with a real Keystone.
 scripts/glance-upstream/glance-upstream.sh install
@@ -27,7 +35,18 @@ if [[ -z ${PROXY_BIN:-} ]]; then
     export PROXY_BIN=$PWD/target/debug/glance-cache-proxy
 fi
 [[ -x $PROXY_BIN ]] || { echo "e2e: no proxy binary at $PROXY_BIN" >&2; exit 1; }
+# The test certificates (tests/e2e/test_tls.py) come from the mkcert example.
+if [[ -z ${MKCERT_BIN:-} ]]; then
+    cargo build --locked --example mkcert
+    export MKCERT_BIN=$PWD/target/debug/examples/mkcert
+fi
+[[ -x $MKCERT_BIN ]] || { echo "e2e: no mkcert binary at $MKCERT_BIN" >&2; exit 1; }
+# Test files or directories among the arguments replace the default, all of tests/e2e/.
+paths=(tests/e2e)
+for arg in "$@"; do
+    if [[ $arg == tests/e2e/* ]]; then paths=(); fi
+done
 # Bounded: SIGINT first (pytest then runs its teardown: Glance and the proxies are stopped),
 # SIGKILL a minute later.
 exec timeout -s INT -k 60 900 "$GLANCE_VENV/bin/python" -m pytest -p no:cacheprovider -q -rA \
-    tests/e2e "$@"
+    "${paths[@]}" "$@"

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,10 @@ PROXY_START_TIMEOUT = 30
 for _k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
     os.environ.pop(_k, None)
 os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+# HTTPS clients trust only the CA a test names: python-requests lets REQUESTS_CA_BUNDLE (or
+# CURL_CA_BUNDLE) win over a session's own CA file, so `glance --os-cacert` would be ignored.
+for _k in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+    os.environ.pop(_k, None)
 
 
 def free_port():
@@ -49,18 +54,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_http(url, timeout=30.0, proc=None):
-    """Wait until url answers (any status below 500)."""
+def wait_http(url, timeout=30.0, proc=None, cafile=None, any_status=False):
+    """Wait until url answers (any status below 500; with any_status, any HTTP answer at all).
+    https:// URLs are checked trusting only cafile."""
+    opener = OPENER
+    if cafile is not None:
+        ctx = ssl.create_default_context(cafile=cafile)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=ctx))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("process exited with status %s" % proc.returncode)
         try:
-            with OPENER.open(url, timeout=5) as r:
-                if r.status < 500:
+            with opener.open(url, timeout=5) as r:
+                if r.status < 500 or any_status:
                     return
         except urllib.error.HTTPError as e:
-            if e.code < 500:
+            if e.code < 500 or any_status:
                 return
         except OSError:
             pass
@@ -114,11 +125,18 @@ class Glance:
 
 
 class Proxy:
-    """The proxy binary in front of `upstream`; its stderr goes to a file (self.log_path)."""
+    """The proxy binary in front of `upstream` (None: the config file's upstream.urls); its
+    stderr goes to a file (self.log_path).
 
-    def __init__(self, upstream, extra_args=(), metrics=False):
+    tls_ca: the proxy serves HTTPS (its certificate comes from a config file in extra_args,
+    `--config FILE`) and the start check trusts only this CA file. wait_upstream=False: the
+    start check takes any HTTP answer from the proxy (for an upstream meant to fail), not
+    only one below 500.
+    """
+
+    def __init__(self, upstream, extra_args=(), metrics=False, tls_ca=None, wait_upstream=True):
         self.port = free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls_ca else "http", self.port)
         self.metrics_url = None
         metrics_listen = ""
         if metrics:
@@ -128,14 +146,16 @@ class Proxy:
         self.log_path = self.cache + ".log"
         self.log = open(self.log_path, "w")
         self._final_tail = None
+        upstream_args = ["--upstream", upstream] if upstream else []
         self.proc = subprocess.Popen(
-            [PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--upstream", upstream,
+            [PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, *upstream_args,
              "--cache-dir", os.path.join(self.cache, "c"), "--metrics-listen", metrics_listen, *extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
             env=dict(os.environ, RUST_LOG="info"),
         )
         try:
-            wait_http(self.url + "/versions", timeout=PROXY_START_TIMEOUT, proc=self.proc)
+            wait_http(self.url + "/versions", timeout=PROXY_START_TIMEOUT, proc=self.proc,
+                      cafile=tls_ca, any_status=not wait_upstream)
         except Exception as e:
             self.kill()
             tail = self.tail()
