@@ -167,3 +167,76 @@ pub fn roots(ca_file: Option<&Path>, key: &'static str) -> Result<RootCertStore,
     }
     Ok(store)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYS: Keys = Keys {
+        cert: "test.cert_file",
+        key: "test.key_file",
+    };
+
+    /// A self-signed certificate for `name`: (cert PEM, key PEM).
+    fn self_signed(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn write(dir: &Path, pair: &(String, String)) {
+        std::fs::write(dir.join("c.pem"), &pair.0).expect("cert");
+        std::fs::write(dir.join("k.pem"), &pair.1).expect("key");
+    }
+
+    fn leaf(identity: &Identity) -> Vec<u8> {
+        identity.current().cert[0].to_vec()
+    }
+
+    #[test]
+    fn reload_swaps_the_identity_and_a_bad_file_keeps_the_old_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let first = self_signed("first");
+        write(dir.path(), &first);
+        let identity = Identity::load(&c, &k, KEYS).expect("load");
+        let before = leaf(&identity);
+
+        write(dir.path(), &self_signed("second"));
+        identity.reload().expect("reload");
+        let after = leaf(&identity);
+        assert_ne!(before, after, "the new certificate is served");
+
+        std::fs::write(&c, "not a certificate").expect("junk");
+        let err = identity.reload().expect_err("junk does not load");
+        assert_eq!(err.key, "test.cert_file");
+        assert_eq!(leaf(&identity), after, "the working certificate stays");
+
+        // A certificate with another certificate's key names the key file.
+        std::fs::write(&c, &first.0).expect("cert");
+        std::fs::write(&k, self_signed("third").1).expect("key");
+        let err = identity.reload().expect_err("mismatched key");
+        assert_eq!(err.key, "test.key_file");
+        assert!(err.message.contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_needs_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "").expect("empty");
+        let err = roots(Some(&ca), "upstream.ca_file").expect_err("empty bundle");
+        assert_eq!(err.key, "upstream.ca_file");
+        let err = roots(Some(&dir.path().join("missing.pem")), "upstream.ca_file")
+            .expect_err("missing file");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        std::fs::write(&ca, self_signed("ca").0).expect("ca");
+        assert_eq!(
+            roots(Some(&ca), "upstream.ca_file").expect("roots").len(),
+            1
+        );
+    }
+}

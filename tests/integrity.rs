@@ -1,7 +1,8 @@
 //! Bit rot and tampering: a cache file changed on disk is never served (found on the next
 //! hit while running, or at start when it changed while the proxy was down), the scrubber
 //! re-verifies entries and quarantines what no longer matches, and every such entry is
-//! fetched again on demand. Nothing corrupt is served; nothing is lost.
+//! fetched again on demand. Clients that reset mid-hit (socket errors, not disk errors) leave
+//! the entry alone. Nothing corrupt is served; nothing is lost.
 
 mod support;
 
@@ -213,4 +214,35 @@ async fn an_entry_touched_while_down_is_checked_then_served_again() {
     );
     assert!(quarantine_reports(&second).is_empty());
     drop(first);
+}
+
+#[tokio::test]
+async fn clients_that_reset_mid_hit_leave_the_entry_alone() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(64 << 20, 711);
+    glance.add_image("img", data.clone());
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    cached(&proxy, "img").await;
+    // Socket errors on a zero-copy hit (EPIPE, ECONNRESET) are the client's, not the disk's.
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /v2/images/img/file HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut buf = vec![0u8; 1 << 16];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0 && buf.starts_with(b"HTTP/1.1 200"));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(s); // RST with most of the image unsent
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(quarantine_reports(&proxy).is_empty());
+    assert!(get(&file_url(&proxy, "img")).await.body == data);
+    assert_eq!(glance.downloads("img"), 1, "still a hit");
 }

@@ -473,7 +473,7 @@ async fn follow(
 fn injected(kind: Option<String>) -> std::io::Error {
     match kind.as_deref() {
         Some("enospc") => std::io::Error::from_raw_os_error(28),
-        _ => std::io::Error::from_raw_os_error(5),
+        _ => std::io::Error::from_raw_os_error(crate::sys::EIO),
     }
 }
 

@@ -320,12 +320,9 @@ fn hooks(cache: &Arc<Cache>, fill: &Fill, count: bool) -> Hooks {
         let cache = Arc::clone(cache);
         let id = fill.image_id.clone();
         Box::new(move |e: &std::io::Error| {
-            cache.quarantine(
-                &id,
-                print,
-                "read_error",
-                format!("reading the cached file failed: {e}"),
-            )
+            // Files are removed and a report written: off the runtime threads.
+            let detail = format!("reading the cached file failed: {e}");
+            tokio::task::spawn_blocking(move || cache.quarantine(&id, print, "read_error", detail));
         }) as crate::body::OnDiskError
     });
     Hooks::new(done, disk_error)

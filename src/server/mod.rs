@@ -3,7 +3,7 @@
 //! idle time between keep-alive requests, and graceful drain on shutdown.
 
 pub mod admin;
-pub mod ktls;
+pub mod kernel_tls;
 mod request;
 pub mod slots;
 pub mod tls;
@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use self::ktls::Transport;
+use self::kernel_tls::Transport;
 use crate::app::App;
 use crate::serve::sendfile;
 
@@ -113,16 +113,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                     // TLS with the kernel encrypting: served like plain HTTP, with sendfile.
                     #[cfg(feature = "ktls")]
                     Some(tls) if tls.kernel().is_on() => {
-                        let io =
-                            handshake(&tls, ::ktls::CorkStream::new(stream), handshake_timeout)
-                                .await?;
-                        let io = match ::ktls::config_ktls_server(io).await {
-                            Ok(io) => io,
-                            Err(e) => {
-                                tls.kernel().failed(&e);
-                                return Err(format!("kernel TLS setup failed: {e}"));
-                            }
-                        };
+                        let io = ktls_accept(&tls, stream, handshake_timeout).await?;
                         let zero_copy = sendfile::Conn::new();
                         let io = sendfile::SendfileIo::new(io, Arc::clone(&zero_copy));
                         let conn = builder.serve_connection(
@@ -178,4 +169,36 @@ where
         Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
         Err(_) => Err("TLS handshake timed out".into()),
     }
+}
+
+/// The TLS handshake, then the session keys handed to the kernel, together bounded by the
+/// header timeout. A refusal by the kernel itself (the ULP, the keys, the cipher) switches
+/// kTLS off for later connections; anything else (the client) fails this connection only.
+#[cfg(feature = "ktls")]
+async fn ktls_accept(
+    tls: &tls::Tls,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<::ktls::KtlsStream<tokio::net::TcpStream>, String> {
+    let setup = async {
+        let io = tls
+            .acceptor()
+            .accept(::ktls::CorkStream::new(stream))
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        ::ktls::config_ktls_server(io).await.map_err(|e| {
+            if matches!(
+                e,
+                ::ktls::Error::UlpError(_)
+                    | ::ktls::Error::TlsCryptoInfoError(_)
+                    | ::ktls::Error::KtlsCompatibility(_)
+            ) {
+                tls.kernel().failed(&e);
+            }
+            format!("kernel TLS setup failed: {e}")
+        })
+    };
+    tokio::time::timeout(timeout, setup)
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
 }

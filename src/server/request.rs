@@ -20,7 +20,7 @@ use crate::error;
 use crate::route::{self, Route};
 use crate::serve;
 use crate::serve::sendfile;
-use crate::server::ktls::Transport;
+use crate::server::kernel_tls::Transport;
 use crate::upstream::glance::Api;
 use crate::upstream::Downstream;
 

@@ -6,8 +6,10 @@
 //! pure) is logged once at start; `Transport` says per connection which path its hits take
 //! (the `tls_hits_total{path}` metric and the access log's `tls` field).
 //!
-//! A connection whose keys cannot be installed is lost (rustls has given its secrets away), so
-//! the first such failure switches kTLS off for every later connection, with an error log.
+//! A connection whose keys cannot be installed is lost (rustls has given its secrets away). If
+//! the kernel itself refused (the ULP, the keys, the cipher), kTLS is switched off for every
+//! later connection, with an error log; a client's own failure costs only its connection. The
+//! handshake and the key hand-over are bounded together by the header timeout.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
