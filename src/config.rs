@@ -415,18 +415,8 @@ impl Config {
                 max_connections: self.server.max_connections,
                 header_read_timeout: fmt_duration(self.server.header_read_timeout),
                 drain_timeout: fmt_duration(self.server.drain_timeout),
-                tls_cert_file: self
-                    .server
-                    .tls
-                    .as_ref()
-                    .map(|(c, _)| c.display().to_string())
-                    .unwrap_or_default(),
-                tls_key_file: self
-                    .server
-                    .tls
-                    .as_ref()
-                    .map(|(_, k)| k.display().to_string())
-                    .unwrap_or_default(),
+                tls_cert_file: shown(&self.server.tls, |(c, _)| c),
+                tls_key_file: shown(&self.server.tls, |(_, k)| k),
                 ktls: self.server.ktls,
             },
             upstream: RawUpstream {
@@ -443,24 +433,9 @@ impl Config {
                 failure_backoff: fmt_duration(self.upstream.failure_backoff),
                 pool_idle_timeout: fmt_duration(self.upstream.pool_idle_timeout),
                 pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
-                ca_file: self
-                    .upstream
-                    .ca_file
-                    .as_ref()
-                    .map(|f| f.display().to_string())
-                    .unwrap_or_default(),
-                client_cert_file: self
-                    .upstream
-                    .client_identity
-                    .as_ref()
-                    .map(|(c, _)| c.display().to_string())
-                    .unwrap_or_default(),
-                client_key_file: self
-                    .upstream
-                    .client_identity
-                    .as_ref()
-                    .map(|(_, k)| k.display().to_string())
-                    .unwrap_or_default(),
+                ca_file: shown(&self.upstream.ca_file, |f| f),
+                client_cert_file: shown(&self.upstream.client_identity, |(c, _)| c),
+                client_key_file: shown(&self.upstream.client_identity, |(_, k)| k),
             },
             cache: RawCache {
                 enabled: self.cache.enabled,
@@ -805,6 +780,15 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.trim()
         .parse()
         .map_err(|_| format!("`{s}` is not an ADDR:PORT socket address (e.g. 127.0.0.1:9393)"))
+}
+
+/// The file `pick` chooses from an optional setting, as written in the file ("" for none):
+/// the inverse of `non_empty_path` and `file_pair`.
+fn shown<T>(value: &Option<T>, pick: impl Fn(&T) -> &PathBuf) -> String {
+    value
+        .as_ref()
+        .map(|v| pick(v).display().to_string())
+        .unwrap_or_default()
 }
 
 fn non_empty_path(s: &str) -> Option<PathBuf> {

@@ -25,10 +25,7 @@ fn cached(proxy: &TestProxy) -> Option<Vec<u8>> {
 fn clean_and_right(case: &str, got: &Result<Got, String>, data: &Bytes, headless_ok: bool) -> bool {
     let got = match got {
         Ok(got) => got,
-        Err(e) if headless_ok => {
-            let _ = e;
-            return false;
-        }
+        Err(_) if headless_ok => return false,
         Err(e) => panic!("{case}: no response head: {e}"),
     };
     let clean = got.status == 200 && got.body_error.is_none();

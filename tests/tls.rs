@@ -42,19 +42,10 @@ fn leaf(issuer: &Issuer<'static, KeyPair>) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn write_pair(dir: &Path, pair: &(String, String)) {
-    write_named(dir, "cert", pair);
-}
-
 /// `<name>.pem` and `<name>-key.pem` in `dir`.
 fn write_named(dir: &Path, name: &str, pair: &(String, String)) {
     std::fs::write(dir.join(format!("{name}.pem")), &pair.0).expect("cert");
-    let key = if name == "cert" {
-        "key.pem".to_string()
-    } else {
-        format!("{name}-key.pem")
-    };
-    std::fs::write(dir.join(key), &pair.1).expect("key");
+    std::fs::write(dir.join(format!("{name}-key.pem")), &pair.1).expect("key");
 }
 
 fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
@@ -141,11 +132,11 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
     glance.add_image("img", data.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let (ca1, issuer1) = ca("first CA");
-    write_pair(dir.path(), &leaf(&issuer1));
+    write_named(dir.path(), "cert", &leaf(&issuer1));
     let config = format!(
         "[server]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
         dir.path().join("cert.pem").display(),
-        dir.path().join("key.pem").display()
+        dir.path().join("cert-key.pem").display()
     );
     std::fs::write(dir.path().join("proxy.toml"), config).expect("config");
     let metrics = support::closed_port().await;
@@ -224,7 +215,7 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
 
     // New certificate from another CA, then SIGHUP.
     let (ca2, issuer2) = ca("second CA");
-    write_pair(dir.path(), &leaf(&issuer2));
+    write_named(dir.path(), "cert", &leaf(&issuer2));
     let pid = proxy.pid();
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
@@ -279,11 +270,11 @@ async fn plain_http(url: &str) -> Result<u16, String> {
 fn a_certificate_that_does_not_load_stops_the_start_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("cert.pem"), "junk").expect("cert");
-    std::fs::write(dir.path().join("key.pem"), "junk").expect("key");
+    std::fs::write(dir.path().join("cert-key.pem"), "junk").expect("key");
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[cache]\ndir = \"{}\"\n[metrics]\nlisten = \"\"\n",
         dir.path().join("cert.pem").display(),
-        dir.path().join("key.pem").display(),
+        dir.path().join("cert-key.pem").display(),
         dir.path().join("cache").display()
     );
     std::fs::write(dir.path().join("proxy.toml"), config).expect("config");

@@ -113,7 +113,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                     // TLS with the kernel encrypting: served like plain HTTP, with sendfile.
                     #[cfg(feature = "ktls")]
                     Some(tls) if tls.kernel().is_on() => {
-                        let io = ktls_accept(&tls, stream, handshake_timeout).await?;
+                        let io = within(handshake_timeout, ktls_accept(&tls, stream)).await?;
                         let zero_copy = sendfile::Conn::new();
                         let io = sendfile::SendfileIo::new(io, Arc::clone(&zero_copy));
                         let conn = builder.serve_connection(
@@ -124,7 +124,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                     }
                     // TLS in user space: hits are read and encrypted by rustls.
                     Some(tls) => {
-                        let io = handshake(&tls, stream, handshake_timeout).await?;
+                        let io = within(handshake_timeout, accept(&tls, stream)).await?;
                         let conn = builder.serve_connection(
                             TokioIo::new(io),
                             service(None, Transport::TlsUserspace),
@@ -155,50 +155,48 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     }
 }
 
-/// The TLS handshake, which counts against the header timeout.
-async fn handshake<IO>(
+/// `setup` (a TLS handshake, and for kTLS the key hand-over) bounded by the header timeout.
+async fn within<T>(
+    timeout: Duration,
+    setup: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(timeout, setup)
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+}
+
+/// The TLS handshake.
+async fn accept<IO>(
     tls: &tls::Tls,
     stream: IO,
-    timeout: Duration,
 ) -> Result<tokio_rustls::server::TlsStream<IO>, String>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
-        Ok(Ok(io)) => Ok(io),
-        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-        Err(_) => Err("TLS handshake timed out".into()),
-    }
+    tls.acceptor()
+        .accept(stream)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))
 }
 
-/// The TLS handshake, then the session keys handed to the kernel, together bounded by the
-/// header timeout. A refusal by the kernel itself (the ULP, the keys, the cipher) switches
-/// kTLS off for later connections; anything else (the client) fails this connection only.
+/// The TLS handshake, then the session keys handed to the kernel. A refusal by the kernel
+/// itself (the ULP, the keys, the cipher) switches kTLS off for later connections; anything
+/// else (the client) fails this connection only.
 #[cfg(feature = "ktls")]
 async fn ktls_accept(
     tls: &tls::Tls,
     stream: tokio::net::TcpStream,
-    timeout: Duration,
 ) -> Result<::ktls::KtlsStream<tokio::net::TcpStream>, String> {
-    let setup = async {
-        let io = tls
-            .acceptor()
-            .accept(::ktls::CorkStream::new(stream))
-            .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        ::ktls::config_ktls_server(io).await.map_err(|e| {
-            if matches!(
-                e,
-                ::ktls::Error::UlpError(_)
-                    | ::ktls::Error::TlsCryptoInfoError(_)
-                    | ::ktls::Error::KtlsCompatibility(_)
-            ) {
-                tls.kernel().failed(&e);
-            }
-            format!("kernel TLS setup failed: {e}")
-        })
-    };
-    tokio::time::timeout(timeout, setup)
-        .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
+    let io = accept(tls, ::ktls::CorkStream::new(stream)).await?;
+    ::ktls::config_ktls_server(io).await.map_err(|e| {
+        if matches!(
+            e,
+            ::ktls::Error::UlpError(_)
+                | ::ktls::Error::TlsCryptoInfoError(_)
+                | ::ktls::Error::KtlsCompatibility(_)
+        ) {
+            tls.kernel().failed(&e);
+        }
+        format!("kernel TLS setup failed: {e}")
+    })
 }
