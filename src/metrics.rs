@@ -13,6 +13,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::outcome::{Decision, FillResult, Outcome, QuarantineReason, TlsPath};
+
 const NS: &str = "glance_cache_proxy";
 
 /// Latency buckets (seconds): 1 ms to 2 min.
@@ -22,16 +24,18 @@ const BUCKETS: &[f64] = &[
 
 /// What a finished request contributes.
 pub struct Finished {
+    /// The route's label.
     pub route: &'static str,
+    /// A cache-API call (its 2xx and 401/403 count as authorization decisions).
+    pub cache_api: bool,
     pub status: u16,
-    /// Image data: the cache outcome (hit, miss, coalesced, bypass, denied) and its reason.
-    pub outcome: &'static str,
-    pub reason: &'static str,
+    /// Image data: how it was answered.
+    pub outcome: Option<Outcome>,
     pub bytes: u64,
     /// Seconds from the request head to the response head.
     pub ttfb: f64,
-    /// Over HTTPS: how hits are encrypted ("ktls", "userspace"); "" for plain HTTP.
-    pub tls: &'static str,
+    /// Over HTTPS: how hits are encrypted; `None` for plain HTTP.
+    pub tls: Option<TlsPath>,
 }
 
 /// Values read from the components when `/metrics` is scraped.
@@ -44,7 +48,7 @@ pub struct Snapshot {
     pub cache_capacity_bytes: u64,
     pub cache_evictions: u64,
     /// Fill results since start, by result.
-    pub fills: Vec<(&'static str, u64)>,
+    pub fills: Vec<(FillResult, u64)>,
     /// Image bytes received from Glance by fills.
     pub fetched_bytes: u64,
     pub sendfile_bytes: u64,
@@ -56,7 +60,7 @@ pub struct Snapshot {
     pub upstreams: Vec<(String, bool)>,
     pub failovers: u64,
     /// Entries taken out of service, by reason.
-    pub quarantined: Vec<(&'static str, u64)>,
+    pub quarantined: Vec<(QuarantineReason, u64)>,
     pub scrub_verified_bytes: u64,
     pub scrub_verified_entries: u64,
     pub scrub_corruptions: u64,
@@ -153,20 +157,20 @@ impl Metrics {
         ))
         .expect("valid metric");
         // Series the dashboard and alerts read exist from the start (at zero).
-        for outcome in ["hit", "miss", "coalesced", "bypass", "denied"] {
+        for outcome in Outcome::LABELS {
             image_requests.with_label_values(&[outcome, ""]);
         }
-        for outcome in ["hit", "miss", "coalesced"] {
-            ttfb.with_label_values(&[outcome]);
+        for outcome in [Outcome::Hit, Outcome::Miss, Outcome::Coalesced] {
+            ttfb.with_label_values(&[outcome.as_str()]);
         }
         for source in ["cache", "upstream"] {
             served_bytes.with_label_values(&[source]);
         }
-        for decision in ["allowed", "denied"] {
-            authorization.with_label_values(&[decision]);
+        for decision in Decision::ALL {
+            authorization.with_label_values(&[decision.as_str()]);
         }
-        for path in ["ktls", "userspace"] {
-            tls_hits.with_label_values(&[path]);
+        for path in TlsPath::ALL {
+            tls_hits.with_label_values(&[path.as_str()]);
         }
         reg(Box::new(requests.clone()));
         reg(Box::new(image_requests.clone()));
@@ -202,11 +206,11 @@ impl Metrics {
             _ => "5xx",
         };
         self.requests.with_label_values(&[f.route, class]).inc();
-        if !f.outcome.is_empty() {
+        if let Some(outcome) = f.outcome {
             self.image_requests
-                .with_label_values(&[f.outcome, f.reason])
+                .with_label_values(&[outcome.as_str(), outcome.reason()])
                 .inc();
-            let source = if f.outcome == "hit" {
+            let source = if outcome.from_cache() {
                 "cache"
             } else {
                 "upstream"
@@ -214,20 +218,21 @@ impl Metrics {
             self.served_bytes
                 .with_label_values(&[source])
                 .inc_by(f.bytes);
-            self.ttfb.with_label_values(&[f.outcome]).observe(f.ttfb);
-            if f.outcome == "hit" && !f.tls.is_empty() {
-                self.tls_hits.with_label_values(&[f.tls]).inc();
+            self.ttfb
+                .with_label_values(&[outcome.as_str()])
+                .observe(f.ttfb);
+            if let (true, Some(tls)) = (outcome.from_cache(), f.tls) {
+                self.tls_hits.with_label_values(&[tls.as_str()]).inc();
             }
         }
-        let decision = match (f.route, f.outcome, f.status) {
-            (_, "hit" | "coalesced", _) => Some("allowed"),
-            (_, "denied", _) => Some("denied"),
-            ("cache_api", _, 401 | 403) => Some("denied"),
-            ("cache_api", _, 200..=299) => Some("allowed"),
+        let decision = match (f.outcome, f.cache_api, f.status) {
+            (Some(outcome), _, _) => outcome.decision(),
+            (None, true, 401 | 403) => Some(Decision::Denied),
+            (None, true, 200..=299) => Some(Decision::Allowed),
             _ => None,
         };
         if let Some(d) = decision {
-            self.authorization.with_label_values(&[d]).inc();
+            self.authorization.with_label_values(&[d.as_str()]).inc();
         }
     }
 
@@ -294,16 +299,22 @@ fn family(
 }
 
 /// `seen` counts plus a zero for each `known` label value not seen yet (so rate() and alerts
-/// have a series from the start).
-fn with_known(known: &[&'static str], seen: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
-    let mut all: Vec<(&'static str, u64)> = seen.to_vec();
+/// have a series from the start), as (label, count) in label order.
+fn with_known<K: Copy + PartialEq>(
+    known: &[K],
+    seen: &[(K, u64)],
+    label: impl Fn(K) -> &'static str,
+) -> Vec<(&'static str, u64)> {
+    let mut all: Vec<(K, u64)> = seen.to_vec();
     for k in known {
         if !all.iter().any(|(r, _)| r == k) {
-            all.push((k, 0));
+            all.push((*k, 0));
         }
     }
-    all.sort();
-    all
+    let mut labelled: Vec<(&'static str, u64)> =
+        all.into_iter().map(|(k, n)| (label(k), n)).collect();
+    labelled.sort();
+    labelled
 }
 
 fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
@@ -376,7 +387,16 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 "fills_total",
                 "Cache fills by result: committed, or why nothing was kept (hash_mismatch, short, long, upstream, aborted, no_space, io_error, rejected).",
                 COUNTER,
-                with_known(&["committed", "hash_mismatch", "short", "long"], &s.fills)
+                with_known(
+                    &[
+                        FillResult::Committed,
+                        FillResult::HashMismatch,
+                        FillResult::Short,
+                        FillResult::Long,
+                    ],
+                    &s.fills,
+                    FillResult::as_str,
+                )
                     .into_iter()
                     .map(|(r, n)| (vec![("result", r.to_string())], n as f64))
                     .collect(),
@@ -409,10 +429,7 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 "cache_quarantined_total",
                 "Entries taken out of service for good, by reason: changed_on_disk (found on a hit or by the scrubber), hash_mismatch, short, long, read_error (by the scrubber, or a hit whose read of the file failed).",
                 COUNTER,
-                with_known(
-                    &["changed_on_disk", "hash_mismatch", "short", "long", "read_error"],
-                    &s.quarantined,
-                )
+                with_known(QuarantineReason::ALL, &s.quarantined, QuarantineReason::as_str)
                 .into_iter()
                 .map(|(r, n)| (vec![("reason", r.to_string())], n as f64))
                 .collect(),
@@ -449,26 +466,26 @@ mod tests {
         let m = Metrics::new();
         m.finished(&Finished {
             route: "image_data",
+            cache_api: false,
             status: 200,
-            outcome: "hit",
-            reason: "",
+            outcome: Some(Outcome::Hit),
             bytes: 10,
             ttfb: 0.002,
-            tls: "",
+            tls: None,
         });
         m.finished(&Finished {
             route: "image_data",
+            cache_api: false,
             status: 200,
-            outcome: "hit",
-            reason: "",
+            outcome: Some(Outcome::Hit),
             bytes: 5,
             ttfb: 0.002,
-            tls: "userspace",
+            tls: Some(TlsPath::Userspace),
         });
         m.upstream_response(0.01);
         let snap = Snapshot {
             cache_enabled: true,
-            fills: vec![("committed", 3)],
+            fills: vec![(FillResult::Committed, 3)],
             upstreams: vec![("http://g:9292/".into(), true)],
             ..Snapshot::default()
         };

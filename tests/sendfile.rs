@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glance_cache_proxy::serve::sendfile::bytes_sent;
+use glance_cache_proxy::sendfile::bytes_sent;
 use http_body_util::BodyExt;
 use support::{config, get, pattern, send, FakeGlance, Faults, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

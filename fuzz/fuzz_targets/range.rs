@@ -2,7 +2,7 @@
 //! answer checked against the image size.
 #![no_main]
 
-use glance_cache_proxy::serve::range::{parse, RangeAnswer};
+use glance_cache_proxy::image::range::{parse, RangeAnswer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,22 +8,26 @@
 //! rest of the image from Glance itself (`Fallback`), so clients still get their image.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::body::{BoxError, IdleTimeout, ProxyBody};
-use crate::cache::store::Fingerprint;
-use crate::cache::verify::{Digests, Expected, Mismatch};
+use crate::body::{BoxError, BytesBody, IdleTimeout, ProxyBody};
+use crate::cache::store::{StoreError, TempFile};
+use crate::cache::verify::{Digests, Mismatch};
+use crate::cache::Hit;
+use crate::digest::Expected;
+use crate::outcome::{DiskFault, FillResult};
+use crate::sendfile::Hooks;
 
 /// Size of each read from the growing file.
 const READ_CHUNK: usize = 256 * 1024;
@@ -57,20 +61,20 @@ pub enum Failure {
     /// The upstream body broke or stalled.
     Upstream(String),
     /// The disk failed after `written` bytes; readers continue from Glance.
-    Disk { written: u64, reason: &'static str },
+    Disk { written: u64, fault: DiskFault },
     /// Every reader left and the fill was not to finish alone.
     Abandoned,
 }
 
 impl Failure {
-    /// Bounded label for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    /// The fill's result, for logs and metrics.
+    pub fn result(&self) -> FillResult {
         match self {
-            Failure::Rejected => "rejected",
-            Failure::Mismatch(m) => m.reason(),
-            Failure::Upstream(_) => "upstream",
-            Failure::Disk { reason, .. } => reason,
-            Failure::Abandoned => "aborted",
+            Failure::Rejected => FillResult::Rejected,
+            Failure::Mismatch(m) => m.kind().into(),
+            Failure::Upstream(_) => FillResult::Upstream,
+            Failure::Disk { fault, .. } => (*fault).into(),
+            Failure::Abandoned => FillResult::Aborted,
         }
     }
 }
@@ -84,8 +88,6 @@ pub struct Fill {
     file: Arc<File>,
     progress: watch::Receiver<Progress>,
     readers: AtomicUsize,
-    /// A committed entry's file as recorded (`None` while filling).
-    print: Option<Fingerprint>,
 }
 
 impl Fill {
@@ -101,38 +103,8 @@ impl Fill {
             file,
             progress: rx,
             readers: AtomicUsize::new(0),
-            print: None,
         });
         (fill, tx)
-    }
-
-    /// A committed entry, served through the same reader as a fill.
-    pub fn committed(
-        image_id: &str,
-        expected: Expected,
-        file: Arc<File>,
-        print: Fingerprint,
-    ) -> Arc<Fill> {
-        // No sender is kept: a committed fill never changes again.
-        let (_, rx) = watch::channel(Progress::Committed);
-        Arc::new(Fill {
-            image_id: image_id.to_string(),
-            expected,
-            file,
-            progress: rx,
-            readers: AtomicUsize::new(0),
-            print: Some(print),
-        })
-    }
-
-    /// The committed entry's recorded file (`None` for a fill in progress).
-    pub fn print(&self) -> Option<Fingerprint> {
-        self.print
-    }
-
-    /// The file the fill writes (a committed entry's data file for a hit).
-    pub fn file(&self) -> Arc<File> {
-        Arc::clone(&self.file)
     }
 
     /// Wait until the fill has left `Starting`; returns the state then.
@@ -198,7 +170,7 @@ pub struct Lifetime {
 
 /// What the filler hands to its owner when the bytes are in and verified.
 pub struct Filled {
-    pub temp: PathBuf,
+    pub temp: TempFile,
     pub file: File,
 }
 
@@ -208,7 +180,7 @@ pub async fn run<B>(
     fill: &Fill,
     progress: &watch::Sender<Progress>,
     body: B,
-    temp: PathBuf,
+    temp: TempFile,
     file: File,
     life: Lifetime,
     fetched: &std::sync::atomic::AtomicU64,
@@ -217,7 +189,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let expected = fill.expected.clone();
+    let expected = &fill.expected;
     let md5_part = Expected {
         os_hash: None,
         ..expected.clone()
@@ -228,110 +200,153 @@ where
     };
     let (md5_tx, md5_job) = hasher(md5_part.clone());
     let (os_tx, os_job) = hasher(os_part.clone());
-    let (disk_tx, mut disk_rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
-    let (written_tx, mut written_rx) = watch::channel(0u64);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let mut written = 0u64;
-        while let Some(chunk) = disk_rx.blocking_recv() {
-            fail::fail_point!("cache::write", |kind| Err((
-                crate::cache::store::StoreError::from(injected(kind)),
-                written
-            )));
-            if let Err(e) = file.write_all(&chunk) {
-                return Err((crate::cache::store::StoreError::from(e), written));
-            }
-            written += chunk.len() as u64;
-            let _ = written_tx.send(written);
-        }
-        Ok(file)
-    });
-
-    let mut body = std::pin::pin!(IdleTimeout::new(body, life.idle_timeout));
-    let mut received = 0u64;
-    let mut orphan_since: Option<Instant> = None;
-    let mut failure: Option<Failure> = None;
-    // False once the writer has exited (its progress sender is gone).
-    let mut writer_alive = true;
+    let mut writer = Writer::spawn(file);
+    let sinks = [writer.chunks.take(), Some(md5_tx), Some(os_tx)];
     let _ = progress.send(Progress::Running { written: 0 });
-    loop {
-        tokio::select! {
-            biased;
-            changed = written_rx.changed(), if writer_alive => {
-                match changed {
-                    Ok(()) => {
-                        let written = *written_rx.borrow_and_update();
-                        let _ = progress.send(Progress::Running { written });
-                    }
-                    Err(_) => writer_alive = false,
-                }
-                continue;
-            }
-            frame = body.frame() => match frame {
-                None => break,
-                Some(Err(e)) => {
-                    failure = Some(Failure::Upstream(e.to_string()));
-                    break;
-                }
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    received += data.len() as u64;
-                    fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if received > expected.size {
-                        failure = Some(Failure::Mismatch(Mismatch::Length {
-                            expected: expected.size,
-                            actual: received,
-                        }));
-                        break;
-                    }
-                    if disk_tx.send(data.clone()).await.is_err() {
-                        break; // the writer stopped: its error is collected below
-                    }
-                    let _ = md5_tx.send(data.clone()).await;
-                    let _ = os_tx.send(data).await;
-                    if fill.readers() == 0 {
-                        let since = *orphan_since.get_or_insert_with(Instant::now);
-                        if !life.finish_abandoned || since.elapsed() > life.abandoned_timeout {
-                            failure = Some(Failure::Abandoned);
-                            break;
-                        }
-                    } else {
-                        orphan_since = None;
-                    }
-                }
-            }
-        }
-    }
-    drop((disk_tx, md5_tx, os_tx));
-    let written = writer
-        .await
-        .map_err(|e| Failure::Upstream(format!("writer task: {e}")))?;
-    let file = match written {
-        Ok(file) => file,
-        Err((e, written)) => {
-            tracing::debug!(image_id = %fill.image_id, error = %e, written, "cache write failed");
-            return Err(Failure::Disk {
-                written,
-                reason: e.reason(),
-            });
-        }
-    };
+    let failure = pump(
+        fill,
+        progress,
+        body,
+        sinks.into_iter().flatten().collect(),
+        &mut writer,
+        life,
+        fetched,
+    )
+    .await;
+    let file = writer.finish(&fill.image_id).await?;
     // The writer reported its last progress before exiting; publish it.
     let _ = progress.send(Progress::Running {
-        written: *written_rx.borrow(),
+        written: *writer.written.borrow(),
     });
     if let Some(f) = failure {
         return Err(f);
     }
-    let md5 = md5_job
-        .await
-        .map_err(|e| Failure::Upstream(format!("hash task: {e}")))?;
-    let os = os_job
-        .await
-        .map_err(|e| Failure::Upstream(format!("hash task: {e}")))?;
-    md5.verify(&md5_part).map_err(Failure::Mismatch)?;
-    os.verify(&os_part).map_err(Failure::Mismatch)?;
+    for (job, part) in [(md5_job, &md5_part), (os_job, &os_part)] {
+        let digests = job
+            .await
+            .map_err(|e| Failure::Upstream(format!("hash task: {e}")))?;
+        digests.verify(part).map_err(Failure::Mismatch)?;
+    }
     Ok(Filled { temp, file })
+}
+
+/// The blocking thread that appends chunks to the temporary file, reporting bytes written.
+struct Writer {
+    /// Taken by `run` as the first sink; dropping it ends the thread.
+    chunks: Option<mpsc::Sender<Bytes>>,
+    written: watch::Receiver<u64>,
+    /// False once the thread has exited (its progress sender is gone).
+    alive: bool,
+    job: tokio::task::JoinHandle<Result<File, (StoreError, u64)>>,
+}
+
+impl Writer {
+    fn spawn(file: File) -> Writer {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+        let (written_tx, written) = watch::channel(0u64);
+        let job = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut written = 0u64;
+            while let Some(chunk) = rx.blocking_recv() {
+                fail::fail_point!("cache::write", |kind| Err((
+                    StoreError::from(injected(kind)),
+                    written
+                )));
+                if let Err(e) = file.write_all(&chunk) {
+                    return Err((StoreError::from(e), written));
+                }
+                written += chunk.len() as u64;
+                let _ = written_tx.send(written);
+            }
+            Ok(file)
+        });
+        Writer {
+            chunks: Some(tx),
+            written,
+            alive: true,
+            job,
+        }
+    }
+
+    /// Wait for the thread (every sink must be dropped): the file, or the disk's failure.
+    async fn finish(&mut self, image_id: &str) -> Result<File, Failure> {
+        let ended = (&mut self.job)
+            .await
+            .map_err(|e| Failure::Upstream(format!("writer task: {e}")))?;
+        ended.map_err(|(e, written)| {
+            tracing::debug!(image_id, error = %e, written, "cache write failed");
+            Failure::Disk {
+                written,
+                fault: e.fault(),
+            }
+        })
+    }
+}
+
+/// Move the upstream body into `sinks` (the writer first, then the hashers), publishing the
+/// writer's progress, until the body ends or fails, the writer stops, or the fill is
+/// abandoned. `Some` failure if it did not simply end.
+async fn pump<B>(
+    fill: &Fill,
+    progress: &watch::Sender<Progress>,
+    body: B,
+    sinks: Vec<mpsc::Sender<Bytes>>,
+    writer: &mut Writer,
+    life: Lifetime,
+    fetched: &std::sync::atomic::AtomicU64,
+) -> Option<Failure>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let size = fill.expected.size;
+    let mut body = std::pin::pin!(IdleTimeout::new(body, life.idle_timeout));
+    let mut received = 0u64;
+    let mut orphan_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            changed = writer.written.changed(), if writer.alive => {
+                match changed {
+                    Ok(()) => {
+                        let written = *writer.written.borrow_and_update();
+                        let _ = progress.send(Progress::Running { written });
+                    }
+                    Err(_) => writer.alive = false,
+                }
+            }
+            frame = body.frame() => match frame {
+                None => return None,
+                Some(Err(e)) => return Some(Failure::Upstream(e.to_string())),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    received += data.len() as u64;
+                    fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if received > size {
+                        return Some(Failure::Mismatch(Mismatch::Length {
+                            expected: size,
+                            actual: received,
+                        }));
+                    }
+                    let (disk, hashers) = sinks.split_first()?;
+                    if disk.send(data.clone()).await.is_err() {
+                        return None; // the writer stopped: `Writer::finish` has its error
+                    }
+                    for hasher in hashers {
+                        let _ = hasher.send(data.clone()).await;
+                    }
+                    if fill.readers() > 0 {
+                        orphan_since = None;
+                        continue;
+                    }
+                    let since = *orphan_since.get_or_insert_with(Instant::now);
+                    if !life.finish_abandoned || since.elapsed() > life.abandoned_timeout {
+                        return Some(Failure::Abandoned);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A blocking thread that hashes what it is sent; `Digests` for what `part` names.
@@ -347,27 +362,69 @@ fn hasher(part: Expected) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Diges
     (tx, job)
 }
 
-/// Where a reader gets the rest of the image if the fill's disk fails.
-pub struct Fallback {
-    pub upstream: Arc<crate::upstream::Upstream>,
-    pub api: crate::upstream::glance::Api,
-    pub caller: HeaderMap,
+/// Where a reader gets the rest of the image, from an offset, if the fill's disk fails: a
+/// body of exactly the bytes from that offset to the image's end, supplied by whoever serves
+/// the reader (the image path asks Glance with the caller's credentials). The cache itself
+/// never calls Glance.
+pub type Fallback = Box<dyn FnOnce(u64) -> RestFuture + Send>;
+/// The rest of an image as `Fallback` finds it.
+pub type RestFuture = Pin<Box<dyn Future<Output = Result<BytesBody, BoxError>> + Send>>;
+
+/// What a user-space reader streams: a fill in progress (following it), or a committed entry.
+pub enum Source {
+    Filling(Arc<Fill>),
+    Entry(Hit),
 }
 
-/// A response body that streams bytes `span` of `fill` (the whole image: `0..size`),
-/// following its progress. `hooks.done` runs once every byte was sent after verification,
-/// `hooks.disk_failed` if reading the file fails.
+impl Source {
+    fn image_id(&self) -> &str {
+        match self {
+            Source::Filling(f) => &f.image_id,
+            Source::Entry(h) => &h.image_id,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Source::Filling(f) => f.expected.size,
+            Source::Entry(h) => h.expected.size,
+        }
+    }
+
+    fn file(&self) -> &Arc<File> {
+        match self {
+            Source::Filling(f) => &f.file,
+            Source::Entry(h) => &h.file,
+        }
+    }
+
+    /// The fill's progress; a committed entry is `Committed` for good.
+    fn progress(&self) -> watch::Receiver<Progress> {
+        match self {
+            Source::Filling(f) => f.progress.clone(),
+            Source::Entry(_) => watch::channel(Progress::Committed).1,
+        }
+    }
+}
+
+/// A response body that streams bytes `span` of `source` (the whole image: `0..size`),
+/// following a fill's progress. `hooks.done` runs once every byte was sent after
+/// verification, `hooks.disk_failed` if reading the file fails.
 pub fn reader(
-    fill: Arc<Fill>,
+    source: Source,
     span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
-    mut hooks: crate::body::Hooks,
+    mut hooks: Hooks,
 ) -> ProxyBody {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
-    fill.readers.fetch_add(1, Ordering::Relaxed);
+    // A reader keeps its fill going (see `Lifetime`).
+    let keep = match &source {
+        Source::Filling(fill) => Some(fill.keep()),
+        Source::Entry(_) => None,
+    };
     tokio::spawn(async move {
-        let complete = follow(&fill, span, fallback, &tx, &mut hooks).await;
-        fill.readers.fetch_sub(1, Ordering::Relaxed);
+        let complete = follow(&source, span, fallback, &tx, &mut hooks).await;
+        drop(keep);
         match complete {
             Ok(()) => hooks.done(),
             Err(e) => {
@@ -383,15 +440,15 @@ pub fn reader(
 
 /// Copy `span` of the fill to `tx`; `Ok` when every byte was sent after verification.
 async fn follow(
-    fill: &Fill,
+    fill: &Source,
     span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
     tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-    hooks: &mut crate::body::Hooks,
+    hooks: &mut Hooks,
 ) -> Result<(), BoxError> {
-    let size = fill.expected.size;
+    let size = fill.size();
     let end = span.end.min(size);
-    let mut rx = fill.progress.clone();
+    let mut rx = fill.progress();
     let mut offset = span.start;
     loop {
         let state = rx.borrow_and_update().clone();
@@ -422,15 +479,15 @@ async fn follow(
             Progress::Failed(f) => {
                 return Err(format!(
                     "image {} failed verification: {}",
-                    fill.image_id,
-                    f.reason()
+                    fill.image_id(),
+                    f.result()
                 )
                 .into());
             }
         };
         if offset < limit {
             let len = (limit - offset).min(READ_CHUNK as u64) as usize;
-            let file = Arc::clone(&fill.file);
+            let file = Arc::clone(fill.file());
             let at = offset;
             let read = tokio::task::spawn_blocking(move || {
                 fail::fail_point!("cache::read", |kind| Err(injected(kind)));
@@ -444,7 +501,7 @@ async fn follow(
                 // The disk failed under us: the bytes read so far were good; the rest comes
                 // from Glance when the request runs to the image's end.
                 Err(e) => {
-                    tracing::error!(image_id = %fill.image_id, offset, error = %e, "cache read failed; continuing from upstream");
+                    tracing::error!(image_id = %fill.image_id(), offset, error = %e, "cache read failed; continuing from upstream");
                     hooks.disk_failed(&e);
                     return match fallback {
                         Some(fb) if end == size => rest_from_upstream(fill, fb, offset, tx).await,
@@ -478,32 +535,17 @@ fn injected(kind: Option<String>) -> std::io::Error {
 }
 
 async fn rest_from_upstream(
-    fill: &Fill,
-    fb: Fallback,
+    fill: &Source,
+    fallback: Fallback,
     offset: u64,
     tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
 ) -> Result<(), BoxError> {
-    let size = fill.expected.size;
-    let resp = fb
-        .upstream
-        .download_from(fb.api, &fb.caller, &fill.image_id, offset)
-        .await
-        .map_err(|e| -> BoxError { e.to_string().into() })?;
-    let want = format!("bytes {offset}-{}/{size}", size.saturating_sub(1));
-    let range_ok = resp.status() == http::StatusCode::PARTIAL_CONTENT
-        && resp
-            .headers()
-            .get(http::header::CONTENT_RANGE)
-            .is_some_and(|v| v.as_bytes() == want.as_bytes());
-    if !range_ok {
-        return Err(format!("upstream did not resume at {offset}: {}", resp.status()).into());
-    }
-    let mut body = resp.into_body();
+    let size = fill.size();
+    let mut body = fallback(offset).await?;
     let mut sent = offset;
     while let Some(frame) = body.frame().await {
-        let data = match frame?.into_data() {
-            Ok(d) => d,
-            Err(_) => continue,
+        let Ok(data) = frame?.into_data() else {
+            continue;
         };
         sent += data.len() as u64;
         if sent > size || tx.send(Ok(Frame::data(data))).await.is_err() {

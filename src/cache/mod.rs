@@ -1,9 +1,11 @@
 //! The image cache facade: `lookup` -> Hit | Filling | Miss, `begin_fill`, `remove`, `touch`.
 //!
 //! One mutex guards the bookkeeping (index, entry records, fills in progress); it is never
-//! held across an await or a disk write. Disk work goes through `store`, verification through
-//! `verify`, streaming through `fill`. A committed entry is served by the same reader as a
-//! fill, in the `Committed` state.
+//! held across an await or a disk write. Disk work goes through `store`, always on the
+//! blocking pool (`store::blocking`): the methods that touch the disk are `async` or hand the
+//! work off. Verification goes through `verify`, streaming through `fill`. The cache never
+//! calls Glance: a reader whose fill lost its disk gets the rest from a `fill::Fallback` its
+//! caller supplies.
 
 pub mod fill;
 pub mod index;
@@ -13,7 +15,6 @@ pub mod verify;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -22,10 +23,11 @@ use tokio::sync::watch;
 
 use crate::body::BoxError;
 use crate::config::CacheConfig;
+use crate::digest::Expected;
+use crate::outcome::{BypassReason, FillResult, QuarantineReason};
 use fill::{Failure, Fill, Lifetime, Progress};
 use index::{Entry, Index, Reservation};
-use store::{unix_ms, EntryMeta, Fingerprint, Store, StoreError};
-use verify::Expected;
+use store::{unix_ms, EntryMeta, Fingerprint, Store, StoreError, TempFile};
 
 /// A committed entry as the cache API and hits see it.
 #[derive(Debug, Clone)]
@@ -44,9 +46,29 @@ pub struct Cached {
     pub suspect: bool,
 }
 
+/// A verified entry opened for one hit: its data file as committed.
+pub struct Hit {
+    pub image_id: String,
+    pub expected: Expected,
+    file: Arc<File>,
+    print: Fingerprint,
+}
+
+impl Hit {
+    /// The open data file (it stays readable even if the entry is evicted meanwhile).
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// The file as it was committed (a read error quarantines only that file).
+    pub fn print(&self) -> Fingerprint {
+        self.print
+    }
+}
+
 /// What the cache holds for an image, given what Glance says the image is now.
 pub enum Lookup {
-    Hit(Arc<Fill>),
+    Hit(Hit),
     Filling(Arc<Fill>),
     Miss,
 }
@@ -58,26 +80,32 @@ pub enum Begin {
     /// Another request is filling it already.
     Joined(Arc<Fill>),
     /// Not cached: serve from upstream only.
-    Bypass(&'static str),
+    Bypass(BypassReason),
 }
 
-/// Counters by a bounded reason label, for metrics.
-#[derive(Debug, Default)]
-pub struct Counts(Mutex<HashMap<&'static str, u64>>);
+/// Counters by a bounded label (a fill result, a quarantine reason), for metrics.
+#[derive(Debug)]
+pub struct Counts<K>(Mutex<HashMap<K, u64>>);
 
-impl Counts {
-    fn add(&self, reason: &'static str) {
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Copy + Ord + std::hash::Hash> Counts<K> {
+    fn add(&self, key: K) {
         *self
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(reason)
+            .entry(key)
             .or_default() += 1;
     }
 
-    /// Every reason seen, with its count, in reason order.
-    pub fn all(&self) -> Vec<(&'static str, u64)> {
-        let mut v: Vec<(&'static str, u64)> = self
+    /// Every key seen, with its count, in key order.
+    pub fn all(&self) -> Vec<(K, u64)> {
+        let mut v: Vec<(K, u64)> = self
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -91,10 +119,10 @@ impl Counts {
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Fill results since start (`committed` or a `Failure::reason`).
-    pub fills: Counts,
-    /// Entries taken out of service, by reason (`changed_on_disk`, `hash_mismatch`, ...).
-    pub quarantined: Counts,
+    /// Fill results since start.
+    pub fills: Counts<FillResult>,
+    /// Entries taken out of service, by reason.
+    pub quarantined: Counts<QuarantineReason>,
     /// Image bytes received from Glance by fills.
     pub fetched: std::sync::atomic::AtomicU64,
 }
@@ -115,6 +143,10 @@ pub struct Cache {
 impl Cache {
     /// Open the cache directory, remove leftovers and rebuild the index from disk.
     pub fn open(config: &CacheConfig) -> Result<Cache, StoreError> {
+        store::startup(|| Cache::open_here(config))
+    }
+
+    fn open_here(config: &CacheConfig) -> Result<Cache, StoreError> {
         let started = std::time::Instant::now();
         let store = Store::open(&config.dir)?;
         let scan = store.scan()?;
@@ -180,8 +212,8 @@ impl Cache {
 
     /// What the cache has for `id`, if it was verified against the same `expected` digests.
     /// An entry recorded with other digests (the image changed) is removed.
-    pub fn lookup(&self, id: &str, expected: &Expected) -> Lookup {
-        let (stale, print) = {
+    pub async fn lookup(self: &Arc<Self>, id: &str, expected: &Expected) -> Lookup {
+        let print = {
             let st = self.lock();
             if let Some(fill) = st.fills.get(id) {
                 return if fill.expected == *expected {
@@ -194,43 +226,75 @@ impl Cache {
                 None => return Lookup::Miss,
                 // Not served until checked; `begin_fill` passes such requests through.
                 Some(c) if c.suspect => return Lookup::Miss,
-                Some(c) => (c.meta.expected() != *expected, c.fingerprint),
+                Some(c) if c.meta.expected() != *expected => None,
+                Some(c) => Some(c.fingerprint),
             }
         };
-        if stale {
+        let Some(print) = print else {
             tracing::info!(image_id = %id, "cached entry no longer matches the image record; evicting");
-            self.remove(id);
+            self.remove(id).await;
             return Lookup::Miss;
-        }
-        let opened = File::open(self.store.data_path(id)).and_then(|f| {
-            let stat = f.metadata()?;
-            Ok((f, Fingerprint::of(&stat)))
-        });
+        };
+        let (cache, owned_id) = (Arc::clone(self), id.to_string());
+        let opened = store::blocking(move || cache.open_hit(&owned_id, print)).await;
         match opened {
-            Ok((file, now)) if now == print => {
-                Lookup::Hit(Fill::committed(id, expected.clone(), Arc::new(file), print))
-            }
+            Ok(Some(file)) => Lookup::Hit(Hit {
+                image_id: id.to_string(),
+                expected: expected.clone(),
+                file: Arc::new(file),
+                print,
+            }),
+            Ok(None) | Err(_) => Lookup::Miss,
+        }
+    }
+
+    /// Open a committed entry's file if it is still the file `print`; anything else takes the
+    /// entry out of service. On the blocking pool.
+    fn open_hit(&self, id: &str, print: Fingerprint) -> Option<File> {
+        match self.store.open_data(id) {
+            Ok((file, now)) if now == print => Some(file),
             Ok(_) => {
                 // Written, truncated or replaced behind the proxy's back: never serve it.
                 self.quarantine(
                     id,
                     print,
-                    "changed_on_disk",
+                    QuarantineReason::ChangedOnDisk,
                     "the data file changed after it was verified".into(),
                 );
-                Lookup::Miss
+                None
             }
             Err(e) => {
                 tracing::warn!(image_id = %id, error = %e, "cached file cannot be opened; evicting");
-                self.remove(id);
-                Lookup::Miss
+                self.remove_here(id);
+                None
             }
         }
     }
 
+    /// `quarantine` on the blocking pool, not waited for (from a body's hooks).
+    pub fn quarantine_later(
+        self: &Arc<Self>,
+        id: &str,
+        print: Fingerprint,
+        reason: QuarantineReason,
+        detail: String,
+    ) {
+        let (cache, id) = (Arc::clone(self), id.to_string());
+        tokio::spawn(store::blocking(move || {
+            cache.quarantine(&id, print, reason, detail)
+        }));
+    }
+
     /// Take the entry `id` out of service for good, if it is still the file `print`: its
     /// files are deleted, a report stays in `quarantine/`, the next request fetches afresh.
-    pub fn quarantine(&self, id: &str, print: Fingerprint, reason: &'static str, detail: String) {
+    /// Disk work: call it on the blocking pool.
+    pub fn quarantine(
+        &self,
+        id: &str,
+        print: Fingerprint,
+        reason: QuarantineReason,
+        detail: String,
+    ) {
         let meta = {
             let mut st = self.lock();
             match st.entries.get(id) {
@@ -246,17 +310,17 @@ impl Cache {
         self.stats.quarantined.add(reason);
         let report = serde_json::json!({
             "image_id": id,
-            "reason": reason,
+            "reason": reason.as_str(),
             "detail": detail,
             "found_ms": unix_ms(crate::clock::now()),
             "entry": meta,
         });
         match self.store.quarantine(id, &report) {
             Ok(path) => {
-                tracing::error!(image_id = %id, reason, %detail, report = %path.display(), "cache entry quarantined; it will be fetched again on demand")
+                tracing::error!(image_id = %id, reason = reason.as_str(), %detail, report = %path.display(), "cache entry quarantined; it will be fetched again on demand")
             }
             Err(e) => {
-                tracing::error!(image_id = %id, reason, %detail, error = %e, "cache entry quarantined, but its files could not all be removed")
+                tracing::error!(image_id = %id, reason = reason.as_str(), %detail, error = %e, "cache entry quarantined, but its files could not all be removed")
             }
         }
     }
@@ -329,15 +393,27 @@ impl Cache {
     }
 
     /// Remove every committed entry (fills in progress go on); returns how many.
-    pub fn clear(&self) -> usize {
-        let ids: Vec<String> = self.lock().entries.keys().cloned().collect();
-        ids.iter().filter(|id| self.remove_entry(id)).count()
+    pub async fn clear(self: &Arc<Self>) -> usize {
+        let cache = Arc::clone(self);
+        store::blocking(move || {
+            let ids: Vec<String> = cache.lock().entries.keys().cloned().collect();
+            ids.iter().filter(|id| cache.remove_entry(id)).count()
+        })
+        .await
+        .unwrap_or(0)
     }
 
     /// Evict least recently used entries until the cache is within `max_size`; returns the
     /// files and bytes removed. Fills keep the cache within bounds as they reserve, so this
     /// finds work only if something else grew it.
-    pub fn prune(&self) -> (u64, u64) {
+    pub async fn prune(self: &Arc<Self>) -> (u64, u64) {
+        let cache = Arc::clone(self);
+        store::blocking(move || cache.prune_here())
+            .await
+            .unwrap_or((0, 0))
+    }
+
+    fn prune_here(&self) -> (u64, u64) {
         let (mut files, mut bytes) = (0, 0);
         loop {
             let victim = {
@@ -384,57 +460,52 @@ impl Cache {
     }
 
     /// Register a fill of `id`, reserving its size (evicting as needed).
-    pub fn begin_fill(self: &Arc<Self>, id: &str, expected: &Expected) -> Begin {
+    pub async fn begin_fill(self: &Arc<Self>, id: &str, expected: &Expected) -> Begin {
         if !store::is_storable_id(id) {
-            return Begin::Bypass("bad_id");
+            return Begin::Bypass(BypassReason::BadId);
         }
         if !expected.has_digest() && !self.config.cache_unverified {
-            return Begin::Bypass("no_digest");
+            return Begin::Bypass(BypassReason::NoDigest);
         }
         if expected.size == 0 {
-            return Begin::Bypass("empty");
+            return Begin::Bypass(BypassReason::Empty);
         }
+        let (cache, id, expected) = (Arc::clone(self), id.to_string(), expected.clone());
+        store::blocking(move || cache.begin_fill_here(&id, &expected))
+            .await
+            .unwrap_or(Begin::Bypass(BypassReason::IoError))
+    }
+
+    /// `begin_fill`'s disk and bookkeeping part, on the blocking pool.
+    fn begin_fill_here(self: &Arc<Self>, id: &str, expected: &Expected) -> Begin {
         let (temp, file) = match self.store.create_temp(id) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(image_id = %id, error = %e, "cannot create a cache file");
-                self.stats.fills.add(e.reason());
-                return Begin::Bypass(e.reason());
+                self.stats.fills.add(e.fault().into());
+                return Begin::Bypass(e.fault().into());
             }
         };
         let read_side = match file.try_clone() {
             Ok(f) => Arc::new(f),
             Err(e) => {
-                let _ = std::fs::remove_file(&temp);
                 tracing::error!(image_id = %id, error = %e, "cannot reopen a cache file");
-                return Begin::Bypass("io_error");
+                return Begin::Bypass(BypassReason::IoError);
             }
         };
+        // Every early return drops `temp`, which removes the file.
         let (victims, fill, tx) = {
             let mut st = self.lock();
             if let Some(fill) = st.fills.get(id) {
-                let fill = Arc::clone(fill);
-                drop(st);
-                let _ = std::fs::remove_file(&temp);
-                return Begin::Joined(fill);
+                return Begin::Joined(Arc::clone(fill));
             }
             if st.entries.get(id).is_some_and(|c| c.suspect) {
-                drop(st);
-                let _ = std::fs::remove_file(&temp);
-                return Begin::Bypass("unverified");
+                return Begin::Bypass(BypassReason::Unverified);
             }
             let victims = match st.index.reserve(expected.size) {
                 Reservation::Granted { victims } => victims,
-                Reservation::TooLarge => {
-                    drop(st);
-                    let _ = std::fs::remove_file(&temp);
-                    return Begin::Bypass("too_large");
-                }
-                Reservation::NoRoom => {
-                    drop(st);
-                    let _ = std::fs::remove_file(&temp);
-                    return Begin::Bypass("no_room");
-                }
+                Reservation::TooLarge => return Begin::Bypass(BypassReason::TooLarge),
+                Reservation::NoRoom => return Begin::Bypass(BypassReason::NoRoom),
             };
             for v in &victims {
                 st.entries.remove(v);
@@ -453,13 +524,18 @@ impl Cache {
             cache: Arc::clone(self),
             fill,
             tx: Some(tx),
-            temp,
+            temp: Some(temp),
             file: Some(file),
         })
     }
 
     /// Forget `id`: its entry, and any fill in progress (which then will not publish).
-    pub fn remove(&self, id: &str) {
+    pub async fn remove(self: &Arc<Self>, id: &str) {
+        let (cache, id) = (Arc::clone(self), id.to_string());
+        let _ = store::blocking(move || cache.remove_here(&id)).await;
+    }
+
+    fn remove_here(&self, id: &str) {
         let had = {
             let mut st = self.lock();
             st.fills.remove(id);
@@ -474,7 +550,7 @@ impl Cache {
     }
 
     /// Count a hit that sent every byte, and make the entry the most recently used.
-    pub fn touch(&self, id: &str) {
+    pub fn touch(self: &Arc<Self>, id: &str) {
         let now_ms = unix_ms(crate::clock::now());
         let tick = {
             let mut st = self.lock();
@@ -486,12 +562,12 @@ impl Cache {
             tick
         };
         // The tick the index used (never older than the newest seen), so the order survives
-        // a restart even after the wall clock stepped back.
+        // a restart even after the wall clock stepped back. Setting the time is disk work:
+        // handed to the blocking pool, not waited for.
         if let Some(tick) = tick {
-            self.store.touch(
-                id,
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(tick),
-            );
+            let (cache, id) = (Arc::clone(self), id.to_string());
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(tick);
+            tokio::spawn(store::blocking(move || cache.store.touch(&id, when)));
         }
     }
 
@@ -511,21 +587,19 @@ impl Cache {
             st.fills.get(id).is_some_and(|f| Arc::ptr_eq(f, fill))
         };
         if !still_wanted {
-            let _ = std::fs::remove_file(&filled.temp);
-            return Err(Failure::Abandoned);
+            return Err(Failure::Abandoned); // dropping `filled.temp` removes the file
         }
         let (meta, fingerprint) =
             match self
                 .store
-                .commit(&filled.temp, &filled.file, id, &fill.expected)
+                .commit(filled.temp, &filled.file, id, &fill.expected)
             {
                 Ok(done) => done,
                 Err(e) => {
                     tracing::debug!(image_id = %id, error = %e, "cannot publish a verified fill");
-                    let _ = std::fs::remove_file(&filled.temp);
                     return Err(Failure::Disk {
                         written: fill.expected.size,
-                        reason: e.reason(),
+                        fault: e.fault(),
                     });
                 }
             };
@@ -547,8 +621,8 @@ impl Cache {
         Ok(())
     }
 
-    fn abandon(&self, fill: &Arc<Fill>, temp: &PathBuf) {
-        let _ = std::fs::remove_file(temp);
+    /// Undo a fill's registration and reservation (its temporary file goes with its guard).
+    fn abandon(&self, fill: &Arc<Fill>) {
         let mut st = self.lock();
         if st
             .fills
@@ -566,7 +640,7 @@ pub struct Starter {
     cache: Arc<Cache>,
     fill: Arc<Fill>,
     tx: Option<watch::Sender<Progress>>,
-    temp: PathBuf,
+    temp: Option<TempFile>,
     file: Option<File>,
 }
 
@@ -582,51 +656,43 @@ impl Starter {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let (Some(tx), Some(file)) = (self.tx.take(), self.file.take()) else {
+        let (Some(tx), Some(file), Some(temp)) =
+            (self.tx.take(), self.file.take(), self.temp.take())
+        else {
             return Arc::clone(&self.fill);
         };
         let cache = Arc::clone(&self.cache);
         let fill = Arc::clone(&self.fill);
-        let temp = self.temp.clone();
         let life = cache.lifetime(idle_timeout);
         tokio::spawn(async move {
-            let result = fill::run(
-                &fill,
-                &tx,
-                body,
-                temp.clone(),
-                file,
-                life,
-                &cache.stats.fetched,
-            )
-            .await;
+            let result = fill::run(&fill, &tx, body, temp, file, life, &cache.stats.fetched).await;
             let result = match result {
                 Ok(filled) => {
                     // Readers may finish now; publishing waits for the disk, they need not.
                     let _ = tx.send(Progress::Verified);
                     let c = Arc::clone(&cache);
                     let f = Arc::clone(&fill);
-                    tokio::task::spawn_blocking(move || c.publish(&f, filled))
+                    store::blocking(move || c.publish(&f, filled))
                         .await
-                        .unwrap_or_else(|e| Err(Failure::Upstream(format!("commit task: {e}"))))
+                        .unwrap_or_else(|e| Err(Failure::Upstream(e.to_string())))
                 }
                 Err(f) => Err(f),
             };
             match result {
                 Ok(()) => {
-                    cache.stats.fills.add("committed");
+                    cache.stats.fills.add(FillResult::Committed);
                     tracing::info!(image_id = %fill.image_id, size = fill.expected.size, "cached");
                     let _ = tx.send(Progress::Committed);
                 }
                 Err(failure) => {
-                    cache.stats.fills.add(failure.reason());
-                    if let Failure::Disk { written, reason } = &failure {
+                    cache.stats.fills.add(failure.result());
+                    if let Failure::Disk { written, fault } = &failure {
                         // Operator action needed (disk full or failing): error level, once.
-                        tracing::error!(image_id = %fill.image_id, reason, written, "cache write failed; nothing kept, readers continue from upstream");
+                        tracing::error!(image_id = %fill.image_id, reason = fault.as_str(), written, "cache write failed; nothing kept, readers continue from upstream");
                     } else {
-                        tracing::warn!(image_id = %fill.image_id, reason = failure.reason(), detail = ?failure, "fill failed; nothing kept");
+                        tracing::warn!(image_id = %fill.image_id, reason = failure.result().as_str(), detail = ?failure, "fill failed; nothing kept");
                     }
-                    cache.abandon(&fill, &temp);
+                    cache.abandon(&fill);
                     let _ = tx.send(Progress::Failed(failure));
                 }
             }
@@ -639,7 +705,7 @@ impl Drop for Starter {
     /// Dropped without `start`: Glance refused or the request failed; undo the registration.
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            self.cache.abandon(&self.fill, &self.temp);
+            self.cache.abandon(&self.fill);
             let _ = tx.send(Progress::Failed(Failure::Rejected));
         }
     }

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::store::unix_ms;
-use super::verify::{Digests, Expected};
+use super::verify::Digests;
 use super::Cache;
+use crate::digest::Expected;
+use crate::outcome::QuarantineReason;
 
 /// Bytes read per blocking call (a multiple of any block size `O_DIRECT` may require).
 const CHUNK: usize = 4 << 20;
@@ -52,7 +54,7 @@ pub fn pace(done: u64, rate: u64, elapsed: Duration) -> Duration {
 /// Why an entry failed its check.
 enum Verdict {
     Intact,
-    Corrupt(&'static str, String),
+    Corrupt(QuarantineReason, String),
     /// The entry went away or changed while it was read (evicted, replaced): no verdict.
     Gone,
 }
@@ -85,7 +87,11 @@ impl Scrubber {
                     }
                     Verdict::Corrupt(reason, detail) => {
                         self.stats.corruptions.fetch_add(1, Ordering::Relaxed);
-                        self.cache.quarantine(&id, print, reason, detail);
+                        let cache = Arc::clone(&self.cache);
+                        let _ = super::store::blocking(move || {
+                            cache.quarantine(&id, print, reason, detail)
+                        })
+                        .await;
                     }
                     Verdict::Gone => {}
                 },
@@ -112,18 +118,20 @@ impl Scrubber {
         let opened = {
             let cache = Arc::clone(&self.cache);
             let id = id.to_string();
-            tokio::task::spawn_blocking(move || cache.open_for_scrub(&id)).await
+            super::store::blocking(move || cache.open_for_scrub(&id)).await
         };
         let (file, direct) = match opened {
             Ok(Ok((file, direct, now))) if now == print => (Arc::new(file), direct),
             Ok(Ok(_)) => {
                 return Verdict::Corrupt(
-                    "changed_on_disk",
+                    QuarantineReason::ChangedOnDisk,
                     "the data file changed after it was verified".into(),
                 )
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Verdict::Gone,
-            Ok(Err(e)) => return Verdict::Corrupt("read_error", format!("cannot open: {e}")),
+            Ok(Err(e)) => {
+                return Verdict::Corrupt(QuarantineReason::ReadError, format!("cannot open: {e}"))
+            }
             Err(_) => return Verdict::Gone, // the blocking pool is shutting down
         };
         let started = Instant::now();
@@ -148,7 +156,10 @@ impl Scrubber {
             let n = match result {
                 Ok(n) => n,
                 Err(e) => {
-                    return Verdict::Corrupt("read_error", format!("at offset {offset}: {e}"))
+                    return Verdict::Corrupt(
+                        QuarantineReason::ReadError,
+                        format!("at offset {offset}: {e}"),
+                    )
                 }
             };
             self.stats
@@ -170,7 +181,7 @@ impl Scrubber {
         // the digests and the length read decide the rest.
         match digests.verify(expected) {
             Ok(()) => Verdict::Intact,
-            Err(m) => Verdict::Corrupt(m.reason(), m.to_string()),
+            Err(m) => Verdict::Corrupt(m.kind().into(), m.to_string()),
         }
     }
 }

@@ -14,6 +14,11 @@
 //! survives a restart without a write per hit to anything but inode metadata; the data file
 //! itself is never touched after commit, so its `Fingerprint` (inode, size, ctime) changes
 //! only if something else writes it.
+//!
+//! Architecture invariant: no disk IO on a runtime worker thread. Every `Store` method that
+//! opens, writes, fsyncs, renames, unlinks or sets times runs inside `blocking` (the blocking
+//! pool) or before the runtime serves (`startup`); debug builds assert it
+//! (`assert_off_runtime`), so a test that reaches the disk from a runtime thread fails.
 
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Write};
@@ -23,7 +28,70 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::verify::{Expected, HashAlgo};
+use crate::digest::{Expected, HashAlgo};
+use crate::outcome::DiskFault;
+
+thread_local! {
+    /// Set while this thread runs disk work on purpose: inside `blocking` or `startup`.
+    static OFF_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run disk work on the blocking pool and wait for it. An error only if the work panicked.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(move || startup(work))
+        .await
+        .map_err(|e| io::Error::other(format!("disk task failed: {e}")))
+}
+
+/// Run disk work on this thread, which is not serving requests (the blocking pool, or start-up
+/// before any listener accepts).
+pub fn startup<T>(work: impl FnOnce() -> T) -> T {
+    let before = OFF_RUNTIME.with(|f| f.replace(true));
+    let result = work();
+    OFF_RUNTIME.with(|f| f.set(before));
+    result
+}
+
+/// Debug builds: panic if disk work runs on a thread of a Tokio runtime outside `blocking`.
+fn assert_off_runtime() {
+    debug_assert!(
+        tokio::runtime::Handle::try_current().is_err() || OFF_RUNTIME.with(|f| f.get()),
+        "disk IO on a runtime thread: wrap it in cache::store::blocking"
+    );
+}
+
+/// A temporary file that is removed when dropped, unless `keep` took it (published).
+/// Removal runs where the guard drops; in a runtime it is sent to the blocking pool (the name
+/// is unique, so removing it later cannot touch anything else).
+#[derive(Debug)]
+pub struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// The file is published (renamed away): nothing to remove.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let Some(path) = self.0.take() else { return };
+        let remove = move || {
+            let _ = startup(|| remove_file(&path));
+        };
+        let off_runtime = OFF_RUNTIME.with(|f| f.get());
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if !off_runtime => drop(handle.spawn_blocking(remove)),
+            _ => remove(),
+        }
+    }
+}
 
 const IMAGES: &str = "images";
 const TMP: &str = "tmp";
@@ -52,10 +120,10 @@ impl From<io::Error> for StoreError {
 }
 
 impl StoreError {
-    pub fn reason(&self) -> &'static str {
+    pub fn fault(&self) -> DiskFault {
         match self {
-            StoreError::NoSpace(_) => "no_space",
-            StoreError::Io(_) => "io_error",
+            StoreError::NoSpace(_) => DiskFault::NoSpace,
+            StoreError::Io(_) => DiskFault::Io,
         }
     }
 }
@@ -279,7 +347,8 @@ impl Store {
     }
 
     /// A new temporary file for a fill of `id`.
-    pub fn create_temp(&self, id: &str) -> Result<(PathBuf, File), StoreError> {
+    pub fn create_temp(&self, id: &str) -> Result<(TempFile, File), StoreError> {
+        assert_off_runtime();
         let path = self
             .tmp
             .join(format!("{id}.{}", uuid::Uuid::new_v4().simple()));
@@ -288,7 +357,15 @@ impl Store {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        Ok((path, file))
+        Ok((TempFile(Some(path)), file))
+    }
+
+    /// Open a committed entry's data file, with its fingerprint now.
+    pub fn open_data(&self, id: &str) -> io::Result<(File, Fingerprint)> {
+        assert_off_runtime();
+        let file = File::open(self.data_path(id))?;
+        let stat = file.metadata()?;
+        Ok((file, Fingerprint::of(&stat)))
     }
 
     /// Publish a verified fill of `id` durably (see the module doc for the order); returns
@@ -296,15 +373,16 @@ impl Store {
     /// within milliseconds) and the fingerprint of the published data file.
     pub fn commit(
         &self,
-        temp: &Path,
+        temp: TempFile,
         data: &File,
         id: &str,
         expected: &Expected,
     ) -> Result<(EntryMeta, Fingerprint), StoreError> {
+        assert_off_runtime();
         data.sync_all()?;
         let meta = EntryMeta::new(id, expected, unix_ms(SystemTime::now()));
         let meta = &meta;
-        let mut meta_temp = temp.as_os_str().to_owned();
+        let mut meta_temp = temp.path().as_os_str().to_owned();
         meta_temp.push(META_SUFFIX);
         let meta_temp = PathBuf::from(meta_temp);
         let result = (|| {
@@ -312,13 +390,14 @@ impl Store {
             f.write_all(&serde_json::to_vec(meta).map_err(io::Error::other)?)?;
             f.sync_all()?;
             fs::rename(&meta_temp, self.meta_path(&meta.image_id))?;
-            fs::rename(temp, self.data_path(&meta.image_id))?;
+            fs::rename(temp.path(), self.data_path(&meta.image_id))?;
             sync_dir(&self.images)?;
             // After the rename (which sets ctime): the file as it is now served.
             data.metadata()
         })();
-        if result.is_err() {
-            let _ = remove_file(&meta_temp);
+        match result {
+            Ok(_) => temp.keep(),
+            Err(_) => drop(remove_file(&meta_temp)),
         }
         result
             .map(|stat| (meta.clone(), Fingerprint::of(&stat)))
@@ -328,6 +407,7 @@ impl Store {
     /// Open an entry's data file to read the disk itself (`O_DIRECT`: the page cache neither
     /// answers nor keeps what is read); buffered where the filesystem has no direct IO.
     pub fn open_direct(&self, id: &str) -> io::Result<(File, bool)> {
+        assert_off_runtime();
         let path = self.data_path(id);
         match OpenOptions::new()
             .read(true)
@@ -345,6 +425,7 @@ impl Store {
     /// Take an entry out of service for good: delete its files and leave `report` (JSON) in
     /// `quarantine/` for the operator. Returns the report's path.
     pub fn quarantine(&self, id: &str, report: &serde_json::Value) -> Result<PathBuf, StoreError> {
+        assert_off_runtime();
         self.remove(id)?;
         let path = self
             .quarantine
@@ -356,6 +437,7 @@ impl Store {
 
     /// Delete an entry (readers holding the file open keep reading what they opened).
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        assert_off_runtime();
         let meta = remove_file(&self.meta_path(id));
         // Between the two removals (a crash here leaves data without a record).
         fail::fail_point!("store::remove");
@@ -366,6 +448,7 @@ impl Store {
     /// Record an access: the meta file's mtime is the LRU tick (the data file is left alone,
     /// so its fingerprint holds).
     pub fn touch(&self, id: &str, when: SystemTime) {
+        assert_off_runtime();
         if let Ok(f) = File::options().write(true).open(self.meta_path(id)) {
             let _ = f.set_times(FileTimes::new().set_modified(when));
         }
@@ -408,7 +491,7 @@ mod tests {
         }
     }
 
-    fn fill(store: &Store, id: &str, bytes: &[u8]) -> (PathBuf, File) {
+    fn fill(store: &Store, id: &str, bytes: &[u8]) -> (TempFile, File) {
         let (path, mut file) = store.create_temp(id).expect("temp");
         file.write_all(bytes).expect("write");
         (path, file)
@@ -420,7 +503,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let (tmp, file) = fill(&store, "img-1", b"abcd");
         let (_, print) = store
-            .commit(&tmp, &file, "img-1", &meta("img-1", 4).expected())
+            .commit(tmp, &file, "img-1", &meta("img-1", 4).expected())
             .expect("commit");
         assert_eq!(fs::read(store.data_path("img-1")).expect("data"), b"abcd");
 
@@ -477,7 +560,7 @@ mod tests {
         // One good entry survives.
         let (tmp, file) = fill(&store, "ok", b"fine");
         store
-            .commit(&tmp, &file, "ok", &meta("ok", 4).expected())
+            .commit(tmp, &file, "ok", &meta("ok", 4).expected())
             .expect("commit");
 
         let scan = store.scan().expect("scan");
@@ -503,7 +586,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let (tmp, file) = fill(&store, "img", b"abcdef");
         let (_, print) = store
-            .commit(&tmp, &file, "img", &meta("img", 6).expected())
+            .commit(tmp, &file, "img", &meta("img", 6).expected())
             .expect("commit");
         let stat = || Fingerprint::of(&fs::metadata(store.data_path("img")).expect("stat"));
         assert_eq!(stat(), print);
@@ -532,7 +615,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let (tmp, file) = fill(&store, "img", b"abc");
         store
-            .commit(&tmp, &file, "img", &meta("img", 3).expected())
+            .commit(tmp, &file, "img", &meta("img", 3).expected())
             .expect("commit");
         let report = store
             .quarantine("img", &serde_json::json!({"reason": "hash_mismatch"}))
@@ -544,7 +627,7 @@ mod tests {
         let (direct, _) = {
             let (tmp, file) = fill(&store, "img2", b"xyz");
             store
-                .commit(&tmp, &file, "img2", &meta("img2", 3).expected())
+                .commit(tmp, &file, "img2", &meta("img2", 3).expected())
                 .expect("commit");
             store.open_direct("img2").expect("open")
         };
@@ -570,7 +653,10 @@ mod tests {
     #[test]
     fn enospc_is_told_apart() {
         let e = StoreError::from(io::Error::from_raw_os_error(28));
-        assert_eq!(e.reason(), "no_space");
-        assert_eq!(StoreError::from(io::Error::other("x")).reason(), "io_error");
+        assert_eq!(e.fault(), DiskFault::NoSpace);
+        assert_eq!(
+            StoreError::from(io::Error::other("x")).fault(),
+            DiskFault::Io
+        );
     }
 }

@@ -7,50 +7,8 @@
 use md5::Md5;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-/// The `os_hash_algo` values Glance may record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashAlgo {
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl HashAlgo {
-    pub fn parse(name: &str) -> Option<HashAlgo> {
-        match name.to_ascii_lowercase().as_str() {
-            "sha256" => Some(HashAlgo::Sha256),
-            "sha384" => Some(HashAlgo::Sha384),
-            "sha512" => Some(HashAlgo::Sha512),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HashAlgo::Sha256 => "sha256",
-            HashAlgo::Sha384 => "sha384",
-            HashAlgo::Sha512 => "sha512",
-        }
-    }
-}
-
-/// What the image record says the bytes must be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expected {
-    pub size: u64,
-    /// Glance's `checksum`, lower-case hex md5.
-    pub md5: Option<String>,
-    /// `os_hash_algo` and `os_hash_value` (lower-case hex).
-    pub os_hash: Option<(HashAlgo, String)>,
-}
-
-impl Expected {
-    /// Whether the record names any digest at all (an image without one is not cacheable
-    /// unless size-only caching is allowed).
-    pub fn has_digest(&self) -> bool {
-        self.md5.is_some() || self.os_hash.is_some()
-    }
-}
+pub use crate::digest::{Expected, HashAlgo};
+use crate::outcome::MismatchKind;
 
 /// Why bytes are not the image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,12 +24,12 @@ pub enum Mismatch {
 }
 
 impl Mismatch {
-    /// Bounded reason for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    /// Its kind, for logs and metrics.
+    pub fn kind(&self) -> MismatchKind {
         match self {
-            Mismatch::Length { actual, expected } if actual < expected => "short",
-            Mismatch::Length { .. } => "long",
-            Mismatch::Digest { .. } => "hash_mismatch",
+            Mismatch::Length { actual, expected } if actual < expected => MismatchKind::Short,
+            Mismatch::Length { .. } => MismatchKind::Long,
+            Mismatch::Digest { .. } => MismatchKind::HashMismatch,
         }
     }
 }
@@ -207,9 +165,9 @@ mod tests {
         );
 
         let short = check(&[b"hello"], &good).expect_err("short");
-        assert_eq!(short.reason(), "short");
+        assert_eq!(short.kind(), MismatchKind::Short);
         let flipped = check(&[b"hello worle"], &good).expect_err("flipped byte");
-        assert_eq!(flipped.reason(), "hash_mismatch");
+        assert_eq!(flipped.kind(), MismatchKind::HashMismatch);
         // md5 right but sha512 wrong (a changed image with a stale checksum): still refused.
         let bad_os = expected(
             11,

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::cache::fill::{Fill, Progress};
 use crate::cache::{Begin, Cache, Lookup};
 use crate::config::PrefetchConfig;
+use crate::outcome::BypassReason;
 use crate::upstream::glance::{is_full_download, Api, ImageInfo};
 use crate::upstream::Upstream;
 use credentials::Credentials;
@@ -33,11 +34,29 @@ enum Attempt {
     /// In the cache now.
     Cached,
     /// Cannot be cached (gone, not active, too large...): leaves the queue.
-    Skipped(&'static str),
+    Skipped(Skip),
     /// Worth retrying later.
     Failed(String),
     /// Glance refused the proxy's token.
     Unauthorized,
+}
+
+/// Why a queued image cannot be cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// Glance says 404 to the proxy's own credentials.
+    Gone,
+    /// The record or the cache rules it out (not active, no size, too large...).
+    Uncacheable(BypassReason),
+}
+
+impl Skip {
+    fn as_str(self) -> &'static str {
+        match self {
+            Skip::Gone => "gone",
+            Skip::Uncacheable(reason) => reason.as_str(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -91,23 +110,23 @@ impl Prefetcher {
 
     /// Queue `id` durably and start on it at once (a failed image is retried now too).
     /// `Ok(false)` if it was queued already.
-    pub fn enqueue(&self, id: &str) -> io::Result<bool> {
-        let added = self.queue.push(id)?;
+    pub async fn enqueue(&self, id: &str) -> io::Result<bool> {
+        let added = self.queue.push(id).await?;
         self.work().backoff.remove(id);
         self.wake.notify_one();
         Ok(added)
     }
 
     /// Unqueue `id`; whether it was queued.
-    pub fn dequeue(&self, id: &str) -> bool {
+    pub async fn dequeue(&self, id: &str) -> bool {
         self.work().backoff.remove(id);
-        self.queue.remove(id)
+        self.queue.remove(id).await
     }
 
     /// Unqueue everything; how many were queued.
-    pub fn clear(&self) -> usize {
+    pub async fn clear(&self) -> usize {
         self.work().backoff.clear();
-        self.queue.clear()
+        self.queue.clear().await
     }
 
     /// Queued image ids, oldest first.
@@ -179,11 +198,11 @@ impl Prefetcher {
         match result {
             Attempt::Cached => {
                 tracing::info!(image_id = %id, elapsed_ms, "prefetch: cached");
-                self.finish(&id);
+                self.finish(&id).await;
             }
             Attempt::Skipped(reason) => {
-                tracing::info!(image_id = %id, reason, "prefetch: cannot be cached; unqueued");
-                self.finish(&id);
+                tracing::info!(image_id = %id, reason = reason.as_str(), "prefetch: cannot be cached; unqueued");
+                self.finish(&id).await;
             }
             Attempt::Failed(_) | Attempt::Unauthorized => {
                 let detail = match result {
@@ -208,9 +227,9 @@ impl Prefetcher {
         self.wake.notify_one();
     }
 
-    fn finish(&self, id: &str) {
+    async fn finish(&self, id: &str) {
         self.work().backoff.remove(id);
-        self.queue.remove(id);
+        self.queue.remove(id).await;
     }
 
     async fn fetch(&self, id: &str) -> Attempt {
@@ -225,31 +244,31 @@ impl Prefetcher {
         match record.status {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED => return Attempt::Unauthorized,
-            StatusCode::NOT_FOUND => return Attempt::Skipped("gone"),
+            StatusCode::NOT_FOUND => return Attempt::Skipped(Skip::Gone),
             s => return Attempt::Failed(format!("Glance answered {s} to the image record")),
         }
         let Some(info) = ImageInfo::parse(Api::V2, &record) else {
             return Attempt::Failed("unreadable image record".into());
         };
         if info.status != "active" {
-            return Attempt::Skipped("not_active");
+            return Attempt::Skipped(Skip::Uncacheable(BypassReason::NotActive));
         }
         let Some(expected) = info.expected else {
-            return Attempt::Skipped("no_size");
+            return Attempt::Skipped(Skip::Uncacheable(BypassReason::NoSize));
         };
-        let fill = match self.cache.lookup(id, &expected) {
+        let fill = match self.cache.lookup(id, &expected).await {
             Lookup::Hit(_) => return Attempt::Cached,
             Lookup::Filling(fill) => fill,
-            Lookup::Miss => match self.cache.begin_fill(id, &expected) {
+            Lookup::Miss => match self.cache.begin_fill(id, &expected).await {
                 Begin::Joined(fill) => fill,
-                Begin::Bypass(reason @ ("no_room" | "io_error" | "no_space")) => {
+                Begin::Bypass(reason) if reason.is_transient() => {
                     return Attempt::Failed(format!("cache: {reason}"))
                 }
-                Begin::Bypass(reason) => return Attempt::Skipped(reason),
+                Begin::Bypass(reason) => return Attempt::Skipped(Skip::Uncacheable(reason)),
                 Begin::Started(starter) => {
                     let _keep = starter.fill().keep();
                     let resp = match self.upstream.download(Api::V2, &headers, id, None).await {
-                        Ok(r) => r,
+                        Ok((r, _)) => r,
                         Err(e) => return Attempt::Failed(format!("download: {e}")),
                     };
                     if resp.status() == StatusCode::UNAUTHORIZED {
@@ -275,7 +294,7 @@ async fn outcome(fill: &Arc<Fill>) -> Attempt {
     let _keep = fill.keep();
     match fill.finished().await {
         Progress::Committed => Attempt::Cached,
-        Progress::Failed(f) => Attempt::Failed(format!("fill: {}", f.reason())),
+        Progress::Failed(f) => Attempt::Failed(format!("fill: {}", f.result())),
         other => Attempt::Failed(format!("fill ended as {other:?}")),
     }
 }

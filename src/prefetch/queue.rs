@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use crate::cache::store::is_storable_id;
+use crate::cache::store::{blocking, is_storable_id};
 
 pub const QUEUE_DIR: &str = "queue";
 
@@ -51,8 +51,9 @@ impl Queue {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue `id` durably; `Ok(false)` if it was queued already.
-    pub fn push(&self, id: &str) -> io::Result<bool> {
+    /// Queue `id` durably (the marker and the directory fsynced, on the blocking pool);
+    /// `Ok(false)` if it was queued already.
+    pub async fn push(&self, id: &str) -> io::Result<bool> {
         if !is_storable_id(id) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -62,9 +63,12 @@ impl Queue {
         if self.contains(id) {
             return Ok(false);
         }
-        let marker = self.dir.join(id);
-        File::create(&marker)?.sync_all()?;
-        File::open(&self.dir)?.sync_all()?;
+        let (dir, marker) = (self.dir.clone(), self.dir.join(id));
+        blocking(move || -> io::Result<()> {
+            File::create(&marker)?.sync_all()?;
+            File::open(&dir)?.sync_all()
+        })
+        .await??;
         let mut ids = self.lock();
         if ids.iter().any(|q| q == id) {
             return Ok(false);
@@ -74,7 +78,7 @@ impl Queue {
     }
 
     /// Unqueue `id`; whether it was queued.
-    pub fn remove(&self, id: &str) -> bool {
+    pub async fn remove(&self, id: &str) -> bool {
         let had = {
             let mut ids = self.lock();
             let before = ids.len();
@@ -82,19 +86,31 @@ impl Queue {
             ids.len() != before
         };
         if had {
-            if let Err(e) = fs::remove_file(self.dir.join(id)) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(image_id = %id, error = %e, "cannot delete a queue marker");
-                }
-            }
+            self.delete_markers(vec![id.to_string()]).await;
         }
         had
     }
 
     /// Unqueue everything; returns how many were queued.
-    pub fn clear(&self) -> usize {
-        let ids: Vec<String> = self.lock().iter().cloned().collect();
-        ids.iter().filter(|id| self.remove(id)).count()
+    pub async fn clear(&self) -> usize {
+        let ids: Vec<String> = self.lock().drain(..).collect();
+        let n = ids.len();
+        self.delete_markers(ids).await;
+        n
+    }
+
+    async fn delete_markers(&self, ids: Vec<String>) {
+        let dir = self.dir.clone();
+        let _ = blocking(move || {
+            for id in ids {
+                if let Err(e) = fs::remove_file(dir.join(&id)) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(image_id = %id, error = %e, "cannot delete a queue marker");
+                    }
+                }
+            }
+        })
+        .await;
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -119,33 +135,36 @@ impl Queue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn markers_survive_reopening_in_order() {
+    #[tokio::test]
+    async fn markers_survive_reopening_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let q = Queue::open(dir.path()).expect("open");
-        assert!(q.push("b").expect("push"));
+        assert!(q.push("b").await.expect("push"));
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(q.push("a").expect("push"));
-        assert!(!q.push("b").expect("again"), "a second push is a no-op");
+        assert!(q.push("a").await.expect("push"));
+        assert!(
+            !q.push("b").await.expect("again"),
+            "a second push is a no-op"
+        );
         assert_eq!(q.ids(), ["b", "a"]);
         drop(q);
         let q = Queue::open(dir.path()).expect("reopen");
         assert_eq!(q.ids(), ["b", "a"], "mtime order, not name order");
-        assert!(q.remove("b"));
-        assert!(!q.remove("b"));
+        assert!(q.remove("b").await);
+        assert!(!q.remove("b").await);
         assert!(!dir.path().join(QUEUE_DIR).join("b").exists());
         assert_eq!(Queue::open(dir.path()).expect("reopen").ids(), ["a"]);
-        assert_eq!(q.clear(), 1);
+        assert_eq!(q.clear().await, 1);
         assert!(q.is_empty());
         assert!(Queue::open(dir.path()).expect("reopen").is_empty());
     }
 
-    #[test]
-    fn unusable_ids_are_refused_and_stray_files_ignored() {
+    #[tokio::test]
+    async fn unusable_ids_are_refused_and_stray_files_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let q = Queue::open(dir.path()).expect("open");
-        assert!(q.push("../escape").is_err());
-        assert!(q.push("").is_err());
+        assert!(q.push("../escape").await.is_err());
+        assert!(q.push("").await.is_err());
         fs::write(dir.path().join(QUEUE_DIR).join(".hidden"), b"").expect("write");
         let q = Queue::open(dir.path()).expect("reopen");
         assert!(q.is_empty());

@@ -1,6 +1,6 @@
 //! The operations listener (`metrics.listen`, loopback by default, apart from the API):
 //! `/metrics` (Prometheus text), `/healthz` (the process answers) and `/readyz` (the cache
-//! index is loaded, which `App` guarantees once built, and an upstream Glance answers).
+//! index is loaded, which `app::build` guarantees, and an upstream Glance answers).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,12 +15,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use super::Server;
 
 /// How long `/readyz` waits for an upstream.
 const READY_WAIT: Duration = Duration::from_secs(2);
 
-pub async fn serve(listener: TcpListener, app: Arc<App>) {
+pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics listening (/metrics, /healthz, /readyz)");
     }
@@ -29,9 +29,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let app = Arc::clone(&app);
+        let server = Arc::clone(&server);
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(Arc::clone(&app), req));
+            let service = service_fn(move |req| answer(Arc::clone(&server), req));
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
 }
 
 async fn answer(
-    app: Arc<App>,
+    server: Arc<Server>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = |status: StatusCode, body: String, kind: &'static str| {
@@ -63,12 +63,12 @@ async fn answer(
     Ok(match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
-            app.metrics.render(&app.snapshot()),
+            server.shared.metrics.render(&server.snapshot()),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n".into(), PLAIN),
         "/readyz" => {
-            if app.upstream.reachable(READY_WAIT).await {
+            if server.shared.upstream.reachable(READY_WAIT).await {
                 text(StatusCode::OK, "ready\n".into(), PLAIN)
             } else {
                 text(

@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::KtlsMode;
+use crate::outcome::TlsPath;
 
 /// Where the kernel lists the TCP upper-layer protocols it offers.
 pub const ULP_LIST: &str = "/proc/sys/net/ipv4/tcp_available_ulp";
@@ -33,12 +34,13 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The access log's `tls` field and the `tls_hits_total` label ("" for plain HTTP).
-    pub fn tls_label(self) -> &'static str {
+    /// How hits are encrypted (the access log's `tls` field, the `tls_hits_total` label);
+    /// `None` for plain HTTP.
+    pub fn tls_path(self) -> Option<TlsPath> {
         match self {
-            Transport::Plain => "",
-            Transport::Ktls => "ktls",
-            Transport::TlsUserspace => "userspace",
+            Transport::Plain => None,
+            Transport::Ktls => Some(TlsPath::Ktls),
+            Transport::TlsUserspace => Some(TlsPath::Userspace),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The API listener: accept loop under a connection limit (idle connections make room for
 //! newcomers: `slots`), HTTP/1.1 connections with a header-read timeout that also bounds the
-//! idle time between keep-alive requests, and graceful drain on shutdown.
+//! idle time between keep-alive requests, and graceful drain on shutdown. Each request goes
+//! to `request::handle`, which dispatches to the features (`image`, `manage`) or upstream.
 
 pub mod admin;
 pub mod kernel_tls;
@@ -9,18 +10,22 @@ pub mod slots;
 pub mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use url::Url;
 
 use self::kernel_tls::Transport;
-use crate::app::App;
-use crate::serve::sendfile;
+use crate::config::ServerConfig;
+use crate::metrics::Snapshot;
+use crate::sendfile;
+use crate::state::Shared;
 
 /// Pending connections the kernel keeps for the API listener (capped by
 /// `net.core.somaxconn`): deep enough that a burst of connections, or an attacker's, does not
@@ -38,26 +43,47 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// The API server: the shared state its handlers draw on, and what the listener itself
+/// needs (its settings, TLS, connection slots, its own URL).
+pub struct Server {
+    pub shared: Shared,
+    pub config: ServerConfig,
+    /// HTTPS on the API listener (`server.tls_cert_file`), reloadable.
+    pub tls: Option<Arc<tls::Tls>>,
+    /// Client connection slots (`server.max_connections`).
+    pub slots: Arc<slots::Slots>,
+    /// Fallback public URL (`http://` + the listen address) for requests without `Host`.
+    pub listen_url: Url,
+}
+
+impl Server {
+    /// Everything `/metrics` reports: the components and the listener's connections.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            connections_open: self.slots.open() as u64,
+            connections_shed: self.slots.shed(),
+            ..self.shared.snapshot()
+        }
+    }
+}
+
 /// Serve `listener` until `shutdown` resolves, then stop accepting and let open connections
 /// finish for at most the configured drain timeout.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let cfg = app.config.server.clone();
+pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Future<Output = ()>) {
     // One slot per open connection. A newcomer to a full house closes the connection idle
     // longest; only when every connection is busy does it wait (holding one descriptor),
     // and the clients behind it wait in the kernel backlog instead of exhausting descriptors.
-    let slots = Arc::clone(&app.slots);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        .header_read_timeout(server.config.header_read_timeout)
         .keep_alive(true)
         // The queued write strategy hands body chunks to the IO as they are (no copy into
-        // the head buffer): what sendfile for hits relies on (serve::sendfile).
+        // the head buffer): what sendfile for hits relies on (`sendfile`).
         .writev(true);
     let mut accept_backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
-
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
@@ -75,64 +101,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         accept_backoff = Duration::from_millis(5);
         let (slot, closed) = tokio::select! {
             _ = &mut shutdown => break,
-            slot = slots.acquire() => slot,
+            slot = server.slots.acquire() => slot,
         };
-        let slot = Arc::new(slot);
         let _ = stream.set_nodelay(true);
-        let conn_app = Arc::clone(&app);
-        let conn_slot = Arc::clone(&slot);
-        let service = move |zero_copy: Option<Arc<sendfile::Conn>>, transport: Transport| {
-            service_fn(move |req| {
-                let busy = conn_slot.busy();
-                let conn = request::Connection {
-                    peer,
-                    zero_copy: zero_copy.clone(),
-                    transport,
-                    busy,
-                };
-                request::handle(Arc::clone(&conn_app), req, conn)
-            })
+        let accepted = Accepted {
+            server: Arc::clone(&server),
+            stream,
+            peer,
+            slot: Arc::new(slot),
         };
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let tls = app.tls.clone();
-        let handshake_timeout = cfg.header_read_timeout;
+        let served = accepted.serve(builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let served = async {
-                match tls {
-                    // Plain HTTP/1: hits go out with sendfile.
-                    None => {
-                        let zero_copy = sendfile::Conn::new();
-                        let io = sendfile::SendfileIo::new(stream, Arc::clone(&zero_copy));
-                        let conn = builder.serve_connection(
-                            TokioIo::new(io),
-                            service(Some(zero_copy), Transport::Plain),
-                        );
-                        watcher.watch(conn).await.map_err(|e| e.to_string())
-                    }
-                    // TLS with the kernel encrypting: served like plain HTTP, with sendfile.
-                    #[cfg(feature = "ktls")]
-                    Some(tls) if tls.kernel().is_on() => {
-                        let io = within(handshake_timeout, ktls_accept(&tls, stream)).await?;
-                        let zero_copy = sendfile::Conn::new();
-                        let io = sendfile::SendfileIo::new(io, Arc::clone(&zero_copy));
-                        let conn = builder.serve_connection(
-                            TokioIo::new(io),
-                            service(Some(zero_copy), Transport::Ktls),
-                        );
-                        watcher.watch(conn).await.map_err(|e| e.to_string())
-                    }
-                    // TLS in user space: hits are read and encrypted by rustls.
-                    Some(tls) => {
-                        let io = within(handshake_timeout, accept(&tls, stream)).await?;
-                        let conn = builder.serve_connection(
-                            TokioIo::new(io),
-                            service(None, Transport::TlsUserspace),
-                        );
-                        watcher.watch(conn).await.map_err(|e| e.to_string())
-                    }
-                }
-            };
             tokio::select! {
                 ended = served => if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -141,16 +120,85 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 // lost (no request was in progress).
                 _ = closed => tracing::debug!(%peer, "idle connection closed to make room"),
             }
-            drop(slot);
         });
     }
-
     drop(listener);
-    tracing::info!(deadline = ?cfg.drain_timeout, "shutting down: no new connections, draining");
+    drain(graceful, server.config.drain_timeout).await;
+}
+
+/// Let open connections finish, for at most `deadline`.
+async fn drain(graceful: GracefulShutdown, deadline: Duration) {
+    tracing::info!(?deadline, "shutting down: no new connections, draining");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(cfg.drain_timeout) => {
+        _ = tokio::time::sleep(deadline) => {
             tracing::warn!("drain deadline passed, closing the remaining connections");
+        }
+    }
+}
+
+/// One accepted connection, holding its slot until it ends.
+struct Accepted {
+    server: Arc<Server>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: Arc<slots::Slot>,
+}
+
+impl Accepted {
+    /// The service for this connection's requests.
+    fn service(
+        &self,
+        zero_copy: Option<Arc<sendfile::Conn>>,
+        transport: Transport,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<crate::body::ProxyBody>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Send
+           + 'static {
+        let (server, slot, peer) = (Arc::clone(&self.server), Arc::clone(&self.slot), self.peer);
+        service_fn(move |req| {
+            let conn = request::Connection {
+                peer,
+                zero_copy: zero_copy.clone(),
+                transport,
+                busy: slot.busy(),
+            };
+            request::handle(Arc::clone(&server), req, conn)
+        })
+    }
+
+    /// TLS if configured, then HTTP/1.1 until the connection ends or the drain closes it.
+    async fn serve(self, builder: http1::Builder, watcher: Watcher) -> Result<(), String> {
+        let timeout = self.server.config.header_read_timeout;
+        match self.server.tls.clone() {
+            // Plain HTTP/1: hits go out with sendfile.
+            None => {
+                let zero_copy = sendfile::Conn::new();
+                let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Plain);
+                let io = sendfile::SendfileIo::new(self.stream, zero_copy);
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                watcher.watch(conn).await.map_err(|e| e.to_string())
+            }
+            // TLS with the kernel encrypting: served like plain HTTP, with sendfile.
+            #[cfg(feature = "ktls")]
+            Some(tls) if tls.kernel().is_on() => {
+                let zero_copy = sendfile::Conn::new();
+                let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Ktls);
+                let io = within(timeout, ktls_accept(&tls, self.stream)).await?;
+                let io = sendfile::SendfileIo::new(io, zero_copy);
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                watcher.watch(conn).await.map_err(|e| e.to_string())
+            }
+            // TLS in user space: hits are read and encrypted by rustls.
+            Some(tls) => {
+                let service = self.service(None, Transport::TlsUserspace);
+                let io = within(timeout, accept(&tls, self.stream)).await?;
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                watcher.watch(conn).await.map_err(|e| e.to_string())
+            }
         }
     }
 }

@@ -14,15 +14,16 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use url::Url;
 
-use crate::app::App;
+use super::kernel_tls::Transport;
+use super::Server;
 use crate::body::{BoxError, Chunk, ProxyBody};
-use crate::error;
+use crate::outcome::{Outcome, TlsPath};
 use crate::route::{self, Route};
-use crate::serve;
-use crate::serve::sendfile;
-use crate::server::kernel_tls::Transport;
+use crate::sendfile;
+use crate::state::Shared;
 use crate::upstream::glance::Api;
-use crate::upstream::Downstream;
+use crate::upstream::{Downstream, Forwarded};
+use crate::{error, image, manage};
 
 const REQUEST_ID: &str = "x-openstack-request-id";
 
@@ -36,80 +37,36 @@ pub struct Connection {
     pub busy: super::slots::Busy,
 }
 
+/// Answer one request: classify, dispatch, turn an error into its response, and attach the
+/// access record, which logs and counts the request when the response body ends or drops.
 pub async fn handle(
-    app: Arc<App>,
+    server: Arc<Server>,
     req: Request<Incoming>,
     conn: Connection,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let Connection {
-        peer,
-        zero_copy,
-        transport,
-        busy,
-    } = conn;
     // sendfile needs HTTP/1.x framing on a socket that sends file bytes as they are.
-    let zero_copy = zero_copy.filter(|_| req.version() <= http::Version::HTTP_11);
-    let started = Instant::now();
+    let zero_copy = conn
+        .zero_copy
+        .clone()
+        .filter(|_| req.version() <= http::Version::HTTP_11);
     let accept = req
         .headers()
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());
     let route = route::classify(req.method(), req.uri().path(), accept);
-    let mut record = AccessRecord {
-        method: req.method().to_string(),
-        path: req.uri().path().to_string(),
-        route: route.as_str(),
-        status: 0,
-        bytes: 0,
-        upstream: String::from("-"),
-        request_id: header_str(req.headers(), REQUEST_ID).unwrap_or_default(),
-        error: None,
-        complete: false,
-        expected_len: None,
-        cache: "",
-        cache_reason: "",
-        started,
-        ttfb: 0.0,
-        tls: transport.tls_label(),
-        metrics: Arc::clone(&app.metrics),
-        _busy: busy,
-    };
-    let public_url = public_url(&app, req.headers());
+    let mut record = AccessRecord::start(&server, &req, &route, conn);
+    let public_url = public_url(&server, req.headers());
     let down = Downstream {
-        client_ip: peer.ip(),
+        client_ip: record.peer.ip(),
         public_url: &public_url,
         rewrite_body: route == Route::Versions,
-        cache_api: app.cache.is_some(),
+        cache_api: server.shared.cache.is_some(),
     };
-    let result = match &route {
-        Route::ImageData { image_id } | Route::V1ImageData { image_id } => {
-            let api = match route {
-                Route::V1ImageData { .. } => Api::V1,
-                _ => Api::V2,
-            };
-            serve::image_data(&app, req, api, image_id, &down, zero_copy.as_ref())
-                .await
-                .map(|served| {
-                    record.cache = served.outcome.as_str();
-                    record.cache_reason = served.outcome.reason();
-                    served.forwarded
-                })
-        }
-        Route::ImageDelete { image_id } | Route::V1ImageDelete { image_id } => {
-            let result = app.upstream.forward(req, &down).await;
-            if let (Ok(f), Some(cache)) = (&result, &app.cache) {
-                if f.response.status().is_success() {
-                    cache.remove(image_id);
-                }
-            }
-            result
-        }
-        Route::Cache(op) => crate::manage::handle(&app, req, op.clone(), &down).await,
-        Route::Versions | Route::Passthrough => app.upstream.forward(req, &down).await,
-    };
+    let result = dispatch(&server.shared, req, &route, &down, zero_copy.as_ref()).await;
     let response = match result {
-        Ok(forwarded) => {
-            record.upstream = app.upstream.label(forwarded.upstream).to_string();
+        Ok((forwarded, outcome)) => {
+            record.outcome = outcome;
+            record.upstream = server.shared.upstream.label(forwarded.upstream).to_string();
             forwarded.response
         }
         Err(e) => {
@@ -120,19 +77,7 @@ pub async fn handle(
             error::respond(&e, &record.request_id)
         }
     };
-    if let Some(id) = header_str(response.headers(), REQUEST_ID) {
-        record.request_id = id;
-    }
-    record.status = response.status().as_u16();
-    record.ttfb = started.elapsed().as_secs_f64();
-    record.expected_len = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    if response.status() == StatusCode::NO_CONTENT || response.body().is_end_stream() {
-        record.complete = true;
-    }
+    record.responded(&response);
     Ok(response.map(|body| {
         Logged {
             inner: body,
@@ -142,18 +87,64 @@ pub async fn handle(
     }))
 }
 
+/// The feature that answers `route`: image data through the cache, the cache API, an image
+/// delete (which also drops the cached copy), or Glance itself.
+async fn dispatch(
+    shared: &Shared,
+    req: Request<Incoming>,
+    route: &Route,
+    down: &Downstream<'_>,
+    zero_copy: Option<&Arc<sendfile::Conn>>,
+) -> Result<(Forwarded, Option<Outcome>), error::Error> {
+    let upstream = &shared.upstream;
+    match route {
+        Route::ImageData { image_id } | Route::V1ImageData { image_id } => {
+            let api = match route {
+                Route::V1ImageData { .. } => Api::V1,
+                _ => Api::V2,
+            };
+            let ctx = image::Context {
+                upstream,
+                cache: shared.cache.as_ref(),
+                grants: &shared.grants,
+            };
+            let served = image::serve(&ctx, req, api, image_id, down, zero_copy).await?;
+            Ok((served.forwarded, Some(served.outcome)))
+        }
+        Route::ImageDelete { image_id } | Route::V1ImageDelete { image_id } => {
+            let forwarded = upstream.forward(req, down).await?;
+            if let (true, Some(cache)) = (forwarded.response.status().is_success(), &shared.cache) {
+                cache.remove(image_id).await;
+            }
+            Ok((forwarded, None))
+        }
+        Route::Cache(op) => {
+            let ctx = manage::Context {
+                upstream,
+                cache: shared.cache.as_ref().zip(shared.prefetch.as_ref()),
+            };
+            Ok((manage::handle(&ctx, req, op.clone(), down).await?, None))
+        }
+        Route::Versions | Route::Passthrough => Ok((upstream.forward(req, down).await?, None)),
+    }
+}
+
 /// The URL clients reach the proxy at: configured, or `http://` + the request's Host.
-fn public_url(app: &App, headers: &HeaderMap) -> Url {
-    if let Some(url) = &app.config.server.public_url {
+fn public_url(server: &Server, headers: &HeaderMap) -> Url {
+    if let Some(url) = &server.config.public_url {
         return url.clone();
     }
     header_str(headers, "host")
         .and_then(|host| {
-            let scheme = if app.tls.is_some() { "https" } else { "http" };
+            let scheme = if server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             Url::parse(&format!("{scheme}://{host}")).ok()
         })
         .filter(|url| url.path() == "/" && url.host_str().is_some())
-        .unwrap_or_else(|| app.listen_url.clone())
+        .unwrap_or_else(|| server.listen_url.clone())
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -167,7 +158,9 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 struct AccessRecord {
     method: String,
     path: String,
+    peer: SocketAddr,
     route: &'static str,
+    cache_api: bool,
     status: u16,
     bytes: u64,
     upstream: String,
@@ -176,43 +169,90 @@ struct AccessRecord {
     complete: bool,
     /// The response's Content-Length: reaching it completes the body.
     expected_len: Option<u64>,
-    /// Cache outcome for image data (hit, miss, coalesced, bypass, denied), else empty.
-    cache: &'static str,
-    cache_reason: &'static str,
+    /// How image data was answered (`None` for other routes).
+    outcome: Option<Outcome>,
     started: Instant,
     /// Seconds to the response head.
     ttfb: f64,
-    /// How hits on this connection are encrypted ("ktls", "userspace"; "" for plain HTTP).
-    tls: &'static str,
+    /// How hits on this connection are encrypted (`None` for plain HTTP).
+    tls: Option<TlsPath>,
     metrics: Arc<crate::metrics::Metrics>,
     /// The connection counts as busy (not closable to make room) until this record drops.
     _busy: super::slots::Busy,
+}
+
+impl AccessRecord {
+    fn start(server: &Server, req: &Request<Incoming>, route: &Route, conn: Connection) -> Self {
+        AccessRecord {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            peer: conn.peer,
+            route: route.as_str(),
+            cache_api: matches!(route, Route::Cache(_)),
+            status: 0,
+            bytes: 0,
+            upstream: String::from("-"),
+            request_id: header_str(req.headers(), REQUEST_ID).unwrap_or_default(),
+            error: None,
+            complete: false,
+            expected_len: None,
+            outcome: None,
+            started: Instant::now(),
+            ttfb: 0.0,
+            tls: conn.transport.tls_path(),
+            metrics: Arc::clone(&server.shared.metrics),
+            _busy: conn.busy,
+        }
+    }
+
+    /// The response head is ready: its status, length and request id.
+    fn responded(&mut self, response: &Response<ProxyBody>) {
+        if let Some(id) = header_str(response.headers(), REQUEST_ID) {
+            self.request_id = id;
+        }
+        self.status = response.status().as_u16();
+        self.ttfb = self.started.elapsed().as_secs_f64();
+        self.expected_len = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        if response.status() == StatusCode::NO_CONTENT || response.body().is_end_stream() {
+            self.complete = true;
+        }
+    }
+}
+
+/// Milliseconds rounded to the microsecond, for log fields.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         self.metrics.finished(&crate::metrics::Finished {
             route: self.route,
+            cache_api: self.cache_api,
             status: self.status,
-            outcome: self.cache,
-            reason: self.cache_reason,
+            outcome: self.outcome,
             bytes: self.bytes,
             ttfb: self.ttfb,
             tls: self.tls,
         });
+        let outcome = self.outcome;
         tracing::info!(
             target: "access",
             method = %self.method,
             path = %self.path,
             status = self.status,
             bytes = self.bytes,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = millis(self.started.elapsed()),
             upstream = %self.upstream,
             request_id = %self.request_id,
             route = self.route,
-            cache = self.cache,
-            cache_reason = self.cache_reason,
-            tls = self.tls,
+            cache = outcome.map_or("", Outcome::as_str),
+            cache_reason = outcome.map_or("", Outcome::reason),
+            tls = self.tls.map_or("", TlsPath::as_str),
             outcome = if self.complete { "complete" } else { "aborted" },
             error = self.error.as_deref().unwrap_or(""),
         );

@@ -5,11 +5,11 @@
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 use http::{request, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::cache::verify::{Expected, HashAlgo};
+use crate::digest::{Expected, HashAlgo};
 use crate::error::Error;
 use crate::upstream::Upstream;
 
@@ -157,10 +157,13 @@ pub fn is_full_download<B>(resp: &Response<B>, expected: &Expected) -> bool {
 }
 
 /// An upstream answer read into memory (small: records, errors, probes).
+#[derive(Clone)]
 pub struct Small {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Which upstream answered.
+    pub upstream: usize,
 }
 
 impl Small {
@@ -186,10 +189,37 @@ impl Upstream {
         caller: &HeaderMap,
         id: &str,
     ) -> Result<Small, Error> {
-        let resp = self
+        let (resp, index) = self
             .side_request(api.record_method(), caller, &api.record_path(id), None)
             .await?;
-        read_small(resp, self.body_idle_timeout).await
+        read_small(resp, index, self.body_idle_timeout).await
+    }
+
+    /// `PATCH /v2/images/{id}` with an empty JSON patch (`[]`), with the caller's headers: the
+    /// image record as Glance's database visibility shows it to the caller (admin, owner,
+    /// public or community, shared member), which is the lookup of Glance's cache API
+    /// (`gateway.get_repo(ctx).get`), not the `get_image` policy that `GET` also enforces (a
+    /// role). Glance's `ImagesController.update` looks the image up the same way, checks no
+    /// policy for an empty change list and saves nothing (`if changes: image_repo.save`).
+    pub async fn image_record_visible(&self, caller: &HeaderMap, id: &str) -> Result<Small, Error> {
+        let mut headers = caller.clone();
+        for name in &NOT_COPIED {
+            headers.remove(name);
+        }
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/openstack-images-v2.1-json-patch"),
+        );
+        let mut req = Request::new(Full::new(Bytes::from_static(b"[]")));
+        *req.method_mut() = Method::PATCH;
+        *req.uri_mut() = Api::V2
+            .record_path(id)
+            .parse()
+            .map_err(|e| Error::BadRequest(format!("image id cannot form a path: {e}")))?;
+        *req.headers_mut() = headers;
+        let (parts, body): (request::Parts, _) = req.into_parts();
+        let (resp, index) = self.send(parts, body).await?;
+        read_small(resp, index, self.body_idle_timeout).await
     }
 
     /// The image download with `Range: bytes=0-0`: Glance's own answer to "may this caller
@@ -203,12 +233,12 @@ impl Upstream {
         id: &str,
     ) -> Result<Small, Error> {
         let range = HeaderValue::from_static("bytes=0-0");
-        let resp = self
+        let (resp, index) = self
             .side_request(Method::GET, caller, &api.data_path(id), Some(range))
             .await?;
         // The one ranged byte is read (the connection goes back to the pool); if Glance
         // ignored the range, the body is dropped after the head.
-        verdict(resp, MAX_PROBE_BODY, self.body_idle_timeout).await
+        verdict(resp, index, MAX_PROBE_BODY, self.body_idle_timeout).await
     }
 
     /// `GET /v2/cache` with the caller's headers: Glance's own decision on its `cache_list`
@@ -217,20 +247,21 @@ impl Upstream {
     /// supported at this site." (cache off), and a refused one 401 or 403. A success's body
     /// (Glance's own cache listing) is dropped unread.
     pub async fn cache_policy(&self, caller: &HeaderMap) -> Result<Small, Error> {
-        let resp = self
+        let (resp, index) = self
             .side_request(Method::GET, caller, "/v2/cache", None)
             .await?;
-        verdict(resp, 0, self.body_idle_timeout).await
+        verdict(resp, index, 0, self.body_idle_timeout).await
     }
 
-    /// The full download, with the caller's headers and query (e.g. Glance's `?prefer=`).
+    /// The full download, with the caller's headers and query (e.g. Glance's `?prefer=`), and
+    /// which upstream answered.
     pub async fn download(
         &self,
         api: Api,
         caller: &HeaderMap,
         id: &str,
         query: Option<&str>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<(Response<Incoming>, usize), Error> {
         let path = match query {
             Some(q) => format!("{}?{q}", api.data_path(id)),
             None => api.data_path(id),
@@ -238,18 +269,35 @@ impl Upstream {
         self.side_request(Method::GET, caller, &path, None).await
     }
 
-    /// The rest of a download from `offset`, for a reader whose fill lost its disk.
-    pub async fn download_from(
+    /// The rest of an image of `size` bytes from `offset` (a ranged download), for a reader
+    /// whose fill lost its disk: the body, only if Glance answered 206 with exactly that span.
+    pub async fn download_rest(
         &self,
         api: Api,
         caller: &HeaderMap,
         id: &str,
         offset: u64,
-    ) -> Result<Response<Incoming>, Error> {
+        size: u64,
+    ) -> Result<crate::body::BytesBody, Error> {
         let range = HeaderValue::from_str(&format!("bytes={offset}-"))
             .map_err(|e| Error::BadRequest(e.to_string()))?;
-        self.side_request(Method::GET, caller, &api.data_path(id), Some(range))
-            .await
+        let (resp, _) = self
+            .side_request(Method::GET, caller, &api.data_path(id), Some(range))
+            .await?;
+        let want = format!("bytes {offset}-{}/{size}", size.saturating_sub(1));
+        let range_ok = resp.status() == StatusCode::PARTIAL_CONTENT
+            && resp
+                .headers()
+                .get(http::header::CONTENT_RANGE)
+                .is_some_and(|v| v.as_bytes() == want.as_bytes());
+        if !range_ok {
+            return Err(Error::BadUpstream(format!(
+                "upstream did not resume at {offset}: {}",
+                resp.status()
+            )));
+        }
+        let idle = self.body_idle_timeout;
+        Ok(crate::body::IdleTimeout::new(resp.into_body(), idle).boxed_unsync())
     }
 
     async fn side_request(
@@ -258,7 +306,7 @@ impl Upstream {
         caller: &HeaderMap,
         path: &str,
         range: Option<HeaderValue>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<(Response<Incoming>, usize), Error> {
         let mut headers = caller.clone();
         for name in &NOT_COPIED {
             headers.remove(name);
@@ -273,8 +321,7 @@ impl Upstream {
             .map_err(|e| Error::BadRequest(format!("image id cannot form a path: {e}")))?;
         *req.headers_mut() = headers;
         let (parts, body): (request::Parts, _) = req.into_parts();
-        let (resp, _) = self.send(parts, body).await?;
-        Ok(resp)
+        self.send(parts, body).await
     }
 }
 
@@ -283,6 +330,7 @@ impl Upstream {
 /// is dropped after the head (with its connection), so nothing large is transferred.
 async fn verdict(
     resp: Response<Incoming>,
+    upstream: usize,
     keep: u64,
     idle: std::time::Duration,
 ) -> Result<Small, Error> {
@@ -298,12 +346,17 @@ async fn verdict(
             status: parts.status,
             headers: parts.headers,
             body: Bytes::new(),
+            upstream,
         });
     }
-    read_small(resp, idle).await
+    read_small(resp, upstream, idle).await
 }
 
-async fn read_small(resp: Response<Incoming>, idle: std::time::Duration) -> Result<Small, Error> {
+async fn read_small(
+    resp: Response<Incoming>,
+    upstream: usize,
+    idle: std::time::Duration,
+) -> Result<Small, Error> {
     let (parts, body) = resp.into_parts();
     let body = tokio::time::timeout(idle, Limited::new(body, MAX_RECORD).collect())
         .await
@@ -317,6 +370,7 @@ async fn read_small(resp: Response<Incoming>, idle: std::time::Duration) -> Resu
         status: parts.status,
         headers,
         body,
+        upstream,
     })
 }
 

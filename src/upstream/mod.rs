@@ -18,7 +18,6 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -40,7 +39,7 @@ use rewrite::LinkRewriter;
 /// Version documents are small (about 2 KB); anything far larger is not one.
 const MAX_REWRITTEN_BODY: usize = 1 << 20;
 
-type OutBody = UnsyncBoxBody<Bytes, BoxError>;
+type OutBody = crate::body::BytesBody;
 
 /// One configured Glance endpoint.
 #[derive(Debug)]
@@ -61,10 +60,21 @@ pub struct Downstream<'a> {
     pub cache_api: bool,
 }
 
-/// A response from an upstream, with which upstream answered.
+/// A response for the client, with the upstream that answered for it: the one that sent it,
+/// or for an answer the proxy made itself (a hit, a cache-API call), the one that authorized
+/// it; `None` when no upstream was asked.
 pub struct Forwarded {
     pub response: Response<ProxyBody>,
-    pub upstream: usize,
+    pub upstream: Option<usize>,
+}
+
+impl Forwarded {
+    pub fn new(response: Response<ProxyBody>, upstream: impl Into<Option<usize>>) -> Forwarded {
+        Forwarded {
+            response,
+            upstream: upstream.into(),
+        }
+    }
 }
 
 /// The upstream Glance pool.
@@ -221,10 +231,11 @@ impl Upstream {
         false
     }
 
-    /// The label of upstream `index` for logs.
-    pub fn label(&self, index: usize) -> &str {
-        self.targets
-            .get(index)
+    /// The label of upstream `index` for logs ("-" for none).
+    pub fn label(&self, index: impl Into<Option<usize>>) -> &str {
+        index
+            .into()
+            .and_then(|i| self.targets.get(i))
             .map(|t| t.base.as_str().trim_end_matches('/'))
             .unwrap_or("-")
     }
@@ -243,7 +254,7 @@ impl Upstream {
         parts.headers = self.caller_headers(&parts.headers, down);
         let (response, upstream) = self.send(parts, body).await?;
         let response = self.prepare_response(response, down).await?;
-        Ok(Forwarded { response, upstream })
+        Ok(Forwarded::new(response, upstream))
     }
 
     /// The client's headers as they go upstream: hop-by-hop fields out, `X-Forwarded-*` in.

@@ -28,7 +28,13 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::body::{is_placeholder, BoxError, Chunk, SendJob, PLACEHOLDER_LEN};
+mod chunk;
+
+use chunk::{is_placeholder, SendJob, PLACEHOLDER_LEN};
+pub use chunk::{Chunk, FileChunk, Hooks, OnDiskError, OnDone};
+
+/// A body's error; the same type as `body::BoxError` (this module sits below `body`).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bytes checked (and, when cold, read into the page cache) ahead of the sender at a time.
 const WINDOW: u64 = 8 << 20;
@@ -78,7 +84,7 @@ impl Conn {
         self: &Arc<Self>,
         file: Arc<std::fs::File>,
         span: std::ops::Range<u64>,
-        hooks: crate::body::Hooks,
+        hooks: Hooks,
     ) -> FileBody {
         let _ = crate::sys::advise_sequential(&*file, span.start, span.end - span.start);
         FileBody {

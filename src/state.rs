@@ -1,0 +1,64 @@
+//! The shared state of the request path: the components every handler may draw on, built
+//! once by `app`. It names components (upstream, cache, prefetcher, scrubber, grants,
+//! metrics) and never the layers that use it (`server`, `image`, `manage`); each handler gets
+//! a narrow context made from it (`image::Context`, `manage::Context`).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::auth::Grants;
+use crate::cache::scrub::Scrubber;
+use crate::cache::Cache;
+use crate::metrics::{Metrics, Snapshot};
+use crate::prefetch::Prefetcher;
+use crate::upstream::Upstream;
+
+/// What requests share.
+pub struct Shared {
+    pub upstream: Arc<Upstream>,
+    /// `None` when `cache.enabled` is false.
+    pub cache: Option<Arc<Cache>>,
+    /// The persistent prefetch queue and its worker; with the cache.
+    pub prefetch: Option<Arc<Prefetcher>>,
+    /// The bit-rot scrubber; with the cache.
+    pub scrub: Option<Arc<Scrubber>>,
+    /// Which callers Glance let download which images (decides evictions on 404).
+    pub grants: Grants,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// The components' state for a metrics scrape (the listener adds its connections).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot {
+            upstreams: self.upstream.health(),
+            failovers: self.upstream.failovers(),
+            sendfile_bytes: crate::sendfile::bytes_sent(),
+            cold_read_bytes: crate::sendfile::bytes_warmed(),
+            ..Snapshot::default()
+        };
+        if let Some(cache) = &self.cache {
+            let (bytes, reserved, entries, capacity, evictions) = cache.usage();
+            snap.cache_enabled = true;
+            snap.cache_bytes = bytes;
+            snap.cache_reserved_bytes = reserved;
+            snap.cache_entries = entries;
+            snap.cache_capacity_bytes = capacity;
+            snap.cache_evictions = evictions;
+            snap.fills = cache.stats.fills.all();
+            snap.fetched_bytes = cache.stats.fetched.load(Relaxed);
+            snap.quarantined = cache.stats.quarantined.all();
+        }
+        if let Some(s) = &self.scrub {
+            snap.scrub_verified_bytes = s.stats.verified_bytes.load(Relaxed);
+            snap.scrub_verified_entries = s.stats.verified_entries.load(Relaxed);
+            snap.scrub_corruptions = s.stats.corruptions.load(Relaxed);
+        }
+        if let Some(p) = &self.prefetch {
+            snap.prefetch_queued = p.queued().len() as u64;
+            snap.prefetch_in_flight = p.in_flight() as u64;
+            snap.prefetch_failures = p.failures();
+        }
+        snap
+    }
+}
