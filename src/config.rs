@@ -4,7 +4,7 @@
 //! Every error names the key (and the file, when there is one) so an operator can fix it
 //! without reading code. Components receive only their own section.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
+    /// The address bound: a host name in the file is resolved at validation (`parse_addr`).
     pub listen: SocketAddr,
     /// Base URL clients use to reach the proxy; `None` derives it from each request's `Host`.
     pub public_url: Option<Url>,
@@ -149,7 +150,7 @@ impl std::fmt::Debug for ServiceCredentials {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
-    /// `None` when disabled (an empty `listen`).
+    /// `None` when disabled (an empty `listen`); a host name is resolved as `server.listen`'s.
     pub listen: Option<SocketAddr>,
 }
 
@@ -795,10 +796,42 @@ fn flag_for_key(key: &str, o: &Overrides) -> Option<&'static str> {
 
 // === value parsers (pure) ===
 
+/// A listen address: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`. A host name is resolved here,
+/// once, by the system resolver (getaddrinfo, as upstream URLs' hosts are), and the first
+/// address it returns is the one bound: its order follows /etc/hosts and /etc/gai.conf (so
+/// `localhost` may give `127.0.0.1` or `::1`). Write an IP address to choose.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.trim()
+    let t = s.trim();
+    if let Ok(addr) = t.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = match t.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() => (host, port),
+        _ => {
+            return Err(format!(
+                "`{s}` has no port: write ADDR:PORT or HOST:PORT (e.g. 127.0.0.1:9393, \
+                 [::1]:9393, localhost:9393)"
+            ))
+        }
+    };
+    let port: u16 = port
         .parse()
-        .map_err(|_| format!("`{s}` is not an ADDR:PORT socket address (e.g. 127.0.0.1:9393)"))
+        .map_err(|_| format!("`{s}`: `{port}` is not a port number (0-65535)"))?;
+    if host.is_empty() {
+        return Err(format!(
+            "`{s}` has no host (e.g. 0.0.0.0:{port} for every address)"
+        ));
+    }
+    if host.contains([':', '[', ']']) {
+        return Err(format!(
+            "`{s}` is not an ADDR:PORT socket address (an IPv6 address goes in brackets: [::1]:{port})"
+        ));
+    }
+    let first = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}`: cannot resolve `{host}`: {e}"))?
+        .next();
+    first.ok_or_else(|| format!("`{s}`: `{host}` resolves to no address"))
 }
 
 /// The file `pick` chooses from an optional setting, as written in the file ("" for none):
@@ -1058,6 +1091,89 @@ mod tests {
             .to_string();
         assert!(
             err.contains("--upstream") && err.contains("upstream.urls[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_accepts_host_names() {
+        let text =
+            "[server]\nlisten = \"localhost:9393\"\n[metrics]\nlisten = \"localhost:9394\"\n";
+        let c = Config::from_toml_str(text, "t").expect("localhost resolves");
+        assert!(c.server.listen.ip().is_loopback(), "{}", c.server.listen);
+        assert_eq!(c.server.listen.port(), 9393);
+        let metrics = c.metrics.listen.expect("metrics on");
+        assert!(
+            metrics.ip().is_loopback() && metrics.port() == 9394,
+            "{metrics}"
+        );
+        // --check-config prints the address bound, which parses back to the same config.
+        let printed = c.to_toml();
+        assert!(!printed.contains("localhost"), "{printed}");
+        assert_eq!(Config::from_toml_str(&printed, "printed").ok(), Some(c));
+
+        let o = Overrides {
+            listen: Some("localhost:8000".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml_str_with("", "f.toml", &o).expect("flag resolves");
+        assert!(c.server.listen.ip().is_loopback() && c.server.listen.port() == 8000);
+        for literal in ["0.0.0.0:9393", "[::1]:9393", " 127.0.0.1:1 "] {
+            assert_eq!(
+                parse_addr(literal),
+                Ok(literal.trim().parse().expect("literal"))
+            );
+        }
+    }
+
+    #[test]
+    fn bad_listen_addresses_name_the_key() {
+        check_err(
+            "[server]\nlisten = \"nosuchhost.invalid:1\"\n",
+            &[
+                "test.toml",
+                "server.listen",
+                "cannot resolve `nosuchhost.invalid`",
+            ],
+        );
+        check_err(
+            "[metrics]\nlisten = \"nosuchhost.invalid:1\"\n",
+            &["test.toml", "metrics.listen", "cannot resolve"],
+        );
+        for (listen, why) in [
+            ("localhost", "has no port"),
+            ("localhost:", "has no port"),
+            ("127.0.0.1", "has no port"),
+            ("localhost:http", "not a port number"),
+            ("localhost:65536", "not a port number"),
+            (":9393", "has no host"),
+            ("::1:9393", "in brackets"),
+        ] {
+            check_err(
+                &format!("[server]\nlisten = \"{listen}\"\n"),
+                &["test.toml", "server.listen", why],
+            );
+        }
+        let o = Overrides {
+            listen: Some("nosuchhost.invalid:1".into()),
+            ..Default::default()
+        };
+        let err = Config::from_toml_str_with("", "f.toml", &o)
+            .expect_err("unresolvable flag")
+            .to_string();
+        assert!(
+            err.contains("--listen") && err.contains("server.listen"),
+            "{err}"
+        );
+        let o = Overrides {
+            metrics_listen: Some("localhost".into()),
+            ..Default::default()
+        };
+        let err = Config::from_toml_str_with("", "f.toml", &o)
+            .expect_err("no port")
+            .to_string();
+        assert!(
+            err.contains("--metrics-listen") && err.contains("metrics.listen"),
             "{err}"
         );
     }

@@ -21,7 +21,7 @@ struct Cli {
     /// Validate the configuration, print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
-    /// Address of the API listener (server.listen).
+    /// Address of the API listener: IP:PORT or HOST:PORT (server.listen).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<String>,
     /// Upstream Glance URL; repeat for several, most preferred first (upstream.urls).
@@ -36,7 +36,7 @@ struct Cli {
     /// Cache size bound: bytes, or 500MiB, 10GiB, 2GB (cache.max_size).
     #[arg(long, value_name = "SIZE")]
     cache_max_size: Option<String>,
-    /// Address of the metrics listener; empty disables it (metrics.listen).
+    /// Address of the metrics listener, IP:PORT or HOST:PORT; empty disables it (metrics.listen).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<String>,
 }
