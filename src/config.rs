@@ -4,7 +4,7 @@
 //! Every error names the key (and the file, when there is one) so an operator can fix it
 //! without reading code. Components receive only their own section.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
+    /// The address bound: a host name in the file is resolved at validation (`parse_addr`).
     pub listen: SocketAddr,
     /// Base URL clients use to reach the proxy; `None` derives it from each request's `Host`.
     pub public_url: Option<Url>,
@@ -149,7 +150,7 @@ impl std::fmt::Debug for ServiceCredentials {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
-    /// `None` when disabled (an empty `listen`).
+    /// `None` when disabled (an empty `listen`); a host name is resolved as `server.listen`'s.
     pub listen: Option<SocketAddr>,
 }
 
@@ -540,226 +541,245 @@ impl RawConfig {
             key: key.to_string(),
             message,
         };
-        let listen = parse_addr(&self.server.listen).map_err(|m| bad("server.listen", m))?;
-        let public_url = if self.server.public_url.trim().is_empty() {
+        Ok(Config {
+            server: self.server.validate(&bad)?,
+            upstream: self.upstream.validate(&bad)?,
+            cache: self.cache.validate(&bad)?,
+            prefetch: self.prefetch.validate(&bad)?,
+            metrics: self.metrics.validate(&bad)?,
+            log: self.log.validate(&bad)?,
+        })
+    }
+}
+
+/// Builds the error for a key (`RawConfig::validate` supplies the origin).
+type Bad<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+impl RawServer {
+    fn validate(self, bad: Bad) -> Result<ServerConfig, ConfigError> {
+        let listen = parse_addr(&self.listen).map_err(|m| bad("server.listen", m))?;
+        let public_url = if self.public_url.trim().is_empty() {
             None
         } else {
-            Some(parse_base_url(&self.server.public_url).map_err(|m| bad("server.public_url", m))?)
+            Some(parse_base_url(&self.public_url).map_err(|m| bad("server.public_url", m))?)
         };
-        if self.server.max_connections == 0 {
+        if self.max_connections == 0 {
             return Err(bad("server.max_connections", "must be at least 1".into()));
         }
-        let header_read_timeout = parse_duration(&self.server.header_read_timeout)
-            .map_err(|m| bad("server.header_read_timeout", m))?;
-        let drain_timeout = parse_duration(&self.server.drain_timeout)
-            .map_err(|m| bad("server.drain_timeout", m))?;
-        let tls = file_pair(
-            ("server.tls_cert_file", &self.server.tls_cert_file),
-            ("server.tls_key_file", &self.server.tls_key_file),
-        )
-        .map_err(|(key, m)| bad(key, m))?;
+        Ok(ServerConfig {
+            listen,
+            public_url,
+            max_connections: self.max_connections,
+            header_read_timeout: positive_duration(
+                bad,
+                "server.header_read_timeout",
+                &self.header_read_timeout,
+            )?,
+            drain_timeout: duration(bad, "server.drain_timeout", &self.drain_timeout)?,
+            tls: file_pair(
+                ("server.tls_cert_file", &self.tls_cert_file),
+                ("server.tls_key_file", &self.tls_key_file),
+            )
+            .map_err(|(key, m)| bad(key, m))?,
+            ktls: self.ktls,
+        })
+    }
+}
 
-        if self.upstream.urls.is_empty() {
+impl RawUpstream {
+    fn validate(self, bad: Bad) -> Result<UpstreamConfig, ConfigError> {
+        if self.urls.is_empty() {
             return Err(bad(
                 "upstream.urls",
                 "at least one upstream URL is needed".into(),
             ));
         }
-        let mut urls = Vec::new();
-        for (i, u) in self.upstream.urls.iter().enumerate() {
-            let url = parse_base_url(u).map_err(|m| bad(&format!("upstream.urls[{i}]"), m))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(bad(
-                    &format!("upstream.urls[{i}]"),
-                    format!("unsupported scheme `{}` (http or https)", url.scheme()),
-                ));
-            }
-            urls.push(url);
-        }
-        let mut rewrite_origins = Vec::new();
-        for (i, u) in self.upstream.rewrite_origins.iter().enumerate() {
-            rewrite_origins.push(
-                parse_base_url(u).map_err(|m| bad(&format!("upstream.rewrite_origins[{i}]"), m))?,
-            );
-        }
-        let upstream = UpstreamConfig {
-            urls,
-            rewrite_origins,
-            connect_timeout: parse_duration(&self.upstream.connect_timeout)
-                .map_err(|m| bad("upstream.connect_timeout", m))?,
-            response_timeout: parse_duration(&self.upstream.response_timeout)
-                .map_err(|m| bad("upstream.response_timeout", m))?,
-            body_idle_timeout: parse_duration(&self.upstream.body_idle_timeout)
-                .map_err(|m| bad("upstream.body_idle_timeout", m))?,
-            failure_backoff: parse_duration(&self.upstream.failure_backoff)
-                .map_err(|m| bad("upstream.failure_backoff", m))?,
-            pool_idle_timeout: parse_duration(&self.upstream.pool_idle_timeout)
-                .map_err(|m| bad("upstream.pool_idle_timeout", m))?,
-            pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
-            ca_file: non_empty_path(&self.upstream.ca_file),
+        Ok(UpstreamConfig {
+            urls: base_urls(bad, "upstream.urls", &self.urls)?,
+            rewrite_origins: base_urls(bad, "upstream.rewrite_origins", &self.rewrite_origins)?,
+            connect_timeout: positive_duration(
+                bad,
+                "upstream.connect_timeout",
+                &self.connect_timeout,
+            )?,
+            response_timeout: positive_duration(
+                bad,
+                "upstream.response_timeout",
+                &self.response_timeout,
+            )?,
+            body_idle_timeout: positive_duration(
+                bad,
+                "upstream.body_idle_timeout",
+                &self.body_idle_timeout,
+            )?,
+            failure_backoff: duration(bad, "upstream.failure_backoff", &self.failure_backoff)?,
+            pool_idle_timeout: duration(
+                bad,
+                "upstream.pool_idle_timeout",
+                &self.pool_idle_timeout,
+            )?,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+            ca_file: non_empty_path(&self.ca_file),
             client_identity: file_pair(
-                ("upstream.client_cert_file", &self.upstream.client_cert_file),
-                ("upstream.client_key_file", &self.upstream.client_key_file),
+                ("upstream.client_cert_file", &self.client_cert_file),
+                ("upstream.client_key_file", &self.client_key_file),
             )
             .map_err(|(key, m)| bad(key, m))?,
-        };
-        for (key, d) in [
-            ("upstream.connect_timeout", upstream.connect_timeout),
-            ("upstream.response_timeout", upstream.response_timeout),
-            ("upstream.body_idle_timeout", upstream.body_idle_timeout),
-            ("server.header_read_timeout", header_read_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(bad(key, "must be greater than zero".into()));
-            }
-        }
+        })
+    }
+}
 
-        if self.cache.dir.trim().is_empty() {
+impl RawCache {
+    fn validate(self, bad: Bad) -> Result<CacheConfig, ConfigError> {
+        if self.dir.trim().is_empty() {
             return Err(bad("cache.dir", "must not be empty".into()));
         }
-        let max_size = parse_size(&self.cache.max_size).map_err(|m| bad("cache.max_size", m))?;
-        let abandoned_fill_timeout = parse_duration(&self.cache.abandoned_fill_timeout)
-            .map_err(|m| bad("cache.abandoned_fill_timeout", m))?;
-        let scrub_rate =
-            parse_size(&self.cache.scrub_rate).map_err(|m| bad("cache.scrub_rate", m))?;
-        let scrub_interval = parse_duration(&self.cache.scrub_interval)
-            .map_err(|m| bad("cache.scrub_interval", m))?;
+        let max_size = parse_size(&self.max_size).map_err(|m| bad("cache.max_size", m))?;
+        let abandoned_fill_timeout = duration(
+            bad,
+            "cache.abandoned_fill_timeout",
+            &self.abandoned_fill_timeout,
+        )?;
+        let scrub_rate = parse_size(&self.scrub_rate).map_err(|m| bad("cache.scrub_rate", m))?;
+        let scrub_interval = duration(bad, "cache.scrub_interval", &self.scrub_interval)?;
         if scrub_interval < Duration::from_secs(1) {
             return Err(bad("cache.scrub_interval", "must be at least 1s".into()));
         }
-
-        let prefetch = self.prefetch.validate(&bad)?;
-
-        let metrics_listen = if self.metrics.listen.trim().is_empty() {
-            None
-        } else {
-            Some(parse_addr(&self.metrics.listen).map_err(|m| bad("metrics.listen", m))?)
-        };
-        if self.log.level.trim().is_empty() {
-            return Err(bad("log.level", "must not be empty".into()));
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            bad(
-                "log.level",
-                format!("invalid filter `{}`: {e}", self.log.level),
-            )
-        })?;
-
-        Ok(Config {
-            server: ServerConfig {
-                listen,
-                public_url,
-                max_connections: self.server.max_connections,
-                header_read_timeout,
-                drain_timeout,
-                tls,
-                ktls: self.server.ktls,
-            },
-            upstream,
-            cache: CacheConfig {
-                enabled: self.cache.enabled,
-                dir: PathBuf::from(self.cache.dir),
-                max_size,
-                cache_unverified: self.cache.cache_unverified,
-                finish_abandoned_fills: self.cache.finish_abandoned_fills,
-                abandoned_fill_timeout,
-                scrub_rate,
-                scrub_interval,
-            },
-            prefetch,
-            metrics: MetricsConfig {
-                listen: metrics_listen,
-            },
-            log: LogConfig {
-                level: self.log.level,
-                format: self.log.format,
-            },
+        Ok(CacheConfig {
+            enabled: self.enabled,
+            dir: PathBuf::from(self.dir),
+            max_size,
+            cache_unverified: self.cache_unverified,
+            finish_abandoned_fills: self.finish_abandoned_fills,
+            abandoned_fill_timeout,
+            scrub_rate,
+            scrub_interval,
         })
     }
 }
 
 impl RawPrefetch {
-    fn validate(
-        self,
-        bad: &dyn Fn(&str, String) -> ConfigError,
-    ) -> Result<PrefetchConfig, ConfigError> {
+    fn validate(self, bad: Bad) -> Result<PrefetchConfig, ConfigError> {
         if self.concurrency == 0 {
             return Err(bad("prefetch.concurrency", "must be at least 1".into()));
         }
-        let retry_initial =
-            parse_duration(&self.retry_initial).map_err(|m| bad("prefetch.retry_initial", m))?;
-        let retry_max =
-            parse_duration(&self.retry_max).map_err(|m| bad("prefetch.retry_max", m))?;
-        if retry_initial.is_zero() {
-            return Err(bad(
-                "prefetch.retry_initial",
-                "must be greater than zero".into(),
-            ));
-        }
+        let retry_initial = positive_duration(bad, "prefetch.retry_initial", &self.retry_initial)?;
+        let retry_max = duration(bad, "prefetch.retry_max", &self.retry_max)?;
         if retry_max < retry_initial {
             return Err(bad(
                 "prefetch.retry_max",
                 "must not be less than prefetch.retry_initial".into(),
             ));
         }
+        Ok(PrefetchConfig {
+            concurrency: self.concurrency,
+            retry_initial,
+            retry_max,
+            credentials: self.credentials(bad)?,
+        })
+    }
+
+    /// None, a fixed token, or Keystone (with `auth_url`); stray settings are errors.
+    fn credentials(self, bad: Bad) -> Result<ServiceCredentials, ConfigError> {
         let token = self.token.trim();
-        let credentials = if self.auth_url.trim().is_empty() {
-            for (key, v) in [
-                ("prefetch.username", &self.username),
-                ("prefetch.password", &self.password),
-                ("prefetch.project_name", &self.project_name),
-            ] {
-                if !v.is_empty() {
-                    return Err(bad(key, "is used only with prefetch.auth_url".into()));
-                }
-            }
-            if token.is_empty() {
-                ServiceCredentials::None
-            } else {
-                ServiceCredentials::Token(token.to_string())
-            }
-        } else {
+        if !self.auth_url.trim().is_empty() {
             if !token.is_empty() {
                 return Err(bad(
                     "prefetch.token",
                     "set either prefetch.token or prefetch.auth_url, not both".into(),
                 ));
             }
-            let auth_url =
-                parse_base_url(&self.auth_url).map_err(|m| bad("prefetch.auth_url", m))?;
-            if auth_url.scheme() != "http" {
-                return Err(bad(
-                    "prefetch.auth_url",
-                    "only http:// for now (TLS comes with the hardening release)".into(),
-                ));
+            return self.keystone(bad).map(ServiceCredentials::Keystone);
+        }
+        for (key, v) in [
+            ("prefetch.username", &self.username),
+            ("prefetch.password", &self.password),
+            ("prefetch.project_name", &self.project_name),
+        ] {
+            if !v.is_empty() {
+                return Err(bad(key, "is used only with prefetch.auth_url".into()));
             }
-            for (key, v) in [
-                ("prefetch.username", &self.username),
-                ("prefetch.password", &self.password),
-                ("prefetch.project_name", &self.project_name),
-                ("prefetch.user_domain_name", &self.user_domain_name),
-                ("prefetch.project_domain_name", &self.project_domain_name),
-            ] {
-                if v.trim().is_empty() {
-                    return Err(bad(key, "is needed with prefetch.auth_url".into()));
-                }
-            }
-            ServiceCredentials::Keystone(KeystoneAuth {
-                auth_url,
-                username: self.username,
-                password: self.password,
-                user_domain_name: self.user_domain_name,
-                project_name: self.project_name,
-                project_domain_name: self.project_domain_name,
-            })
-        };
-        Ok(PrefetchConfig {
-            concurrency: self.concurrency,
-            retry_initial,
-            retry_max,
-            credentials,
+        }
+        Ok(if token.is_empty() {
+            ServiceCredentials::None
+        } else {
+            ServiceCredentials::Token(token.to_string())
         })
     }
+
+    fn keystone(self, bad: Bad) -> Result<KeystoneAuth, ConfigError> {
+        let auth_url = parse_base_url(&self.auth_url).map_err(|m| bad("prefetch.auth_url", m))?;
+        if auth_url.scheme() != "http" {
+            return Err(bad(
+                "prefetch.auth_url",
+                "only http:// for now (TLS comes with the hardening release)".into(),
+            ));
+        }
+        for (key, v) in [
+            ("prefetch.username", &self.username),
+            ("prefetch.password", &self.password),
+            ("prefetch.project_name", &self.project_name),
+            ("prefetch.user_domain_name", &self.user_domain_name),
+            ("prefetch.project_domain_name", &self.project_domain_name),
+        ] {
+            if v.trim().is_empty() {
+                return Err(bad(key, "is needed with prefetch.auth_url".into()));
+            }
+        }
+        Ok(KeystoneAuth {
+            auth_url,
+            username: self.username,
+            password: self.password,
+            user_domain_name: self.user_domain_name,
+            project_name: self.project_name,
+            project_domain_name: self.project_domain_name,
+        })
+    }
+}
+
+impl RawMetrics {
+    fn validate(self, bad: Bad) -> Result<MetricsConfig, ConfigError> {
+        let listen = if self.listen.trim().is_empty() {
+            None
+        } else {
+            Some(parse_addr(&self.listen).map_err(|m| bad("metrics.listen", m))?)
+        };
+        Ok(MetricsConfig { listen })
+    }
+}
+
+impl RawLog {
+    fn validate(self, bad: Bad) -> Result<LogConfig, ConfigError> {
+        if self.level.trim().is_empty() {
+            return Err(bad("log.level", "must not be empty".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.level)
+            .map_err(|e| bad("log.level", format!("invalid filter `{}`: {e}", self.level)))?;
+        Ok(LogConfig {
+            level: self.level,
+            format: self.format,
+        })
+    }
+}
+
+/// `key[i]` for each of `urls`, parsed as base URLs.
+fn base_urls(bad: Bad, key: &str, urls: &[String]) -> Result<Vec<Url>, ConfigError> {
+    urls.iter()
+        .enumerate()
+        .map(|(i, u)| parse_base_url(u).map_err(|m| bad(&format!("{key}[{i}]"), m)))
+        .collect()
+}
+
+fn duration(bad: Bad, key: &str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).map_err(|m| bad(key, m))
+}
+
+fn positive_duration(bad: Bad, key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = duration(bad, key, value)?;
+    if d.is_zero() {
+        return Err(bad(key, "must be greater than zero".into()));
+    }
+    Ok(d)
 }
 
 fn flag_for_key(key: &str, o: &Overrides) -> Option<&'static str> {
@@ -776,10 +796,42 @@ fn flag_for_key(key: &str, o: &Overrides) -> Option<&'static str> {
 
 // === value parsers (pure) ===
 
+/// A listen address: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`. A host name is resolved here,
+/// once, by the system resolver (getaddrinfo, as upstream URLs' hosts are), and the first
+/// address it returns is the one bound: its order follows /etc/hosts and /etc/gai.conf (so
+/// `localhost` may give `127.0.0.1` or `::1`). Write an IP address to choose.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.trim()
+    let t = s.trim();
+    if let Ok(addr) = t.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = match t.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() => (host, port),
+        _ => {
+            return Err(format!(
+                "`{s}` has no port: write ADDR:PORT or HOST:PORT (e.g. 127.0.0.1:9393, \
+                 [::1]:9393, localhost:9393)"
+            ))
+        }
+    };
+    let port: u16 = port
         .parse()
-        .map_err(|_| format!("`{s}` is not an ADDR:PORT socket address (e.g. 127.0.0.1:9393)"))
+        .map_err(|_| format!("`{s}`: `{port}` is not a port number (0-65535)"))?;
+    if host.is_empty() {
+        return Err(format!(
+            "`{s}` has no host (e.g. 0.0.0.0:{port} for every address)"
+        ));
+    }
+    if host.contains([':', '[', ']']) {
+        return Err(format!(
+            "`{s}` is not an ADDR:PORT socket address (an IPv6 address goes in brackets: [::1]:{port})"
+        ));
+    }
+    let first = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}`: cannot resolve `{host}`: {e}"))?
+        .next();
+    first.ok_or_else(|| format!("`{s}`: `{host}` resolves to no address"))
 }
 
 /// The file `pick` chooses from an optional setting, as written in the file ("" for none):
@@ -1039,6 +1091,89 @@ mod tests {
             .to_string();
         assert!(
             err.contains("--upstream") && err.contains("upstream.urls[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_accepts_host_names() {
+        let text =
+            "[server]\nlisten = \"localhost:9393\"\n[metrics]\nlisten = \"localhost:9394\"\n";
+        let c = Config::from_toml_str(text, "t").expect("localhost resolves");
+        assert!(c.server.listen.ip().is_loopback(), "{}", c.server.listen);
+        assert_eq!(c.server.listen.port(), 9393);
+        let metrics = c.metrics.listen.expect("metrics on");
+        assert!(
+            metrics.ip().is_loopback() && metrics.port() == 9394,
+            "{metrics}"
+        );
+        // --check-config prints the address bound, which parses back to the same config.
+        let printed = c.to_toml();
+        assert!(!printed.contains("localhost"), "{printed}");
+        assert_eq!(Config::from_toml_str(&printed, "printed").ok(), Some(c));
+
+        let o = Overrides {
+            listen: Some("localhost:8000".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml_str_with("", "f.toml", &o).expect("flag resolves");
+        assert!(c.server.listen.ip().is_loopback() && c.server.listen.port() == 8000);
+        for literal in ["0.0.0.0:9393", "[::1]:9393", " 127.0.0.1:1 "] {
+            assert_eq!(
+                parse_addr(literal),
+                Ok(literal.trim().parse().expect("literal"))
+            );
+        }
+    }
+
+    #[test]
+    fn bad_listen_addresses_name_the_key() {
+        check_err(
+            "[server]\nlisten = \"nosuchhost.invalid:1\"\n",
+            &[
+                "test.toml",
+                "server.listen",
+                "cannot resolve `nosuchhost.invalid`",
+            ],
+        );
+        check_err(
+            "[metrics]\nlisten = \"nosuchhost.invalid:1\"\n",
+            &["test.toml", "metrics.listen", "cannot resolve"],
+        );
+        for (listen, why) in [
+            ("localhost", "has no port"),
+            ("localhost:", "has no port"),
+            ("127.0.0.1", "has no port"),
+            ("localhost:http", "not a port number"),
+            ("localhost:65536", "not a port number"),
+            (":9393", "has no host"),
+            ("::1:9393", "in brackets"),
+        ] {
+            check_err(
+                &format!("[server]\nlisten = \"{listen}\"\n"),
+                &["test.toml", "server.listen", why],
+            );
+        }
+        let o = Overrides {
+            listen: Some("nosuchhost.invalid:1".into()),
+            ..Default::default()
+        };
+        let err = Config::from_toml_str_with("", "f.toml", &o)
+            .expect_err("unresolvable flag")
+            .to_string();
+        assert!(
+            err.contains("--listen") && err.contains("server.listen"),
+            "{err}"
+        );
+        let o = Overrides {
+            metrics_listen: Some("localhost".into()),
+            ..Default::default()
+        };
+        let err = Config::from_toml_str_with("", "f.toml", &o)
+            .expect_err("no port")
+            .to_string();
+        assert!(
+            err.contains("--metrics-listen") && err.contains("metrics.listen"),
             "{err}"
         );
     }

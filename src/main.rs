@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use glance_cache_proxy::config::{Config, LogFormat, Overrides};
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
@@ -21,7 +22,7 @@ struct Cli {
     /// Validate the configuration, print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
-    /// Address of the API listener (server.listen).
+    /// Address of the API listener: IP:PORT or HOST:PORT (server.listen).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<String>,
     /// Upstream Glance URL; repeat for several, most preferred first (upstream.urls).
@@ -36,22 +37,27 @@ struct Cli {
     /// Cache size bound: bytes, or 500MiB, 10GiB, 2GB (cache.max_size).
     #[arg(long, value_name = "SIZE")]
     cache_max_size: Option<String>,
-    /// Address of the metrics listener; empty disables it (metrics.listen).
+    /// Address of the metrics listener, IP:PORT or HOST:PORT; empty disables it (metrics.listen).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<String>,
 }
 
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            upstreams: self.upstreams.clone(),
+            public_url: self.public_url.clone(),
+            cache_dir: self.cache_dir.clone(),
+            cache_max_size: self.cache_max_size.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = Overrides {
-        listen: cli.listen,
-        upstreams: cli.upstreams,
-        public_url: cli.public_url,
-        cache_dir: cli.cache_dir,
-        cache_max_size: cli.cache_max_size,
-        metrics_listen: cli.metrics_listen,
-    };
-    let config = match Config::load(cli.config.as_deref(), &overrides) {
+    let config = match Config::load(cli.config.as_deref(), &cli.overrides()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("glance-cache-proxy: configuration error: {e}");
@@ -66,65 +72,76 @@ fn main() -> ExitCode {
     // Test builds only: fault-injection points named in the FAILPOINTS environment variable.
     #[cfg(feature = "failpoints")]
     let _faults = fail::FailScenario::setup();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => runtime.block_on(run(config)),
         Err(e) => {
             eprintln!("glance-cache-proxy: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Open the cache, bind the listeners, serve until SIGTERM/SIGINT and the drain end.
+async fn run(config: Config) -> ExitCode {
+    // The cache first: the port opens only once the index is rebuilt and leftovers of
+    // interrupted fills are gone, so "accepting connections" means ready.
+    let cache_dir = config.cache.dir.clone();
+    let app = match glance_cache_proxy::app::build(config) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(dir = %cache_dir.display(), "{e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        // The cache first: the port opens only once the index is rebuilt and leftovers of
-        // interrupted fills are gone, so "accepting connections" means ready.
-        let cache_dir = config.cache.dir.clone();
-        let app = match glance_cache_proxy::app::build(config) {
-            Ok(app) => app,
-            Err(e) => {
-                tracing::error!(dir = %cache_dir.display(), "{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let listen = app.config.server.listen;
-        let listener = match glance_cache_proxy::server::bind(listen) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(%listen, error = %e, "cannot bind the API listener (server.listen)");
-                return ExitCode::FAILURE;
-            }
-        };
-        tracing::info!(
-            %listen,
-            upstreams = ?app.config.upstream.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
-            version = env!("CARGO_PKG_VERSION"),
-            "glance-cache-proxy listening"
-        );
-        let admin = match app.config.metrics.listen {
-            None => None,
-            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot bind the metrics listener (metrics.listen)");
-                    return ExitCode::FAILURE;
-                }
-            },
-        };
-        let identities: Vec<_> = app
-            .tls
-            .iter()
-            .map(|tls| tls.identity())
-            .chain(app.upstream.identity())
-            .cloned()
-            .collect();
-        if !identities.is_empty() {
-            tokio::spawn(reload_on_sighup(identities));
+    let Some((listener, admin)) = bind_listeners(&app.config).await else {
+        return ExitCode::FAILURE;
+    };
+    tracing::info!(
+        listen = %app.config.server.listen,
+        upstreams = ?app.config.upstream.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        version = env!("CARGO_PKG_VERSION"),
+        "glance-cache-proxy listening"
+    );
+    let identities: Vec<_> = app
+        .tls
+        .iter()
+        .map(|tls| tls.identity())
+        .chain(app.upstream.identity())
+        .cloned()
+        .collect();
+    if !identities.is_empty() {
+        tokio::spawn(reload_on_sighup(identities));
+    }
+    glance_cache_proxy::app::serve(app, listener, admin, shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// The API listener and, unless disabled, the metrics listener; `None` (logged, naming the
+/// key) when either cannot be bound.
+async fn bind_listeners(config: &Config) -> Option<(TcpListener, Option<TcpListener>)> {
+    let listen = config.server.listen;
+    let listener = match glance_cache_proxy::server::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%listen, error = %e, "cannot bind the API listener (server.listen)");
+            return None;
         }
-        glance_cache_proxy::app::serve(app, listener, admin, shutdown_signal()).await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
-    })
+    };
+    let admin = match config.metrics.listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot bind the metrics listener (metrics.listen)");
+                return None;
+            }
+        },
+    };
+    Some((listener, admin))
 }
 
 /// SIGHUP: load the TLS certificates and keys again (the listener's and the upstream client

@@ -276,6 +276,35 @@ fn check_config_prints_the_effective_config() {
 }
 
 #[test]
+fn listen_takes_a_host_name_and_refuses_one_that_does_not_resolve() {
+    let out = Command::new(BIN)
+        .args(["--check-config", "--listen", "localhost:9393"])
+        .output()
+        .expect("run binary");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("listen = \"127.0.0.1:9393\"") || text.contains("listen = \"[::1]:9393\""),
+        "the resolved address is printed: {text}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["--check-config", "--listen", "nosuchhost.invalid:1"])
+        .output()
+        .expect("run binary");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--listen") && err.contains("server.listen") && err.contains("nosuchhost"),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_errors_name_the_key_and_file_and_exit_64() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.toml");
