@@ -84,115 +84,112 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NS)
 }
 
+/// Register `collector`. Registering fresh, uniquely named collectors cannot fail; if it ever
+/// did, the metric would only be missing from the output.
+fn registered<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    let _ = registry.register(Box::new(collector.clone()));
+    collector
+}
+
+/// A labelled counter, registered.
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
+    registered(registry, vec)
+}
+
+/// A latency histogram (`BUCKETS`), registered.
+fn histogram_opts(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(NS)
+        .buckets(BUCKETS.to_vec())
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        // Registering fresh, uniquely named collectors cannot fail; if it ever did, the
-        // metric would only be missing from the output.
-        let reg = |c: Box<dyn Collector>| {
-            let _ = registry.register(c);
-        };
-        let requests = IntCounterVec::new(
-            opts(
+        let m = Metrics {
+            requests: counters(
+                &registry,
                 "requests_total",
                 "Requests answered, by route and status class.",
+                &["route", "status_class"],
             ),
-            &["route", "status_class"],
-        )
-        .expect("valid metric");
-        let image_requests = IntCounterVec::new(
-            opts(
+            image_requests: counters(
+                &registry,
                 "image_requests_total",
                 "Image-data requests by cache outcome (hit, miss, coalesced, bypass, denied) and bypass reason.",
+                &["outcome", "reason"],
             ),
-            &["outcome", "reason"],
-        )
-        .expect("valid metric");
-        let served_bytes = IntCounterVec::new(
-            opts(
+            served_bytes: counters(
+                &registry,
                 "served_bytes_total",
                 "Image-data bytes sent to clients, by source (cache: hits; upstream: everything else).",
+                &["source"],
             ),
-            &["source"],
-        )
-        .expect("valid metric");
-        let ttfb = HistogramVec::new(
-            HistogramOpts::new(
-                "ttfb_seconds",
-                "Time from request head to response head for image data, by cache outcome.",
-            )
-            .namespace(NS)
-            .buckets(BUCKETS.to_vec()),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let upstream_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "upstream_response_seconds",
-                "Time from sending a request to Glance to its response head.",
-            )
-            .namespace(NS)
-            .buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let authorization = IntCounterVec::new(
-            opts(
+            ttfb: registered(
+                &registry,
+                HistogramVec::new(
+                    histogram_opts(
+                        "ttfb_seconds",
+                        "Time from request head to response head for image data, by cache outcome.",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_seconds: registered(
+                &registry,
+                Histogram::with_opts(histogram_opts(
+                    "upstream_response_seconds",
+                    "Time from sending a request to Glance to its response head.",
+                ))
+                .expect("valid metric"),
+            ),
+            authorization: counters(
+                &registry,
                 "authorization_decisions_total",
                 "Glance's answers to the proxy's authorization questions (image downloads from the cache, cache API), by decision.",
+                &["decision"],
             ),
-            &["decision"],
-        )
-        .expect("valid metric");
-        let tls_hits = IntCounterVec::new(
-            opts(
+            tls_hits: counters(
+                &registry,
                 "tls_hits_total",
                 "Cache hits served over HTTPS, by how their bytes were encrypted: ktls (kernel TLS, sent with sendfile) or userspace (read and encrypted by rustls).",
+                &["path"],
             ),
-            &["path"],
-        )
-        .expect("valid metric");
-        let scrape_errors = IntCounter::with_opts(opts(
-            "metrics_encode_errors_total",
-            "Failures to encode the metrics page.",
-        ))
-        .expect("valid metric");
-        // Series the dashboard and alerts read exist from the start (at zero).
-        for outcome in Outcome::LABELS {
-            image_requests.with_label_values(&[outcome, ""]);
-        }
-        for outcome in [Outcome::Hit, Outcome::Miss, Outcome::Coalesced] {
-            ttfb.with_label_values(&[outcome.as_str()]);
-        }
-        for source in ["cache", "upstream"] {
-            served_bytes.with_label_values(&[source]);
-        }
-        for decision in Decision::ALL {
-            authorization.with_label_values(&[decision.as_str()]);
-        }
-        for path in TlsPath::ALL {
-            tls_hits.with_label_values(&[path.as_str()]);
-        }
-        reg(Box::new(requests.clone()));
-        reg(Box::new(image_requests.clone()));
-        reg(Box::new(served_bytes.clone()));
-        reg(Box::new(ttfb.clone()));
-        reg(Box::new(upstream_seconds.clone()));
-        reg(Box::new(authorization.clone()));
-        reg(Box::new(tls_hits.clone()));
-        reg(Box::new(scrape_errors.clone()));
-        reg(Box::new(
+            scrape_errors: registered(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "metrics_encode_errors_total",
+                    "Failures to encode the metrics page.",
+                ))
+                .expect("valid metric"),
+            ),
+            registry,
+        };
+        let _ = m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
-        Metrics {
-            registry,
-            requests,
-            image_requests,
-            served_bytes,
-            ttfb,
-            upstream_seconds,
-            authorization,
-            tls_hits,
-            scrape_errors,
+        m.zero_series();
+        m
+    }
+
+    /// Series the dashboard and alerts read exist from the start (at zero).
+    fn zero_series(&self) {
+        for outcome in Outcome::LABELS {
+            self.image_requests.with_label_values(&[outcome, ""]);
+        }
+        for outcome in [Outcome::Hit, Outcome::Miss, Outcome::Coalesced] {
+            self.ttfb.with_label_values(&[outcome.as_str()]);
+        }
+        for source in ["cache", "upstream"] {
+            self.served_bytes.with_label_values(&[source]);
+        }
+        for decision in Decision::ALL {
+            self.authorization.with_label_values(&[decision.as_str()]);
+        }
+        for path in TlsPath::ALL {
+            self.tls_hits.with_label_values(&[path.as_str()]);
         }
     }
 
@@ -317,10 +314,35 @@ fn with_known<K: Copy + PartialEq>(
     labelled
 }
 
+/// One unlabelled value.
+fn one(v: u64) -> Vec<(Vec<(&'static str, String)>, f64)> {
+    vec![(Vec::new(), v as f64)]
+}
+
+/// Counts under one label.
+fn by(
+    label: &'static str,
+    counts: Vec<(&'static str, u64)>,
+) -> Vec<(Vec<(&'static str, String)>, f64)> {
+    counts
+        .into_iter()
+        .map(|(value, n)| (vec![(label, value.to_string())], n as f64))
+        .collect()
+}
+
 fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
+    let mut out = listener_families(s);
+    if s.cache_enabled {
+        out.extend(cache_families(s));
+        out.extend(background_families(s));
+    }
+    out
+}
+
+/// Upstreams, client connections and zero-copy bytes.
+fn listener_families(s: &Snapshot) -> Vec<MetricFamily> {
     use MetricType::{COUNTER, GAUGE};
-    let one = |v: u64| vec![(Vec::new(), v as f64)];
-    let mut out = vec![
+    vec![
         family(
             "upstream_up",
             "1 if the upstream Glance is taking requests (not in failure backoff), else 0.",
@@ -360,9 +382,19 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
             COUNTER,
             one(s.cold_read_bytes),
         ),
+    ]
+}
+
+/// The cache's usage and fills.
+fn cache_families(s: &Snapshot) -> Vec<MetricFamily> {
+    use MetricType::{COUNTER, GAUGE};
+    let known_fills = [
+        FillResult::Committed,
+        FillResult::HashMismatch,
+        FillResult::Short,
+        FillResult::Long,
     ];
-    if s.cache_enabled {
-        out.extend([
+    vec![
             family("cache_bytes", "Bytes of committed cache entries.", GAUGE, one(s.cache_bytes)),
             family(
                 "cache_reserved_bytes",
@@ -387,19 +419,7 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 "fills_total",
                 "Cache fills by result: committed, or why nothing was kept (hash_mismatch, short, long, upstream, aborted, no_space, io_error, rejected).",
                 COUNTER,
-                with_known(
-                    &[
-                        FillResult::Committed,
-                        FillResult::HashMismatch,
-                        FillResult::Short,
-                        FillResult::Long,
-                    ],
-                    &s.fills,
-                    FillResult::as_str,
-                )
-                    .into_iter()
-                    .map(|(r, n)| (vec![("result", r.to_string())], n as f64))
-                    .collect(),
+                by("result", with_known(&known_fills, &s.fills, FillResult::as_str)),
             ),
             family(
                 "upstream_fetched_bytes_total",
@@ -407,6 +427,18 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 COUNTER,
                 one(s.fetched_bytes),
             ),
+    ]
+}
+
+/// The prefetcher, quarantines and the scrubber.
+fn background_families(s: &Snapshot) -> Vec<MetricFamily> {
+    use MetricType::{COUNTER, GAUGE};
+    let quarantined = with_known(
+        QuarantineReason::ALL,
+        &s.quarantined,
+        QuarantineReason::as_str,
+    );
+    vec![
             family(
                 "prefetch_queue_depth",
                 "Images queued for the prefetcher (in flight included).",
@@ -429,10 +461,7 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 "cache_quarantined_total",
                 "Entries taken out of service for good, by reason: changed_on_disk (found on a hit or by the scrubber), hash_mismatch, short, long, read_error (by the scrubber, or a hit whose read of the file failed).",
                 COUNTER,
-                with_known(QuarantineReason::ALL, &s.quarantined, QuarantineReason::as_str)
-                .into_iter()
-                .map(|(r, n)| (vec![("reason", r.to_string())], n as f64))
-                .collect(),
+                by("reason", quarantined),
             ),
             family(
                 "scrub_verified_bytes_total",
@@ -452,9 +481,7 @@ fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
                 COUNTER,
                 one(s.scrub_corruptions),
             ),
-        ]);
-    }
-    out
+    ]
 }
 
 #[cfg(test)]
