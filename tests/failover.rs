@@ -5,7 +5,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{closed_port, config, get, pattern, send, FakeGlance, Faults, TestProxy};
+use support::{
+    closed_port, config, get, pattern, send, until, FakeGlance, Faults, ProxyProcess, TestProxy,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_glance-cache-proxy");
 
 fn assert_glance_error(got: &support::Got, status: u16) {
     assert_eq!(got.status, status);
@@ -213,4 +217,72 @@ async fn a_slow_but_moving_body_is_not_cut() {
     let got = get(&format!("{}/v2/images/img/file", proxy.url)).await;
     assert!(got.body_error.is_none());
     assert_eq!(got.body, data);
+}
+
+/// The access line for `method path` number `nth` (0-based) in a text log.
+fn access_line<'a>(log: &'a str, method: &str, path: &str, nth: usize) -> &'a str {
+    let method = format!("method={method}");
+    let path = format!("path={path} ");
+    log.lines()
+        .filter(|l| l.contains(" access:") && l.contains(&method) && l.contains(&path))
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no access line {nth} for {method} {path} in:\n{log}"))
+}
+
+/// Issue 15: with the first upstream refusing connections, the access log names the upstream
+/// that answered, for a miss, a hit, a range beyond the image (answered by the proxy after
+/// Glance's probe) and a cache-API call (answered by the proxy after Glance's policy), and
+/// durations are in milliseconds rounded to the microsecond.
+#[tokio::test]
+async fn the_access_log_names_the_upstream_that_answered() {
+    let dead = closed_port().await;
+    let glance = FakeGlance::start().await;
+    let data = pattern(300_000, 15);
+    glance.add_image("img", data.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = [
+        "--upstream",
+        &format!("http://{dead}"),
+        "--upstream",
+        &glance.url,
+        "--cache-dir",
+        &dir.path().join("cache").display().to_string(),
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let proxy = ProxyProcess::start(BIN, &args, dir.path().join("proxy.log")).await;
+    let file = format!("{}/v2/images/img/file", proxy.url);
+    let miss = get(&file).await;
+    assert_eq!(miss.status, 200);
+    assert!(miss.body == data);
+    // Committed once the fill's task has published it.
+    until(|| proxy.log_text().contains("cached")).await;
+    let hit = get(&file).await;
+    assert_eq!(hit.status, 200);
+    assert!(hit.body == data);
+    let beyond = send(&file, "GET", &[("range", "bytes=900000-")], "").await;
+    assert_eq!(beyond.status, 416);
+    let listing = get(&format!("{}/v2/cache", proxy.url)).await;
+    assert_eq!(listing.status, 200);
+
+    let answered = format!("upstream={}", glance.url.trim_end_matches('/'));
+    until(|| proxy.log_text().matches(" access:").count() >= 4).await;
+    let log = proxy.log_text();
+    let lines = [
+        access_line(&log, "GET", "/v2/images/img/file", 0),
+        access_line(&log, "GET", "/v2/images/img/file", 1),
+        access_line(&log, "GET", "/v2/images/img/file", 2),
+        access_line(&log, "GET", "/v2/cache", 0),
+    ];
+    for (line, cache) in lines.iter().zip(["miss", "hit", "hit", ""]) {
+        assert!(line.contains(&answered), "{answered} missing from {line}");
+        assert!(line.contains(&format!("cache=\"{cache}\"")), "{line}");
+        let ms = line
+            .split("duration_ms=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no duration_ms in {line}"));
+        let decimals = ms.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "duration_ms={ms}: rounded to microseconds");
+    }
 }
