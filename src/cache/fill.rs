@@ -558,3 +558,231 @@ async fn rest_from_upstream(
         Err(format!("resumed download ended at {sent} of {size}").into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::store::{startup, Store};
+    use crate::digest::HashAlgo;
+    use md5::Digest as _;
+
+    /// md5 and sha512 of `data`, as a record would state them.
+    fn expected_for(data: &[u8]) -> Expected {
+        Expected {
+            size: data.len() as u64,
+            md5: Some(hex::encode(md5::Md5::digest(data))),
+            os_hash: Some((HashAlgo::Sha512, hex::encode(sha2::Sha512::digest(data)))),
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// An in-memory upstream body: these chunks, then optionally an error.
+    fn body(chunks: Vec<Vec<u8>>, fail: bool) -> BytesBody {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::from(c))))
+            .collect();
+        if fail {
+            frames.push(Err("connection reset".into()));
+        }
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    const LIFE: Lifetime = Lifetime {
+        finish_abandoned: true,
+        abandoned_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(5),
+    };
+
+    /// Run a fill of `chunks` against `expected` into a temporary file; the result and the
+    /// last progress the fill published.
+    async fn fill(
+        expected: Expected,
+        chunks: Vec<Vec<u8>>,
+        fail: bool,
+        life: Lifetime,
+        reader: bool,
+    ) -> (Result<Vec<u8>, Failure>, Progress) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = startup(|| Store::open(dir.path())).expect("store");
+        let (temp, file) = startup(|| store.create_temp("img")).expect("temp");
+        let read_side = Arc::new(file.try_clone().expect("clone"));
+        let (fill, tx) = Fill::new("img", expected, read_side);
+        let _keep = reader.then(|| fill.keep());
+        let fetched = std::sync::atomic::AtomicU64::new(0);
+        let done = run(&fill, &tx, body(chunks, fail), temp, file, life, &fetched).await;
+        let last = tx.borrow().clone();
+        let result = done.map(|filled| {
+            let mut bytes = Vec::new();
+            let len = filled.file.metadata().expect("stat").len() as usize;
+            bytes.resize(len, 0);
+            filled.file.read_exact_at(&mut bytes, 0).expect("pread");
+            startup(|| filled.temp.keep());
+            bytes
+        });
+        (result, last)
+    }
+
+    fn chunked(data: &[u8], n: usize) -> Vec<Vec<u8>> {
+        data.chunks(n).map(<[u8]>::to_vec).collect()
+    }
+
+    #[tokio::test]
+    async fn a_fill_of_the_right_bytes_is_verified_and_kept_whole() {
+        let d = data(1_000_003);
+        let (got, last) = fill(expected_for(&d), chunked(&d, 65_536), false, LIFE, true).await;
+        assert!(got.expect("verified") == d);
+        assert_eq!(
+            last,
+            Progress::Running {
+                written: d.len() as u64
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_short_long_and_broken_bodies_fail_with_their_reason() {
+        let d = data(200_000);
+        let mut flipped = d.clone();
+        flipped[150_000] ^= 1;
+        let cases: [(Vec<u8>, bool, FillResult); 4] = [
+            (flipped, false, FillResult::HashMismatch),
+            (d[..199_999].to_vec(), false, FillResult::Short),
+            ([d.clone(), vec![0]].concat(), false, FillResult::Long),
+            (d[..100_000].to_vec(), true, FillResult::Upstream),
+        ];
+        for (bytes, fail, want) in cases {
+            let (got, _) = fill(expected_for(&d), chunked(&bytes, 4096), fail, LIFE, true).await;
+            assert_eq!(got.map(|_| ()).map_err(|f| f.result()), Err(want));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_nobody_reads_is_abandoned_unless_told_to_finish() {
+        let d = data(100_000);
+        let alone = Lifetime {
+            finish_abandoned: false,
+            ..LIFE
+        };
+        let (got, _) = fill(expected_for(&d), chunked(&d, 4096), false, alone, false).await;
+        assert_eq!(got.map(|_| ()), Err(Failure::Abandoned));
+        let (got, _) = fill(expected_for(&d), chunked(&d, 4096), false, LIFE, false).await;
+        assert!(got.expect("finished alone") == d);
+    }
+
+    /// A reader of a fill driven by hand: the file, the progress sender and the reader's body.
+    struct Driven {
+        _dir: tempfile::TempDir,
+        file: File,
+        progress: watch::Sender<Progress>,
+        body: ProxyBody,
+    }
+
+    fn driven(size: u64, fallback: Option<Fallback>) -> Driven {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("img");
+        let file = File::create(&path).expect("create");
+        let read_side = Arc::new(File::open(&path).expect("open"));
+        let expected = Expected {
+            size,
+            md5: None,
+            os_hash: None,
+        };
+        let (fill, progress) = Fill::new("img", expected, read_side);
+        let body = reader(Source::Filling(fill), 0..size, fallback, Hooks::default());
+        Driven {
+            _dir: dir,
+            file,
+            progress,
+            body,
+        }
+    }
+
+    /// The body's bytes until it waits, ends (`ended`) or fails (the error). "Waits" is no new
+    /// frame within 200 ms: a reader that waits for the fill has no other outward signal.
+    async fn drain(body: &mut ProxyBody) -> (Vec<u8>, bool, Option<String>) {
+        let mut got = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(200), body.frame()).await;
+            match next {
+                Err(_) => return (got, false, None),
+                Ok(None) => return (got, true, None),
+                Ok(Some(Err(e))) => return (got, false, Some(e.to_string())),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(chunk) = frame.into_data() {
+                        got.extend_from_slice(bytes::Buf::chunk(&chunk));
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_holds_back_the_last_byte_until_the_fill_is_verified() {
+        let d = data(600_000);
+        let mut r = driven(d.len() as u64, None);
+        r.file.write_all(&d).expect("write");
+        let _ = r.progress.send(Progress::Running {
+            written: d.len() as u64,
+        });
+        let (got, ended, error) = drain(&mut r.body).await;
+        assert!(got == d[..d.len() - 1], "all but the last byte");
+        assert!(!ended && error.is_none(), "waits for the verdict");
+        let _ = r.progress.send(Progress::Verified);
+        let (rest, ended, error) = drain(&mut r.body).await;
+        assert_eq!(
+            (rest.as_slice(), ended, error),
+            (&d[d.len() - 1..], true, None)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_verification_fails_the_reader() {
+        let d = data(300_000);
+        let mut r = driven(d.len() as u64, None);
+        r.file.write_all(&d).expect("write");
+        let _ = r.progress.send(Progress::Running {
+            written: d.len() as u64,
+        });
+        let _ = drain(&mut r.body).await;
+        let mismatch = Mismatch::Length {
+            expected: d.len() as u64,
+            actual: 1,
+        };
+        let _ = r
+            .progress
+            .send(Progress::Failed(Failure::Mismatch(mismatch)));
+        let (_, ended, error) = drain(&mut r.body).await;
+        assert!(!ended, "never a clean end");
+        assert!(error.is_some_and(|e| e.contains("failed verification")));
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_lost_its_disk_hands_the_reader_to_the_fallback() {
+        let d = data(700_000);
+        let from = Arc::new(std::sync::Mutex::new(None));
+        let (asked, rest) = (Arc::clone(&from), d.clone());
+        let fallback: Fallback = Box::new(move |offset| {
+            *asked.lock().expect("lock") = Some(offset);
+            let tail = rest[offset as usize..].to_vec();
+            Box::pin(async move { Ok(body(chunked(&tail, 10_000), false)) })
+        });
+        let mut r = driven(d.len() as u64, Some(fallback));
+        r.file.write_all(&d[..300_000]).expect("write");
+        let _ = r.progress.send(Progress::Running { written: 300_000 });
+        let (head, _, _) = drain(&mut r.body).await;
+        // Readers wake for whole 256 KiB reads: what they sent is a prefix of what was written.
+        assert!(!head.is_empty() && head.len() <= 300_000 && head == d[..head.len()]);
+        let _ = r.progress.send(Progress::Failed(Failure::Disk {
+            written: 300_000,
+            fault: DiskFault::NoSpace,
+        }));
+        let (tail, ended, error) = drain(&mut r.body).await;
+        assert_eq!((ended, error), (true, None));
+        assert_eq!(*from.lock().expect("lock"), Some(head.len() as u64));
+        assert!([head, tail].concat() == d, "the whole image, in order");
+    }
+}
