@@ -1,21 +1,24 @@
 //! glance-cache-proxy: a caching reverse proxy for the OpenStack Image service (Glance).
 //!
-//! Codemap, in reading order (see ARCHITECTURE.md for the invariants):
-//! - `clock`: the wall clock (one place, so tests can step it).
-//! - `config`: TOML -> validated, typed `Config`; every error names its key and file.
-//! - `app`: builds the components from the config and runs the listener.
-//! - `server`: accept loop, connection limit, graceful drain; per request: classify,
-//!   dispatch, error-to-response, access log.
-//! - `route`: pure (method, path) -> `Route`, including Glance's `/v2.N` prefixes.
-//! - `auth`: caller keys and the memory of download grants (Glance decides access).
+//! Codemap, top layer first (ARCHITECTURE.md has the layers and the invariants; a module
+//! imports only modules below it):
+//! - `app`: the composition root: builds the components from the config, runs the listeners.
+//! - `server`: accept loop, connection slots, graceful drain; per request: classify,
+//!   dispatch, error-to-response, access log; the operations listener.
+//! - `image`: image data through the cache, as phases: authorize, plan, respond.
+//! - `manage`: Glance's cache API (`/v2/cache`, legacy routes) for the proxy's own cache.
+//! - `state`: the shared state handlers draw their narrow contexts from.
+//! - `prefetch`: the persistent queue and the worker that fills the cache from it.
+//! - `cache`: the image cache: index, store, fills, verification, scrubber.
 //! - `upstream`: the only outbound HTTP: pool, failover, timeouts, header rules, link rewriting.
 //! - `error`: the proxy's own errors and the one table that turns them into responses.
-//! - `body`: the response body type and the idle-timeout wrapper.
-//! - `cache`: the image cache (`cache::verify`: digests and their comparison).
-//! - `manage`: Glance's cache API (`/v2/cache`, legacy routes) for the proxy's own cache.
-//! - `prefetch`: the persistent queue and the worker that fills the cache from it.
 //! - `metrics`: Prometheus names, counters and histograms, and the scrape-time snapshot.
-//! - `tls`: what both TLS sides share: PEM loading, trust roots, reloadable identities.
+//! - `body`: the response body types and the idle-timeout wrapper.
+//! - `sendfile`: zero-copy hits: the file-span chunks, their guard, the socket wrapper.
+//! - leaves: `auth` (caller keys, download grants), `clock` (the wall clock), `config` (TOML ->
+//!   validated `Config`), `digest` (what a record promises), `outcome` (enums of what
+//!   happened), `route` (pure classification), `sys` (the only unsafe), `tls` (PEM, roots,
+//!   reloadable identities).
 
 pub mod app;
 pub mod auth;

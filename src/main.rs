@@ -154,7 +154,14 @@ async fn reload_on_sighup(identities: Vec<std::sync::Arc<glance_cache_proxy::tls
     };
     while hup.recv().await.is_some() {
         for identity in &identities {
-            match identity.reload() {
+            // Reading the files is disk work: on the blocking pool, not a runtime thread.
+            let reloading = std::sync::Arc::clone(identity);
+            let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
+            let Ok(reloaded) = reloaded else {
+                tracing::error!("SIGHUP: the reload task failed; keeping the current certificate");
+                continue;
+            };
+            match reloaded {
                 Ok(()) => tracing::info!(
                     setting = identity.setting(),
                     "SIGHUP: TLS certificate reloaded"
