@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub public_url: Option<Url>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// A response that cannot write a byte for this long is closed (a client that stopped
+    /// reading gives its connection slot back).
+    pub send_timeout: Duration,
     pub drain_timeout: Duration,
     /// HTTPS: PEM certificate chain and private key files (both or neither).
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -199,6 +202,7 @@ pub struct RawServer {
     pub public_url: String,
     pub max_connections: usize,
     pub header_read_timeout: String,
+    pub send_timeout: String,
     pub drain_timeout: String,
     pub tls_cert_file: String,
     pub tls_key_file: String,
@@ -212,6 +216,7 @@ impl Default for RawServer {
             public_url: String::new(),
             max_connections: 4096,
             header_read_timeout: "30s".into(),
+            send_timeout: "60s".into(),
             drain_timeout: "60s".into(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
@@ -415,6 +420,7 @@ impl Config {
                     .unwrap_or_default(),
                 max_connections: self.server.max_connections,
                 header_read_timeout: fmt_duration(self.server.header_read_timeout),
+                send_timeout: fmt_duration(self.server.send_timeout),
                 drain_timeout: fmt_duration(self.server.drain_timeout),
                 tls_cert_file: shown(&self.server.tls, |(c, _)| c),
                 tls_key_file: shown(&self.server.tls, |(_, k)| k),
@@ -575,6 +581,7 @@ impl RawServer {
                 "server.header_read_timeout",
                 &self.header_read_timeout,
             )?,
+            send_timeout: positive_duration(bad, "server.send_timeout", &self.send_timeout)?,
             drain_timeout: duration(bad, "server.drain_timeout", &self.drain_timeout)?,
             tls: file_pair(
                 ("server.tls_cert_file", &self.tls_cert_file),

@@ -1,13 +1,13 @@
 //! Pure request classification: (method, path) -> `Route`. No IO, no hyper or Tokio IO types.
 //!
-//! Glance accepts version prefixes `/v2`, `/v2.0` … `/v2.18` and rewrites them to `/v2` before
-//! routing (glance-cache-spec §1.2); `normalize_path` does the same so later stages match one
-//! form. Anything not claimed by a feature is `Route::Passthrough`.
+//! Glance negotiates the version before routing (its `VersionNegotiationFilter`): from an
+//! `Accept: application/vnd.openstack.images-vX` header, else from the path's first segment;
+//! a version it does not accept gets its list of versions (300). `negotiate` does exactly the
+//! same, so the proxy serves a route only where Glance would route it, and passes everything
+//! else through for Glance to answer. Anything not claimed by a feature is
+//! `Route::Passthrough`.
 
 use http::Method;
-
-/// Highest `v2.N` minor version the proxy accepts as a URL prefix.
-pub const MAX_V2_MINOR: u32 = 18;
 
 /// What a request is, as far as the proxy cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,10 +170,8 @@ fn cache_op(method: &Method, segments: &[&str]) -> Option<CacheOp> {
     }
 }
 
-/// Classify a request by method, path (without the query string) and `Accept` header.
-///
-/// Like Glance's version negotiation, a path without a version prefix is taken as `/v2` when
-/// `Accept` names `application/vnd.openstack.images-v2[.N]`.
+/// Classify a request by method, path (without the query string) and `Accept` header, after
+/// Glance's version negotiation (`negotiate`).
 pub fn classify(method: &Method, path: &str, accept: Option<&str>) -> Route {
     if matches!(path, "/" | "/versions") {
         return if method == Method::GET {
@@ -198,16 +196,16 @@ pub fn classify(method: &Method, path: &str, accept: Option<&str>) -> Route {
             };
         }
     }
-    let rest = match normalize_path(path) {
-        Some(rest) => rest,
-        None if path.starts_with('/') && accepts_v2(accept) && !path.starts_with("/v") => {
-            format!("/v2{path}")
-        }
-        None => return Route::Passthrough,
+    let Some(Negotiated { path: rest, always }) = negotiate(path, accept) else {
+        return Route::Passthrough;
     };
     let segments: Vec<&str> = rest.split('/').collect();
     if let Some(op) = cache_op(method, &segments) {
         return Route::Cache(op);
+    }
+    if !always {
+        // A version only some Glance configurations accept: Glance answers for itself.
+        return Route::Passthrough;
     }
     match (method, segments.as_slice()) {
         (&Method::GET, ["", "v2", "images", id, "file"]) if is_image_id(id) => Route::ImageData {
@@ -220,39 +218,49 @@ pub fn classify(method: &Method, path: &str, accept: Option<&str>) -> Route {
     }
 }
 
-/// Map a `/v2.N/...` path to `/v2/...`; `None` if the path has no v2 prefix we accept.
-pub fn normalize_path(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/v2")?;
-    let (minor, tail) = match rest.strip_prefix('.') {
-        Some(after_dot) => {
-            let end = after_dot.find('/').unwrap_or(after_dot.len());
-            let digits = &after_dot[..end];
-            if digits.is_empty() || digits.len() > 2 || !digits.bytes().all(|b| b.is_ascii_digit())
-            {
-                return None;
-            }
-            (digits.parse::<u32>().ok()?, &after_dot[end..])
-        }
-        None => (0, rest),
-    };
-    if minor > MAX_V2_MINOR || !(tail.is_empty() || tail.starts_with('/')) {
-        return None;
-    }
-    Some(format!("/v2{tail}"))
+/// The path Glance routes a request to, after its version negotiation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// `/v2/...`.
+    pub path: String,
+    /// The version is one every Glance 33 accepts; `false`: one it accepts only with its image
+    /// cache configured (the versions of the cache API, which the proxy answers itself).
+    pub always: bool,
 }
 
-/// `Accept: application/vnd.openstack.images-v2` or `-v2.N` (N <= MAX_V2_MINOR).
-fn accepts_v2(accept: Option<&str>) -> bool {
-    accept.into_iter().flat_map(|a| a.split(',')).any(|item| {
-        let media = item.split(';').next().unwrap_or("").trim();
-        match media.strip_prefix("application/vnd.openstack.images-v2") {
-            Some("") => true,
-            Some(minor) => minor
-                .strip_prefix('.')
-                .and_then(|m| m.parse::<u32>().ok())
-                .is_some_and(|m| m <= MAX_V2_MINOR),
-            None => false,
+/// Versions every Glance 33 accepts, whatever its configuration (`VersionNegotiationFilter.
+/// _get_allowed_versions`); v2.8 and v2.10-v2.13 need multiple stores, v2.14, v2.16 and
+/// v2.18 its image cache.
+const ALWAYS: [&str; 12] = [
+    "v2", "v2.0", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6", "v2.7", "v2.9", "v2.15", "v2.17",
+];
+/// The versions of the cache API, accepted by a Glance with its cache (and by the proxy,
+/// which has one).
+const WITH_CACHE: [&str; 3] = ["v2.14", "v2.16", "v2.18"];
+/// Glance's media-type versioning prefix.
+const VND: &str = "application/vnd.openstack.images-";
+
+/// Glance's version negotiation, exactly: when `Accept` starts with
+/// `application/vnd.openstack.images-`, the rest of it is the version and the whole path is
+/// routed under `/v2`; otherwise the path's first segment is the version and the rest is
+/// routed under `/v2`. `None`: a version Glance may not accept (it answers with version
+/// choices, 300, or by its configuration), so the proxy passes the request through.
+pub fn negotiate(path: &str, accept: Option<&str>) -> Option<Negotiated> {
+    let (version, rest) = match accept.and_then(|a| a.strip_prefix(VND)) {
+        Some(version) => (version, path),
+        None => {
+            let trimmed = path.trim_start_matches('/');
+            let end = trimmed.find('/').unwrap_or(trimmed.len());
+            (&trimmed[..end], &trimmed[end..])
         }
+    };
+    let always = ALWAYS.contains(&version);
+    if !always && !WITH_CACHE.contains(&version) {
+        return None;
+    }
+    Some(Negotiated {
+        path: format!("/v2{rest}"),
+        always,
     })
 }
 
@@ -310,12 +318,16 @@ mod tests {
         check(Method::POST, "/versions", Route::Passthrough);
         check(Method::GET, &format!("/v2/images/{id}/file"), data(id));
         check(Method::GET, &format!("/v2.0/images/{id}/file"), data(id));
-        check(Method::GET, &format!("/v2.18/images/{id}/file"), data(id));
-        check(
-            Method::GET,
-            &format!("/v2.19/images/{id}/file"),
-            Route::Passthrough,
-        );
+        check(Method::GET, &format!("/v2.17/images/{id}/file"), data(id));
+        // Versions only some Glance configurations accept (its cache, multiple stores), and
+        // ones it never accepts: Glance answers (300 where it does not accept them).
+        for v in ["v2.8", "v2.14", "v2.16", "v2.18", "v2.19", "v2.01", "v3"] {
+            check(
+                Method::GET,
+                &format!("/{v}/images/{id}/file"),
+                Route::Passthrough,
+            );
+        }
         check(
             Method::PUT,
             &format!("/v2/images/{id}/file"),
@@ -359,37 +371,58 @@ mod tests {
     #[test]
     fn accept_header_version() {
         let id = "abc";
-        let v2 = |a: &str| classify(&Method::GET, "/images/abc/file", Some(a));
+        let on = |path: &str, a: &str| classify(&Method::GET, path, Some(a));
+        let v2 = |a: &str| on("/images/abc/file", a);
         assert_eq!(v2("application/vnd.openstack.images-v2.1"), data(id));
-        assert_eq!(
-            v2("text/plain, application/vnd.openstack.images-v2;q=0.9"),
-            data(id)
-        );
-        assert_eq!(v2("application/vnd.openstack.images-v2.18"), data(id));
-        assert_eq!(
-            v2("application/vnd.openstack.images-v2.19"),
-            Route::Passthrough
-        );
-        assert_eq!(
-            v2("application/vnd.openstack.images-v1"),
-            Route::Passthrough
-        );
-        assert_eq!(v2("application/json"), Route::Passthrough);
+        assert_eq!(v2("application/vnd.openstack.images-v2"), data(id));
+        // Glance takes the whole rest of the header as the version: anything else in it, or a
+        // version only some configurations accept, gets Glance's own answer.
+        for other in [
+            "text/plain, application/vnd.openstack.images-v2;q=0.9",
+            "application/vnd.openstack.images-v2.1;q=0.9",
+            "application/vnd.openstack.images-v2.1, */*",
+            "application/vnd.openstack.images-v2.18",
+            "application/vnd.openstack.images-v2.19",
+            "application/vnd.openstack.images-v1",
+            "application/json",
+        ] {
+            assert_eq!(v2(other), Route::Passthrough, "{other}");
+        }
         assert_eq!(
             classify(&Method::GET, "/images/abc/file", None),
             Route::Passthrough
         );
-        // A versioned path wins over the header.
+        // With a versioned Accept, Glance routes a /v2 path under /v2 again: not image data.
         assert_eq!(
-            classify(
-                &Method::GET,
-                "/v1/images/abc",
-                Some("application/vnd.openstack.images-v2")
+            on(
+                "/v2/images/abc/file",
+                "application/vnd.openstack.images-v2.1"
             ),
+            Route::Passthrough
+        );
+        // The legacy v1 routes are the proxy's own (Glance 33 has no v1).
+        assert_eq!(
+            on("/v1/images/abc", "application/vnd.openstack.images-v2"),
             Route::V1ImageData {
                 image_id: id.into()
             }
         );
+    }
+
+    #[test]
+    fn negotiation_as_glance() {
+        let n = |p: &str, a: Option<&str>| negotiate(p, a).map(|n| (n.path, n.always));
+        assert_eq!(n("/v2/images", None), Some(("/v2/images".into(), true)));
+        assert_eq!(n("/v2.9/images", None), Some(("/v2/images".into(), true)));
+        assert_eq!(n("/v2.16/cache", None), Some(("/v2/cache".into(), false)));
+        assert_eq!(n("//v2/images", None), Some(("/v2/images".into(), true)));
+        assert_eq!(n("/v2", None), Some(("/v2".into(), true)));
+        assert_eq!(n("/v2.8/images", None), None);
+        assert_eq!(n("/images", None), None);
+        assert_eq!(n("", None), None);
+        let vnd = Some("application/vnd.openstack.images-v2.15");
+        assert_eq!(n("/images", vnd), Some(("/v2/images".into(), true)));
+        assert_eq!(n("/v2/images", vnd), Some(("/v2/v2/images".into(), true)));
     }
 
     #[test]
@@ -470,18 +503,5 @@ mod tests {
             ),
             Route::Cache(State)
         );
-    }
-
-    #[test]
-    fn prefixes() {
-        assert_eq!(normalize_path("/v2"), Some("/v2".into()));
-        assert_eq!(normalize_path("/v2/"), Some("/v2/".into()));
-        assert_eq!(normalize_path("/v2.14/cache"), Some("/v2/cache".into()));
-        assert_eq!(normalize_path("/v2.7"), Some("/v2".into()));
-        assert_eq!(normalize_path("/v2."), None);
-        assert_eq!(normalize_path("/v2.x/images"), None);
-        assert_eq!(normalize_path("/v2.100/images"), None);
-        assert_eq!(normalize_path("/v20/images"), None);
-        assert_eq!(normalize_path("/v1/images"), None);
     }
 }

@@ -63,9 +63,14 @@ async fn reaches(proxy: &TestProxy, series: &str, value: f64) {
     }
 }
 
+/// Wait until `id` is committed: its file in place and the entry in the index (whose
+/// fingerprint is taken right after the rename, so a test must not write the file before).
 async fn cached(proxy: &TestProxy, id: &str) {
     let path = data_path(proxy, id);
     until(|| path.exists()).await;
+    if proxy.admin_url.is_some() {
+        reaches(proxy, "glance_cache_proxy_cache_entries", 1.0).await;
+    }
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
-//! Fuzz target: request routing and `/v2.N` version prefixes (`route::classify`,
-//! `route::normalize_path`) on arbitrary methods, paths and `Accept` headers.
+//! Fuzz target: request routing and Glance's version negotiation (`route::classify`,
+//! `route::negotiate`) on arbitrary methods, paths and `Accept` headers.
 #![no_main]
 
-use glance_cache_proxy::route::{classify, normalize_path, Route};
+use glance_cache_proxy::route::{classify, negotiate, Route};
 use libfuzzer_sys::fuzz_target;
 
 const METHODS: &[&str] = &["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"];
@@ -24,8 +24,9 @@ fuzz_target!(|data: &[u8]| {
     if let Route::ImageData { image_id } | Route::V1ImageData { image_id } = &route {
         assert!(!image_id.contains('/'), "{path} -> {image_id}");
     }
-    if let Some(normal) = normalize_path(path) {
-        // Normalizing is idempotent.
-        assert_eq!(normalize_path(&normal).unwrap_or(normal.clone()), normal);
+    if let (true, Some(negotiated)) = (path.starts_with('/'), negotiate(path, accept)) {
+        // Glance routes under /v2, and a negotiated path negotiates to itself again.
+        assert!(negotiated.path.starts_with("/v2"), "{path} -> {}", negotiated.path);
+        assert_eq!(negotiate(&negotiated.path, None).map(|n| n.path), Some(negotiated.path));
     }
 });

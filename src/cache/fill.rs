@@ -408,119 +408,218 @@ impl Source {
 }
 
 /// A response body that streams bytes `span` of `source` (the whole image: `0..size`),
-/// following a fill's progress. `hooks.done` runs once every byte was sent after
+/// following a fill's progress. `hooks.done` runs once every byte was produced after
 /// verification, `hooks.disk_failed` if reading the file fails.
+///
+/// The body is pulled: the next chunk is read from the file only when hyper asks for it, so
+/// a client that stops reading holds at most the one chunk its connection has queued
+/// (`server::MAX_QUEUED`), never a read-ahead of its own.
 pub fn reader(
     source: Source,
     span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
-    mut hooks: Hooks,
+    hooks: Hooks,
 ) -> ProxyBody {
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
-    // A reader keeps its fill going (see `Lifetime`).
-    let keep = match &source {
-        Source::Filling(fill) => Some(fill.keep()),
-        Source::Entry(_) => None,
+    let follower = Follower {
+        // A reader keeps its fill going (see `Lifetime`).
+        _keep: match &source {
+            Source::Filling(fill) => Some(fill.keep()),
+            Source::Entry(_) => None,
+        },
+        size: source.size(),
+        end: span.end.min(source.size()),
+        offset: span.start,
+        progress: source.progress(),
+        source,
+        fallback,
+        rest: None,
+        hooks,
+        started: false,
+        ended: false,
     };
-    tokio::spawn(async move {
-        let complete = follow(&source, span, fallback, &tx, &mut hooks).await;
-        drop(keep);
-        match complete {
-            Ok(()) => hooks.done(),
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-            }
-        }
+    let chunks = futures_util::stream::unfold(follower, |mut follower| async move {
+        let item = follower.next().await?;
+        Some((item.map(Frame::data), follower))
     });
-    let mut rx = rx;
-    crate::body::boxed(http_body_util::StreamBody::new(
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
-    ))
+    crate::body::boxed(http_body_util::StreamBody::new(chunks))
 }
 
-/// Copy `span` of the fill to `tx`; `Ok` when every byte was sent after verification.
-async fn follow(
-    fill: &Source,
-    span: std::ops::Range<u64>,
+/// One reader's position in its source.
+struct Follower {
+    source: Source,
+    _keep: Option<Keep>,
+    size: u64,
+    /// Where the span ends (exclusive).
+    end: u64,
+    /// The next byte to send.
+    offset: u64,
+    progress: watch::Receiver<Progress>,
     fallback: Option<Fallback>,
-    tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-    hooks: &mut Hooks,
-) -> Result<(), BoxError> {
-    let size = fill.size();
-    let end = span.end.min(size);
-    let mut rx = fill.progress();
-    let mut offset = span.start;
-    loop {
-        let state = rx.borrow_and_update().clone();
-        // Hold back the final byte until the fill is verified.
-        let limit = match &state {
+    /// The rest of the image from the fallback, once the disk side has failed.
+    rest: Option<BytesBody>,
+    hooks: Hooks,
+    /// The body has been asked for a frame before.
+    started: bool,
+    /// Nothing more: the span was sent, or an error was.
+    ended: bool,
+}
+
+impl Follower {
+    /// The next chunk of the span; an error fails the body (the client's connection is
+    /// aborted, never ended cleanly); `None` once every byte was sent after verification.
+    async fn next(&mut self) -> Option<Result<Bytes, BoxError>> {
+        if self.ended {
+            return None;
+        }
+        if !self.started {
+            // Pending once first, so hyper flushes the response head before the body can
+            // fail: a fill that breaks at once still shows as a status and a broken body,
+            // never as a connection closed before any head.
+            self.started = true;
+            tokio::task::yield_now().await;
+        }
+        let next = match self.rest.is_some() {
+            true => self.next_from_rest().await,
+            false => self.next_from_file().await,
+        };
+        match &next {
+            None => {
+                self.ended = true;
+                self.hooks.done();
+            }
+            Some(Err(_)) => self.ended = true,
+            Some(Ok(_)) => {}
+        }
+        next
+    }
+
+    /// Wait until the fill has bytes past `offset` worth a read, then read them; or switch to
+    /// the fallback when the fill's disk gave out.
+    async fn next_from_file(&mut self) -> Option<Result<Bytes, BoxError>> {
+        loop {
+            let state = self.progress.borrow_and_update().clone();
+            let limit = match self.readable(&state) {
+                Ok(limit) => limit,
+                Err(Progress::Failed(Failure::Disk { .. } | Failure::Abandoned)) => {
+                    // The fill stopped for a reason that says nothing about the bytes (its
+                    // disk, or it gave up an instant before this reader joined).
+                    return self.switch_to_rest("cache fill stopped").await;
+                }
+                Err(failed) => {
+                    let result = match failed {
+                        Progress::Failed(f) => f.result().as_str(),
+                        _ => "unknown",
+                    };
+                    let id = self.source.image_id();
+                    return Some(Err(
+                        format!("image {id} failed verification: {result}").into()
+                    ));
+                }
+            };
+            if self.offset < limit {
+                return self.read(limit).await;
+            }
+            if self.offset >= self.end && matches!(state, Progress::Verified | Progress::Committed)
+            {
+                return None;
+            }
+            if self.progress.changed().await.is_err() {
+                // The filler is gone without a final word: treat as failed.
+                return Some(Err("cache fill ended without a result".into()));
+            }
+        }
+    }
+
+    /// How far this reader may read in `state` (the last byte only once verified), or the
+    /// state itself when the fill failed.
+    fn readable(&self, state: &Progress) -> Result<u64, Progress> {
+        Ok(match state {
             Progress::Starting => 0,
             Progress::Running { written } => {
-                let available = (*written).min(size.saturating_sub(1)).min(end);
+                let available = (*written).min(self.size.saturating_sub(1)).min(self.end);
                 // Wake for a full read, not for every small write of the filler.
-                let batch_ready = available >= offset + READ_CHUNK as u64
-                    || available + 1 >= size
-                    || available >= end;
+                let batch_ready = available >= self.offset + READ_CHUNK as u64
+                    || available + 1 >= self.size
+                    || available >= self.end;
                 if batch_ready {
                     available
                 } else {
-                    offset
+                    self.offset
                 }
             }
-            Progress::Verified | Progress::Committed => end,
-            // The fill stopped for a reason that says nothing about the bytes (its disk, or it
-            // gave up an instant before this reader joined): the rest comes from Glance.
-            Progress::Failed(Failure::Disk { .. } | Failure::Abandoned) => {
-                return match fallback {
-                    Some(fb) => rest_from_upstream(fill, fb, offset, tx).await,
-                    None => Err("cache fill stopped".into()),
-                };
+            Progress::Verified | Progress::Committed => self.end,
+            Progress::Failed(_) => return Err(state.clone()),
+        })
+    }
+
+    /// Read up to one chunk below `limit` on the blocking pool.
+    async fn read(&mut self, limit: u64) -> Option<Result<Bytes, BoxError>> {
+        let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
+        let (file, at) = (Arc::clone(self.source.file()), self.offset);
+        let read = tokio::task::spawn_blocking(move || {
+            fail::fail_point!("cache::read", |kind| Err(injected(kind)));
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+        })
+        .await;
+        match read {
+            Ok(Ok(chunk)) => {
+                self.offset += chunk.len() as u64;
+                Some(Ok(chunk))
             }
-            Progress::Failed(f) => {
-                return Err(format!(
-                    "image {} failed verification: {}",
-                    fill.image_id(),
-                    f.result()
-                )
-                .into());
-            }
-        };
-        if offset < limit {
-            let len = (limit - offset).min(READ_CHUNK as u64) as usize;
-            let file = Arc::clone(fill.file());
-            let at = offset;
-            let read = tokio::task::spawn_blocking(move || {
-                fail::fail_point!("cache::read", |kind| Err(injected(kind)));
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
-            })
-            .await
-            .map_err(|e| -> BoxError { e.to_string().into() })?;
-            let chunk = match read {
-                Ok(chunk) => chunk,
+            Ok(Err(e)) => {
                 // The disk failed under us: the bytes read so far were good; the rest comes
                 // from Glance when the request runs to the image's end.
-                Err(e) => {
-                    tracing::error!(image_id = %fill.image_id(), offset, error = %e, "cache read failed; continuing from upstream");
-                    hooks.disk_failed(&e);
-                    return match fallback {
-                        Some(fb) if end == size => rest_from_upstream(fill, fb, offset, tx).await,
-                        _ => Err(format!("cache read failed: {e}").into()),
-                    };
+                let offset = self.offset;
+                tracing::error!(image_id = %self.source.image_id(), offset, error = %e, "cache read failed; continuing from upstream");
+                self.hooks.disk_failed(&e);
+                if self.end != self.size {
+                    return Some(Err(format!("cache read failed: {e}").into()));
                 }
-            };
-            offset += chunk.len() as u64;
-            if tx.send(Ok(Frame::data(chunk))).await.is_err() {
-                return Err("client went away".into());
+                self.switch_to_rest("cache read failed").await
             }
-            continue;
+            Err(e) => Some(Err(e.to_string().into())),
         }
-        if offset >= end && matches!(state, Progress::Verified | Progress::Committed) {
-            return Ok(());
+    }
+
+    /// Continue from the caller's fallback at `offset`, if there is one.
+    async fn switch_to_rest(&mut self, why: &str) -> Option<Result<Bytes, BoxError>> {
+        let Some(fallback) = self.fallback.take() else {
+            return Some(Err(why.to_string().into()));
+        };
+        match fallback(self.offset).await {
+            Ok(body) => {
+                self.rest = Some(body);
+                self.next_from_rest().await
+            }
+            Err(e) => Some(Err(e)),
         }
-        if rx.changed().await.is_err() {
-            // The filler is gone without a final word: treat as failed.
-            return Err("cache fill ended without a result".into());
+    }
+
+    /// The next chunk of the fallback's body; it must end exactly at the image's end.
+    async fn next_from_rest(&mut self) -> Option<Result<Bytes, BoxError>> {
+        let body = self.rest.as_mut()?;
+        loop {
+            match body.frame().await {
+                None if self.offset == self.size => return None,
+                None => {
+                    let (at, size) = (self.offset, self.size);
+                    return Some(Err(
+                        format!("resumed download ended at {at} of {size}").into()
+                    ));
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    self.offset += data.len() as u64;
+                    if self.offset > self.size {
+                        return Some(Err("resumed download overran the image".into()));
+                    }
+                    return Some(Ok(data));
+                }
+            }
         }
     }
 }
@@ -531,31 +630,6 @@ fn injected(kind: Option<String>) -> std::io::Error {
     match kind.as_deref() {
         Some("enospc") => std::io::Error::from_raw_os_error(28),
         _ => std::io::Error::from_raw_os_error(crate::sys::EIO),
-    }
-}
-
-async fn rest_from_upstream(
-    fill: &Source,
-    fallback: Fallback,
-    offset: u64,
-    tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-) -> Result<(), BoxError> {
-    let size = fill.size();
-    let mut body = fallback(offset).await?;
-    let mut sent = offset;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        sent += data.len() as u64;
-        if sent > size || tx.send(Ok(Frame::data(data))).await.is_err() {
-            return Err("resumed download overran or client left".into());
-        }
-    }
-    if sent == size {
-        Ok(())
-    } else {
-        Err(format!("resumed download ended at {sent} of {size}").into())
     }
 }
 

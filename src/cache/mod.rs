@@ -307,7 +307,6 @@ impl Cache {
                 _ => return, // already gone or replaced by a new fill
             }
         };
-        self.stats.quarantined.add(reason);
         let report = serde_json::json!({
             "image_id": id,
             "reason": reason.as_str(),
@@ -315,7 +314,10 @@ impl Cache {
             "found_ms": unix_ms(crate::clock::now()),
             "entry": meta,
         });
-        match self.store.quarantine(id, &report) {
+        let stored = self.store.quarantine(id, &report);
+        // Counted once its report is on disk (or failed to be).
+        self.stats.quarantined.add(reason);
+        match stored {
             Ok(path) => {
                 tracing::error!(image_id = %id, reason = reason.as_str(), %detail, report = %path.display(), "cache entry quarantined; it will be fetched again on demand")
             }

@@ -86,12 +86,13 @@ impl Scrubber {
                         tracing::debug!(image_id = %id, "scrub: entry intact");
                     }
                     Verdict::Corrupt(reason, detail) => {
-                        self.stats.corruptions.fetch_add(1, Ordering::Relaxed);
                         let cache = Arc::clone(&self.cache);
                         let _ = super::store::blocking(move || {
                             cache.quarantine(&id, print, reason, detail)
                         })
                         .await;
+                        // Counted once the entry is out and its report written.
+                        self.stats.corruptions.fetch_add(1, Ordering::Relaxed);
                     }
                     Verdict::Gone => {}
                 },

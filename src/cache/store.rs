@@ -385,15 +385,18 @@ impl Store {
         let mut meta_temp = temp.path().as_os_str().to_owned();
         meta_temp.push(META_SUFFIX);
         let meta_temp = PathBuf::from(meta_temp);
-        let result = (|| {
+        let result = (|| -> io::Result<fs::Metadata> {
             let mut f = File::create(&meta_temp)?;
             f.write_all(&serde_json::to_vec(meta).map_err(io::Error::other)?)?;
             f.sync_all()?;
             fs::rename(&meta_temp, self.meta_path(&meta.image_id))?;
             fs::rename(temp.path(), self.data_path(&meta.image_id))?;
+            // At once after the rename (which sets ctime): the file as it is now served. Any
+            // later write changes it; only a write in the microseconds between the rename and
+            // this fstat could share its ctime tick.
+            let stat = data.metadata()?;
             sync_dir(&self.images)?;
-            // After the rename (which sets ctime): the file as it is now served.
-            data.metadata()
+            Ok(stat)
         })();
         match result {
             Ok(_) => temp.keep(),

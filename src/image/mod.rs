@@ -55,7 +55,8 @@ struct Ask<'a> {
     caller: HeaderMap,
     /// The `Range` header, when the request has one.
     range: Option<String>,
-    /// `?prefer=` and friends go upstream on a miss; hits ignore them, as Glance's cache does.
+    /// `?prefer=` and friends: on a miss with the download, on a hit with the probe (so a
+    /// query Glance refuses is refused on a hit too).
     query: Option<String>,
     /// A hit may be answered on this connection with sendfile.
     zero_copy: Option<&'a Arc<sendfile::Conn>>,
@@ -142,7 +143,7 @@ async fn authorize(
     let (record, probe) = if cache.holds(ask.image_id) {
         let (record, probe) = tokio::join!(
             upstream.image_record(ask.api, &ask.caller, ask.image_id),
-            upstream.download_probe(ask.api, &ask.caller, ask.image_id)
+            upstream.download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
         );
         (record?, Some(probe))
     } else {
@@ -196,7 +197,7 @@ async fn may_download(
         Some(probe) => probe?,
         None => {
             upstream
-                .download_probe(ask.api, &ask.caller, ask.image_id)
+                .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
                 .await?
         }
     };
@@ -297,8 +298,8 @@ async fn respond_cached(
     let span = match answer {
         RangeAnswer::Full => 0..size,
         RangeAnswer::Partial { start, end } => start..end + 1,
-        RangeAnswer::Unsatisfiable => {
-            let resp = unsatisfiable(&answer, size, request_id.as_ref());
+        RangeAnswer::Unsatisfiable | RangeAnswer::Multiple => {
+            let resp = refused_range(&answer, size, request_id.as_ref());
             return Ok(Served {
                 forwarded: Forwarded::new(resp, upstream),
                 outcome,
@@ -450,18 +451,21 @@ fn data_response(
     resp
 }
 
-/// Glance's 416 for a range beyond the image.
-fn unsatisfiable(
+/// Glance's 416 for a range beyond the image (or malformed), its 400 for several ranges.
+fn refused_range(
     answer: &RangeAnswer,
     size: u64,
     request_id: Option<&HeaderValue>,
 ) -> Response<ProxyBody> {
     let rid = request_id.and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let mut resp = crate::error::error_response(
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        "Requested range not satisfiable",
-        rid,
-    );
+    let (status, message) = match answer {
+        RangeAnswer::Multiple => (StatusCode::BAD_REQUEST, range::MULTIPLE_RANGES),
+        _ => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "Requested range not satisfiable",
+        ),
+    };
+    let mut resp = crate::error::error_response(status, message, rid);
     if let Some(v) = answer
         .content_range(size)
         .and_then(|v| HeaderValue::from_str(&v).ok())

@@ -1,6 +1,7 @@
 //! Pure `Range` parsing for image data, as Glance answers it: one byte range (`a-b`, `a-`,
 //! or the suffix `-n`) gives 206; a range that cannot be satisfied, or a malformed header,
-//! gives 416 with `Content-Range: bytes */SIZE`; several ranges give the whole image (200).
+//! gives 416 with `Content-Range: bytes */SIZE`; several ranges (any comma) give 400, as
+//! Glance's `get_range_from_request` refuses them.
 
 /// What to send for a `Range` header on an image of `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,13 +12,19 @@ pub enum RangeAnswer {
     Partial { start: u64, end: u64 },
     /// 416 with `Content-Range: bytes */size`.
     Unsatisfiable,
+    /// Several ranges: 400 (`MULTIPLE_RANGES`).
+    Multiple,
 }
+
+/// Glance's explanation for a multi-range request.
+pub const MULTIPLE_RANGES: &str = "Requests with multiple ranges are not supported in Glance. \
+     You may make multiple single-range requests instead.";
 
 impl RangeAnswer {
     /// `Content-Range` value for this answer, if it has one.
     pub fn content_range(self, size: u64) -> Option<String> {
         match self {
-            RangeAnswer::Full => None,
+            RangeAnswer::Full | RangeAnswer::Multiple => None,
             RangeAnswer::Partial { start, end } => Some(format!("bytes {start}-{end}/{size}")),
             RangeAnswer::Unsatisfiable => Some(format!("bytes */{size}")),
         }
@@ -26,19 +33,14 @@ impl RangeAnswer {
 
 /// Decide the answer to `Range: <header>` for an image of `size` bytes.
 pub fn parse(header: &str, size: u64) -> RangeAnswer {
+    // Glance looks for a comma before anything else.
+    if header.contains(',') {
+        return RangeAnswer::Multiple;
+    }
     let Some(spec) = header.trim().strip_prefix("bytes=") else {
         return RangeAnswer::Unsatisfiable;
     };
-    let specs: Vec<&str> = spec.split(',').map(str::trim).collect();
-    if specs.len() > 1 {
-        // Multipart responses are not something any Glance client asks for: send it all.
-        return if specs.iter().all(|s| one(s, size).is_some()) {
-            RangeAnswer::Full
-        } else {
-            RangeAnswer::Unsatisfiable
-        };
-    }
-    match one(specs[0], size) {
+    match one(spec.trim(), size) {
         Some(Some((start, end))) => RangeAnswer::Partial { start, end },
         Some(None) | None => RangeAnswer::Unsatisfiable,
     }
@@ -103,8 +105,9 @@ mod tests {
         check("bytes=1-2-3", 100, Unsatisfiable);
         check("items=1-2", 100, Unsatisfiable);
         check("bytes=", 100, Unsatisfiable);
-        check("bytes=0-1,5-6", 100, Full);
-        check("bytes=0-1,x", 100, Unsatisfiable);
+        check("bytes=0-1,5-6", 100, Multiple);
+        check("bytes=0-1,x", 100, Multiple);
+        check(",", 100, Multiple);
         check("bytes=99999999999999999999999-", 100, Unsatisfiable);
         assert_eq!(
             Partial { start: 1, end: 2 }.content_range(9).as_deref(),

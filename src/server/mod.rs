@@ -11,6 +11,7 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio_io_timeout::TimeoutStream;
 use url::Url;
 
 use self::kernel_tls::Transport;
@@ -31,6 +33,10 @@ use crate::state::Shared;
 /// `net.core.somaxconn`): deep enough that a burst of connections, or an attacker's, does not
 /// make the kernel drop honest clients' SYNs (which they would retry only after seconds).
 const BACKLOG: u32 = 4096;
+
+/// Bytes of response body hyper queues per connection before it stops asking the body for
+/// more (also the most a request head may take): one chunk of `cache::fill::reader`.
+const MAX_QUEUED: usize = 256 * 1024;
 
 /// Bind the API listener (`SO_REUSEADDR`, a deep accept backlog).
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
@@ -81,7 +87,10 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Fu
         .keep_alive(true)
         // The queued write strategy hands body chunks to the IO as they are (no copy into
         // the head buffer): what sendfile for hits relies on (`sendfile`).
-        .writev(true);
+        .writev(true)
+        // At most this many response bytes wait in a connection's queue (one reader chunk):
+        // a client that stops reading holds no more than that of the proxy's memory.
+        .max_buf_size(MAX_QUEUED);
     let mut accept_backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
     loop {
@@ -173,13 +182,14 @@ impl Accepted {
     /// TLS if configured, then HTTP/1.1 until the connection ends or the drain closes it.
     async fn serve(self, builder: http1::Builder, watcher: Watcher) -> Result<(), String> {
         let timeout = self.server.config.header_read_timeout;
+        let send_limit = self.server.config.send_timeout;
         match self.server.tls.clone() {
             // Plain HTTP/1: hits go out with sendfile.
             None => {
                 let zero_copy = sendfile::Conn::new();
                 let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Plain);
                 let io = sendfile::SendfileIo::new(self.stream, zero_copy);
-                let conn = builder.serve_connection(TokioIo::new(io), service);
+                let conn = builder.serve_connection(send_timeout(io, send_limit), service);
                 watcher.watch(conn).await.map_err(|e| e.to_string())
             }
             // TLS with the kernel encrypting: served like plain HTTP, with sendfile.
@@ -189,18 +199,29 @@ impl Accepted {
                 let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Ktls);
                 let io = within(timeout, ktls_accept(&tls, self.stream)).await?;
                 let io = sendfile::SendfileIo::new(io, zero_copy);
-                let conn = builder.serve_connection(TokioIo::new(io), service);
+                let conn = builder.serve_connection(send_timeout(io, send_limit), service);
                 watcher.watch(conn).await.map_err(|e| e.to_string())
             }
             // TLS in user space: hits are read and encrypted by rustls.
             Some(tls) => {
                 let service = self.service(None, Transport::TlsUserspace);
                 let io = within(timeout, accept(&tls, self.stream)).await?;
-                let conn = builder.serve_connection(TokioIo::new(io), service);
+                let conn = builder.serve_connection(send_timeout(io, send_limit), service);
                 watcher.watch(conn).await.map_err(|e| e.to_string())
             }
         }
     }
+}
+
+/// The connection's IO for hyper, failing any write that makes no progress for `limit`
+/// (`server.send_timeout`): hyper then closes the connection and its slot is freed.
+fn send_timeout<IO>(io: IO, limit: Duration) -> TokioIo<Pin<Box<TimeoutStream<IO>>>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let mut io = TimeoutStream::new(io);
+    io.set_write_timeout(Some(limit));
+    TokioIo::new(Box::pin(io))
 }
 
 /// `setup` (a TLS handshake, and for kTLS the key hand-over) bounded by the header timeout.

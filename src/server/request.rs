@@ -97,6 +97,14 @@ async fn dispatch(
     zero_copy: Option<&Arc<sendfile::Conn>>,
 ) -> Result<(Forwarded, Option<Outcome>), error::Error> {
     let upstream = &shared.upstream;
+    // Only origin-form targets (a path) are served: `*` and authority forms never reach an
+    // upstream, so no target can change where the proxy connects.
+    if !req.uri().path().starts_with('/') {
+        return Err(error::Error::BadRequest(
+            "The request target must be a path: asterisk and authority forms are not served."
+                .into(),
+        ));
+    }
     match route {
         Route::ImageData { image_id } | Route::V1ImageData { image_id } => {
             let api = match route {

@@ -3,12 +3,13 @@
 //! full download. Parsing of the record is pure and tested here.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 use http::{request, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use crate::auth::side_headers;
 use crate::digest::{Expected, HashAlgo};
 use crate::error::Error;
 use crate::upstream::Upstream;
@@ -17,16 +18,6 @@ use crate::upstream::Upstream;
 const MAX_RECORD: usize = 1 << 20;
 /// A successful probe body up to this size is read (keeping the connection reusable).
 const MAX_PROBE_BODY: u64 = 64 * 1024;
-
-/// Request headers that describe the client's own request and not the caller: they are not
-/// copied onto the proxy's side requests.
-const NOT_COPIED: [HeaderName; 5] = [
-    CONTENT_LENGTH,
-    CONTENT_TYPE,
-    RANGE,
-    HeaderName::from_static("content-range"),
-    HeaderName::from_static("if-range"),
-];
 
 /// Which Image API a request speaks: v2 (`/v2/images/{id}/file`, JSON records) or the legacy
 /// v1 (`/v1/images/{id}` data, `HEAD` for the record as `x-image-meta-*` headers).
@@ -202,10 +193,7 @@ impl Upstream {
     /// role). Glance's `ImagesController.update` looks the image up the same way, checks no
     /// policy for an empty change list and saves nothing (`if changes: image_repo.save`).
     pub async fn image_record_visible(&self, caller: &HeaderMap, id: &str) -> Result<Small, Error> {
-        let mut headers = caller.clone();
-        for name in &NOT_COPIED {
-            headers.remove(name);
-        }
+        let mut headers = side_headers(caller);
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/openstack-images-v2.1-json-patch"),
@@ -226,15 +214,19 @@ impl Upstream {
     /// download this image?" (visibility, `download_image` policy, deactivation). A refusal
     /// is read whole (it goes back to the client); a success is dropped after its head, so
     /// nothing is transferred even if Glance ignores the range.
+    /// The client's `query` goes with it (Glance's `?prefer=`: a store it would refuse is
+    /// refused for a hit too).
     pub async fn download_probe(
         &self,
         api: Api,
         caller: &HeaderMap,
         id: &str,
+        query: Option<&str>,
     ) -> Result<Small, Error> {
         let range = HeaderValue::from_static("bytes=0-0");
+        let path = with_query(api.data_path(id), query);
         let (resp, index) = self
-            .side_request(Method::GET, caller, &api.data_path(id), Some(range))
+            .side_request(Method::GET, caller, &path, Some(range))
             .await?;
         // The one ranged byte is read (the connection goes back to the pool); if Glance
         // ignored the range, the body is dropped after the head.
@@ -262,10 +254,7 @@ impl Upstream {
         id: &str,
         query: Option<&str>,
     ) -> Result<(Response<Incoming>, usize), Error> {
-        let path = match query {
-            Some(q) => format!("{}?{q}", api.data_path(id)),
-            None => api.data_path(id),
-        };
+        let path = with_query(api.data_path(id), query);
         self.side_request(Method::GET, caller, &path, None).await
     }
 
@@ -307,10 +296,7 @@ impl Upstream {
         path: &str,
         range: Option<HeaderValue>,
     ) -> Result<(Response<Incoming>, usize), Error> {
-        let mut headers = caller.clone();
-        for name in &NOT_COPIED {
-            headers.remove(name);
-        }
+        let mut headers = side_headers(caller);
         if let Some(range) = range {
             headers.insert(RANGE, range);
         }
@@ -322,6 +308,13 @@ impl Upstream {
         *req.headers_mut() = headers;
         let (parts, body): (request::Parts, _) = req.into_parts();
         self.send(parts, body).await
+    }
+}
+
+fn with_query(path: String, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     }
 }
 

@@ -492,18 +492,8 @@ fn build_request(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    // `/v2.N/...` goes upstream as `/v2/...`, which Glance treats alike, so the prefixes of
-    // the proxy's cache API (2.14-2.18) work even where the upstream does not list them.
-    let normalized = match parts.uri.path() {
-        p if p.starts_with("/v2.") => {
-            crate::route::normalize_path(p).map(|n| match parts.uri.query() {
-                Some(q) => format!("{n}?{q}"),
-                None => n,
-            })
-        }
-        _ => None,
-    };
-    let path_and_query = normalized.as_deref().unwrap_or(path_and_query);
+    // The target goes as the client sent it: Glance negotiates its version itself (the
+    // proxy's cache API, which it answers under /v2.14-/v2.18 too, never goes upstream).
     let uri: Uri = format!("{base}{path_and_query}")
         .parse()
         .map_err(|e| Error::BadRequest(format!("cannot forward request target: {e}")))?;
