@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
-use crate::config::UpstreamConfig;
+use crate::config::{Cidr, UpstreamConfig};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::tls::{Identity, Keys, TlsError};
@@ -86,6 +86,8 @@ pub struct Upstream {
     /// std Mutex: held for a few instructions, never across an await.
     health: Mutex<Health>,
     links: LinkRewriter,
+    /// `server.trusted_proxies`: peers whose `X-Forwarded-For` goes on to Glance.
+    trusted_proxies: Vec<Cidr>,
     response_timeout: Duration,
     pub(crate) body_idle_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -177,11 +179,19 @@ impl Upstream {
             targets,
             health: Mutex::new(Health::new(cfg.urls.len(), cfg.failure_backoff)),
             links: LinkRewriter::new(cfg.urls.iter().chain(cfg.rewrite_origins.iter())),
+            trusted_proxies: Vec::new(),
             response_timeout: cfg.response_timeout,
             body_idle_timeout: cfg.body_idle_timeout,
             metrics,
             failovers: AtomicU64::new(0),
         })
+    }
+
+    /// Believe the `X-Forwarded-For` of these peers (`server.trusted_proxies`); by default no
+    /// one's.
+    pub fn with_trusted_proxies(mut self, proxies: Vec<Cidr>) -> Self {
+        self.trusted_proxies = proxies;
+        self
     }
 
     /// The client certificate presented to `https` upstreams, if one is configured.
@@ -257,7 +267,8 @@ impl Upstream {
         Ok(Forwarded::new(response, upstream))
     }
 
-    /// The client's headers as they go upstream: hop-by-hop fields out, `X-Forwarded-*` in.
+    /// The client's headers as they go upstream: hop-by-hop fields out, the forwarding headers
+    /// the proxy's own (`headers::prepare_request`).
     /// `Host` is set per attempt.
     pub fn caller_headers(
         &self,
@@ -274,6 +285,7 @@ impl Upstream {
         };
         let fwd = ForwardedFor {
             client_ip: down.client_ip,
+            trusted_proxies: &self.trusted_proxies,
             host: (!fwd_host.is_empty()).then_some(fwd_host.as_str()),
             proto: down.public_url.scheme(),
         };
@@ -480,40 +492,57 @@ impl Upstream {
     }
 }
 
-/// The request for one attempt at `target`: its base URL joined with the client's path.
+/// The request for one attempt at `target`, its URI from `upstream_uri`; `Host` names the
+/// upstream.
 fn build_request(
     target: &Target,
     parts: &request::Parts,
     body: OutBody,
 ) -> Result<Request<OutBody>, Error> {
-    let base = target.base.as_str().trim_end_matches('/');
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    // `/v2.N/...` goes upstream as `/v2/...`, which Glance treats alike, so the prefixes of
-    // the proxy's cache API (2.14-2.18) work even where the upstream does not list them.
-    let normalized = match parts.uri.path() {
-        p if p.starts_with("/v2.") => {
-            crate::route::normalize_path(p).map(|n| match parts.uri.query() {
-                Some(q) => format!("{n}?{q}"),
-                None => n,
-            })
-        }
-        _ => None,
-    };
-    let path_and_query = normalized.as_deref().unwrap_or(path_and_query);
-    let uri: Uri = format!("{base}{path_and_query}")
-        .parse()
-        .map_err(|e| Error::BadRequest(format!("cannot forward request target: {e}")))?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = upstream_uri(&target.base, &parts.uri)?;
     *req.headers_mut() = parts.headers.clone();
     req.headers_mut()
         .insert(http::header::HOST, target.host.clone());
     Ok(req)
+}
+
+/// The upstream URI for a client's request target, built from parts: the upstream's scheme
+/// and authority, its base path, then the target's path and query. Only an origin-form target
+/// (a path starting with `/`; the path and query of an absolute-form one) is forwarded, so
+/// no target can choose where the proxy connects: `*` (asterisk form) and authority form
+/// are the client's error, answered without naming the upstream.
+fn upstream_uri(base: &Url, target: &Uri) -> Result<Uri, Error> {
+    let path = target.path();
+    if !path.starts_with('/') {
+        return Err(Error::BadRequest(
+            "the request target must be a path starting with '/'".into(),
+        ));
+    }
+    // `/v2.N/...` goes upstream as `/v2/...`, which Glance treats alike, so the prefixes of
+    // the proxy's cache API (2.14-2.18) work even where the upstream does not list them.
+    let normalized = path
+        .starts_with("/v2.")
+        .then(|| crate::route::normalize_path(path))
+        .flatten();
+    let mut path_and_query = base.path().trim_end_matches('/').to_string();
+    path_and_query.push_str(normalized.as_deref().unwrap_or(path));
+    if let Some(query) = target.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let authority = match (base.host_str(), base.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => String::new(),
+    };
+    Uri::builder()
+        .scheme(base.scheme())
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Error::BadRequest(format!("cannot forward the request target: {e}")))
 }
 
 /// "outer: inner: innermost", for logs.
@@ -526,4 +555,71 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The URI a request target goes upstream as, or `None` when it is refused.
+    fn check(base: &str, target: &str, expected: Option<&str>) {
+        let base = Url::parse(base).expect("base URL");
+        let target: Uri = target.parse().expect("request target");
+        let got = upstream_uri(&base, &target).ok().map(|u| u.to_string());
+        assert_eq!(got.as_deref(), expected, "{base} + {target}");
+    }
+
+    #[test]
+    fn request_targets_never_change_the_upstream() {
+        let glance = "http://127.0.0.1:9700/";
+        check(
+            glance,
+            "/v2/images?limit=1",
+            Some("http://127.0.0.1:9700/v2/images?limit=1"),
+        );
+        check(glance, "/", Some("http://127.0.0.1:9700/"));
+        check(
+            glance,
+            "/v2.16/cache",
+            Some("http://127.0.0.1:9700/v2/cache"),
+        );
+        check(
+            glance,
+            "/v2.99/x?a=b",
+            Some("http://127.0.0.1:9700/v2.99/x?a=b"),
+        );
+        check(
+            "https://ctl/image/",
+            "/v2/images",
+            Some("https://ctl/image/v2/images"),
+        );
+        check(
+            "http://[::1]:9292",
+            "/versions",
+            Some("http://[::1]:9292/versions"),
+        );
+        // A path that looks like an authority stays a path on the configured upstream.
+        check(
+            glance,
+            "//evil.example/x",
+            Some("http://127.0.0.1:9700//evil.example/x"),
+        );
+        // Absolute form: only its path and query go on, to the configured upstream.
+        check(
+            glance,
+            "http://evil.example:80/v2/images?x",
+            Some("http://127.0.0.1:9700/v2/images?x"),
+        );
+        // Asterisk form and authority form are refused.
+        check(glance, "*", None);
+        check(glance, "evil.example:443", None);
+    }
+
+    #[test]
+    fn a_refused_target_does_not_name_the_upstream() {
+        let base = Url::parse("http://127.0.0.1:9700/").expect("base URL");
+        let err = upstream_uri(&base, &"*".parse().expect("asterisk")).expect_err("refused");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(!err.to_string().contains("9700"), "{err}");
+    }
 }
