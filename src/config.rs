@@ -320,7 +320,7 @@ impl Default for RawUpstream {
             response_timeout: "5m".into(),
             body_idle_timeout: "5m".into(),
             failure_backoff: "10s".into(),
-            pool_idle_timeout: "90s".into(),
+            pool_idle_timeout: "1s".into(),
             pool_max_idle_per_host: 64,
             ca_file: String::new(),
             client_cert_file: String::new(),
