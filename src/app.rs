@@ -49,7 +49,9 @@ impl App {
         };
         let metrics = Arc::new(Metrics::new());
         let _ = crate::sys::dev_null(); // held for the process's life: open it now
-        let upstream = Arc::new(Upstream::new(&config.upstream, Arc::clone(&metrics))?);
+        let upstream = Upstream::new(&config.upstream, Arc::clone(&metrics))?
+            .with_trusted_proxies(config.server.trusted_proxies.clone());
+        let upstream = Arc::new(upstream);
         let shared = shared(&config, Arc::clone(&upstream), metrics)?;
         let server = Arc::new(Server {
             shared,

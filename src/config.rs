@@ -4,7 +4,7 @@
 //! Every error names the key (and the file, when there is one) so an operator can fix it
 //! without reading code. Components receive only their own section.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,6 +56,79 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Kernel TLS for hits over HTTPS where available.
     pub ktls: KtlsMode,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers in front of the proxy); from
+    /// anyone else the chain Glance sees starts at the peer.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An IP network: an address and a prefix length (`10.0.0.0/8`, `fd00::/8`; a bare address is
+/// one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as a
+    /// dual-stack listener sees IPv4 peers) counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr.to_canonical(), ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask(u32::from(ip).into(), self.prefix, 32) == u32::from(net).into()
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask(u128::from(ip), self.prefix, 128) == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `bits` (an address of `width` bits) with all but the first `prefix` bits cleared.
+fn mask(bits: u128, prefix: u8, width: u8) -> u128 {
+    let host_bits = u32::from(width.saturating_sub(prefix));
+    bits.checked_shr(host_bits)
+        .and_then(|b| b.checked_shl(host_bits))
+        .unwrap_or(0)
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    /// `ADDR` or `ADDR/PREFIX`; host bits set under the prefix are refused (a typo, most likely).
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let t = s.trim();
+        let (addr, prefix) = t.split_once('/').unwrap_or((t, ""));
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!("`{s}` is not an IP address or network (e.g. 10.0.0.0/8, fd00::/8, 192.0.2.7)")
+        })?;
+        let width: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            "" => width,
+            p => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= width)
+                .ok_or_else(|| format!("`{s}`: prefix length must be 0-{width}"))?,
+        };
+        let bits = match addr {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        if mask(bits, prefix, width) != bits {
+            return Err(format!(
+                "`{s}` has host bits set under its /{prefix} prefix"
+            ));
+        }
+        Ok(Cidr { addr, prefix })
+    }
 }
 
 /// `server.ktls`: "auto" uses kernel TLS + sendfile for hits over HTTPS where the build and
@@ -207,6 +280,7 @@ pub struct RawServer {
     pub tls_cert_file: String,
     pub tls_key_file: String,
     pub ktls: KtlsMode,
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -221,6 +295,7 @@ impl Default for RawServer {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             ktls: KtlsMode::Auto,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -250,7 +325,7 @@ impl Default for RawUpstream {
             response_timeout: "5m".into(),
             body_idle_timeout: "5m".into(),
             failure_backoff: "10s".into(),
-            pool_idle_timeout: "90s".into(),
+            pool_idle_timeout: "1s".into(),
             pool_max_idle_per_host: 64,
             ca_file: String::new(),
             client_cert_file: String::new(),
@@ -425,6 +500,12 @@ impl Config {
                 tls_cert_file: shown(&self.server.tls, |(c, _)| c),
                 tls_key_file: shown(&self.server.tls, |(_, k)| k),
                 ktls: self.server.ktls,
+                trusted_proxies: self
+                    .server
+                    .trusted_proxies
+                    .iter()
+                    .map(Cidr::to_string)
+                    .collect(),
             },
             upstream: RawUpstream {
                 urls: self.upstream.urls.iter().map(Url::to_string).collect(),
@@ -589,6 +670,15 @@ impl RawServer {
             )
             .map_err(|(key, m)| bad(key, m))?,
             ktls: self.ktls,
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    p.parse()
+                        .map_err(|m| bad(&format!("server.trusted_proxies[{i}]"), m))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -1013,6 +1103,22 @@ mod tests {
         );
         check_err("[cache]\nmax_size = \"lots\"\n", &["cache.max_size"]);
         check_err(
+            "[server]\ntrusted_proxies = [\"10.0.0.1\", \"proxy.example\"]\n",
+            &[
+                "test.toml",
+                "server.trusted_proxies[1]",
+                "not an IP address",
+            ],
+        );
+        check_err(
+            "[server]\ntrusted_proxies = [\"10.1.2.3/8\"]\n",
+            &["server.trusted_proxies[0]", "host bits"],
+        );
+        check_err(
+            "[server]\ntrusted_proxies = [\"fd00::/129\"]\n",
+            &["server.trusted_proxies[0]", "prefix length"],
+        );
+        check_err(
             "[server]\nmax_connections = 0\n",
             &["server.max_connections"],
         );
@@ -1190,5 +1296,32 @@ mod tests {
         let c = Config::default();
         let again = Config::from_toml_str(&c.to_toml(), "printed").expect("round trip");
         assert_eq!(c, again);
+        let text = "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\"]\n";
+        let c = Config::from_toml_str(text, "t").expect("valid");
+        let printed = c.to_toml();
+        assert!(printed.contains("\"192.0.2.7/32\""), "{printed}");
+        assert_eq!(Config::from_toml_str(&printed, "printed").ok(), Some(c));
+    }
+
+    /// Whether `ip` is in network `net`.
+    fn check_cidr(net: &str, ip: &str, expected: bool) {
+        let cidr: Cidr = net.parse().expect("network");
+        let ip: IpAddr = ip.parse().expect("address");
+        assert_eq!(cidr.contains(ip), expected, "{ip} in {net}");
+    }
+
+    #[test]
+    fn trusted_networks() {
+        check_cidr("10.0.0.0/8", "10.255.0.1", true);
+        check_cidr("10.0.0.0/8", "11.0.0.1", false);
+        check_cidr("192.0.2.7", "192.0.2.7", true);
+        check_cidr("192.0.2.7", "192.0.2.8", false);
+        check_cidr("0.0.0.0/0", "203.0.113.9", true);
+        check_cidr("0.0.0.0/0", "::1", false);
+        check_cidr("127.0.0.1", "::ffff:127.0.0.1", true);
+        check_cidr("fd00::/8", "fd12::1", true);
+        check_cidr("fd00::/8", "fe80::1", false);
+        check_cidr("::/0", "2001:db8::1", true);
+        check_cidr("::1", "::1", true);
     }
 }

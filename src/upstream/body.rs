@@ -5,10 +5,14 @@
 //! fails before that (refused connection, 502/503 before reading), the body is still in the
 //! slot and the request can be replayed against the next upstream. Bytes sent are counted so
 //! the response timeout can tell a long upload from a dead upstream.
+//!
+//! The slot also records the client's part in a failed attempt: its body broke (a malformed
+//! chunk, a disconnect: `client_error`), or the proxy is waiting for its next bytes
+//! (`waiting_for_client`), so that a client's fault is never blamed on Glance.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,7 +26,18 @@ pub struct BodySlot<B> {
     body: Arc<Mutex<Option<B>>>,
     empty: bool,
     hint: SizeHint,
-    sent: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
+/// What the attempts have seen of the client's body, shared by the slot and its attempts.
+#[derive(Default)]
+struct Progress {
+    /// Bytes sent upstream so far (all attempts).
+    sent: AtomicU64,
+    /// The client's body failed with this error.
+    failed: OnceLock<String>,
+    /// The last poll of the client's body found no data yet.
+    waiting: AtomicBool,
 }
 
 impl<B: Body> BodySlot<B> {
@@ -33,7 +48,7 @@ impl<B: Body> BodySlot<B> {
             body: Arc::new(Mutex::new(Some(body))),
             empty,
             hint,
-            sent: Arc::new(AtomicU64::new(0)),
+            progress: Arc::default(),
         }
     }
 
@@ -44,7 +59,7 @@ impl<B: Body> BodySlot<B> {
             body: None,
             empty: self.empty,
             hint: self.hint,
-            sent: Arc::clone(&self.sent),
+            progress: Arc::clone(&self.progress),
         }
     }
 
@@ -55,7 +70,19 @@ impl<B: Body> BodySlot<B> {
 
     /// Request body bytes sent upstream so far (all attempts).
     pub fn bytes_sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
+        self.progress.sent.load(Ordering::Relaxed)
+    }
+
+    /// Why the client's body failed, if it did: an attempt that failed after this failed
+    /// because of the client, not the upstream.
+    pub fn client_error(&self) -> Option<&str> {
+        self.progress.failed.get().map(String::as_str)
+    }
+
+    /// Whether the proxy is waiting for the client's next body bytes (the upstream is not
+    /// holding the upload up): a stall now is the client's.
+    pub fn waiting_for_client(&self) -> bool {
+        self.progress.waiting.load(Ordering::Relaxed)
     }
 }
 
@@ -65,7 +92,7 @@ pub struct AttemptBody<B> {
     body: Option<B>,
     empty: bool,
     hint: SizeHint,
-    sent: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 }
 
 /// The body was claimed by an earlier attempt that failed midway: it cannot be sent again.
@@ -99,14 +126,25 @@ where
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(body).poll_frame(cx) {
+        let polled = Pin::new(body).poll_frame(cx);
+        let progress = &this.progress;
+        progress
+            .waiting
+            .store(polled.is_pending(), Ordering::Relaxed);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    progress
+                        .sent
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                let _ = progress.failed.set(super::error_chain(&*e));
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -140,6 +178,45 @@ mod tests {
         assert!(!slot.replayable());
         // A third attempt cannot resend what is gone: it fails instead of sending nothing.
         assert!(slot.attempt().collect().await.is_err());
+    }
+
+    /// One answer to `poll_frame`.
+    type Step = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+    /// A client body that answers each poll with the next step.
+    struct Script(std::collections::VecDeque<Step>);
+
+    impl Body for Script {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Step {
+            self.0.pop_front().unwrap_or(Poll::Ready(None))
+        }
+    }
+
+    #[test]
+    fn a_failing_client_body_is_recorded_as_the_clients() {
+        let slot = BodySlot::new(Script(
+            [
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"abc"))))),
+                Poll::Pending,
+                Poll::Ready(Some(Err("invalid chunk size".into()))),
+            ]
+            .into(),
+        ));
+        let mut attempt = slot.attempt();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut poll = || Pin::new(&mut attempt).poll_frame(&mut cx);
+        assert!(matches!(poll(), Poll::Ready(Some(Ok(_)))));
+        assert!(!slot.waiting_for_client() && slot.client_error().is_none());
+        // Nothing more yet: the proxy waits for the client.
+        assert!(poll().is_pending());
+        assert!(slot.waiting_for_client());
+        assert!(matches!(poll(), Poll::Ready(Some(Err(_)))));
+        assert!(!slot.waiting_for_client());
+        assert_eq!(slot.client_error(), Some("invalid chunk size"));
+        assert_eq!(slot.bytes_sent(), 3);
     }
 
     #[tokio::test]

@@ -1,9 +1,14 @@
 //! Header rules for forwarding (pure): hop-by-hop removal per RFC 9110 §7.6.1, and the
-//! `X-Forwarded-*` headers the proxy adds. Every other header passes both ways untouched.
+//! forwarding headers (`X-Forwarded-*` set by the proxy, a client's `Forwarded` and other
+//! `X-Forwarded-*` dropped). Every other header passes both ways untouched.
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, FORWARDED, HOST};
+
+use crate::config::Cidr;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// Connection-specific fields that never travel past one hop (RFC 9110 §7.6.1), plus the
 /// obsolete `Proxy-Connection` and `Keep-Alive`.
@@ -35,7 +40,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// What the proxy tells Glance about the original request.
 pub struct ForwardedFor<'a> {
+    /// The peer of the client connection.
     pub client_ip: IpAddr,
+    /// Peers whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
+    pub trusted_proxies: &'a [Cidr],
     /// Host (and port) the client asked for, as clients should see it.
     pub host: Option<&'a str>,
     /// `http` or `https`, as clients should see it.
@@ -43,38 +51,56 @@ pub struct ForwardedFor<'a> {
 }
 
 /// Prepare client request headers for the upstream: strip hop-by-hop fields and `Expect`
-/// (the proxy's own server answers `100-continue`), set `Host` to the upstream, and set
-/// `X-Forwarded-For` (appended), `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// (the proxy's own server answers `100-continue`), set `Host` to the upstream, and set what
+/// Glance learns of the original request (`forwarding`).
 pub fn prepare_request(headers: &mut HeaderMap, upstream_host: &HeaderValue, fwd: &ForwardedFor) {
     strip_hop_by_hop(headers);
     headers.remove(EXPECT);
     headers.insert(HOST, upstream_host.clone());
+    forwarding(headers, fwd);
+}
 
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<String> = headers
-        .get_all(&xff)
+/// The forwarding headers as Glance sees them, none of them the client's word alone.
+///
+/// Glance's `http_proxy_to_wsgi` (oslo.middleware) builds its links and `REMOTE_ADDR` from
+/// `Forwarded` when present, else from `X-Forwarded-Proto/-Host/-For`, and prefixes every path
+/// with `X-Forwarded-Prefix`; other frameworks read `X-Forwarded-Port`, `-Server`, `-Scheme`
+/// or `-Ssl`. So: `Forwarded` and every `X-Forwarded-*` the client sent go; `X-Forwarded-For`
+/// is the peer, appended to the chain the peer sent only when it is a trusted proxy;
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` describe the public URL.
+fn forwarding(headers: &mut HeaderMap, fwd: &ForwardedFor) {
+    let trusted = fwd
+        .trusted_proxies
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    let mut chain = prior.join(", ");
-    if !chain.is_empty() {
-        chain.push_str(", ");
+        .any(|p| p.contains(fwd.client_ip));
+    let mut chain: Vec<String> = Vec::new();
+    if trusted {
+        chain.extend(
+            headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
+        );
     }
-    chain.push_str(&fwd.client_ip.to_string());
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
+    chain.push(fwd.client_ip.to_canonical().to_string());
+    let forwarding: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| *k == FORWARDED || k.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarding {
+        headers.remove(name);
+    }
+    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     if let Ok(v) = HeaderValue::from_str(fwd.proto) {
         headers.insert(HeaderName::from_static("x-forwarded-proto"), v);
     }
-    match fwd.host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        Some(v) => {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), v);
-        }
-        None => {
-            headers.remove("x-forwarded-host");
-        }
+    if let Some(v) = fwd.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), v);
     }
 }
 
@@ -124,6 +150,91 @@ mod tests {
         );
     }
 
+    /// The forwarding headers Glance gets for a request from `peer` with client headers
+    /// `sent`, with `trusted` proxies: every `forwarded`/`x-forwarded-*` field, sorted.
+    fn check(sent: &[(&str, &str)], peer: &str, trusted: &[&str], expected: &[(&str, &str)]) {
+        let mut h = map(sent);
+        let trusted: Vec<Cidr> = trusted.iter().map(|t| t.parse().expect("cidr")).collect();
+        let fwd = ForwardedFor {
+            client_ip: peer.parse().expect("ip"),
+            trusted_proxies: &trusted,
+            host: Some("proxy:9393"),
+            proto: "https",
+        };
+        prepare_request(&mut h, &HeaderValue::from_static("glance:9292"), &fwd);
+        assert_eq!(h["host"], "glance:9292");
+        let mut got: Vec<(String, String)> = h
+            .iter()
+            .filter(|(k, _)| *k == FORWARDED || k.as_str().starts_with("x-forwarded-"))
+            .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").to_string()))
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "sent {sent:?} from {peer}");
+    }
+
+    const PUBLIC: [(&str, &str); 2] = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "proxy:9393"),
+    ];
+
+    fn with_public(xff: &str) -> Vec<(&str, &str)> {
+        let mut v = vec![("x-forwarded-for", xff)];
+        v.extend(PUBLIC);
+        v
+    }
+
+    #[test]
+    fn forwarding_headers_are_never_the_clients_word() {
+        // Nothing sent: the chain is the peer.
+        check(&[], "192.0.2.1", &[], &with_public("192.0.2.1"));
+        // Issue 19: links came back as https://evil.example/... from Forwarded and the prefix.
+        let hostile = [
+            ("forwarded", "for=1.2.3.4;proto=https;host=evil.example"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-port", "1"),
+            ("x-forwarded-server", "evil.example"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ];
+        check(&hostile, "192.0.2.1", &[], &with_public("192.0.2.1"));
+        // A trusted proxy's chain is kept, the peer appended; the rest still goes.
+        check(
+            &hostile,
+            "10.0.0.5",
+            &["10.0.0.0/8"],
+            &with_public("1.2.3.4, 10.0.0.5"),
+        );
+        // An untrusted peer next to a trusted network.
+        check(
+            &hostile,
+            "11.0.0.5",
+            &["10.0.0.0/8"],
+            &with_public("11.0.0.5"),
+        );
+        // Several X-Forwarded-For fields from a trusted peer join in order.
+        check(
+            &[
+                ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+                ("x-forwarded-for", "3.3.3.3"),
+            ],
+            "::ffff:10.0.0.5",
+            &["10.0.0.5"],
+            &with_public("1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.5"),
+        );
+        check(
+            &[],
+            "2001:db8::7",
+            &["2001:db8::/32"],
+            &with_public("2001:db8::7"),
+        );
+    }
+
     #[test]
     fn forwarded_headers() {
         let mut h = map(&[
@@ -134,13 +245,15 @@ mod tests {
         ]);
         let fwd = ForwardedFor {
             client_ip: "127.0.0.2".parse().expect("ip"),
+            trusted_proxies: &[],
             host: Some("proxy:9393"),
             proto: "http",
         };
         prepare_request(&mut h, &HeaderValue::from_static("glance:9292"), &fwd);
         assert_eq!(h["host"], "glance:9292");
         assert!(h.get("expect").is_none());
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
+        // The client's X-Forwarded-For is not believed from an untrusted peer.
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2");
         assert_eq!(h["x-forwarded-host"], "proxy:9393");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

@@ -21,13 +21,15 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{
+    capture_connection, CaptureConnection, Connected, Connection, HttpConnector,
+};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
-use crate::config::UpstreamConfig;
+use crate::config::{Cidr, UpstreamConfig};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::tls::{Identity, Keys, TlsError};
@@ -40,6 +42,9 @@ use rewrite::LinkRewriter;
 const MAX_REWRITTEN_BODY: usize = 1 << 20;
 
 type OutBody = crate::body::BytesBody;
+
+/// The connector: TCP, TLS for `https`, and a request count on each connection.
+type Connector = Counting<HttpsConnector<HttpConnector>>;
 
 /// One configured Glance endpoint.
 #[derive(Debug)]
@@ -79,13 +84,18 @@ impl Forwarded {
 
 /// The upstream Glance pool.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, OutBody>,
+    client: Client<Connector, OutBody>,
+    /// The same client without a pool: every request on a new connection (the one retry of a
+    /// request whose pooled connection broke).
+    fresh: Client<Connector, OutBody>,
     /// The client certificate for `https` upstreams (reloaded on SIGHUP).
     identity: Option<Arc<Identity>>,
     targets: Vec<Target>,
     /// std Mutex: held for a few instructions, never across an await.
     health: Mutex<Health>,
     links: LinkRewriter,
+    /// `server.trusted_proxies`: peers whose `X-Forwarded-For` goes on to Glance.
+    trusted_proxies: Vec<Cidr>,
     response_timeout: Duration,
     pub(crate) body_idle_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -95,17 +105,146 @@ pub struct Upstream {
 
 /// Why one attempt failed.
 enum AttemptError {
+    /// No connection: refused, unresolvable, connect timeout, TLS handshake.
     Connect(String),
+    /// No response head within `response_timeout` of the last request byte.
     Timeout,
-    Other(String),
+    /// The client's part failed (its body broke, or it stopped sending it): a 400, and the
+    /// upstream's health unchanged.
+    Client(String),
+    /// The connection broke before a response head; `reused`: it had carried a request
+    /// before (so it may just have been closed by the upstream while idle).
+    Broken { error: String, reused: bool },
+    /// The request cannot be sent at all (the proxy's answer).
+    Request(Error),
+}
+
+/// RFC 9110 §9.2.2: a request that may be sent twice to the same effect.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// How many requests a connection has carried, kept in its `Connected` extras (each checkout
+/// of a pooled connection sees the same counter).
+#[derive(Clone, Default)]
+struct Uses(Arc<AtomicU64>);
+
+/// Counts one more request on the connection `captured` was sent on; whether it had
+/// carried one before (a reused keep-alive connection).
+fn reused(captured: &CaptureConnection) -> bool {
+    let meta = captured.connection_metadata();
+    let Some(connected) = meta.as_ref() else {
+        return false;
+    };
+    let mut extras = http::Extensions::new();
+    connected.get_extras(&mut extras);
+    extras
+        .get::<Uses>()
+        .is_some_and(|uses| uses.0.fetch_add(1, Ordering::Relaxed) > 0)
+}
+
+/// A connector whose connections carry a `Uses` counter: hyper-util's errors do not say
+/// whether the connection that broke was a reused one.
+#[derive(Clone)]
+struct Counting<C>(C);
+
+impl<C> tower_service::Service<Uri> for Counting<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+{
+    type Response = Counted<C::Response>;
+    type Error = C::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, C::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), C::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            Ok(Counted {
+                io: connecting.await?,
+                uses: Uses::default(),
+            })
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection and its request count.
+    struct Counted<T> {
+        #[pin]
+        io: T,
+        uses: Uses,
+    }
+}
+
+impl<T: Connection> Connection for Counted<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected().extra(self.uses.clone())
+    }
+}
+
+impl<T: hyper::rt::Read> hyper::rt::Read for Counted<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write> hyper::rt::Write for Counted<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
 }
 
 /// TCP with the connect timeout, then TLS for `https` URLs: rustls with the safe default
 /// protocol versions, server certificates verified (never optional) against `upstream.ca_file`
 /// or the system's roots, and the client certificate when one is configured.
-fn connector(
-    cfg: &UpstreamConfig,
-) -> Result<(HttpsConnector<HttpConnector>, Option<Arc<Identity>>), TlsError> {
+fn connector(cfg: &UpstreamConfig) -> Result<(Connector, Option<Arc<Identity>>), TlsError> {
     const CA: &str = "upstream.ca_file";
     let mut tcp = HttpConnector::new();
     tcp.set_connect_timeout(Some(cfg.connect_timeout));
@@ -143,17 +282,23 @@ fn connector(
         .https_or_http()
         .enable_http1()
         .wrap_connector(tcp);
-    Ok((https, identity))
+    Ok((Counting(https), identity))
 }
 
 impl Upstream {
     /// Fails only on the TLS settings: a CA bundle or client certificate that does not load.
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
         let (connector, identity) = connector(cfg)?;
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_idle_timeout(cfg.pool_idle_timeout);
+        let fresh = builder
+            .clone()
+            .pool_max_idle_per_host(0)
+            .build(connector.clone());
+        let client = builder
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
             .build(connector);
         let targets = cfg
@@ -173,15 +318,24 @@ impl Upstream {
             .collect();
         Ok(Upstream {
             client,
+            fresh,
             identity,
             targets,
             health: Mutex::new(Health::new(cfg.urls.len(), cfg.failure_backoff)),
             links: LinkRewriter::new(cfg.urls.iter().chain(cfg.rewrite_origins.iter())),
+            trusted_proxies: Vec::new(),
             response_timeout: cfg.response_timeout,
             body_idle_timeout: cfg.body_idle_timeout,
             metrics,
             failovers: AtomicU64::new(0),
         })
+    }
+
+    /// Believe the `X-Forwarded-For` of these peers (`server.trusted_proxies`); by default no
+    /// one's.
+    pub fn with_trusted_proxies(mut self, proxies: Vec<Cidr>) -> Self {
+        self.trusted_proxies = proxies;
+        self
     }
 
     /// The client certificate presented to `https` upstreams, if one is configured.
@@ -257,7 +411,8 @@ impl Upstream {
         Ok(Forwarded::new(response, upstream))
     }
 
-    /// The client's headers as they go upstream: hop-by-hop fields out, `X-Forwarded-*` in.
+    /// The client's headers as they go upstream: hop-by-hop fields out, the forwarding headers
+    /// the proxy's own (`headers::prepare_request`).
     /// `Host` is set per attempt.
     pub fn caller_headers(
         &self,
@@ -274,6 +429,7 @@ impl Upstream {
         };
         let fwd = ForwardedFor {
             client_ip: down.client_ip,
+            trusted_proxies: &self.trusted_proxies,
             host: (!fwd_host.is_empty()).then_some(fwd_host.as_str()),
             proto: down.public_url.scheme(),
         };
@@ -283,6 +439,8 @@ impl Upstream {
 
     /// Send with failover: a refused connection, or a 502/503 answer, moves on to the next
     /// upstream while the request can still be replayed (no body, or body not yet sent).
+    /// A failure of the client's own (its body) is a 400 and leaves every upstream's health
+    /// as it was.
     pub async fn send<B>(
         &self,
         parts: request::Parts,
@@ -294,15 +452,14 @@ impl Upstream {
     {
         let slot = BodySlot::new(body);
         let order = self.lock_health().order(Instant::now());
-        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let failover_safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let mut last_error = String::from("no upstream configured");
         for (n, &index) in order.iter().enumerate() {
             let Some(target) = self.targets.get(index) else {
                 continue;
             };
             let more = n + 1 < order.len();
-            let req = build_request(target, &parts, slot.attempt().boxed_unsync())?;
-            match self.attempt(req, &slot).await {
+            match self.try_target(target, &parts, &slot).await {
                 Ok(resp) => {
                     let status = resp.status();
                     let unavailable = matches!(
@@ -331,11 +488,17 @@ impl Upstream {
                     self.failovers.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(AttemptError::Timeout) => return Err(Error::Timeout(self.response_timeout)),
-                Err(AttemptError::Other(e)) => {
-                    self.lock_health().failed(index, Instant::now());
-                    tracing::warn!(upstream = self.label(index), error = %e, "upstream request failed");
-                    last_error = format!("{}: {e}", self.label(index));
-                    if !(more && idempotent && slot.replayable()) {
+                Err(AttemptError::Client(why)) => return Err(Error::BadRequest(why)),
+                Err(AttemptError::Request(e)) => return Err(e),
+                Err(AttemptError::Broken { error, reused }) => {
+                    // A reused connection that broke says little about the upstream: it may
+                    // have closed it while idle as the request went out.
+                    if !reused {
+                        self.lock_health().failed(index, Instant::now());
+                    }
+                    tracing::warn!(upstream = self.label(index), error = %error, reused, "upstream request failed");
+                    last_error = format!("{}: {error}", self.label(index));
+                    if !(more && failover_safe && slot.replayable()) {
                         break;
                     }
                     self.failovers.fetch_add(1, Ordering::Relaxed);
@@ -343,6 +506,37 @@ impl Upstream {
             }
         }
         Err(Error::Unreachable(last_error))
+    }
+
+    /// One upstream's answer: an attempt on a pooled connection and, when that connection
+    /// had carried requests before and broke before any answer, one more on a new connection
+    /// for a request that can be sent again (idempotent, its body not sent): an upstream
+    /// closes idle keep-alive connections on its own schedule (gunicorn after 2 s), and a
+    /// request can go out on one just as it does.
+    async fn try_target<B>(
+        &self,
+        target: &Target,
+        parts: &request::Parts,
+        slot: &BodySlot<B>,
+    ) -> Result<Response<Incoming>, AttemptError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let req = build_request(target, parts, slot.attempt().boxed_unsync())
+            .map_err(AttemptError::Request)?;
+        match self.attempt(&self.client, req, slot).await {
+            Err(AttemptError::Broken {
+                error,
+                reused: true,
+            }) if idempotent(&parts.method) && slot.replayable() => {
+                tracing::debug!(upstream = %target.base, %error, "reused upstream connection broke, retrying on a new one");
+                let req = build_request(target, parts, slot.attempt().boxed_unsync())
+                    .map_err(AttemptError::Request)?;
+                self.attempt(&self.fresh, req, slot).await
+            }
+            answer => answer,
+        }
     }
 
     /// A request to another service than Glance (Keystone, for the prefetcher's token) on the
@@ -376,28 +570,47 @@ impl Upstream {
             .map_err(|_| Error::Timeout(self.response_timeout))?
     }
 
-    /// One attempt: wait for the response head. The clock restarts whenever request body
-    /// bytes move, so only `response_timeout` of silence after the last byte times out.
-    async fn attempt(
+    /// One attempt on `client`: wait for the response head. The clock restarts whenever
+    /// request body bytes move, so only `response_timeout` of silence after the last byte
+    /// times out; silence while the proxy waits for the client's next bytes is the client's.
+    async fn attempt<B: Body>(
         &self,
-        req: Request<OutBody>,
-        slot: &BodySlot<impl Body>,
+        client: &Client<Connector, OutBody>,
+        mut req: Request<OutBody>,
+        slot: &BodySlot<B>,
     ) -> Result<Response<Incoming>, AttemptError> {
-        let fut = self.client.request(req);
+        let captured = capture_connection(&mut req);
+        let fut = client.request(req);
         tokio::pin!(fut);
         let mut seen = slot.bytes_sent();
         let sent = Instant::now();
         loop {
             match tokio::time::timeout(self.response_timeout, &mut fut).await {
                 Ok(Ok(resp)) => {
+                    reused(&captured);
                     self.metrics.upstream_response(sent.elapsed().as_secs_f64());
                     return Ok(resp);
                 }
-                Ok(Err(e)) if e.is_connect() => return Err(AttemptError::Connect(error_chain(&e))),
-                Ok(Err(e)) => return Err(AttemptError::Other(error_chain(&e))),
+                Ok(Err(e)) => {
+                    let reused = reused(&captured);
+                    return Err(match slot.client_error() {
+                        Some(why) => AttemptError::Client(format!("request body: {why}")),
+                        None if e.is_connect() => AttemptError::Connect(error_chain(&e)),
+                        None => AttemptError::Broken {
+                            error: error_chain(&e),
+                            reused,
+                        },
+                    });
+                }
                 Err(_) => {
                     let now = slot.bytes_sent();
                     if now == seen {
+                        if slot.waiting_for_client() {
+                            return Err(AttemptError::Client(format!(
+                                "request body: no data for {:?}",
+                                self.response_timeout
+                            )));
+                        }
                         return Err(AttemptError::Timeout);
                     }
                     seen = now;
@@ -480,30 +693,53 @@ impl Upstream {
     }
 }
 
-/// The request for one attempt at `target`: its base URL joined with the client's path.
+/// The request for one attempt at `target`, its URI from `upstream_uri`; `Host` names the
+/// upstream.
 fn build_request(
     target: &Target,
     parts: &request::Parts,
     body: OutBody,
 ) -> Result<Request<OutBody>, Error> {
-    let base = target.base.as_str().trim_end_matches('/');
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    // The target goes as the client sent it: Glance negotiates its version itself (the
-    // proxy's cache API, which it answers under /v2.14-/v2.18 too, never goes upstream).
-    let uri: Uri = format!("{base}{path_and_query}")
-        .parse()
-        .map_err(|e| Error::BadRequest(format!("cannot forward request target: {e}")))?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = upstream_uri(&target.base, &parts.uri)?;
     *req.headers_mut() = parts.headers.clone();
     req.headers_mut()
         .insert(http::header::HOST, target.host.clone());
     Ok(req)
+}
+
+/// The upstream URI for a client's request target, built from parts: the upstream's scheme
+/// and authority, its base path, then the target's path and query. Only an origin-form target
+/// (a path starting with `/`; the path and query of an absolute-form one) is forwarded, so
+/// no target can choose where the proxy connects: `*` (asterisk form) and authority form
+/// are the client's error, answered without naming the upstream.
+fn upstream_uri(base: &Url, target: &Uri) -> Result<Uri, Error> {
+    let path = target.path();
+    if !path.starts_with('/') {
+        return Err(Error::BadRequest(
+            "the request target must be a path starting with '/'".into(),
+        ));
+    }
+    // The path goes as the client sent it: Glance negotiates its version itself (the proxy's
+    // cache API, which it answers under /v2.14-/v2.18 too, never goes upstream).
+    let mut path_and_query = base.path().trim_end_matches('/').to_string();
+    path_and_query.push_str(path);
+    if let Some(query) = target.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let authority = match (base.host_str(), base.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => String::new(),
+    };
+    Uri::builder()
+        .scheme(base.scheme())
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Error::BadRequest(format!("cannot forward the request target: {e}")))
 }
 
 /// "outer: inner: innermost", for logs.
@@ -516,4 +752,72 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The URI a request target goes upstream as, or `None` when it is refused.
+    fn check(base: &str, target: &str, expected: Option<&str>) {
+        let base = Url::parse(base).expect("base URL");
+        let target: Uri = target.parse().expect("request target");
+        let got = upstream_uri(&base, &target).ok().map(|u| u.to_string());
+        assert_eq!(got.as_deref(), expected, "{base} + {target}");
+    }
+
+    #[test]
+    fn request_targets_never_change_the_upstream() {
+        let glance = "http://127.0.0.1:9700/";
+        check(
+            glance,
+            "/v2/images?limit=1",
+            Some("http://127.0.0.1:9700/v2/images?limit=1"),
+        );
+        check(glance, "/", Some("http://127.0.0.1:9700/"));
+        // Version prefixes go as sent: Glance negotiates them itself.
+        check(
+            glance,
+            "/v2.16/images",
+            Some("http://127.0.0.1:9700/v2.16/images"),
+        );
+        check(
+            glance,
+            "/v2.99/x?a=b",
+            Some("http://127.0.0.1:9700/v2.99/x?a=b"),
+        );
+        check(
+            "https://ctl/image/",
+            "/v2/images",
+            Some("https://ctl/image/v2/images"),
+        );
+        check(
+            "http://[::1]:9292",
+            "/versions",
+            Some("http://[::1]:9292/versions"),
+        );
+        // A path that looks like an authority stays a path on the configured upstream.
+        check(
+            glance,
+            "//evil.example/x",
+            Some("http://127.0.0.1:9700//evil.example/x"),
+        );
+        // Absolute form: only its path and query go on, to the configured upstream.
+        check(
+            glance,
+            "http://evil.example:80/v2/images?x",
+            Some("http://127.0.0.1:9700/v2/images?x"),
+        );
+        // Asterisk form and authority form are refused.
+        check(glance, "*", None);
+        check(glance, "evil.example:443", None);
+    }
+
+    #[test]
+    fn a_refused_target_does_not_name_the_upstream() {
+        let base = Url::parse("http://127.0.0.1:9700/").expect("base URL");
+        let err = upstream_uri(&base, &"*".parse().expect("asterisk")).expect_err("refused");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(!err.to_string().contains("9700"), "{err}");
+    }
 }
