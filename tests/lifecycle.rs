@@ -428,3 +428,97 @@ fn a_busy_metrics_port_stops_the_start_naming_the_key() {
     assert!(err.contains("metrics.listen"), "{err}");
     drop(busy);
 }
+
+/// A client that sends a request for `path` and then never reads (a tiny receive buffer, so
+/// the kernel takes little of the response off the proxy's hands).
+async fn stalled_reader(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut s = socket.connect(addr).await.expect("connect");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: p\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("request");
+    s
+}
+
+/// Everything the server sends until it closes the connection (or 10 s pass).
+async fn drain_until_closed(mut s: TcpStream) -> usize {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return total,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the stalled connection was not closed"),
+        }
+    }
+}
+
+/// Issue 19: clients that stop reading (a hit and a miss in progress) cannot hold their slots:
+/// after `server.send_timeout` without progress their connections are closed, an honest client
+/// gets a slot, and a stalled client that reads again finds its response cut short.
+#[tokio::test]
+async fn clients_that_stop_reading_give_their_slots_back_after_the_send_timeout() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start_with_admin(config(
+        &[&glance.url],
+        "[server]\nmax_connections = 6\nsend_timeout = \"1s\"\n",
+    ))
+    .await;
+    let size = 48 << 20;
+    glance.add_image("hot", pattern(size, 91));
+    glance.add_image("cold", pattern(size, 92));
+    assert_eq!(
+        get(&format!("{}/v2/images/hot/file", proxy.url))
+            .await
+            .body
+            .len(),
+        size
+    );
+    // A slow upstream keeps the second image a fill in progress while its readers stall.
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(5)),
+        ..Default::default()
+    });
+    let mut stalled = Vec::new();
+    for path in ["hot", "hot", "hot", "cold", "cold", "cold"] {
+        stalled.push(stalled_reader(proxy.addr, &format!("/v2/images/{path}/file")).await);
+    }
+    let started = Instant::now();
+    let honest = tokio::time::timeout(
+        Duration::from_secs(8),
+        get(&format!("{}/v2/honest", proxy.url)),
+    )
+    .await
+    .expect("an honest client gets a slot once the stalled ones time out");
+    assert_eq!(honest.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "every slot was held by a stalled reader until the send timeout: {:?}",
+        started.elapsed()
+    );
+    // Every stalled connection is closed by the proxy (the image's fill is still running).
+    let metrics = format!(
+        "{}/metrics",
+        proxy.admin_url.clone().expect("admin listener")
+    );
+    let open = || async {
+        let page = String::from_utf8_lossy(&get(&metrics).await.body).to_string();
+        page.lines()
+            .find_map(|l| l.strip_prefix("glance_cache_proxy_connections_open "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while open().await != Some(0.0) {
+        assert!(Instant::now() < deadline, "stalled connections still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in stalled {
+        let got = drain_until_closed(s).await;
+        assert!(
+            got < size,
+            "a stalled reader got the whole image ({got} bytes)"
+        );
+    }
+}

@@ -29,8 +29,10 @@ use crate::digest::Expected;
 use crate::outcome::{DiskFault, FillResult};
 use crate::sendfile::Hooks;
 
-/// Size of each read from the growing file.
-const READ_CHUNK: usize = 256 * 1024;
+/// Size of each read from the growing file (or a committed one, for a reader in user space).
+/// A client that stops reading holds at most about two of these: the one its connection has
+/// queued, partly sent, and the next (`server::MAX_QUEUED`).
+pub const READ_CHUNK: usize = 64 * 1024;
 /// Chunks queued to the writer and to each hashing thread.
 const PIPE_DEPTH: usize = 32;
 
@@ -848,7 +850,7 @@ mod tests {
         r.file.write_all(&d[..300_000]).expect("write");
         let _ = r.progress.send(Progress::Running { written: 300_000 });
         let (head, _, _) = drain(&mut r.body).await;
-        // Readers wake for whole 256 KiB reads: what they sent is a prefix of what was written.
+        // Readers wake for whole 64 KiB reads: what they sent is a prefix of what was written.
         assert!(!head.is_empty() && head.len() <= 300_000 && head == d[..head.len()]);
         let _ = r.progress.send(Progress::Failed(Failure::Disk {
             written: 300_000,

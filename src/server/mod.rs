@@ -35,8 +35,10 @@ use crate::state::Shared;
 const BACKLOG: u32 = 4096;
 
 /// Bytes of response body hyper queues per connection before it stops asking the body for
-/// more (also the most a request head may take): one chunk of `cache::fill::reader`.
-const MAX_QUEUED: usize = 256 * 1024;
+/// more (also the most a request head may take): one chunk of `cache::fill::reader`, so a
+/// client that stops reading a miss holds about two chunks of the proxy's memory (bench:
+/// `benches/stalled.rs`, about 200 KiB per stalled reader in all).
+const MAX_QUEUED: usize = crate::cache::fill::READ_CHUNK;
 
 /// Bind the API listener (`SO_REUSEADDR`, a deep accept backlog).
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
