@@ -229,7 +229,7 @@ pub struct Negotiated {
 }
 
 /// Versions every Glance 33 accepts, whatever its configuration (`VersionNegotiationFilter.
-/// _get_allowed_versions`); v2.8 and v2.10-v2.13 need multiple stores, v2.14, v2.16 and
+/// _get_allowed_versions`); v2.8 and v2.10-v2.13 need `enabled_backends` (multi-store), v2.14, v2.16 and
 /// v2.18 its image cache.
 const ALWAYS: [&str; 12] = [
     "v2", "v2.0", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6", "v2.7", "v2.9", "v2.15", "v2.17",
