@@ -607,6 +607,18 @@ impl Cache {
             };
         let now = meta.committed_ms;
         let mut st = self.lock();
+        if !st.fills.get(id).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            // Removed (a DELETE, an eviction) while its files were being renamed into place:
+            // the removal stands. Its files go, unless a newer entry already owns the name.
+            let newer = st.entries.contains_key(id);
+            drop(st);
+            if !newer {
+                if let Err(e) = self.store.remove(id) {
+                    tracing::warn!(image_id = %id, error = %e, "cannot delete a removed entry");
+                }
+            }
+            return Err(Failure::Abandoned);
+        }
         st.fills.remove(id);
         let tick = st.index.commit(id, fill.expected.size, now);
         st.entries.insert(

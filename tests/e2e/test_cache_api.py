@@ -79,9 +79,14 @@ def test_upstream_lacks_the_cache_api_versions_but_the_proxy_lists_them(glance_n
     assert "v2.14" not in direct, direct
     through = [v["id"] for v in requests.get(proxy_nocache.url + "/versions", timeout=T).json()["versions"]]
     assert {"v2.14", "v2.16", "v2.18"} <= set(through), through
-    # Glance itself refuses the /v2.16 prefix with its cache off; through the proxy it works.
+    # Glance itself refuses the /v2.16 prefix with its cache off, and outside the cache API the
+    # proxy answers as Glance does (issue 19: version prefixes as Glance answers them) ...
+    direct = requests.get(glance_nocache.url + "/v2.16/images?limit=1", headers=NOAUTH, timeout=T)
     r = requests.get(proxy_nocache.url + "/v2.16/images?limit=1", headers=NOAUTH, timeout=T)
-    assert r.status_code == 200 and "images" in r.json()
+    assert direct.status_code == 300 and r.status_code == 300, (direct.status_code, r.status_code)
+    # ... while the cache API, the proxy's own, answers under the versions it lists.
+    r = requests.get(proxy_nocache.url + "/v2.16/cache", headers=NOAUTH, timeout=T)
+    assert r.status_code == 200 and "cached_images" in r.json(), r.text
 
 
 def test_glance_cli_cache_commands(proxy_nocache, glance_nocache):
