@@ -1,0 +1,141 @@
+//! `TestProxy`: the proxy library itself on 127.0.0.1:0 (optionally with its metrics
+//! listener), and `config`, which builds a test `Config` with short timeouts and its own cache
+//! directory.
+
+use std::net::SocketAddr;
+
+use glance_cache_proxy::config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The proxy library running on 127.0.0.1:0.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub url: String,
+    /// The metrics listener's URL, for proxies started with `start_with_admin`.
+    pub admin_url: Option<String>,
+    pub cache_dir: std::path::PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A config for tests: `extra` is TOML appended to short test timeouts and the upstreams.
+pub fn config(upstreams: &[&str], extra: &str) -> Config {
+    let urls: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    // Each proxy gets its own cache directory; TestProxy removes it when dropped.
+    let dir = tempfile::Builder::new()
+        .prefix("gcp-test-cache-")
+        .tempdir()
+        .expect("cache tempdir")
+        .keep();
+    let text = format!(
+        "[upstream]\nurls = [{}]\nconnect_timeout = \"2s\"\nresponse_timeout = \"10s\"\nbody_idle_timeout = \"10s\"\n[cache]\ndir = \"{}\"\n{extra}",
+        urls.join(", "),
+        dir.display()
+    );
+    let text = merge_sections(&text);
+    Config::from_toml_str(&text, "test config").unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// Let `extra` override keys of the `[upstream]` section given above it: later keys win.
+fn merge_sections(text: &str) -> String {
+    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            current = line.to_string();
+            if !sections.iter().any(|(s, _)| *s == current) {
+                sections.push((current.clone(), Vec::new()));
+            }
+        } else if let Some((k, v)) = line.split_once('=') {
+            if let Some((_, keys)) = sections.iter_mut().find(|(s, _)| *s == current) {
+                keys.retain(|(key, _)| key != k.trim());
+                keys.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    sections
+        .iter()
+        .map(|(s, keys)| {
+            let body: Vec<String> = keys.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{s}\n{}\n", body.join("\n"))
+        })
+        .collect()
+}
+
+impl TestProxy {
+    pub async fn start(config: Config) -> TestProxy {
+        // Logs show with `RUST_LOG=info cargo test -- --nocapture`.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let cache_dir = config.cache.dir.clone();
+        let task = tokio::spawn(async move {
+            let run = glance_cache_proxy::app::run(config, listener, async move {
+                let _ = rx.await;
+            });
+            if let Err(e) = run.await {
+                panic!("proxy failed to start: {e}");
+            }
+        });
+        TestProxy {
+            addr,
+            url: format!("http://{addr}"),
+            admin_url: None,
+            cache_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// As `start`, with the metrics listener (`/metrics`, `/healthz`, `/readyz`) on a port
+    /// of its own.
+    pub async fn start_with_admin(config: Config) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = listener.local_addr().expect("local addr");
+        let admin_addr = admin.local_addr().expect("admin addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let cache_dir = config.cache.dir.clone();
+        let app = glance_cache_proxy::app::build(config).expect("proxy builds");
+        let task = tokio::spawn(async move {
+            glance_cache_proxy::app::serve(app, listener, Some(admin), async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        TestProxy {
+            addr,
+            url: format!("http://{addr}"),
+            admin_url: Some(format!("http://{admin_addr}")),
+            cache_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Signal shutdown; returns the task so a test can wait for the drain.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("proxy task present")
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        if self.cache_dir.to_string_lossy().contains("gcp-test-cache-") {
+            let _ = std::fs::remove_dir_all(&self.cache_dir);
+        }
+    }
+}
