@@ -415,7 +415,7 @@ fn upstream_tls_files_that_do_not_load_are_named() {
         ),
     ] {
         let cfg = config(&["https://127.0.0.1:1"], &tls);
-        let err = match glance_cache_proxy::app::build(cfg) {
+        let err = match glance_cache_proxy::app::build(cfg.to_config()) {
             Ok(_) => panic!("{key}: started"),
             Err(e) => e.to_string(),
         };

@@ -24,7 +24,7 @@ pub use fake_glance::{FakeGlance, Faults, Seen};
 #[allow(unused_imports)]
 pub use process::{files_in, ProxyProcess, BIN};
 #[allow(unused_imports)]
-pub use proxy::{config, TestProxy};
+pub use proxy::{config, TestConfig, TestProxy};
 
 /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
 pub fn pattern(len: usize, seed: u64) -> Bytes {

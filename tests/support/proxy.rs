@@ -1,8 +1,11 @@
 //! `TestProxy`: the proxy library itself on 127.0.0.1:0 (optionally with its metrics
-//! listener), and `config`, which builds a test `Config` with short timeouts and its own cache
-//! directory.
+//! listener), and `config`, which builds a `TestConfig`: a `Config` with short timeouts and a
+//! cache directory of its own, removed once the config and every proxy started from it are gone.
 
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
 
 use glance_cache_proxy::config::Config;
 use tokio::net::TcpListener;
@@ -18,24 +21,84 @@ pub struct TestProxy {
     pub cache_dir: std::path::PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Keeps the cache directory while this proxy may use it (dropped after `task` is aborted).
+    _cache: Option<Arc<CacheDir>>,
+}
+
+/// A `Config` (it derefs to one) that owns the cache directory `config` made for it. Clones
+/// share the directory: a restart test starts a second proxy on `cfg.clone()`.
+#[derive(Clone)]
+pub struct TestConfig {
+    config: Config,
+    dir: Option<Arc<CacheDir>>,
+}
+
+impl TestConfig {
+    /// A copy of the `Config` for an API that takes one (`app::build`); the directory lives
+    /// as long as `self`, so keep it until that copy is done with.
+    pub fn to_config(&self) -> Config {
+        self.config.clone()
+    }
+}
+
+impl From<Config> for TestConfig {
+    /// A config whose cache directory belongs to the caller.
+    fn from(config: Config) -> TestConfig {
+        TestConfig { config, dir: None }
+    }
+}
+
+impl Deref for TestConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl DerefMut for TestConfig {
+    fn deref_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+}
+
+/// A test's cache directory (`gcp-test-cache-*` in the temp dir), removed on drop.
+struct CacheDir(tempfile::TempDir);
+
+impl Drop for CacheDir {
+    fn drop(&mut self) {
+        // An aborted proxy's blocking work (a fill's writer, a quarantine) can still add a
+        // file for a moment, failing one removal with ENOTEMPTY; once the directory is gone,
+        // nothing re-creates it.
+        for _ in 0..200 {
+            match std::fs::remove_dir_all(self.0.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return,
+            }
+        }
+    }
 }
 
 /// A config for tests: `extra` is TOML appended to short test timeouts and the upstreams.
-pub fn config(upstreams: &[&str], extra: &str) -> Config {
+pub fn config(upstreams: &[&str], extra: &str) -> TestConfig {
     let urls: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    // Each proxy gets its own cache directory; TestProxy removes it when dropped.
     let dir = tempfile::Builder::new()
         .prefix("gcp-test-cache-")
         .tempdir()
-        .expect("cache tempdir")
-        .keep();
+        .expect("cache tempdir");
     let text = format!(
         "[upstream]\nurls = [{}]\nconnect_timeout = \"2s\"\nresponse_timeout = \"10s\"\nbody_idle_timeout = \"10s\"\n[cache]\ndir = \"{}\"\n{extra}",
         urls.join(", "),
-        dir.display()
+        dir.path().display()
     );
     let text = merge_sections(&text);
-    Config::from_toml_str(&text, "test config").unwrap_or_else(|e| panic!("test config: {e}"))
+    let config =
+        Config::from_toml_str(&text, "test config").unwrap_or_else(|e| panic!("test config: {e}"));
+    TestConfig {
+        config,
+        dir: Some(Arc::new(CacheDir(dir))),
+    }
 }
 
 /// Let `extra` override keys of the `[upstream]` section given above it: later keys win.
@@ -66,7 +129,8 @@ fn merge_sections(text: &str) -> String {
 }
 
 impl TestProxy {
-    pub async fn start(config: Config) -> TestProxy {
+    pub async fn start(config: impl Into<TestConfig>) -> TestProxy {
+        let TestConfig { config, dir } = config.into();
         // Logs show with `RUST_LOG=info cargo test -- --nocapture`.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -91,12 +155,14 @@ impl TestProxy {
             cache_dir,
             shutdown: Some(tx),
             task: Some(task),
+            _cache: dir,
         }
     }
 
     /// As `start`, with the metrics listener (`/metrics`, `/healthz`, `/readyz`) on a port
     /// of its own.
-    pub async fn start_with_admin(config: Config) -> TestProxy {
+    pub async fn start_with_admin(config: impl Into<TestConfig>) -> TestProxy {
+        let TestConfig { config, dir } = config.into();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = listener.local_addr().expect("local addr");
@@ -117,6 +183,7 @@ impl TestProxy {
             cache_dir,
             shutdown: Some(tx),
             task: Some(task),
+            _cache: dir,
         }
     }
 
@@ -133,9 +200,6 @@ impl Drop for TestProxy {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
-        }
-        if self.cache_dir.to_string_lossy().contains("gcp-test-cache-") {
-            let _ = std::fs::remove_dir_all(&self.cache_dir);
         }
     }
 }
