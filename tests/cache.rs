@@ -27,15 +27,20 @@ fn cached_ids(proxy: &TestProxy) -> Vec<String> {
     ids
 }
 
-/// Wait (bounded) for a fill to be published or dropped after its last byte went out.
+/// Wait (bounded) for a fill to be published or dropped after its last byte went out:
+/// exactly `want` on disk, and in the index (where an entry lands a moment after its files).
 async fn settle(proxy: &TestProxy, want: &[&str]) {
+    let settled = || cached_ids(proxy) == want && want.iter().all(|id| proxy.is_cached(id));
     for _ in 0..500 {
-        if cached_ids(proxy) == want {
+        if settled() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(cached_ids(proxy), want);
+    for id in want {
+        assert!(proxy.is_cached(id), "{id} is on disk but not in the index");
+    }
 }
 
 #[tokio::test]
@@ -559,8 +564,9 @@ async fn fill_started(proxy: &TestProxy) {
     support::until(|| std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some())).await;
 }
 
+/// Wait (bounded) until `id` is in the index (its files are on disk a moment before).
 async fn settle_has(proxy: &TestProxy, id: &str) {
-    support::until(|| cached_ids(proxy).iter().any(|c| c == id)).await;
+    support::until(|| proxy.is_cached(id)).await;
 }
 
 #[tokio::test]

@@ -63,9 +63,10 @@ async fn reaches(proxy: &TestProxy, series: &str, value: f64) {
     }
 }
 
+/// Wait (bounded) until `id` is in the index: its files appear a moment earlier, and a
+/// request then joins the fill instead of being a hit.
 async fn cached(proxy: &TestProxy, id: &str) {
-    let path = data_path(proxy, id);
-    until(|| path.exists()).await;
+    until(|| proxy.is_cached(id)).await;
 }
 
 #[tokio::test]

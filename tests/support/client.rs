@@ -134,3 +134,26 @@ pub async fn get_on(
         .await
         .expect("response head")
 }
+
+/// The value of `series` (a metric name with its labels, as the page prints them) on the
+/// `/metrics` page of the listener at `admin` (a base URL); 0 when the page does not show it.
+pub async fn metric(admin: &str, series: &str) -> f64 {
+    let page = get(&format!("{admin}/metrics")).await;
+    String::from_utf8_lossy(&page.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Wait until `series` on `admin`'s `/metrics` is at least `value`, polling every 10 ms, for
+/// at most 10 s (then fail).
+pub async fn until_metric(admin: &str, series: &str, value: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(admin, series).await < value {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} did not reach {value} within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 
 // Re-exported for the test files, each of which uses a different part (so some go unused).
 #[allow(unused_imports)]
-pub use client::{connection, get, get_on, read, send, try_get, try_send, Got};
+pub use client::{
+    connection, get, get_on, metric, read, send, try_get, try_send, until_metric, Got,
+};
 #[allow(unused_imports)]
 pub use fake_glance::{FakeGlance, Faults, Seen};
 #[allow(unused_imports)]

@@ -70,6 +70,13 @@ impl ProxyProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the log says `id` was cached: its entry is in the index. (Its files appear a
+    /// moment earlier, when a request still joins the fill and its room is still reserved.)
+    pub fn logged_cached(&self, id: &str) -> bool {
+        let line = format!(" cached image_id={id} ");
+        self.log_text().lines().any(|l| l.contains(&line))
+    }
+
     pub async fn kill9(&mut self) {
         self.child.start_kill().expect("SIGKILL");
         let _ = self.child.wait().await;

@@ -7,6 +7,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
+use glance_cache_proxy::app::App;
 use glance_cache_proxy::config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -19,6 +20,7 @@ pub struct TestProxy {
     /// The metrics listener's URL, for proxies started with `start_with_admin`.
     pub admin_url: Option<String>,
     pub cache_dir: std::path::PathBuf,
+    app: Arc<App>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     /// Keeps the cache directory while this proxy may use it (dropped after `task` is aborted).
@@ -130,7 +132,19 @@ fn merge_sections(text: &str) -> String {
 
 impl TestProxy {
     pub async fn start(config: impl Into<TestConfig>) -> TestProxy {
-        let TestConfig { config, dir } = config.into();
+        TestProxy::launch(config.into(), false).await
+    }
+
+    /// As `start`, with the metrics listener (`/metrics`, `/healthz`, `/readyz`) on a port
+    /// of its own.
+    pub async fn start_with_admin(config: impl Into<TestConfig>) -> TestProxy {
+        TestProxy::launch(config.into(), true).await
+    }
+
+    /// Build the proxy here (a start error fails the test at once), then serve it in a task,
+    /// as `app::run` does.
+    async fn launch(config: TestConfig, with_admin: bool) -> TestProxy {
+        let TestConfig { config, dir } = config;
         // Logs show with `RUST_LOG=info cargo test -- --nocapture`.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -138,53 +152,48 @@ impl TestProxy {
             .try_init();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("local addr");
-        let (tx, rx) = oneshot::channel::<()>();
+        let admin = match with_admin {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")),
+            false => None,
+        };
+        let admin_url = admin
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().expect("admin addr")));
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let listen_url = url::Url::parse(&format!("{scheme}://{addr}")).expect("listen URL");
         let cache_dir = config.cache.dir.clone();
-        let task = tokio::spawn(async move {
-            let run = glance_cache_proxy::app::run(config, listener, async move {
+        let app =
+            App::new(config, listen_url).unwrap_or_else(|e| panic!("proxy failed to start: {e}"));
+        let app = Arc::new(app);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(glance_cache_proxy::app::serve(
+            Arc::clone(&app),
+            listener,
+            admin,
+            async move {
                 let _ = rx.await;
-            });
-            if let Err(e) = run.await {
-                panic!("proxy failed to start: {e}");
-            }
-        });
+            },
+        ));
         TestProxy {
             addr,
-            url: format!("http://{addr}"),
-            admin_url: None,
+            url: format!("{scheme}://{addr}"),
+            admin_url,
             cache_dir,
+            app,
             shutdown: Some(tx),
             task: Some(task),
             _cache: dir,
         }
     }
 
-    /// As `start`, with the metrics listener (`/metrics`, `/healthz`, `/readyz`) on a port
-    /// of its own.
-    pub async fn start_with_admin(config: impl Into<TestConfig>) -> TestProxy {
-        let TestConfig { config, dir } = config.into();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let addr = listener.local_addr().expect("local addr");
-        let admin_addr = admin.local_addr().expect("admin addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let cache_dir = config.cache.dir.clone();
-        let app = glance_cache_proxy::app::build(config).expect("proxy builds");
-        let task = tokio::spawn(async move {
-            glance_cache_proxy::app::serve(app, listener, Some(admin), async move {
-                let _ = rx.await;
-            })
-            .await;
-        });
-        TestProxy {
-            addr,
-            url: format!("http://{addr}"),
-            admin_url: Some(format!("http://{admin_addr}")),
-            cache_dir,
-            shutdown: Some(tx),
-            task: Some(task),
-            _cache: dir,
-        }
+    /// Whether the proxy's index holds a committed entry for `id`, so that the next request
+    /// is a hit. (The entry's files appear a moment earlier; a request then joins the fill.)
+    pub fn is_cached(&self, id: &str) -> bool {
+        self.app.cache.as_ref().is_some_and(|c| c.is_cached(id))
     }
 
     /// Signal shutdown; returns the task so a test can wait for the drain.
