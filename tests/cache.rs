@@ -548,14 +548,24 @@ async fn recency_survives_a_restart() {
         settle_has(&first, id).await;
         tokio::time::sleep(Duration::from_millis(20)).await; // distinct mtimes
     }
-    get(&file_url(&first, "a")).await; // a: most recent
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // a: the most recent. Its hit is recorded when the body ends: a's .meta mtime (its LRU
+    // tick) then passes c's.
+    get(&file_url(&first, "a")).await;
+    support::until(|| used_at(&first, "a") > used_at(&first, "c")).await;
     first.begin_shutdown().await.expect("stopped");
 
     let second = TestProxy::start(cfg.clone()).await;
     get(&file_url(&second, "d")).await;
     settle(&second, &["a", "c", "d"]).await; // b was the least recently used
     drop(first);
+}
+
+/// When `id` was last used as the cache records it: the mtime of its `.meta` file.
+fn used_at(proxy: &TestProxy, id: &str) -> std::time::SystemTime {
+    let meta = proxy.cache_dir.join("images").join(format!("{id}.meta"));
+    std::fs::metadata(&meta)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", meta.display()))
 }
 
 /// Wait (bounded) until a fill has a temporary file.

@@ -41,7 +41,8 @@ async fn a_write_error_mid_fill_still_serves_the_whole_image_and_keeps_nothing()
         assert_eq!(got.status, 200, "{case}");
         assert!(got.body_error.is_none(), "{case}: {:?}", got.body_error);
         assert!(got.body == data, "{case}: the client got other bytes");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The fill has ended once its temporary file is gone (renamed into images/ or deleted).
+        until(|| support::files_in(&proxy.cache_dir.join("tmp")).is_empty()).await;
         assert!(
             entries(&proxy.cache_dir).is_empty(),
             "{case}: a failed fill was kept"
@@ -214,8 +215,12 @@ async fn wall_clock_steps_keep_lru_order_and_serve_correct_bytes() {
     // The clock steps back a day; a is used again, then c needs room: b (least recently
     // used) goes, not a.
     fail::cfg("clock::offset", "return(-86400)").expect("failpoint");
+    let a_meta = proxy.cache_dir.join("images").join("a.meta");
+    let a_used = || std::fs::metadata(&a_meta).and_then(|m| m.modified()).ok();
+    let before = a_used();
     assert!(fetch("a").await.body == images[0].1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The hit is recorded (a's .meta mtime is its LRU tick) before c needs room.
+    until(|| a_used() != before).await;
     assert!(fetch("c").await.body == images[2].1);
     until(|| entries(&proxy.cache_dir).contains(&"c".to_string())).await;
     let now = entries(&proxy.cache_dir);
