@@ -27,15 +27,20 @@ fn cached_ids(proxy: &TestProxy) -> Vec<String> {
     ids
 }
 
-/// Wait (bounded) for a fill to be published or dropped after its last byte went out.
+/// Wait (bounded) for a fill to be published or dropped after its last byte went out:
+/// exactly `want` on disk, and in the index (where an entry lands a moment after its files).
 async fn settle(proxy: &TestProxy, want: &[&str]) {
+    let settled = || cached_ids(proxy) == want && want.iter().all(|id| proxy.is_cached(id));
     for _ in 0..500 {
-        if cached_ids(proxy) == want {
+        if settled() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(cached_ids(proxy), want);
+    for id in want {
+        assert!(proxy.is_cached(id), "{id} is on disk but not in the index");
+    }
 }
 
 #[tokio::test]
@@ -543,8 +548,10 @@ async fn recency_survives_a_restart() {
         settle_has(&first, id).await;
         tokio::time::sleep(Duration::from_millis(20)).await; // distinct mtimes
     }
-    get(&file_url(&first, "a")).await; // a: most recent
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // a: the most recent. Its hit is recorded when the body ends: a's .meta mtime (its LRU
+    // tick) then passes c's.
+    get(&file_url(&first, "a")).await;
+    support::until(|| used_at(&first, "a") > used_at(&first, "c")).await;
     first.begin_shutdown().await.expect("stopped");
 
     let second = TestProxy::start(cfg.clone()).await;
@@ -553,14 +560,23 @@ async fn recency_survives_a_restart() {
     drop(first);
 }
 
+/// When `id` was last used as the cache records it: the mtime of its `.meta` file.
+fn used_at(proxy: &TestProxy, id: &str) -> std::time::SystemTime {
+    let meta = proxy.cache_dir.join("images").join(format!("{id}.meta"));
+    std::fs::metadata(&meta)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", meta.display()))
+}
+
 /// Wait (bounded) until a fill has a temporary file.
 async fn fill_started(proxy: &TestProxy) {
     let tmp = proxy.cache_dir.join("tmp");
     support::until(|| std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some())).await;
 }
 
+/// Wait (bounded) until `id` is in the index (its files are on disk a moment before).
 async fn settle_has(proxy: &TestProxy, id: &str) {
-    support::until(|| cached_ids(proxy).iter().any(|c| c == id)).await;
+    support::until(|| proxy.is_cached(id)).await;
 }
 
 #[tokio::test]

@@ -728,7 +728,7 @@ async fn the_queue_survives_a_restart_and_a_half_done_prefetch_starts_again() {
     until(|| glance.downloads("img-s") == 1).await;
     // Stop mid-download: the prefetch is cut short, its image stays queued.
     proxy.begin_shutdown().await.expect("shutdown");
-    std::mem::forget(proxy); // keep its cache directory for the next one
+    drop(proxy); // its cache directory stays: `config1` owns it
     assert!(dir.join("queue/img-s").exists(), "the marker is on disk");
 
     let proxy = TestProxy::start(config1.clone()).await;

@@ -41,7 +41,8 @@ async fn a_write_error_mid_fill_still_serves_the_whole_image_and_keeps_nothing()
         assert_eq!(got.status, 200, "{case}");
         assert!(got.body_error.is_none(), "{case}: {:?}", got.body_error);
         assert!(got.body == data, "{case}: the client got other bytes");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The fill has ended once its temporary file is gone (renamed into images/ or deleted).
+        until(|| support::files_in(&proxy.cache_dir.join("tmp")).is_empty()).await;
         assert!(
             entries(&proxy.cache_dir).is_empty(),
             "{case}: a failed fill was kept"
@@ -109,7 +110,9 @@ async fn a_read_error_during_a_zero_copy_hit_breaks_the_transfer_and_quarantines
     let data = pattern(8 << 20, 703);
     glance.add_image("img", data.clone());
     assert!(get(&file_url(&proxy, "img")).await.body == data);
-    until(|| entries(&proxy.cache_dir).len() == 2).await;
+    // In the index, so the next request is a zero-copy hit (its files appear a moment
+    // earlier, when a request would still join the fill).
+    until(|| proxy.is_cached("img")).await;
     // The second sendfile call fails with EIO.
     fail::cfg("sendfile::send", "1*off->return").expect("failpoint");
     let got = get(&file_url(&proxy, "img")).await;
@@ -130,7 +133,7 @@ async fn a_read_error_during_a_zero_copy_hit_breaks_the_transfer_and_quarantines
     until(|| support::files_in(&quarantine).len() == 1).await;
     assert!(get(&file_url(&proxy, "img")).await.body == data);
     assert_eq!(glance.downloads("img"), 2, "refetched after the quarantine");
-    until(|| entries(&proxy.cache_dir).len() == 2).await;
+    until(|| proxy.is_cached("img")).await;
     assert!(get(&file_url(&proxy, "img")).await.body == data);
     assert_eq!(glance.downloads("img"), 2, "then a hit again");
     scenario.teardown();
@@ -161,7 +164,8 @@ async fn sigkill_in_the_middle_of_an_eviction_leaves_a_consistent_cache() {
     )
     .await;
     assert!(get(&format!("{}/v2/images/a/file", proxy.url)).await.body == a);
-    until(|| entries(&cache).len() == 2).await;
+    // Committed (not just on disk): b's fill can then evict a rather than find no room.
+    until(|| proxy.logged_cached("a")).await;
     // b needs a's room: the eviction starts, and the process dies in the middle of it.
     let url = format!("{}/v2/images/b/file", proxy.url);
     let client = tokio::spawn(async move { get(&url).await });
@@ -205,13 +209,18 @@ async fn wall_clock_steps_keep_lru_order_and_serve_correct_bytes() {
     };
     for (id, data) in &images[..2] {
         assert!(fetch(id).await.body == *data);
-        until(|| entries(&proxy.cache_dir).contains(&id.to_string())).await;
+        // In the index (its files appear a moment earlier): b's commit may not follow a's hit.
+        until(|| proxy.is_cached(id)).await;
     }
     // The clock steps back a day; a is used again, then c needs room: b (least recently
     // used) goes, not a.
     fail::cfg("clock::offset", "return(-86400)").expect("failpoint");
+    let a_meta = proxy.cache_dir.join("images").join("a.meta");
+    let a_used = || std::fs::metadata(&a_meta).and_then(|m| m.modified()).ok();
+    let before = a_used();
     assert!(fetch("a").await.body == images[0].1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The hit is recorded (a's .meta mtime is its LRU tick) before c needs room.
+    until(|| a_used() != before).await;
     assert!(fetch("c").await.body == images[2].1);
     until(|| entries(&proxy.cache_dir).contains(&"c".to_string())).await;
     let now = entries(&proxy.cache_dir);

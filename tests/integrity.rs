@@ -63,14 +63,11 @@ async fn reaches(proxy: &TestProxy, series: &str, value: f64) {
     }
 }
 
-/// Wait until `id` is committed: its file in place and the entry in the index (whose
-/// fingerprint is taken right after the rename, so a test must not write the file before).
+/// Wait (bounded) until `id` is in the index: its files appear a moment earlier (and its
+/// fingerprint is taken right after the rename, so a test must not write the file before),
+/// and a request then joins the fill instead of being a hit.
 async fn cached(proxy: &TestProxy, id: &str) {
-    let path = data_path(proxy, id);
-    until(|| path.exists()).await;
-    if proxy.admin_url.is_some() {
-        reaches(proxy, "glance_cache_proxy_cache_entries", 1.0).await;
-    }
+    until(|| proxy.is_cached(id)).await;
 }
 
 #[tokio::test]
@@ -139,7 +136,8 @@ async fn rot_found_by_the_scrubber_is_quarantined_and_never_served() {
     );
     first.begin_shutdown().await.expect("stopped");
 
-    // Rot while the proxy is down (later than the commit's own renames).
+    // Rot while the proxy is down, later than the commit's own renames: a file whose ctime
+    // is within 2 s of its commit (the store's COMMIT_SLACK_MS) counts as unchanged.
     std::thread::sleep(Duration::from_millis(2100));
     flip_byte(&first.cache_dir.join("images").join("img"), 4 << 20);
     let second = TestProxy::start_with_admin(cfg.clone()).await;
@@ -191,7 +189,8 @@ async fn an_entry_touched_while_down_is_checked_then_served_again() {
     cached(&first, "img").await;
     first.begin_shutdown().await.expect("stopped");
 
-    // A chmod (say, an operator's chown -R) changes the inode, not the bytes.
+    // A chmod (say, an operator's chown -R) changes the inode, not the bytes; past the 2 s
+    // of slack a commit's own renames get (COMMIT_SLACK_MS), so the ctime counts.
     std::thread::sleep(Duration::from_millis(2100));
     let path = first.cache_dir.join("images").join("img");
     let mut perms = std::fs::metadata(&path).expect("stat").permissions();
@@ -225,7 +224,7 @@ async fn an_entry_touched_while_down_is_checked_then_served_again() {
 async fn clients_that_reset_mid_hit_leave_the_entry_alone() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let glance = FakeGlance::start().await;
-    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let proxy = TestProxy::start_with_admin(config(&[&glance.url], "")).await;
     let data = pattern(64 << 20, 711);
     glance.add_image("img", data.clone());
     assert!(get(&file_url(&proxy, "img")).await.body == data);
@@ -246,7 +245,11 @@ async fn clients_that_reset_mid_hit_leave_the_entry_alone() {
             .expect("linger");
         drop(s); // RST with most of the image unsent
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The miss and the three reset hits have ended (each is counted when its body drops); a
+    // disk error would have started the entry's quarantine before that.
+    let admin = proxy.admin_url.as_deref().expect("admin listener");
+    let finished = "glance_cache_proxy_requests_total{route=\"image_data\",status_class=\"2xx\"}";
+    support::until_metric(admin, finished, 4.0).await;
     assert!(quarantine_reports(&proxy).is_empty());
     assert!(get(&file_url(&proxy, "img")).await.body == data);
     assert_eq!(glance.downloads("img"), 1, "still a hit");

@@ -29,10 +29,10 @@ async fn shutdown_stops_accepting_and_lets_transfers_finish() {
     support::until(|| glance.downloads("img") > 0).await;
 
     let task = proxy.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    support::until(|| std::net::TcpStream::connect(proxy.addr).is_err()).await;
     assert!(
-        TcpStream::connect(proxy.addr).await.is_err(),
-        "the listener must be closed once shutdown begins"
+        !transfer.is_finished(),
+        "the listener must be closed once shutdown begins, while the transfer drains"
     );
     let got = transfer.await.expect("transfer task");
     assert!(
@@ -93,6 +93,8 @@ async fn the_connection_limit_queues_clients_while_every_connection_is_busy() {
 
     let url = format!("{}/v2/b", proxy.url);
     let second = tokio::spawn(async move { get(&url).await });
+    // No signal says a client waits for a slot (it is accepted, then waits unserved): the
+    // sleep bounds this negative check.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished(), "served beyond max_connections");
     let got = tokio::time::timeout(Duration::from_secs(5), first)
@@ -114,7 +116,7 @@ async fn the_connection_limit_queues_clients_while_every_connection_is_busy() {
 async fn slow_and_idle_connections_cannot_lock_clients_out() {
     let glance = FakeGlance::start().await;
     // A long header timeout: only the slot policy can help the honest client here.
-    let proxy = TestProxy::start(config(
+    let proxy = TestProxy::start_with_admin(config(
         &[&glance.url],
         "[server]\nmax_connections = 8\nheader_read_timeout = \"60s\"\n",
     ))
@@ -136,7 +138,9 @@ async fn slow_and_idle_connections_cannot_lock_clients_out() {
             .expect("partial head");
         slow.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every slot is taken before the honest clients come.
+    let admin = proxy.admin_url.as_deref().expect("admin listener");
+    support::until_metric(admin, "glance_cache_proxy_connections_open", 8.0).await;
     let dripping = tokio::spawn(async move {
         let mut closed = 0;
         for _ in 0..20 {

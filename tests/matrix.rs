@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{config, get, pattern, try_get, FakeGlance, Faults, Got, TestProxy};
+use support::{config, files_in, get, pattern, try_get, until, FakeGlance, Faults, Got, TestProxy};
 
 const SIZE: usize = (2 << 20) + 12_345;
 
@@ -102,13 +102,22 @@ async fn upstream_faults_at_every_offset_never_yield_a_clean_wrong_answer() {
         .await;
         glance.add_image("img", data.clone());
         glance.set_faults(fault);
-        // Two clients: the first starts the fill, the second joins it.
+        // Two clients: the first starts the fill, the second joins it (once Glance has the
+        // fill's download request, the fill is registered).
         let url = format!("{}/v2/images/img/file", proxy.url);
+        let downloads = || {
+            glance
+                .seen()
+                .iter()
+                .filter(|r| r.path_and_query == "/v2/images/img/file")
+                .count()
+        };
+        let before = downloads();
         let first = tokio::spawn({
             let url = url.clone();
             async move { try_get(&url).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until(|| downloads() > before).await;
         let second = tokio::time::timeout(Duration::from_secs(20), try_get(&url))
             .await
             .unwrap_or_else(|_| panic!("{case}: the second client hung"));
@@ -133,8 +142,9 @@ async fn upstream_faults_at_every_offset_never_yield_a_clean_wrong_answer() {
             // Glance never sent the whole image: nobody may see a clean end.
             assert!(clean == [false, false], "{case}: {clean:?}");
         }
-        // Whatever is cached is the image.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Whatever is cached is the image, once the fill has ended (its temporary file is
+        // gone: renamed into images/ or deleted).
+        until(|| files_in(&proxy.cache_dir.join("tmp")).is_empty()).await;
         if let Some(kept) = cached(&proxy) {
             assert!(kept == data, "{case}: wrong bytes were kept");
         }

@@ -46,7 +46,7 @@ async fn metrics_follow_the_traffic() {
     let admin = proxy.admin_url.clone().expect("admin url");
     let file = format!("{}/v2/images/img-m/file", proxy.url);
     assert_eq!(get(&file).await.body, data); // miss
-    until(|| proxy.cache_dir.join("images/img-m").exists()).await;
+    until(|| proxy.is_cached("img-m")).await;
     assert_eq!(get(&file).await.body, data); // hit
     get(&format!("{}/v2/images", proxy.url)).await; // passthrough
     let member = send(

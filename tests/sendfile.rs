@@ -13,9 +13,10 @@ use support::{config, get, pattern, send, FakeGlance, Faults, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Wait (bounded) until `id` is in the index: its files appear a moment earlier, and a
+/// request then joins the fill instead of being a hit.
 async fn cached(proxy: &TestProxy, id: &str) {
-    let path = proxy.cache_dir.join("images").join(id);
-    support::until(|| path.exists()).await;
+    support::until(|| proxy.is_cached(id)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

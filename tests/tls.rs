@@ -163,12 +163,23 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
         "{body:?}"
     );
     // A miss, then hits (whole and ranged) on the same TLS connection.
+    let admin = format!("http://{metrics}");
     for round in 0..3 {
         let (status, body, _) = fetch(&mut conn, "/v2/images/img/file").await;
         assert_eq!(status, 200, "round {round}");
         assert!(body == data, "round {round}: bytes differ");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if round == 0 {
+            let committed = "glance_cache_proxy_fills_total{result=\"committed\"}";
+            support::until_metric(&admin, committed, 1.0).await;
+        }
     }
+    // Each request's access line is logged when its body ends.
+    support::until(|| {
+        let log = proxy.log_text();
+        let done = |l: &&str| l.contains("access") && l.contains("path=/v2/images/img/file");
+        log.lines().filter(done).count() >= 3
+    })
+    .await;
     assert_eq!(
         glance.downloads("img"),
         1,
@@ -415,7 +426,7 @@ fn upstream_tls_files_that_do_not_load_are_named() {
         ),
     ] {
         let cfg = config(&["https://127.0.0.1:1"], &tls);
-        let err = match glance_cache_proxy::app::build(cfg) {
+        let err = match glance_cache_proxy::app::build(cfg.to_config()) {
             Ok(_) => panic!("{key}: started"),
             Err(e) => e.to_string(),
         };
