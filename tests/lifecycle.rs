@@ -503,18 +503,9 @@ async fn clients_that_stop_reading_give_their_slots_back_after_the_send_timeout(
         started.elapsed()
     );
     // Every stalled connection is closed by the proxy (the image's fill is still running).
-    let metrics = format!(
-        "{}/metrics",
-        proxy.admin_url.clone().expect("admin listener")
-    );
-    let open = || async {
-        let page = String::from_utf8_lossy(&get(&metrics).await.body).to_string();
-        page.lines()
-            .find_map(|l| l.strip_prefix("glance_cache_proxy_connections_open "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let admin = proxy.admin_url.clone().expect("admin listener");
     let deadline = Instant::now() + Duration::from_secs(8);
-    while open().await != Some(0.0) {
+    while support::metric(&admin, "glance_cache_proxy_connections_open ").await > 0.0 {
         assert!(Instant::now() < deadline, "stalled connections still open");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
