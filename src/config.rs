@@ -168,6 +168,8 @@ pub struct CacheConfig {
     pub max_size: u64,
     /// Cache images whose record has a size but no checksum or os_hash (verified by size only).
     pub cache_unverified: bool,
+    /// Also compute and compare md5 when the record has an os_hash (which alone suffices).
+    pub verify_md5: bool,
     /// Keep filling when every client of a fill has gone away.
     pub finish_abandoned_fills: bool,
     /// ... for at most this long after the last one left.
@@ -349,6 +351,7 @@ pub struct RawCache {
     pub dir: String,
     pub max_size: RawSize,
     pub cache_unverified: bool,
+    pub verify_md5: bool,
     pub finish_abandoned_fills: bool,
     pub abandoned_fill_timeout: String,
     pub scrub_rate: RawSize,
@@ -362,6 +365,7 @@ impl Default for RawCache {
             dir: "/var/cache/glance-cache-proxy".into(),
             max_size: RawSize::Text("10GiB".into()),
             cache_unverified: false,
+            verify_md5: false,
             finish_abandoned_fills: true,
             abandoned_fill_timeout: "10m".into(),
             scrub_rate: RawSize::Text("32MiB".into()),
@@ -530,6 +534,7 @@ impl Config {
                 dir: self.cache.dir.display().to_string(),
                 max_size: RawSize::Bytes(self.cache.max_size),
                 cache_unverified: self.cache.cache_unverified,
+                verify_md5: self.cache.verify_md5,
                 finish_abandoned_fills: self.cache.finish_abandoned_fills,
                 abandoned_fill_timeout: fmt_duration(self.cache.abandoned_fill_timeout),
                 scrub_rate: RawSize::Bytes(self.cache.scrub_rate),
@@ -747,6 +752,7 @@ impl RawCache {
             dir: PathBuf::from(self.dir),
             max_size,
             cache_unverified: self.cache_unverified,
+            verify_md5: self.verify_md5,
             finish_abandoned_fills: self.finish_abandoned_fills,
             abandoned_fill_timeout,
             scrub_rate,

@@ -45,4 +45,69 @@ impl Expected {
     pub fn has_digest(&self) -> bool {
         self.md5.is_some() || self.os_hash.is_some()
     }
+
+    /// What to verify: with `os_hash` (SHA-2) named, that alone proves the bytes are Glance's,
+    /// so md5 is dropped unless `verify_md5`; without it (v1, old images), md5. Hash once.
+    pub fn to_verify(&self, verify_md5: bool) -> Expected {
+        match (&self.os_hash, verify_md5) {
+            (Some(_), false) => Expected {
+                md5: None,
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
+    }
+
+    /// One `Expected` per digest it names (each hashed on a thread of its own), in order md5,
+    /// os_hash; empty when it names none.
+    pub fn parts(&self) -> Vec<Expected> {
+        let md5 = self.md5.as_ref().map(|_| Expected {
+            os_hash: None,
+            ..self.clone()
+        });
+        let os = self.os_hash.as_ref().map(|_| Expected {
+            md5: None,
+            ..self.clone()
+        });
+        md5.into_iter().chain(os).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected(md5: bool, os: bool) -> Expected {
+        Expected {
+            size: 3,
+            md5: md5.then(|| "m".to_string()),
+            os_hash: os.then(|| (HashAlgo::Sha512, "s".to_string())),
+        }
+    }
+
+    #[test]
+    fn hash_once_with_the_strongest_digest() {
+        let names = |e: &Expected| (e.md5.is_some(), e.os_hash.is_some());
+        // (record has md5, has os_hash, verify_md5) -> (md5 checked, os_hash checked)
+        for (md5, os, verify_md5, want) in [
+            (true, true, false, (false, true)),
+            (true, true, true, (true, true)),
+            (true, false, false, (true, false)),
+            (false, true, false, (false, true)),
+            (false, false, false, (false, false)),
+        ] {
+            let checked = expected(md5, os).to_verify(verify_md5);
+            assert_eq!(names(&checked), want, "{md5} {os} {verify_md5}");
+            assert_eq!(checked.size, 3);
+            let parts: Vec<_> = checked.parts().iter().map(names).collect();
+            let mut want_parts = Vec::new();
+            if want.0 {
+                want_parts.push((true, false));
+            }
+            if want.1 {
+                want_parts.push((false, true));
+            }
+            assert_eq!(parts, want_parts);
+        }
+    }
 }

@@ -734,3 +734,79 @@ async fn ranges_on_hits_are_served_from_the_cache() {
     .await;
     assert_eq!(got.status, 403);
 }
+
+/// A proxy process over `glance` with `cache.verify_md5 = verify_md5`, logging to `dir`.
+async fn verifying_proxy(
+    glance: &FakeGlance,
+    dir: &std::path::Path,
+    verify_md5: bool,
+) -> support::ProxyProcess {
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\nurls = [\"{}\"]\n[cache]\ndir = \"{}\"\nverify_md5 = {verify_md5}\n",
+            glance.url,
+            dir.join("cache").display()
+        ),
+    )
+    .expect("config");
+    let args = ["--config".to_string(), config.display().to_string()];
+    support::ProxyProcess::start(support::BIN, &args, dir.join("proxy.log")).await
+}
+
+/// Issue 16: a fill hashes once, with the record's os_hash. A record whose md5 is wrong but
+/// whose os_hash is right is cached under the default (Glance's Content-MD5 disagreeing with
+/// the record is logged as a warning) and refused with `cache.verify_md5 = true`; a wrong
+/// os_hash is refused either way.
+#[tokio::test]
+async fn fills_verify_the_os_hash_and_md5_only_when_asked() {
+    let data = pattern(1 << 20, 16);
+    let wrong_md5 = Faults {
+        record_md5: Some("0123456789abcdef0123456789abcdef".into()),
+        ..Default::default()
+    };
+    let wrong_os_hash = Faults {
+        record_os_hash: Some("ab".repeat(64)),
+        ..Default::default()
+    };
+    // (verify_md5, faults, cached)
+    let cases = [
+        (false, wrong_md5.clone(), true),
+        (true, wrong_md5, false),
+        (false, wrong_os_hash.clone(), false),
+        (true, wrong_os_hash, false),
+    ];
+    for (verify_md5, faults, kept) in cases {
+        let glance = FakeGlance::start().await;
+        glance.add_image("img", data.clone());
+        glance.set_faults(faults);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = verifying_proxy(&glance, dir.path(), verify_md5).await;
+        let url = format!("{}/v2/images/img/file", proxy.url);
+        let first = support::try_get(&url).await;
+        let case = format!("verify_md5 = {verify_md5}, expected cached: {kept}");
+        if kept {
+            let first = first.expect("a head");
+            assert!(first.body_error.is_none() && first.body == data, "{case}");
+            support::until(|| proxy.logged_cached("img")).await;
+            let hit = get(&url).await;
+            assert!(hit.body == data, "{case}");
+            assert_eq!(glance.downloads("img"), 1, "{case}: the second was a hit");
+            let log = proxy.log_text();
+            assert!(
+                log.contains("Content-MD5 differs from the image record's checksum"),
+                "{case}: {log}"
+            );
+        } else {
+            // Never a clean answer with bytes that failed verification, never kept.
+            assert!(
+                first.map_or(true, |got| got.body_error.is_some()),
+                "{case}: a clean answer"
+            );
+            let _ = support::try_get(&url).await;
+            assert_eq!(glance.downloads("img"), 2, "{case}: nothing was kept");
+            assert!(!proxy.logged_cached("img"), "{case}");
+        }
+    }
+}

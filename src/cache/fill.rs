@@ -159,15 +159,17 @@ impl Drop for Keep {
     }
 }
 
-/// Options for a fill's lifetime without readers.
+/// How a fill runs: what it verifies, and how long it goes on without readers.
 #[derive(Debug, Clone, Copy)]
-pub struct Lifetime {
+pub struct Rules {
     /// Keep filling when every client has left.
     pub finish_abandoned: bool,
     /// ... but for at most this long after the last one left.
     pub abandoned_timeout: Duration,
     /// A stalled upstream body fails the fill after this long.
     pub idle_timeout: Duration,
+    /// Compute and compare md5 too when the record has an os_hash (`cache.verify_md5`).
+    pub verify_md5: bool,
 }
 
 /// What the filler hands to its owner when the bytes are in and verified.
@@ -176,45 +178,35 @@ pub struct Filled {
     pub file: File,
 }
 
-/// Stream `body` into `file`, hashing on two blocking threads. Returns the file once every
-/// byte is written and the digests match `fill.expected`.
+/// Stream `body` into `file`, hashing on blocking threads (one per digest verified). Returns
+/// the file once every byte is written and the digests match `fill.expected`.
 pub async fn run<B>(
     fill: &Fill,
     progress: &watch::Sender<Progress>,
     body: B,
     temp: TempFile,
     file: File,
-    life: Lifetime,
+    life: Rules,
     fetched: &std::sync::atomic::AtomicU64,
 ) -> Result<Filled, Failure>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let expected = &fill.expected;
-    let md5_part = Expected {
-        os_hash: None,
-        ..expected.clone()
-    };
-    let os_part = Expected {
-        md5: None,
-        ..expected.clone()
-    };
-    let (md5_tx, md5_job) = hasher(md5_part.clone());
-    let (os_tx, os_job) = hasher(os_part.clone());
+    // Hash once: the strongest digest the record names (`Expected::to_verify`), each digest
+    // on a blocking thread of its own.
+    let checked = fill.expected.to_verify(life.verify_md5);
+    let parts = checked.parts();
+    let jobs: Vec<_> = parts.iter().map(|part| hasher(part.clone())).collect();
     let mut writer = Writer::spawn(file);
-    let sinks = [writer.chunks.take(), Some(md5_tx), Some(os_tx)];
+    let mut sinks: Vec<mpsc::Sender<Bytes>> = writer.chunks.take().into_iter().collect();
+    let mut hashers = Vec::new();
+    for (tx, job) in jobs {
+        sinks.push(tx);
+        hashers.push(job);
+    }
     let _ = progress.send(Progress::Running { written: 0 });
-    let failure = pump(
-        fill,
-        progress,
-        body,
-        sinks.into_iter().flatten().collect(),
-        &mut writer,
-        life,
-        fetched,
-    )
-    .await;
+    let failure = pump(fill, progress, body, sinks, &mut writer, life, fetched).await;
     let file = writer.finish(&fill.image_id).await?;
     // The writer reported its last progress before exiting; publish it.
     let _ = progress.send(Progress::Running {
@@ -223,11 +215,18 @@ where
     if let Some(f) = failure {
         return Err(f);
     }
-    for (job, part) in [(md5_job, &md5_part), (os_job, &os_part)] {
+    for (job, part) in hashers.into_iter().zip(&parts) {
         let digests = job
             .await
             .map_err(|e| Failure::Upstream(format!("hash task: {e}")))?;
         digests.verify(part).map_err(Failure::Mismatch)?;
+    }
+    // Size only (no digest named, `cache.cache_unverified`): the length still counts.
+    if parts.is_empty() && *writer.written.borrow() != fill.expected.size {
+        return Err(Failure::Mismatch(Mismatch::Length {
+            expected: fill.expected.size,
+            actual: *writer.written.borrow(),
+        }));
     }
     Ok(Filled { temp, file })
 }
@@ -294,7 +293,7 @@ async fn pump<B>(
     body: B,
     sinks: Vec<mpsc::Sender<Bytes>>,
     writer: &mut Writer,
-    life: Lifetime,
+    life: Rules,
     fetched: &std::sync::atomic::AtomicU64,
 ) -> Option<Failure>
 where
@@ -423,7 +422,7 @@ pub fn reader(
     hooks: Hooks,
 ) -> ProxyBody {
     let follower = Follower {
-        // A reader keeps its fill going (see `Lifetime`).
+        // A reader keeps its fill going (see `Rules`).
         _keep: match &source {
             Source::Filling(fill) => Some(fill.keep()),
             Source::Entry(_) => None,
@@ -667,10 +666,11 @@ mod tests {
         http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
     }
 
-    const LIFE: Lifetime = Lifetime {
+    const LIFE: Rules = Rules {
         finish_abandoned: true,
         abandoned_timeout: Duration::from_secs(60),
         idle_timeout: Duration::from_secs(5),
+        verify_md5: true,
     };
 
     /// Run a fill of `chunks` against `expected` into a temporary file; the result and the
@@ -679,7 +679,7 @@ mod tests {
         expected: Expected,
         chunks: Vec<Vec<u8>>,
         fail: bool,
-        life: Lifetime,
+        life: Rules,
         reader: bool,
     ) -> (Result<Vec<u8>, Failure>, Progress) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -739,7 +739,7 @@ mod tests {
     #[tokio::test]
     async fn a_fill_nobody_reads_is_abandoned_unless_told_to_finish() {
         let d = data(100_000);
-        let alone = Lifetime {
+        let alone = Rules {
             finish_abandoned: false,
             ..LIFE
         };

@@ -25,7 +25,7 @@ use crate::body::BoxError;
 use crate::config::CacheConfig;
 use crate::digest::Expected;
 use crate::outcome::{BypassReason, FillResult, QuarantineReason};
-use fill::{Failure, Fill, Lifetime, Progress};
+use fill::{Failure, Fill, Progress, Rules};
 use index::{Entry, Index, Reservation};
 use store::{unix_ms, EntryMeta, Fingerprint, Store, StoreError, TempFile};
 
@@ -364,6 +364,11 @@ impl Cache {
         Ok((file, direct, Fingerprint::of(&stat)))
     }
 
+    /// Whether md5 is verified too where an os_hash is (`cache.verify_md5`).
+    pub fn verify_md5(&self) -> bool {
+        self.config.verify_md5
+    }
+
     /// The cache directory.
     pub fn dir(&self) -> &std::path::Path {
         &self.config.dir
@@ -573,11 +578,12 @@ impl Cache {
         }
     }
 
-    pub fn lifetime(&self, idle_timeout: std::time::Duration) -> Lifetime {
-        Lifetime {
+    pub fn rules(&self, idle_timeout: std::time::Duration) -> Rules {
+        Rules {
             finish_abandoned: self.config.finish_abandoned_fills,
             abandoned_timeout: self.config.abandoned_fill_timeout,
             idle_timeout,
+            verify_md5: self.config.verify_md5,
         }
     }
 
@@ -664,7 +670,7 @@ impl Starter {
     }
 
     /// Glance answered 200: stream `body` into the cache in a task of its own, which outlives
-    /// the client that started it (see `Lifetime`).
+    /// the client that started it (see `Rules`).
     pub fn start<B>(mut self, body: B, idle_timeout: std::time::Duration) -> Arc<Fill>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -677,7 +683,7 @@ impl Starter {
         };
         let cache = Arc::clone(&self.cache);
         let fill = Arc::clone(&self.fill);
-        let life = cache.lifetime(idle_timeout);
+        let life = cache.rules(idle_timeout);
         tokio::spawn(async move {
             let result = fill::run(&fill, &tx, body, temp, file, life, &cache.stats.fetched).await;
             let result = match result {

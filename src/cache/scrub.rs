@@ -137,6 +137,8 @@ impl Scrubber {
         };
         let started = Instant::now();
         // The digests and the buffer go to each blocking read and come back with its result.
+        // The same digests a fill verifies (hash once: the strongest the record names).
+        let expected = &expected.to_verify(self.cache.verify_md5());
         let mut digests = Digests::for_expected(expected);
         let mut buf = vec![0u8; CHUNK + ALIGN];
         let mut offset = 0u64;

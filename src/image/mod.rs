@@ -29,7 +29,7 @@ use crate::digest::Expected;
 use crate::error::Error;
 use crate::outcome::{BypassReason, Outcome, QuarantineReason};
 use crate::sendfile::{self, Hooks};
-use crate::upstream::glance::{is_full_download, Api, ImageInfo, Small};
+use crate::upstream::glance::{is_full_download, warn_if_md5_differs, Api, ImageInfo, Small};
 use crate::upstream::{Downstream, Forwarded, Upstream};
 use range::RangeAnswer;
 
@@ -365,6 +365,7 @@ async fn start_fill(
             .await
         {
             Ok((resp, index)) if is_full_download(&resp, &expected) => {
+                warn_if_md5_differs(&image_id, &resp, &expected);
                 let request_id = resp.headers().get("x-openstack-request-id").cloned();
                 let idle = upstream.body_idle_timeout;
                 Ok(Started::Fill(

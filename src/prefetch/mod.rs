@@ -23,7 +23,7 @@ use crate::cache::fill::{Fill, Progress};
 use crate::cache::{Begin, Cache, Lookup};
 use crate::config::PrefetchConfig;
 use crate::outcome::BypassReason;
-use crate::upstream::glance::{is_full_download, Api, ImageInfo};
+use crate::upstream::glance::{is_full_download, warn_if_md5_differs, Api, ImageInfo};
 use crate::upstream::Upstream;
 use credentials::Credentials;
 use queue::Queue;
@@ -280,6 +280,7 @@ impl Prefetcher {
                             resp.status()
                         ));
                     }
+                    warn_if_md5_differs(id, &resp, &expected);
                     let fill = starter.start(resp.into_body(), self.body_idle_timeout);
                     return outcome(&fill).await;
                 }

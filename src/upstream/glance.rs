@@ -147,6 +147,26 @@ pub fn is_full_download<B>(resp: &Response<B>, expected: &Expected) -> bool {
             .is_none_or(|len| len == expected.size)
 }
 
+/// Warn when Glance's `Content-MD5` on a download differs from the record's `checksum`: the
+/// fill verifies the os_hash (unless `cache.verify_md5`), so this is how a wrong checksum in
+/// a record shows without hashing md5 (hits send the record's checksum as Content-MD5).
+pub fn warn_if_md5_differs<B>(image_id: &str, resp: &Response<B>, expected: &Expected) {
+    let sent = resp
+        .headers()
+        .get("content-md5")
+        .and_then(|v| v.to_str().ok());
+    if let (Some(sent), Some(recorded)) = (sent, expected.md5.as_deref()) {
+        if !sent.eq_ignore_ascii_case(recorded) {
+            tracing::warn!(
+                image_id,
+                content_md5 = sent,
+                checksum = recorded,
+                "Glance's Content-MD5 differs from the image record's checksum"
+            );
+        }
+    }
+}
+
 /// An upstream answer read into memory (small: records, errors, probes).
 #[derive(Clone)]
 pub struct Small {

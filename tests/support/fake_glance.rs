@@ -52,6 +52,11 @@ pub struct Faults {
     /// Records carry no checksum and no os_hash (as for images uploaded before Glance
     /// computed them).
     pub no_digests: bool,
+    /// v2 records state this `checksum` (md5) instead of the data's; downloads keep the true
+    /// `Content-MD5` (a record Glance got wrong, or a stale checksum).
+    pub record_md5: Option<String>,
+    /// v2 records state this `os_hash_value` instead of the data's.
+    pub record_os_hash: Option<String>,
     /// `GET /v2/cache` as a Glance with its cache on (200 to admins) rather than off (404
     /// "Caching via API is not supported at this site." to admins). Either way the token
     /// `member` gets 403 there, as Glance's default `cache_*` policies say.
@@ -458,9 +463,16 @@ async fn serve(
                         "id": id,
                         "status": if faults.inactive.as_deref() == Some(*id) { "deactivated" } else { "active" },
                         "size": data.len(),
-                        "checksum": (!faults.no_digests).then(|| state.digests(id, &data).0),
+                        "checksum": (!faults.no_digests).then(|| {
+                            faults.record_md5.clone().unwrap_or_else(|| state.digests(id, &data).0)
+                        }),
                         "os_hash_algo": (!faults.no_digests).then_some("sha512"),
-                        "os_hash_value": (!faults.no_digests).then(|| state.digests(id, &data).1),
+                        "os_hash_value": (!faults.no_digests).then(|| {
+                            faults
+                                .record_os_hash
+                                .clone()
+                                .unwrap_or_else(|| state.digests(id, &data).1)
+                        }),
                     }),
                 ),
                 None => status(StatusCode::NOT_FOUND, "No image found"),
