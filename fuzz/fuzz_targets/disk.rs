@@ -10,6 +10,7 @@ use glance_cache_proxy::prefetch::queue::Queue;
 use libfuzzer_sys::fuzz_target;
 
 static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let Some((&len, meta)) = data.split_first() else {
@@ -40,7 +41,13 @@ fuzz_target!(|data: &[u8]| {
         std::fs::write(dir.join("queue").join(&name), b"").expect("marker");
         let queue = Queue::open(dir).expect("queue");
         assert!(queue.ids().iter().all(|id| *id == name));
-        queue.clear();
+        let runtime = RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+        });
+        let queued = queue.ids().len();
+        assert_eq!(runtime.block_on(queue.clear()), queued);
         assert!(Queue::open(dir).expect("queue").is_empty());
     }
 });
