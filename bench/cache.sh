@@ -32,7 +32,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
 mbps() { awk -v m="$1" -v s="$2" 'BEGIN{printf "%.0f", m*1048576/s/1e6}'; }
 
 cargo build --release --locked --bin glance-cache-proxy >&2
-hashtable=$(cargo bench --locked --bench hashrate -- "$IMAGE_MIB" 2>/dev/null)
+hashtable=$(cargo bench --locked --bench hashrate -- "$IMAGE_MIB" 3 2>/dev/null) # 3 repetitions
 
 gport=$(free_port)
 glance=$(GLANCE_CACHE=0 "$LAUNCHER" start "$gport" "$gdata" | awk '{print $2}')

@@ -27,6 +27,7 @@ if [[ " ${args[*]-} " != *" --cache-dir"* && " ${args[*]-} " != *" --config"* ]]
     args+=(--cache-dir "${CACHE_DIR:-$HOME/.cache/glance-cache-proxy/cache}")
 fi
 
+"$(dirname "${BASH_SOURCE[0]}")/build-deps.sh"
 cargo build --release --locked --bin glance-cache-proxy
 
 if [[ $with_glance == 1 ]]; then

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+scripts/build-deps.sh
 echo "== cargo test"
 cargo test --all-targets --locked --features failpoints,ktls
 
