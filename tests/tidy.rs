@@ -97,6 +97,8 @@ const PURE: &[&str] = &[
     "src/upstream/rewrite.rs",
     "src/cache/verify.rs",
     "src/cache/index.rs",
+    "src/digest.rs",
+    "src/outcome.rs",
     "src/serve/range.rs",
 ];
 

@@ -96,6 +96,16 @@ struct State {
 }
 
 impl State {
+    /// Count a full (non-Range) download of `id`.
+    fn count_download(&self, id: &str) {
+        *self
+            .downloads
+            .lock()
+            .expect("downloads lock")
+            .entry(id.to_string())
+            .or_default() += 1;
+    }
+
     /// md5 and sha512 (hex) of image `id`'s bytes `data`, computed once per version.
     fn digests(&self, id: &str, data: &Bytes) -> (String, String) {
         if let Some((b, md5, sha)) = self.digests.lock().expect("digests lock").get(id) {
@@ -371,12 +381,7 @@ async fn serve(
                 )
             } else {
                 if !parts.headers.contains_key("range") {
-                    *state
-                        .downloads
-                        .lock()
-                        .expect("downloads lock")
-                        .entry(id.to_string())
-                        .or_default() += 1;
+                    state.count_download(id);
                 }
                 let md5 = state.digests(id, &data).0;
                 let resp = image_data(data.clone(), md5, &faults, &parts.headers);
@@ -443,12 +448,7 @@ async fn serve(
                     ranged(&data, range, &md5)
                 }
                 (Some(data), None, None) => {
-                    *state
-                        .downloads
-                        .lock()
-                        .expect("downloads lock")
-                        .entry(id.to_string())
-                        .or_default() += 1;
+                    state.count_download(id);
                     let md5 = state.digests(id, &data).0;
                     image_data(data, md5, &faults, &parts.headers)
                 }
