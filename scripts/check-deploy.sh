@@ -4,7 +4,9 @@
 # schema for, so it only warns there), the alert rules (promtool check rules, from Debian's
 # prometheus package) and the dashboard's JSON. Installs what it needs (apt as root; a venv
 # under ~/.cache/glance-cache-proxy/tools-venv). A metrics scrape is checked with
-# `promtool check metrics` by the end-to-end suite (tests/e2e/test_ops.py).
+# `promtool check metrics` by the end-to-end suite (tests/e2e/test_ops.py). Then the container
+# image: built offline from the debug binary with buildah and run with podman in front of a real
+# Glance (scripts/check-image.sh; it says so when buildah cannot build here).
 #
 #   scripts/check-deploy.sh
 set -euo pipefail
@@ -43,4 +45,7 @@ promtool check rules deploy/prometheus/alerts.yml
 
 echo "== grafana/*.json parse"
 for f in grafana/*.json; do python3 -m json.tool "$f" >/dev/null; done
+
+echo "== container image: scripts/build-image.sh, run with podman (scripts/check-image.sh)"
+scripts/check-image.sh target/debug/glance-cache-proxy
 echo "deploy files OK"
