@@ -18,6 +18,8 @@
 # Without buildah (and no root to install it) it says so and exits 0: the image is untested.
 #
 #   scripts/check-image.sh [BINARY]   (default target/debug/glance-cache-proxy)
+#   IMAGE=NAME scripts/check-image.sh (test an image built elsewhere, e.g. from the Containerfile:
+#                                      the same checks, nothing built; the image is kept)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
@@ -45,7 +47,7 @@ if ! buildah info >/dev/null 2>&1; then
 fi
 
 work=$(mktemp -d /tmp/gcp-check-image.XXXXXX)
-tag=localhost/glance-cache-proxy-check:$$
+tag=${IMAGE:-localhost/glance-cache-proxy-check:$$}
 name=gcp-check-$$
 ctr= rootfs_ctr= proxy_pid= gdata=$work/glance
 cleanup() {
@@ -58,14 +60,14 @@ cleanup() {
         buildah umount "$rootfs_ctr" >/dev/null 2>&1
         buildah rm "$rootfs_ctr" >/dev/null 2>&1
     fi
-    buildah rmi -f "$tag" >/dev/null 2>&1
+    [[ -n ${IMAGE:-} ]] || buildah rmi -f "$tag" >/dev/null 2>&1
     GLANCE_CACHE=0 "$LAUNCHER" stop "$gdata" >/dev/null 2>&1
     rm -rf "$work"
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-scripts/build-image.sh --binary "$BIN" "$tag"
+[[ -n ${IMAGE:-} ]] || scripts/build-image.sh --binary "$BIN" "$tag"
 # The image's settings, as the Containerfile sets them.
 config=$(podman image inspect "$tag" --format \
     '{{.Config.User}}|{{.Config.Entrypoint}}|{{.Config.Cmd}}|{{.Config.ExposedPorts}}|{{.Config.Volumes}}')
@@ -120,10 +122,15 @@ run_chroot() {
 }
 if [[ $IMAGE_RUN == podman ]] && run_podman; then :; else run_chroot; fi
 logs() { if [[ -n $ctr ]]; then podman logs "$ctr" 2>&1; else cat "$work/proxy.log"; fi; }
+running() {
+    if [[ -n $ctr ]]; then [[ $(podman inspect -f '{{.State.Running}}' "$ctr") == true ]]
+    else kill -0 "$proxy_pid" 2>/dev/null; fi
+}
 
 metrics=http://127.0.0.1:$mport proxy=http://127.0.0.1:$port
 for _ in $(seq 300); do
     [[ $(curl -s "$metrics/healthz" 2>/dev/null) == ok ]] && break
+    running || break
     sleep 0.1
 done
 [[ $(curl -s "$metrics/healthz") == ok ]] || { logs | tail -20; fail "/healthz did not answer ok"; }
