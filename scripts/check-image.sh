@@ -16,6 +16,7 @@
 # namespace): that tests the image's content (libraries, config, user, volume ownership) but
 # not the container runtime's set-up; IMAGE_RUN=chroot forces that path.
 # Without buildah (and no root to install it) it says so and exits 0: the image is untested.
+# Run as root (CI does): the chroot path and installing the tools need it.
 #
 #   scripts/check-image.sh [BINARY]   (default target/debug/glance-cache-proxy)
 #   IMAGE=NAME scripts/check-image.sh (test an image built elsewhere, e.g. from the Containerfile:
