@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Checks the operations files: the systemd unit (systemd-analyze verify), the Kubernetes
+# Checks the operations files: the systemd unit (systemd-analyze verify, and its documented
+# install run in a private mount namespace: scripts/check-systemd-install.sh), the Kubernetes
 # manifests (kubernetes-validate --strict, from PyPI; the ServiceMonitor is a CRD it has no
 # schema for, so it only warns there), the alert rules (promtool check rules, from Debian's
 # prometheus package) and the dashboard's JSON. Installs what it needs (apt as root; a venv
 # under ~/.cache/glance-cache-proxy/tools-venv). A metrics scrape is checked with
-# `promtool check metrics` by the end-to-end suite (tests/e2e/test_ops.py).
+# `promtool check metrics` by the end-to-end suite (tests/e2e/test_ops.py). Then the container
+# image: built offline from the debug binary with buildah and run with podman in front of a real
+# Glance (scripts/check-image.sh; it says so when buildah cannot build here).
 #
 #   scripts/check-deploy.sh
 set -euo pipefail
@@ -34,6 +37,8 @@ sed "s|/usr/local/bin/glance-cache-proxy|$PWD/target/debug/glance-cache-proxy|" 
 out=$(systemd-analyze verify "$unit" 2>&1) || { echo "$out"; exit 1; }
 # verify exits 0 on some warnings; none are acceptable for this unit.
 if grep -i "glance-cache-proxy.service" <<< "$out"; then exit 1; fi
+echo "== the unit's install steps, and the service started as its user (scripts/check-systemd-install.sh)"
+scripts/check-systemd-install.sh target/debug/glance-cache-proxy
 
 echo "== kubernetes-validate --strict deploy/kubernetes/*.yaml"
 "$TOOLS_VENV/bin/kubernetes-validate" --strict deploy/kubernetes/*.yaml
@@ -43,4 +48,7 @@ promtool check rules deploy/prometheus/alerts.yml
 
 echo "== grafana/*.json parse"
 for f in grafana/*.json; do python3 -m json.tool "$f" >/dev/null; done
+
+echo "== container image: scripts/build-image.sh, run with podman (scripts/check-image.sh)"
+scripts/check-image.sh target/debug/glance-cache-proxy
 echo "deploy files OK"

@@ -3,13 +3,29 @@
 # listen on 127.0.0.1:9393, upstream Glance http://127.0.0.1:9292.
 #
 #   scripts/run.sh [--with-glance] [proxy flags...]
+#   scripts/run.sh --help
 #
-# --with-glance  first start a local real Glance 33 on 127.0.0.1:9292 (installed into a venv
-#                by scripts/glance-upstream/; data in ${XDG_DATA_HOME:-~/.local/share}/
-#                glance-cache-proxy/glance), and stop it when the proxy exits.
-# Other arguments go to the proxy (e.g. --upstream URL, --config FILE). The cache goes to
-# $CACHE_DIR (default ~/.cache/glance-cache-proxy/cache) unless a --cache-dir or --config
-# flag is given. Stop with Ctrl-C or SIGTERM (the proxy drains, then Glance is stopped).
+# --with-glance  first start a local real Glance 33 on 127.0.0.1:9292 (no Keystone: any token
+#                works, e.g. "noauth"), and stop it when the proxy exits. The first run
+#                installs Glance, python-glanceclient, openstacksdk and the openstack CLI into
+#                a venv (about a minute; scripts/glance-upstream/README.md). The clients are in
+#                its bin/: export PATH="$GLANCE_VENV/bin:$PATH", then
+#                  glance --os-image-url http://127.0.0.1:9393 --os-auth-token noauth image-list
+# Other arguments go to the proxy (e.g. --upstream URL, --config FILE, --listen ADDR:PORT;
+# target/release/glance-cache-proxy --help lists them). Stop with Ctrl-C or SIGTERM (the
+# proxy drains, then Glance is stopped).
+#
+# Environment:
+#   CACHE_DIR      the proxy's cache (default ~/.cache/glance-cache-proxy/cache), unless a
+#                  --cache-dir or --config flag is given
+#   GLANCE_VENV    with --with-glance: the venv Glance and the clients are installed into
+#                  (default ~/.cache/glance-cache-proxy/glance-venv)
+#   XDG_DATA_HOME  with --with-glance: Glance's data (images, database, log) go to
+#                  $XDG_DATA_HOME/glance-cache-proxy/glance (default ~/.local/share/...); they
+#                  are kept between runs
+#   GLANCE_AUTH=keystone, GLANCE_CACHE, GLANCE_WORKERS, GLANCE_DEBUG, ...  with --with-glance:
+#                  passed to the launcher (its header in scripts/glance-upstream/glance-upstream.sh
+#                  lists them; keystone: also a real Keystone, and real tokens are needed)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
@@ -19,6 +35,7 @@ with_glance=0
 args=()
 for a in "$@"; do
     case $a in
+        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
         --with-glance) with_glance=1 ;;
         *) args+=("$a") ;;
     esac
