@@ -150,7 +150,7 @@ impl Metrics {
             authorization: counters(
                 &registry,
                 "authorization_decisions_total",
-                "Glance's answers to the proxy's authorization questions (image downloads from the cache, cache API), by decision.",
+                "Who decided that a caller may have a cached image, or use the cache API: Glance asked now (allowed, denied), Glance's yes within auth.grant_ttl (cached), or within auth.offline_grace while no upstream answers (offline).",
                 &["decision"],
             ),
             tls_hits: counters(

@@ -3,7 +3,7 @@
 //! remembered; a 404, a DELETE and an eviction drop an image's grants; with
 //! `auth.offline_grace`, while no upstream answers (refused, timed out, 503), only a caller
 //! Glance allowed the image is served a verified copy, also after a restart; after the grace,
-//! nobody.
+//! nobody. The record (`GET /v2/images/{id}`) follows the same rule while Glance is down.
 
 mod support;
 
@@ -48,6 +48,11 @@ fn asked(glance: &FakeGlance, id: &str, token: &str) -> usize {
         .filter(|s| s.path_and_query.starts_with(&format!("/v2/images/{id}")))
         .filter(|s| s.headers.get("x-auth-token").is_some_and(|t| t == token))
         .count()
+}
+
+async fn record_as(proxy: &TestProxy, token: &str) -> Got {
+    let url = format!("{}/v2/images/img", proxy.url);
+    send(&url, "GET", &[("x-auth-token", token)], Bytes::new()).await
 }
 
 async fn decisions(proxy: &TestProxy, decision: &str) -> f64 {
@@ -269,6 +274,13 @@ async fn only_the_allowed_caller_is_served(proxy: &TestProxy, a: &Bytes) {
     assert!(get_as(proxy, "bobs", ALICE).await.status.is_server_error());
     assert!(get_as(proxy, "never", ALICE).await.status.is_server_error());
     assert!(get_as(proxy, "img", "").await.status.is_server_error());
+    // The record too (clients read it before the data), to Alice only.
+    let got = record_as(proxy, ALICE).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-type"], "application/json");
+    assert_eq!(got.json()["id"], "img");
+    assert_eq!(got.json()["size"], a.len());
+    assert!(record_as(proxy, BOB).await.status.is_server_error());
 }
 
 const GRACE: &str = "[auth]\noffline_grace = \"1h\"";
@@ -281,7 +293,11 @@ async fn offline_with_glance_stopped_serves_only_allowed_callers() {
     glance.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     only_the_allowed_caller_is_served(&proxy, &a).await;
-    assert_eq!(decisions(&proxy, "offline").await, 1.0);
+    assert_eq!(
+        decisions(&proxy, "offline").await,
+        2.0,
+        "the data and the record"
+    );
 }
 
 #[tokio::test]

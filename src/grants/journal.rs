@@ -3,16 +3,22 @@
 //!
 //! A text file, rewritten whole (temp file, fsync, rename, fsync of the directory) by the
 //! saver at most once a second, so a crash leaves the old or the new file, never a torn one.
-//! First line `glance-cache-proxy grants 1`, then one grant a line:
-//! `<caller key, hex> <granted, unix ms> <size> <md5|-> <os_hash_algo|-> <os_hash_value|-> <image id>`.
-//! Only hashes of identities are written, never a token; the file is mode 0600. A line that
-//! does not parse is skipped (and counted in a warning), never trusted in part.
+//! First line `glance-cache-proxy grants 2`, then the records the grants keep, once each:
+//! `record <sha256 of the JSON, hex> <the JSON, hex>`, then one grant a line:
+//! `grant <caller key, hex> <granted, unix ms> <size> <md5|-> <os_hash_algo|-> <os_hash_value|->
+//! <record sha256|-> <image id>`. Only hashes of identities are written, never a token; the
+//! file is mode 0600. A line that does not parse is skipped (and counted in a warning), never
+//! trusted in part; a record whose bytes do not match its hash is no record.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use super::{Grant, Key};
 use crate::auth::CallerKey;
@@ -21,7 +27,7 @@ use crate::digest::{Expected, HashAlgo};
 
 /// The file's name in the cache directory.
 pub const FILE: &str = "grants";
-const HEADER: &str = "glance-cache-proxy grants 1";
+const HEADER: &str = "glance-cache-proxy grants 2";
 
 pub struct Journal {
     path: PathBuf,
@@ -45,14 +51,24 @@ impl Journal {
     ) -> io::Result<usize> {
         let mut text = String::from(HEADER);
         text.push('\n');
+        let mut lines = String::new();
+        let mut records: HashMap<String, ()> = HashMap::new();
         let mut n = 0;
         for (key, grant) in grants {
-            if let Some(line) = line(key, grant) {
-                text.push_str(&line);
-                text.push('\n');
-                n += 1;
+            let Some(line) = line(key, grant) else {
+                continue;
+            };
+            if let Some(record) = &grant.record {
+                let sha = sha_hex(record);
+                if records.insert(sha.clone(), ()).is_none() {
+                    text.push_str(&format!("record {sha} {}\n", hex::encode(&***record)));
+                }
             }
+            lines.push_str(&line);
+            lines.push('\n');
+            n += 1;
         }
+        text.push_str(&lines);
         let temp = self.path.with_extension("tmp");
         let mut file = OpenOptions::new()
             .write(true)
@@ -92,11 +108,18 @@ fn read(input: impl BufRead, path: &Path) -> io::Result<Vec<(Key, Grant)>> {
             return Ok(Vec::new());
         }
     }
-    let (mut grants, mut bad) = (Vec::new(), 0);
+    let (mut grants, mut records, mut bad) = (Vec::new(), HashMap::new(), 0);
     for text in lines {
-        match parse(&text?) {
-            Some(grant) => grants.push(grant),
-            None => bad += 1,
+        let text = text?;
+        let parsed = match text.split_once(' ') {
+            Some(("record", rest)) => parse_record(rest).map(|(sha, r)| {
+                records.insert(sha, r);
+            }),
+            Some(("grant", rest)) => parse(rest, &records).map(|g| grants.push(g)),
+            _ => None,
+        };
+        if parsed.is_none() {
+            bad += 1;
         }
     }
     if bad > 0 {
@@ -115,19 +138,32 @@ fn line(key: &Key, grant: &Grant) -> Option<String> {
         Some((algo, value)) => (algo.as_str(), value.as_str()),
         None => ("-", "-"),
     };
+    let record = grant.record.as_ref().map(|r| sha_hex(r));
     Some(format!(
-        "{} {} {} {} {} {} {}",
+        "grant {} {} {} {} {} {} {} {}",
         key.0.to_hex(),
         grant.at_ms,
         e.size,
         e.md5.as_deref().unwrap_or("-"),
         algo,
         value,
+        record.as_deref().unwrap_or("-"),
         key.1
     ))
 }
 
-fn parse(line: &str) -> Option<(Key, Grant)> {
+fn sha_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `<sha256> <hex>` of a record, checked.
+fn parse_record(rest: &str) -> Option<(String, Arc<Bytes>)> {
+    let (sha, body) = rest.split_once(' ')?;
+    let body = hex::decode(body).ok()?;
+    (sha_hex(&body) == sha).then(|| (sha.to_string(), Arc::new(Bytes::from(body))))
+}
+
+fn parse(line: &str, records: &HashMap<String, Arc<Bytes>>) -> Option<(Key, Grant)> {
     let mut f = line.split(' ');
     let caller = CallerKey::from_hex(f.next()?)?;
     let at_ms: u64 = f.next()?.parse().ok()?;
@@ -138,6 +174,10 @@ fn parse(line: &str) -> Option<(Key, Grant)> {
         (algo, Some(value)) => Some((HashAlgo::parse(algo)?, value)),
         _ => return None,
     };
+    let record = match f.next()? {
+        "-" => None,
+        sha => Some(Arc::clone(records.get(sha)?)),
+    };
     let id = f.next()?;
     if f.next().is_some() || !is_storable_id(id) {
         return None;
@@ -145,6 +185,7 @@ fn parse(line: &str) -> Option<(Key, Grant)> {
     let grant = Grant {
         at_ms,
         expected: Arc::new(Expected { size, md5, os_hash }),
+        record,
         noted_ms: at_ms,
     };
     Some(((caller, id.to_string()), grant))
@@ -180,6 +221,7 @@ mod tests {
         Grant {
             at_ms,
             expected: Arc::new(expected),
+            record: None,
             noted_ms: at_ms,
         }
     }
@@ -200,15 +242,35 @@ mod tests {
             md5: Some("ef".repeat(16)),
             os_hash: None,
         };
+        let json = Arc::new(Bytes::from_static(
+            b"{\"id\": \"img-1\", \"name\": \"a b\\n\"}",
+        ));
+        let with_record = Grant {
+            record: Some(Arc::clone(&json)),
+            ..grant(1_000, both.clone())
+        };
         let grants = vec![
-            (key("secret-token", "img-1"), grant(1_000, both)),
+            (key("secret-token", "img-1"), with_record.clone()),
+            (
+                key("someone", "img-1"),
+                Grant {
+                    at_ms: 1_500,
+                    noted_ms: 1_500,
+                    ..with_record
+                },
+            ),
             (key("other", "img-2"), grant(2_000, md5_only)),
         ];
         let n = journal
             .write(grants.iter().map(|(k, g)| (k, g)))
             .expect("write");
-        assert_eq!(n, 2);
+        assert_eq!(n, 3);
         let text = fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text.matches("\nrecord ").count(),
+            1,
+            "a shared record is written once"
+        );
         assert!(
             !text.contains("secret-token"),
             "only hashes on disk: {text}"
@@ -237,15 +299,19 @@ mod tests {
         )
         .expect("line");
         let hexkey = key("t", "img").0.to_hex();
+        let body = hex::encode(b"{}");
         let bad = [
             "garbage".to_string(),
-            format!("{hexkey} x 1 - - - img"),
-            format!("{hexkey} 5 1 - sha512 - img"),
-            format!("{hexkey} 5 1 - md4 00 img"),
-            format!("{hexkey} 5 1 ZZ - - img"),
-            format!("{hexkey} 5 1 - - - img extra"),
-            format!("{hexkey} 5 1 - - - ../etc"),
-            format!("{hexkey} 5 1 - - -"),
+            format!("{hexkey} 5 1 - - - - img"),
+            format!("grant {hexkey} x 1 - - - - img"),
+            format!("grant {hexkey} 5 1 - sha512 - - img"),
+            format!("grant {hexkey} 5 1 - md4 00 - img"),
+            format!("grant {hexkey} 5 1 ZZ - - - img"),
+            format!("grant {hexkey} 5 1 - - - - img extra"),
+            format!("grant {hexkey} 5 1 - - - - ../etc"),
+            format!("grant {hexkey} 5 1 - - - -"),
+            format!("record {} {body}", "0".repeat(64)),
+            format!("grant {hexkey} 5 1 - - - {} img", "0".repeat(64)),
         ];
         let text = format!("{HEADER}\n{}\n{good}\n", bad.join("\n"));
         fs::write(&path, text).expect("write");

@@ -11,7 +11,10 @@
 //! Only "yes" is remembered: a refusal drops the caller's grant (`refused`), a 404 to an
 //! allowed caller, a DELETE and every removal from the cache drop the image's (`forget`). A
 //! grant keeps the record Glance sent with it (size, digests): what is served within the
-//! window is checked against that record. The store is bounded in entries and bytes (moka).
+//! window is checked against that record. With a grace it also keeps the v2 record's JSON as
+//! Glance sent it to that caller (shared between grants when equal), which `GET
+//! /v2/images/{id}` answers while no upstream does: clients (nova, openstacksdk) read the
+//! record before the data. The store is bounded in bytes (moka).
 
 pub mod journal;
 
@@ -20,14 +23,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::auth::CallerKey;
 use crate::config::AuthConfig;
 use crate::digest::Expected;
 
 /// A grant is remembered at least this long (for the 404 rule), or the grace if longer.
 const RETAIN: Duration = Duration::from_secs(24 * 3600);
-/// The store's bound: about 300 bytes a grant, so some 50,000 grants.
-const MAX_BYTES: u64 = 16 << 20;
+/// The store's bound: about 300 bytes a grant without a record (some 200,000 grants), a few
+/// KiB with one (records are shared, but counted for each grant).
+const MAX_BYTES: u64 = 64 << 20;
 /// How often the saver looks for changes to write (the batch of the journal's fsyncs).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -38,6 +44,8 @@ pub struct Grant {
     pub at_ms: u64,
     /// The record Glance sent with it.
     pub expected: Arc<Expected>,
+    /// With a grace: the v2 record as Glance sent it to this caller (JSON).
+    pub record: Option<Arc<Bytes>>,
     /// `at_ms` as of the last change the journal was told about: a grant renewed within a
     /// small part of the grace is not rewritten (the journal's copy is a little older, which
     /// only shortens its grace after a restart).
@@ -69,6 +77,9 @@ struct Inner {
     journal: Option<journal::Journal>,
     /// The journal is behind the store.
     dirty: AtomicBool,
+    /// The latest record per image, so equal records are held once (dropped with the
+    /// image's grants: `forget`).
+    records: std::sync::Mutex<std::collections::HashMap<String, Arc<Bytes>>>,
 }
 
 impl Grants {
@@ -91,6 +102,7 @@ impl Grants {
                 seen,
                 journal,
                 dirty: AtomicBool::new(false),
+                records: Default::default(),
             }),
         }
     }
@@ -144,16 +156,30 @@ impl Grants {
     }
 
     /// Glance let `caller` download `id`, with this record.
-    pub fn granted(&self, caller: CallerKey, id: &str, expected: &Expected) {
-        self.granted_at(caller, id, expected, now_ms());
+    /// (`json`: the v2 record's body as Glance sent it, kept only with a grace).
+    pub fn granted(&self, caller: CallerKey, id: &str, expected: &Expected, json: Option<&Bytes>) {
+        self.granted_at(caller, id, expected, json, now_ms());
     }
 
-    fn granted_at(&self, caller: CallerKey, id: &str, expected: &Expected, now: u64) {
+    fn granted_at(
+        &self,
+        caller: CallerKey,
+        id: &str,
+        expected: &Expected,
+        json: Option<&Bytes>,
+        now: u64,
+    ) {
         let key = (caller, id.to_string());
         let before = self.inner.seen.get(&key);
         let expected = match &before {
             Some(g) if *g.expected == *expected => Arc::clone(&g.expected),
             _ => Arc::new(expected.clone()),
+        };
+        let json = json.filter(|_| !self.inner.windows.offline_grace.is_zero());
+        let record = match (json, before.as_ref().and_then(|g| g.record.as_ref())) {
+            (Some(new), Some(old)) if **old == *new => Some(Arc::clone(old)),
+            (Some(new), _) => Some(self.shared_record(id, new)),
+            (None, _) => None,
         };
         // Tell the journal when the grant is new, its record changed, or it moved on by more
         // than a hundredth of the grace (or a minute).
@@ -161,6 +187,7 @@ impl Grants {
         let noted_ms = match &before {
             Some(g)
                 if Arc::ptr_eq(&g.expected, &expected)
+                    && same(&g.record, &record)
                     && Duration::from_millis(now.saturating_sub(g.noted_ms)) < step =>
             {
                 g.noted_ms
@@ -173,9 +200,23 @@ impl Grants {
         let grant = Grant {
             at_ms: now,
             expected,
+            record,
             noted_ms,
         };
         self.inner.seen.insert(key, grant);
+    }
+
+    /// One copy of an image's record for every grant that has the same bytes.
+    fn shared_record(&self, id: &str, json: &Bytes) -> Arc<Bytes> {
+        let mut records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
+        match records.get(id) {
+            Some(r) if **r == *json => Arc::clone(r),
+            _ => {
+                let r = Arc::new(json.clone());
+                records.insert(id.to_string(), Arc::clone(&r));
+                r
+            }
+        }
     }
 
     /// Glance refused `caller` `id` (or did not let it through): no grant stands.
@@ -187,6 +228,11 @@ impl Grants {
 
     /// `id` is gone (a 404, a DELETE, a removal from the cache): drop every caller's grant.
     pub fn forget(&self, id: &str) {
+        self.inner
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let id = id.to_string();
         // Registered predicates apply at once to reads; the entries go in the background.
         if self
@@ -231,6 +277,19 @@ impl Grants {
         let grant = self.inner.seen.get(&(caller, id.to_string()))?;
         let age = grant.age(now)?;
         grant.within(window, now).then_some((grant.expected, age))
+    }
+
+    /// The v2 record remembered with `caller`'s grant for `id` within `offline_grace`, and
+    /// the grant's age (asked only when no upstream answers `GET /v2/images/{id}`).
+    pub fn offline_record(&self, caller: CallerKey, id: &str) -> Option<(Bytes, Duration)> {
+        let window = self.inner.windows.offline_grace;
+        let now = now_ms();
+        let grant = self.inner.seen.get(&(caller, id.to_string()))?;
+        let age = grant.age(now)?;
+        let record = grant.record.as_ref()?;
+        grant
+            .within(window, now)
+            .then(|| (Bytes::clone(record), age))
     }
 
     /// How many grants are held (approximate: moka counts lazily).
@@ -301,12 +360,21 @@ impl Drop for Inner {
     }
 }
 
-/// About the bytes a grant holds.
+/// About the bytes a grant holds (a shared record counted in full for each).
 fn weight(key: &Key, grant: &Grant) -> u32 {
     let e = &grant.expected;
-    let digests =
-        e.md5.as_ref().map_or(0, String::len) + e.os_hash.as_ref().map_or(0, |(_, v)| v.len());
+    let digests = e.md5.as_ref().map_or(0, String::len)
+        + e.os_hash.as_ref().map_or(0, |(_, v)| v.len())
+        + grant.record.as_ref().map_or(0, |r| r.len());
     u32::try_from(key.1.len() + digests + 160).unwrap_or(u32::MAX)
+}
+
+fn same(a: &Option<Arc<Bytes>>, b: &Option<Arc<Bytes>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 fn now_ms() -> u64 {
@@ -345,7 +413,7 @@ mod tests {
     fn fresh_only_within_the_ttl_and_for_the_same_caller() {
         let g = Grants::new(windows(30, 0));
         let (a, b) = (caller("a"), caller("b"));
-        g.granted_at(a, "img", &record(5), 1_000_000);
+        g.granted_at(a, "img", &record(5), None, 1_000_000);
         assert_eq!(g.fresh_at(a, "img", 1_000_000).map(|e| e.size), Some(5));
         assert!(g.fresh_at(a, "img", 1_029_999).is_some());
         assert!(
@@ -366,7 +434,7 @@ mod tests {
     fn a_zero_ttl_is_todays_behaviour() {
         let g = Grants::new(windows(0, 0));
         let a = caller("a");
-        g.granted_at(a, "img", &record(5), 1_000);
+        g.granted_at(a, "img", &record(5), None, 1_000);
         assert!(g.fresh_at(a, "img", 1_000).is_none());
         assert!(g.was_granted(a, "img"), "still known for the 404 rule");
     }
@@ -375,12 +443,12 @@ mod tests {
     fn offline_within_the_grace_with_its_age() {
         let g = Grants::new(windows(0, 3600));
         let a = caller("a");
-        g.granted_at(a, "img", &record(7), 10_000);
+        g.granted_at(a, "img", &record(7), None, 10_000);
         let (e, age) = g.offline_at(a, "img", 70_000).expect("within the grace");
         assert_eq!((e.size, age), (7, Duration::from_secs(60)));
         assert!(g.offline_at(a, "img", 10_000 + 3_600_000).is_none());
         // Renewed: the window runs from the last grant.
-        g.granted_at(a, "img", &record(7), 3_000_000);
+        g.granted_at(a, "img", &record(7), None, 3_000_000);
         assert!(g.offline_at(a, "img", 10_000 + 3_600_000).is_some());
     }
 
@@ -389,8 +457,8 @@ mod tests {
         let g = Grants::new(windows(60, 3600));
         let (a, b) = (caller("a"), caller("b"));
         for who in [a, b] {
-            g.granted_at(who, "img", &record(1), 1_000);
-            g.granted_at(who, "keep", &record(1), 1_000);
+            g.granted_at(who, "img", &record(1), None, 1_000);
+            g.granted_at(who, "keep", &record(1), None, 1_000);
         }
         g.refused(a, "img");
         assert!(
@@ -409,7 +477,7 @@ mod tests {
         assert!(!g.was_granted(b, "img"));
         assert!(g.fresh_at(a, "keep", 1_001).is_some(), "other images stay");
         // A grant after the forget counts again.
-        g.granted_at(b, "img", &record(1), 2_000);
+        g.granted_at(b, "img", &record(1), None, 2_000);
         assert!(g.fresh_at(b, "img", 2_001).is_some());
     }
 
@@ -417,8 +485,8 @@ mod tests {
     fn the_record_is_the_one_sent_with_the_grant() {
         let g = Grants::new(windows(60, 0));
         let a = caller("a");
-        g.granted_at(a, "img", &record(1), 1_000);
-        g.granted_at(a, "img", &record(2), 1_500);
+        g.granted_at(a, "img", &record(1), None, 1_000);
+        g.granted_at(a, "img", &record(2), None, 1_500);
         assert_eq!(g.fresh_at(a, "img", 1_600).map(|e| e.size), Some(2));
     }
 
@@ -430,6 +498,7 @@ mod tests {
             &Grant {
                 at_ms: 0,
                 expected: Arc::new(record(1)),
+                record: None,
                 noted_ms: 0,
             },
         ));
@@ -437,7 +506,7 @@ mod tests {
         for i in 0..n {
             let mut h = HeaderMap::new();
             h.insert("x-auth-token", HeaderValue::from(i));
-            g.granted_at(CallerKey::of(&h), "img", &record(1), 1_000);
+            g.granted_at(CallerKey::of(&h), "img", &record(1), None, 1_000);
         }
         let held = g.len();
         assert!(held < n, "{held} of {n} held");
@@ -448,25 +517,61 @@ mod tests {
     }
 
     #[test]
+    fn with_a_grace_the_record_json_is_kept_once_and_served_offline() {
+        let json = Bytes::from_static(b"{\"id\": \"img\"}");
+        let g = Grants::new(windows(0, 3600));
+        let (a, b) = (caller("a"), caller("b"));
+        g.granted(a, "img", &record(1), Some(&json));
+        g.granted(b, "img", &record(1), Some(&json.clone()));
+        let (ra, rb) = (
+            g.inner.seen.get(&(a, "img".into())),
+            g.inner.seen.get(&(b, "img".into())),
+        );
+        let (ra, rb) = (ra.and_then(|g| g.record), rb.and_then(|g| g.record));
+        assert!(
+            ra.as_ref()
+                .zip(rb.as_ref())
+                .is_some_and(|(x, y)| Arc::ptr_eq(x, y)),
+            "one copy"
+        );
+        assert_eq!(
+            g.offline_record(a, "img").map(|(j, _)| j),
+            Some(json.clone())
+        );
+        assert!(g.offline_record(caller("c"), "img").is_none());
+        g.forget("img");
+        assert!(g.offline_record(a, "img").is_none());
+        // Without a grace no record is kept.
+        let g = Grants::new(windows(60, 0));
+        g.granted(a, "img", &record(1), Some(&json));
+        assert!(g
+            .inner
+            .seen
+            .get(&(a, "img".into()))
+            .and_then(|g| g.record)
+            .is_none());
+    }
+
+    #[test]
     fn renewals_within_a_small_step_do_not_dirty_the_journal() {
         let g = Grants::new(windows(0, 3600));
         let a = caller("a");
-        g.granted_at(a, "img", &record(1), 1_000);
+        g.granted_at(a, "img", &record(1), None, 1_000);
         assert!(
             g.inner.dirty.swap(false, Ordering::Relaxed),
             "a new grant is news"
         );
-        g.granted_at(a, "img", &record(1), 2_000);
+        g.granted_at(a, "img", &record(1), None, 2_000);
         assert!(
             !g.inner.dirty.load(Ordering::Relaxed),
             "a renewal a second later is not"
         );
-        g.granted_at(a, "img", &record(1), 1_000 + 36_001);
+        g.granted_at(a, "img", &record(1), None, 1_000 + 36_001);
         assert!(
             g.inner.dirty.swap(false, Ordering::Relaxed),
             "a hundredth of the grace is"
         );
-        g.granted_at(a, "img", &record(2), 40_000);
+        g.granted_at(a, "img", &record(2), None, 40_000);
         assert!(g.inner.dirty.load(Ordering::Relaxed), "a changed record is");
     }
 }

@@ -21,6 +21,7 @@ pub mod range;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -137,6 +138,41 @@ pub async fn serve(
     }
 }
 
+/// `GET /v2/images/{id}`: passed through to Glance; while no upstream answers, the record
+/// remembered with this caller's offline grant for the image (clients read the record before
+/// the data), with a warning. The decision, when one was made here.
+pub async fn record(
+    ctx: &Context<'_>,
+    req: Request<Incoming>,
+    image_id: &str,
+    down: &Downstream<'_>,
+) -> Result<(Forwarded, Option<Decision>), Error> {
+    let who = CallerKey::of(&ctx.upstream.caller_headers(req.headers(), down));
+    let answer = ctx.upstream.forward(req, down).await;
+    let outage = match &answer {
+        Ok(forwarded) => unavailable(forwarded.response.status()),
+        Err(e) => matches!(e, Error::Unreachable(_) | Error::Timeout(_)),
+    };
+    let remembered = outage
+        .then(|| ctx.grants.offline_record(who, image_id))
+        .flatten();
+    let Some((json, age)) = remembered else {
+        return answer.map(|forwarded| (forwarded, None));
+    };
+    tracing::warn!(
+        image_id,
+        grant_age_s = age.as_secs(),
+        "no upstream Glance answers; serving the image record remembered with a grant within auth.offline_grace"
+    );
+    let mut resp = Response::new(crate::body::full(json));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(id) = HeaderValue::from_str(&format!("req-{}", uuid::Uuid::new_v4())) {
+        resp.headers_mut().insert("x-openstack-request-id", id);
+    }
+    Ok((Forwarded::new(resp, None), Some(Decision::Offline)))
+}
+
 // === authorize ===
 
 /// Glance's answer to "may this caller have this image, and what is it?".
@@ -153,6 +189,8 @@ struct Allowed {
     info: ImageInfo,
     expected: Expected,
     verdict: Verdict,
+    /// The v2 record's JSON as Glance sent it (kept with the grant, for the grace).
+    json: Option<Bytes>,
 }
 
 /// On whose word a cached copy may go to this caller.
@@ -195,6 +233,7 @@ async fn authorize(
                 info: ImageInfo::remembered(&expected),
                 expected,
                 verdict: Verdict::Offline(record),
+                json: None,
             })));
         }
     }
@@ -219,6 +258,7 @@ fn remembered(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Allowed
         info: ImageInfo::remembered(&expected),
         expected,
         verdict: Verdict::Cached,
+        json: None,
     })
 }
 
@@ -295,10 +335,12 @@ async fn glance_says(
     let Some(expected) = info.expected.clone() else {
         return Ok(Authorized::Bypass(BypassReason::NoSize));
     };
+    let json = (ask.api == Api::V2).then(|| record.body.clone());
     Ok(Authorized::Allowed(Box::new(Allowed {
         info,
         expected,
         verdict: Verdict::Glance(None),
+        json,
     })))
 }
 
@@ -337,7 +379,9 @@ async fn may_download(
         let index = probe.upstream;
         return Ok(Err(denied(probe.into_response(), index)));
     }
-    ctx.grants.granted(ask.who, ask.image_id, &allowed.expected);
+    let json = allowed.json.as_ref();
+    ctx.grants
+        .granted(ask.who, ask.image_id, &allowed.expected, json);
     Ok(Ok((Decision::Allowed, Some(probe))))
 }
 
@@ -384,7 +428,8 @@ async fn respond_miss(
     let expected = &allowed.expected;
     match start_fill(ctx.upstream, starter, ask, expected).await? {
         Started::Fill(fill, request_id, upstream) => {
-            ctx.grants.granted(ask.who, ask.image_id, expected);
+            let json = allowed.json.as_ref();
+            ctx.grants.granted(ask.who, ask.image_id, expected, json);
             let body = fill::reader(
                 Source::Filling(fill),
                 0..expected.size,

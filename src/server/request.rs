@@ -140,14 +140,19 @@ async fn dispatch(
                 Route::V1ImageData { .. } => Api::V1,
                 _ => Api::V2,
             };
-            let ctx = image::Context {
-                upstream,
-                cache: shared.cache.as_ref(),
-                grants: &shared.grants,
-            };
+            let ctx = image_context(shared);
             Ok(image::serve(&ctx, req, api, image_id, down, zero_copy)
                 .await?
                 .into())
+        }
+        Route::ImageRecord { image_id } => {
+            let ctx = image_context(shared);
+            let (forwarded, decision) = image::record(&ctx, req, image_id, down).await?;
+            Ok(Answered {
+                forwarded,
+                outcome: None,
+                decision,
+            })
         }
         Route::ImageDelete { image_id } | Route::V1ImageDelete { image_id } => {
             let forwarded = upstream.forward(req, down).await?;
@@ -164,6 +169,15 @@ async fn dispatch(
             Ok(manage::handle(&ctx, req, op.clone(), down).await?.into())
         }
         Route::Versions | Route::Passthrough => Ok(upstream.forward(req, down).await?.into()),
+    }
+}
+
+/// What the image path is given of the shared state.
+fn image_context(shared: &Shared) -> image::Context<'_> {
+    image::Context {
+        upstream: &shared.upstream,
+        cache: shared.cache.as_ref(),
+        grants: &shared.grants,
     }
 }
 
