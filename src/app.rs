@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use url::Url;
 
-use crate::auth::Grants;
 use crate::cache::scrub::Scrubber;
 use crate::cache::store::StoreError;
 use crate::server::tls::Tls;
@@ -24,6 +23,7 @@ pub enum StartError {
 }
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::grants::Grants;
 use crate::metrics::Metrics;
 use crate::prefetch::Prefetcher;
 use crate::server::slots::Slots;
@@ -99,12 +99,24 @@ fn shared(
             config.cache.scrub_interval,
         ))
     });
+    // Grants persist beside the cache (for `auth.offline_grace`) and follow its removals.
+    let grants = match &cache {
+        Some(cache) => {
+            let grants = crate::cache::store::startup(|| {
+                Grants::open(config.auth, &config.cache.dir, |id| cache.is_cached(id))
+            })
+            .map_err(StoreError::from)?;
+            cache.on_removed(grants.forgetter());
+            grants
+        }
+        None => Grants::new(config.auth),
+    };
     Ok(Shared {
         upstream,
         cache,
         prefetch,
         scrub,
-        grants: Grants::default(),
+        grants,
         metrics,
     })
 }

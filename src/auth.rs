@@ -1,13 +1,9 @@
-//! Who is asking: a key for the caller's identity, and the memory of which callers Glance let
-//! download which images.
+//! Who is asking: the headers that make a caller's identity (`side_headers`, the only ones
+//! of the client's that go on the proxy's own questions to Glance) and a key for it
+//! (`CallerKey`, what `grants` remembers Glance's decisions by).
 //!
-//! The proxy never decides access itself; Glance does, per request, with the caller's own
-//! headers (see `serve`). This module only remembers grants, so that a 404 on an image's
-//! record evicts its entry only when Glance says it to a caller it had let download the image
-//! (the image is gone), never when it says it to a caller who simply cannot see the image:
-//! otherwise anyone could evict anyone's cached images.
-
-use std::time::Duration;
+//! The proxy never decides access itself; Glance does, with the caller's own headers (see
+//! `image`), and `grants` remembers only its recent "yes" for the windows the operator sets.
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -87,37 +83,16 @@ impl CallerKey {
         }
         CallerKey(h.finalize().into())
     }
-}
 
-/// Which (caller, image) pairs Glance allowed to download, recently. Bounded in size and age.
-pub struct Grants {
-    seen: moka::sync::Cache<(CallerKey, String), ()>,
-}
-
-impl Grants {
-    pub fn new(capacity: u64, idle: Duration) -> Self {
-        Grants {
-            seen: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_idle(idle)
-                .build(),
-        }
+    /// Lower-case hex, as the grants journal stores it (a hash: no credential on disk).
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
     }
 
-    pub fn granted(&self, caller: CallerKey, image_id: &str) {
-        self.seen.insert((caller, image_id.to_string()), ());
-    }
-
-    /// Whether Glance let this caller download this image before.
-    pub fn was_granted(&self, caller: CallerKey, image_id: &str) -> bool {
-        self.seen.contains_key(&(caller, image_id.to_string()))
-    }
-}
-
-impl Default for Grants {
-    fn default() -> Self {
-        // About 150 bytes an entry: at most a few MiB.
-        Grants::new(20_000, Duration::from_secs(24 * 3600))
+    pub fn from_hex(text: &str) -> Option<CallerKey> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text, &mut key).ok()?;
+        Some(CallerKey(key))
     }
 }
 
@@ -171,13 +146,10 @@ mod tests {
     }
 
     #[test]
-    fn grants_are_per_caller_and_image() {
-        let g = Grants::default();
+    fn caller_keys_round_trip_as_hex() {
         let a = CallerKey::of(&headers(&[("x-auth-token", "t1")]));
-        let b = CallerKey::of(&headers(&[("x-auth-token", "t2")]));
-        g.granted(a, "img");
-        assert!(g.was_granted(a, "img"));
-        assert!(!g.was_granted(b, "img"));
-        assert!(!g.was_granted(a, "other"));
+        assert_eq!(CallerKey::from_hex(&a.to_hex()), Some(a));
+        assert_eq!(CallerKey::from_hex("zz"), None);
+        assert_eq!(CallerKey::from_hex(&"0".repeat(63)), None);
     }
 }

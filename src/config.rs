@@ -35,6 +35,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
+    pub auth: AuthConfig,
     pub prefetch: PrefetchConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -180,6 +181,18 @@ pub struct CacheConfig {
     pub scrub_interval: Duration,
 }
 
+/// How long Glance's recent decisions stand (README "Edge sites"). Both zero: Glance is
+/// asked on every request and a cached image is never served while it cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuthConfig {
+    /// A caller Glance let download an image within this long is served a cached copy
+    /// without asking again.
+    pub grant_ttl: Duration,
+    /// While no upstream answers, a caller Glance let download an image within this long is
+    /// served a cached, verified copy (grants persist in the cache directory).
+    pub offline_grace: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrefetchConfig {
     /// Images fetched at the same time.
@@ -265,6 +278,7 @@ pub struct RawConfig {
     pub server: RawServer,
     pub upstream: RawUpstream,
     pub cache: RawCache,
+    pub auth: RawAuth,
     pub prefetch: RawPrefetch,
     pub metrics: RawMetrics,
     pub log: RawLog,
@@ -370,6 +384,22 @@ impl Default for RawCache {
             abandoned_fill_timeout: "10m".into(),
             scrub_rate: RawSize::Text("32MiB".into()),
             scrub_interval: "24h".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub grant_ttl: String,
+    pub offline_grace: String,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            grant_ttl: "0s".into(),
+            offline_grace: "0s".into(),
         }
     }
 }
@@ -540,6 +570,10 @@ impl Config {
                 scrub_rate: RawSize::Bytes(self.cache.scrub_rate),
                 scrub_interval: fmt_duration(self.cache.scrub_interval),
             },
+            auth: RawAuth {
+                grant_ttl: fmt_duration(self.auth.grant_ttl),
+                offline_grace: fmt_duration(self.auth.offline_grace),
+            },
             prefetch: {
                 let p = &self.prefetch;
                 let mut raw = RawPrefetch {
@@ -637,6 +671,7 @@ impl RawConfig {
             server: self.server.validate(&bad)?,
             upstream: self.upstream.validate(&bad)?,
             cache: self.cache.validate(&bad)?,
+            auth: self.auth.validate(&bad)?,
             prefetch: self.prefetch.validate(&bad)?,
             metrics: self.metrics.validate(&bad)?,
             log: self.log.validate(&bad)?,
@@ -727,6 +762,28 @@ impl RawUpstream {
                 ("upstream.client_key_file", &self.client_key_file),
             )
             .map_err(|(key, m)| bad(key, m))?,
+        })
+    }
+}
+
+/// Longest `auth.grant_ttl`: a day (a decision older than that is no decision).
+const MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest `auth.offline_grace`: thirty days.
+const MAX_OFFLINE_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl RawAuth {
+    fn validate(self, bad: Bad) -> Result<AuthConfig, ConfigError> {
+        let grant_ttl = duration(bad, "auth.grant_ttl", &self.grant_ttl)?;
+        if grant_ttl > MAX_GRANT_TTL {
+            return Err(bad("auth.grant_ttl", "must be at most 24h".into()));
+        }
+        let offline_grace = duration(bad, "auth.offline_grace", &self.offline_grace)?;
+        if offline_grace > MAX_OFFLINE_GRACE {
+            return Err(bad("auth.offline_grace", "must be at most 30d".into()));
+        }
+        Ok(AuthConfig {
+            grant_ttl,
+            offline_grace,
         })
     }
 }

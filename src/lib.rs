@@ -9,13 +9,15 @@
 //! - `manage`: Glance's cache API (`/v2/cache`, legacy routes) for the proxy's own cache.
 //! - `state`: the shared state handlers draw their narrow contexts from.
 //! - `prefetch`: the persistent queue and the worker that fills the cache from it.
+//! - `grants`: Glance's recent decisions (who may download what), bounded, for the windows
+//!   `auth.grant_ttl` and `auth.offline_grace`, persisted for the grace.
 //! - `cache`: the image cache: index, store, fills, verification, scrubber.
 //! - `upstream`: the only outbound HTTP: pool, failover, timeouts, header rules, link rewriting.
 //! - `error`: the proxy's own errors and the one table that turns them into responses.
 //! - `metrics`: Prometheus names, counters and histograms, and the scrape-time snapshot.
 //! - `body`: the response body types and the idle-timeout wrapper.
 //! - `sendfile`: zero-copy hits: the file-span chunks, their guard, the socket wrapper.
-//! - leaves: `auth` (caller keys, download grants), `clock` (the wall clock), `config` (TOML ->
+//! - leaves: `auth` (caller identity headers and keys), `clock` (the wall clock), `config` (TOML ->
 //!   validated `Config`), `digest` (what a record promises), `outcome` (enums of what
 //!   happened), `route` (pure classification), `sys` (the only unsafe), `tls` (PEM, roots,
 //!   reloadable identities).
@@ -28,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod grants;
 pub mod image;
 pub mod manage;
 pub mod metrics;

@@ -31,6 +31,8 @@ pub struct Finished {
     pub status: u16,
     /// Image data: how it was answered.
     pub outcome: Option<Outcome>,
+    /// Image data: on whose word a cached image went out or was refused.
+    pub decision: Option<Decision>,
     pub bytes: u64,
     /// Seconds from the request head to the response head.
     pub ttfb: f64,
@@ -148,7 +150,7 @@ impl Metrics {
             authorization: counters(
                 &registry,
                 "authorization_decisions_total",
-                "Glance's answers to the proxy's authorization questions (image downloads from the cache, cache API), by decision.",
+                "Who decided that a caller may have a cached image, or use the cache API: Glance asked now (allowed, denied), Glance's yes within auth.grant_ttl (cached), or within auth.offline_grace while no upstream answers (offline).",
                 &["decision"],
             ),
             tls_hits: counters(
@@ -222,8 +224,8 @@ impl Metrics {
                 self.tls_hits.with_label_values(&[tls.as_str()]).inc();
             }
         }
-        let decision = match (f.outcome, f.cache_api, f.status) {
-            (Some(outcome), _, _) => outcome.decision(),
+        let decision = match (f.decision, f.cache_api, f.status) {
+            (Some(decision), _, _) => Some(decision),
             (None, true, 401 | 403) => Some(Decision::Denied),
             (None, true, 200..=299) => Some(Decision::Allowed),
             _ => None,
@@ -496,6 +498,7 @@ mod tests {
             cache_api: false,
             status: 200,
             outcome: Some(Outcome::Hit),
+            decision: Some(Decision::Allowed),
             bytes: 10,
             ttfb: 0.002,
             tls: None,
@@ -505,6 +508,7 @@ mod tests {
             cache_api: false,
             status: 200,
             outcome: Some(Outcome::Hit),
+            decision: Some(Decision::Allowed),
             bytes: 5,
             ttfb: 0.002,
             tls: Some(TlsPath::Userspace),

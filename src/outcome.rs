@@ -71,15 +71,6 @@ impl Outcome {
     pub fn from_cache(self) -> bool {
         self == Outcome::Hit
     }
-
-    /// Glance allowed the caller a cached image (hit or join) or refused it.
-    pub fn decision(self) -> Option<Decision> {
-        match self {
-            Outcome::Hit | Outcome::Coalesced => Some(Decision::Allowed),
-            Outcome::Denied => Some(Decision::Denied),
-            Outcome::Miss | Outcome::Bypass(_) => None,
-        }
-    }
 }
 
 labels! {
@@ -218,10 +209,16 @@ impl From<MismatchKind> for QuarantineReason {
 }
 
 labels! {
-    /// Glance's answer to an authorization question (`authorization_decisions_total`).
+    /// Who decided that a caller may have a cached image (`authorization_decisions_total`).
     pub enum Decision {
+        /// Glance, asked now.
         Allowed => "allowed",
+        /// Glance, asked now: refused.
         Denied => "denied",
+        /// Glance's "yes" to this caller within `auth.grant_ttl`; not asked.
+        Cached => "cached",
+        /// No upstream answered; Glance's "yes" within `auth.offline_grace`.
+        Offline => "offline",
     }
 }
 

@@ -18,6 +18,9 @@ pub enum Route {
     ImageData { image_id: String },
     /// `DELETE /v2/images/{id}`.
     ImageDelete { image_id: String },
+    /// `GET /v2/images/{id}`: the record, passed through (while no upstream answers, the one
+    /// remembered with the caller's offline grant).
+    ImageRecord { image_id: String },
     /// Legacy v1 `GET /v1/images/{id}`: image data, with the record in `x-image-meta-*`.
     V1ImageData { image_id: String },
     /// Legacy v1 `DELETE /v1/images/{id}`.
@@ -36,6 +39,7 @@ impl Route {
             Route::Versions => "versions",
             Route::ImageData { .. } => "image_data",
             Route::ImageDelete { .. } => "image_delete",
+            Route::ImageRecord { .. } => "image_record",
             Route::V1ImageData { .. } => "v1_image_data",
             Route::V1ImageDelete { .. } => "v1_image_delete",
             Route::Cache(_) => "cache_api",
@@ -214,6 +218,9 @@ pub fn classify(method: &Method, path: &str, accept: Option<&str>) -> Route {
         (&Method::DELETE, ["", "v2", "images", id]) if is_image_id(id) => Route::ImageDelete {
             image_id: id.to_string(),
         },
+        (&Method::GET, ["", "v2", "images", id]) if is_image_id(id) => Route::ImageRecord {
+            image_id: id.to_string(),
+        },
         _ => Route::Passthrough,
     }
 }
@@ -346,7 +353,18 @@ mod tests {
                 image_id: id.into(),
             },
         );
-        check(Method::GET, &format!("/v2/images/{id}"), Route::Passthrough);
+        check(
+            Method::GET,
+            &format!("/v2/images/{id}"),
+            Route::ImageRecord {
+                image_id: id.into(),
+            },
+        );
+        check(
+            Method::PATCH,
+            &format!("/v2/images/{id}"),
+            Route::Passthrough,
+        );
         check(Method::GET, "/v2/images", Route::Passthrough);
         check(
             Method::GET,

@@ -6,9 +6,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crate::auth::Grants;
 use crate::cache::scrub::Scrubber;
 use crate::cache::Cache;
+use crate::grants::Grants;
 use crate::metrics::{Metrics, Snapshot};
 use crate::prefetch::Prefetcher;
 use crate::upstream::Upstream;
@@ -22,7 +22,8 @@ pub struct Shared {
     pub prefetch: Option<Arc<Prefetcher>>,
     /// The bit-rot scrubber; with the cache.
     pub scrub: Option<Arc<Scrubber>>,
-    /// Which callers Glance let download which images (decides evictions on 404).
+    /// Glance's recent decisions: which callers it let download which images (the 404 rule,
+    /// `auth.grant_ttl`, `auth.offline_grace`).
     pub grants: Grants,
     pub metrics: Arc<Metrics>,
 }

@@ -135,7 +135,7 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     &["server"],
     &["image", "manage", "state"],
-    &["prefetch"],
+    &["prefetch", "grants"],
     &["cache", "upstream"],
     &["error", "metrics"],
     &["body"],

@@ -133,11 +133,15 @@ struct State {
     fills: HashMap<String, Arc<Fill>>,
 }
 
+/// Told the id of every entry or fill the cache lets go of (`Cache::on_removed`).
+pub type OnRemoved = Box<dyn Fn(&str) + Send + Sync>;
+
 pub struct Cache {
     store: Store,
     state: Mutex<State>,
     config: CacheConfig,
     pub stats: Stats,
+    removed: std::sync::OnceLock<OnRemoved>,
 }
 
 impl Cache {
@@ -202,7 +206,22 @@ impl Cache {
             state: Mutex::new(state),
             config: config.clone(),
             stats: Stats::default(),
+            removed: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Call `f` with the id of every entry or fill removed from now on (a DELETE, an
+    /// eviction, a quarantine, a clear): the image path's remembered grants follow the cache.
+    /// Set once; a second call is ignored.
+    pub fn on_removed(&self, f: OnRemoved) {
+        let _ = self.removed.set(f);
+    }
+
+    /// Tell the listener that `id` is gone.
+    fn gone(&self, id: &str) {
+        if let Some(f) = self.removed.get() {
+            f(id);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -307,6 +326,7 @@ impl Cache {
                 _ => return, // already gone or replaced by a new fill
             }
         };
+        self.gone(id);
         let report = serde_json::json!({
             "image_id": id,
             "reason": reason.as_str(),
@@ -453,6 +473,7 @@ impl Cache {
             st.index.remove(id).is_some()
         };
         if had {
+            self.gone(id);
             if let Err(e) = self.store.remove(id) {
                 tracing::warn!(image_id = %id, error = %e, "cannot delete a cache entry");
             }
@@ -523,6 +544,7 @@ impl Cache {
         };
         for v in victims {
             tracing::info!(image_id = %v, "evicted to make room");
+            self.gone(&v);
             if let Err(e) = self.store.remove(&v) {
                 tracing::warn!(image_id = %v, error = %e, "cannot delete an evicted entry");
             }
@@ -549,6 +571,7 @@ impl Cache {
             st.entries.remove(id);
             st.index.remove(id).is_some()
         };
+        self.gone(id);
         if had {
             if let Err(e) = self.store.remove(id) {
                 tracing::warn!(image_id = %id, error = %e, "cannot delete a cache entry");

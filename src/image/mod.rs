@@ -3,31 +3,38 @@
 //!
 //! 1. **authorize** (`authorize`): Glance's image record, asked with the caller's own
 //!    headers; when the image is probably cached, the download probe (`Range: bytes=0-0`) is
-//!    asked at the same time. A refusal goes back as Glance sent it.
+//!    asked at the same time. A refusal goes back as Glance sent it. Within `auth.grant_ttl`
+//!    of Glance's last "yes" to this caller for a cached image, nothing is asked
+//!    (`Verdict::Cached`); when no upstream answers, a "yes" within `auth.offline_grace`
+//!    stands for a verified entry (`Verdict::Offline`). See `grants`.
 //! 2. **plan** (`plan`): from the record and the cache, `Plan::Hit`, `Join` (a fill in
 //!    progress), `Fill` (this request starts one) or `Bypass` (pass through, with a reason).
 //! 3. **respond** (`respond`): a hit or a join is served only after Glance answered the probe
-//!    with a 2xx for this caller; a fill's own download is its authorization. Ranges become
+//!    with a 2xx for this caller (or a grant stands, above); a fill's own download is its
+//!    authorization. Ranges become
 //!    206/416; hits on a zero-copy connection go out with sendfile.
 //!
-//! A cached image is never served to a caller Glance would refuse.
+//! A cached image is never served to a caller Glance would refuse, outside the windows the
+//! operator set.
 
 pub mod range;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::auth::{CallerKey, Grants};
+use crate::auth::CallerKey;
 use crate::body::{BoxError, ProxyBody};
 use crate::cache::fill::{self, Fallback, Fill, Progress, Source};
 use crate::cache::{Begin, Cache, Hit, Lookup, Starter};
 use crate::digest::Expected;
 use crate::error::Error;
-use crate::outcome::{BypassReason, Outcome, QuarantineReason};
+use crate::grants::Grants;
+use crate::outcome::{BypassReason, Decision, Outcome, QuarantineReason};
 use crate::sendfile::{self, Hooks};
 use crate::upstream::glance::{is_full_download, warn_if_md5_differs, Api, ImageInfo, Small};
 use crate::upstream::{Downstream, Forwarded, Upstream};
@@ -41,10 +48,12 @@ pub struct Context<'a> {
     pub grants: &'a Grants,
 }
 
-/// An image-data response, which upstream (if any) answered for it, and how it was served.
+/// An image-data response, which upstream (if any) answered for it, how it was served and, for
+/// a cached image, on whose word (`authorization_decisions_total`).
 pub struct Served {
     pub forwarded: Forwarded,
     pub outcome: Outcome,
+    pub decision: Option<Decision>,
 }
 
 /// What one image-data request asks, read from the client's request.
@@ -53,6 +62,8 @@ struct Ask<'a> {
     image_id: &'a str,
     /// The caller's headers as they go to Glance (identity, `X-Forwarded-*`).
     caller: HeaderMap,
+    /// Their identity's key (what grants are remembered by).
+    who: CallerKey,
     /// The `Range` header, when the request has one.
     range: Option<String>,
     /// `?prefer=` and friends: on a miss with the download, on a hit with the probe (so a
@@ -75,10 +86,12 @@ pub async fn serve(
         return bypass(ctx, req, down, BypassReason::Disabled).await;
     };
     let headers = req.headers();
+    let caller = ctx.upstream.caller_headers(headers, down);
     let ask = Ask {
         api,
         image_id,
-        caller: ctx.upstream.caller_headers(headers, down),
+        who: CallerKey::of(&caller),
+        caller,
         range: headers
             .get(RANGE)
             .map(|v| v.to_str().map(str::to_string).unwrap_or_default()),
@@ -98,7 +111,18 @@ pub async fn serve(
         Authorized::Refused(resp, upstream) => return Ok(denied(resp, upstream)),
         Authorized::Bypass(reason) => return bypass(ctx, req, down, reason).await,
     };
-    match plan(cache, &ask, &allowed.expected).await {
+    let plan = plan(cache, &ask, &allowed.expected).await;
+    if !matches!(plan, Plan::Hit(_)) {
+        if let Verdict::Offline(unanswered) = allowed.verdict {
+            // Offline, only a verified entry is served; otherwise Glance's failure stands.
+            return match glance_says(ctx, cache, &ask, unanswered).await? {
+                Authorized::Refused(resp, upstream) => Ok(denied(resp, upstream)),
+                Authorized::Bypass(reason) => bypass(ctx, req, down, reason).await,
+                Authorized::Allowed(_) => Err(Error::Unreachable("no upstream answered".into())),
+            };
+        }
+    }
+    match plan {
         Plan::Bypass(reason) => bypass(ctx, req, down, reason).await,
         Plan::Fill(starter) => respond_miss(ctx, cache, &ask, allowed, starter).await,
         Plan::Hit(hit) => respond_cached(ctx, cache, &ask, allowed, Source::Entry(hit)).await,
@@ -114,6 +138,41 @@ pub async fn serve(
     }
 }
 
+/// `GET /v2/images/{id}`: passed through to Glance; while no upstream answers, the record
+/// remembered with this caller's offline grant for the image (clients read the record before
+/// the data), with a warning. The decision, when one was made here.
+pub async fn record(
+    ctx: &Context<'_>,
+    req: Request<Incoming>,
+    image_id: &str,
+    down: &Downstream<'_>,
+) -> Result<(Forwarded, Option<Decision>), Error> {
+    let who = CallerKey::of(&ctx.upstream.caller_headers(req.headers(), down));
+    let answer = ctx.upstream.forward(req, down).await;
+    let outage = match &answer {
+        Ok(forwarded) => unavailable(forwarded.response.status()),
+        Err(e) => matches!(e, Error::Unreachable(_) | Error::Timeout(_)),
+    };
+    let remembered = outage
+        .then(|| ctx.grants.offline_record(who, image_id))
+        .flatten();
+    let Some((json, age)) = remembered else {
+        return answer.map(|forwarded| (forwarded, None));
+    };
+    tracing::warn!(
+        image_id,
+        grant_age_s = age.as_secs(),
+        "no upstream Glance answers; serving the image record remembered with a grant within auth.offline_grace"
+    );
+    let mut resp = Response::new(crate::body::full(json));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(id) = HeaderValue::from_str(&format!("req-{}", uuid::Uuid::new_v4())) {
+        resp.headers_mut().insert("x-openstack-request-id", id);
+    }
+    Ok((Forwarded::new(resp, None), Some(Decision::Offline)))
+}
+
 // === authorize ===
 
 /// Glance's answer to "may this caller have this image, and what is it?".
@@ -125,12 +184,25 @@ enum Authorized {
     Bypass(BypassReason),
 }
 
-/// An image record Glance gave this caller.
+/// An image record Glance gave this caller (or that a standing grant kept).
 struct Allowed {
     info: ImageInfo,
     expected: Expected,
-    /// The download probe, when it was asked with the record (the image was cached).
-    probe: Option<Result<Small, Error>>,
+    verdict: Verdict,
+    /// The v2 record's JSON as Glance sent it (kept with the grant, for the grace).
+    json: Option<Bytes>,
+}
+
+/// On whose word a cached copy may go to this caller.
+enum Verdict {
+    /// Glance's: the download probe, when it was asked with the record (the image was
+    /// cached); else it is asked before a hit or a join is served.
+    Glance(Option<Result<Small, Error>>),
+    /// Glance allowed this caller this image within `auth.grant_ttl`: nothing was asked.
+    Cached,
+    /// No upstream answered (kept: what goes back unless a verified entry is served); Glance
+    /// allowed this caller this image within `auth.offline_grace`.
+    Offline(Result<Small, Error>),
 }
 
 async fn authorize(
@@ -138,6 +210,9 @@ async fn authorize(
     cache: &Arc<Cache>,
     ask: &Ask<'_>,
 ) -> Result<Authorized, Error> {
+    if let Some(allowed) = remembered(ctx, cache, ask) {
+        return Ok(Authorized::Allowed(Box::new(allowed)));
+    }
     let upstream = ctx.upstream;
     // When the image is probably a hit, ask Glance both questions at once.
     let (record, probe) = if cache.holds(ask.image_id) {
@@ -145,22 +220,99 @@ async fn authorize(
             upstream.image_record(ask.api, &ask.caller, ask.image_id),
             upstream.download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
         );
-        (record?, Some(probe))
+        (record, Some(probe))
     } else {
-        (
-            upstream
-                .image_record(ask.api, &ask.caller, ask.image_id)
-                .await?,
-            None,
-        )
+        let record = upstream
+            .image_record(ask.api, &ask.caller, ask.image_id)
+            .await;
+        (record, None)
     };
+    if is_outage(&record) && cache.is_cached(ask.image_id) {
+        if let Some(expected) = offline_grant(ctx, ask) {
+            return Ok(Authorized::Allowed(Box::new(Allowed {
+                info: ImageInfo::remembered(&expected),
+                expected,
+                verdict: Verdict::Offline(record),
+                json: None,
+            })));
+        }
+    }
+    match glance_says(ctx, cache, ask, record).await? {
+        Authorized::Allowed(mut allowed) => {
+            allowed.verdict = Verdict::Glance(probe);
+            Ok(Authorized::Allowed(allowed))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Within `auth.grant_ttl` of Glance's last "yes" to this caller for an image the cache
+/// holds: allowed, with the record of that "yes", and Glance is not asked. v2 without a query
+/// only (v1 answers carry the record's headers; a query may change Glance's answer).
+fn remembered(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Allowed> {
+    if ask.api != Api::V2 || ask.query.is_some() || !cache.holds(ask.image_id) {
+        return None;
+    }
+    let expected = Expected::clone(&*ctx.grants.fresh(ask.who, ask.image_id)?);
+    Some(Allowed {
+        info: ImageInfo::remembered(&expected),
+        expected,
+        verdict: Verdict::Cached,
+        json: None,
+    })
+}
+
+/// No upstream answered: refused or timed-out connections, or 502/503/504 from every one.
+fn is_outage(answer: &Result<Small, Error>) -> bool {
+    match answer {
+        Ok(small) => unavailable(small.status),
+        Err(e) => matches!(e, Error::Unreachable(_) | Error::Timeout(_)),
+    }
+}
+
+/// The statuses of an upstream that cannot answer (not a decision about the caller).
+fn unavailable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// The record of this caller's grant for the image within `auth.offline_grace`, with a
+/// warning (each such hit is logged); v2 only.
+fn offline_grant(ctx: &Context<'_>, ask: &Ask<'_>) -> Option<Expected> {
+    if ask.api != Api::V2 {
+        return None;
+    }
+    let (expected, age) = ctx.grants.offline(ask.who, ask.image_id)?;
+    tracing::warn!(
+        image_id = ask.image_id,
+        grant_age_s = age.as_secs(),
+        "no upstream Glance answers; serving a cached image on a grant within auth.offline_grace"
+    );
+    Some(Expected::clone(&expected))
+}
+
+/// Glance's answer to the record: allowed (the record), refused (its answer goes back), or
+/// not from the cache. Refusals drop the caller's grant; a 404 to a caller Glance had let
+/// download the image means it is gone (evicted, every grant dropped), while a 404 to anyone
+/// else may only mean they cannot see it, and must not evict.
+async fn glance_says(
+    ctx: &Context<'_>,
+    cache: &Arc<Cache>,
+    ask: &Ask<'_>,
+    record: Result<Small, Error>,
+) -> Result<Authorized, Error> {
+    let record = record?;
     if record.status != StatusCode::OK {
-        // A 404 to a caller Glance had let download the image means it is gone; a 404 to
-        // anyone else may only mean they cannot see it, and must not evict.
-        let who = CallerKey::of(&ask.caller);
-        if record.status == StatusCode::NOT_FOUND && ctx.grants.was_granted(who, ask.image_id) {
+        let gone =
+            record.status == StatusCode::NOT_FOUND && ctx.grants.was_granted(ask.who, ask.image_id);
+        if gone {
+            // The removal drops every caller's grant too (`Cache::on_removed`).
             tracing::info!(image_id = ask.image_id, "image gone from Glance; evicting");
             cache.remove(ask.image_id).await;
+        } else if !unavailable(record.status) {
+            ctx.grants.refused(ask.who, ask.image_id);
         }
         return Ok(match ask.api {
             Api::V2 => {
@@ -173,39 +325,64 @@ async fn authorize(
     }
     let info = match ImageInfo::parse(ask.api, &record) {
         Some(info) if info.status == "active" => info,
-        Some(_) => return Ok(Authorized::Bypass(BypassReason::NotActive)),
+        Some(_) => {
+            // Deactivated (or not yet active): Glance answers the download; no grant stands.
+            ctx.grants.refused(ask.who, ask.image_id);
+            return Ok(Authorized::Bypass(BypassReason::NotActive));
+        }
         None => return Ok(Authorized::Bypass(BypassReason::BadRecord)),
     };
     let Some(expected) = info.expected.clone() else {
         return Ok(Authorized::Bypass(BypassReason::NoSize));
     };
+    let json = (ask.api == Api::V2).then(|| record.body.clone());
     Ok(Authorized::Allowed(Box::new(Allowed {
         info,
         expected,
-        probe,
+        verdict: Verdict::Glance(None),
+        json,
     })))
 }
 
-/// Glance's answer to the download probe for a hit or a join: `Ok` with the probe when the
-/// caller may download the image, else Glance's refusal as it goes back.
+/// Whether this caller may have the cached copy now, and on whose word: Glance's download
+/// probe (a 2xx; its answer is kept for the response's request id), or a grant that stands.
+/// A refusal comes back as `Err`, Glance's answer unchanged. When the probe finds no upstream
+/// and the copy is a verified entry, an offline grant stands in for it.
 async fn may_download(
-    upstream: &Upstream,
+    ctx: &Context<'_>,
     ask: &Ask<'_>,
-    early: Option<Result<Small, Error>>,
-) -> Result<Result<Small, Served>, Error> {
+    allowed: &mut Allowed,
+    source: &Source,
+) -> Result<Result<(Decision, Option<Small>), Served>, Error> {
+    let early = match std::mem::replace(&mut allowed.verdict, Verdict::Cached) {
+        Verdict::Cached => return Ok(Ok((Decision::Cached, None))),
+        Verdict::Offline(_) => return Ok(Ok((Decision::Offline, None))),
+        Verdict::Glance(early) => early,
+    };
     let probe = match early {
-        Some(probe) => probe?,
+        Some(probe) => probe,
         None => {
-            upstream
+            ctx.upstream
                 .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
-                .await?
+                .await
         }
     };
+    if is_outage(&probe) && matches!(source, Source::Entry(_)) && offline_grant(ctx, ask).is_some()
+    {
+        return Ok(Ok((Decision::Offline, None)));
+    }
+    let probe = probe?;
     if !probe.status.is_success() || probe.status == StatusCode::NO_CONTENT {
+        if !unavailable(probe.status) {
+            ctx.grants.refused(ask.who, ask.image_id);
+        }
         let index = probe.upstream;
         return Ok(Err(denied(probe.into_response(), index)));
     }
-    Ok(Ok(probe))
+    let json = allowed.json.as_ref();
+    ctx.grants
+        .granted(ask.who, ask.image_id, &allowed.expected, json);
+    Ok(Ok((Decision::Allowed, Some(probe))))
 }
 
 // === plan ===
@@ -251,7 +428,8 @@ async fn respond_miss(
     let expected = &allowed.expected;
     match start_fill(ctx.upstream, starter, ask, expected).await? {
         Started::Fill(fill, request_id, upstream) => {
-            ctx.grants.granted(CallerKey::of(&ask.caller), ask.image_id);
+            let json = allowed.json.as_ref();
+            ctx.grants.granted(ask.who, ask.image_id, expected, json);
             let body = fill::reader(
                 Source::Filling(fill),
                 0..expected.size,
@@ -262,12 +440,20 @@ async fn respond_miss(
             Ok(Served {
                 forwarded: Forwarded::new(response, upstream),
                 outcome: Outcome::Miss,
+                decision: None,
             })
         }
-        Started::Refused(resp, upstream) => Ok(Served {
-            forwarded: Forwarded::new(ctx.upstream.relay(resp), upstream),
-            outcome: Outcome::Bypass(BypassReason::UpstreamAnswer),
-        }),
+        Started::Refused(resp, upstream) => {
+            // Glance refused the download itself: no grant stands.
+            if !unavailable(resp.status()) {
+                ctx.grants.refused(ask.who, ask.image_id);
+            }
+            Ok(Served {
+                forwarded: Forwarded::new(ctx.upstream.relay(resp), upstream),
+                outcome: Outcome::Bypass(BypassReason::UpstreamAnswer),
+                decision: None,
+            })
+        }
     }
 }
 
@@ -279,13 +465,16 @@ async fn respond_cached(
     mut allowed: Allowed,
     source: Source,
 ) -> Result<Served, Error> {
-    let probe = match may_download(ctx.upstream, ask, allowed.probe.take()).await? {
-        Ok(probe) => probe,
+    let (decision, probe) = match may_download(ctx, ask, &mut allowed, &source).await? {
+        Ok(judged) => judged,
         Err(refused) => return Ok(refused),
     };
-    ctx.grants.granted(CallerKey::of(&ask.caller), ask.image_id);
-    let upstream = Some(probe.upstream);
-    let request_id = probe.request_id().cloned();
+    // Glance's request id when it was asked; one of the proxy's own when a grant stood.
+    let upstream = probe.as_ref().map(|p| p.upstream);
+    let request_id = match probe.as_ref().and_then(Small::request_id) {
+        Some(id) => Some(id.clone()),
+        None => HeaderValue::from_str(&format!("req-{}", uuid::Uuid::new_v4())).ok(),
+    };
     let outcome = match &source {
         Source::Entry(_) => Outcome::Hit,
         Source::Filling(_) => Outcome::Coalesced,
@@ -303,6 +492,7 @@ async fn respond_cached(
             return Ok(Served {
                 forwarded: Forwarded::new(resp, upstream),
                 outcome,
+                decision: Some(decision),
             });
         }
     };
@@ -335,6 +525,7 @@ async fn respond_cached(
     Ok(Served {
         forwarded: Forwarded::new(response, upstream),
         outcome,
+        decision: Some(decision),
     })
 }
 
@@ -480,6 +671,7 @@ fn denied(response: Response<ProxyBody>, upstream: usize) -> Served {
     Served {
         forwarded: Forwarded::new(response, Some(upstream)),
         outcome: Outcome::Denied,
+        decision: Some(Decision::Denied),
     }
 }
 
@@ -493,5 +685,6 @@ async fn bypass(
     Ok(Served {
         forwarded,
         outcome: Outcome::Bypass(reason),
+        decision: None,
     })
 }

@@ -17,7 +17,7 @@ use url::Url;
 use super::kernel_tls::Transport;
 use super::Server;
 use crate::body::{BoxError, Chunk, ProxyBody};
-use crate::outcome::{Outcome, TlsPath};
+use crate::outcome::{Decision, Outcome, TlsPath};
 use crate::route::{self, Route};
 use crate::sendfile;
 use crate::state::Shared;
@@ -64,8 +64,10 @@ pub async fn handle(
     };
     let result = dispatch(&server.shared, req, &route, &down, zero_copy.as_ref()).await;
     let response = match result {
-        Ok((forwarded, outcome)) => {
-            record.outcome = outcome;
+        Ok(answered) => {
+            record.outcome = answered.outcome;
+            record.decision = answered.decision;
+            let forwarded = answered.forwarded;
             record.upstream = server.shared.upstream.label(forwarded.upstream).to_string();
             forwarded.response
         }
@@ -87,6 +89,33 @@ pub async fn handle(
     }))
 }
 
+/// What `dispatch` answered and, for image data, how and on whose word.
+struct Answered {
+    forwarded: Forwarded,
+    outcome: Option<Outcome>,
+    decision: Option<Decision>,
+}
+
+impl From<Forwarded> for Answered {
+    fn from(forwarded: Forwarded) -> Self {
+        Answered {
+            forwarded,
+            outcome: None,
+            decision: None,
+        }
+    }
+}
+
+impl From<image::Served> for Answered {
+    fn from(served: image::Served) -> Self {
+        Answered {
+            forwarded: served.forwarded,
+            outcome: Some(served.outcome),
+            decision: served.decision,
+        }
+    }
+}
+
 /// The feature that answers `route`: image data through the cache, the cache API, an image
 /// delete (which also drops the cached copy), or Glance itself.
 async fn dispatch(
@@ -95,7 +124,7 @@ async fn dispatch(
     route: &Route,
     down: &Downstream<'_>,
     zero_copy: Option<&Arc<sendfile::Conn>>,
-) -> Result<(Forwarded, Option<Outcome>), error::Error> {
+) -> Result<Answered, error::Error> {
     let upstream = &shared.upstream;
     // Only origin-form targets (a path) are served: `*` and authority forms never reach an
     // upstream, so no target can change where the proxy connects.
@@ -111,29 +140,44 @@ async fn dispatch(
                 Route::V1ImageData { .. } => Api::V1,
                 _ => Api::V2,
             };
-            let ctx = image::Context {
-                upstream,
-                cache: shared.cache.as_ref(),
-                grants: &shared.grants,
-            };
-            let served = image::serve(&ctx, req, api, image_id, down, zero_copy).await?;
-            Ok((served.forwarded, Some(served.outcome)))
+            let ctx = image_context(shared);
+            Ok(image::serve(&ctx, req, api, image_id, down, zero_copy)
+                .await?
+                .into())
+        }
+        Route::ImageRecord { image_id } => {
+            let ctx = image_context(shared);
+            let (forwarded, decision) = image::record(&ctx, req, image_id, down).await?;
+            Ok(Answered {
+                forwarded,
+                outcome: None,
+                decision,
+            })
         }
         Route::ImageDelete { image_id } | Route::V1ImageDelete { image_id } => {
             let forwarded = upstream.forward(req, down).await?;
             if let (true, Some(cache)) = (forwarded.response.status().is_success(), &shared.cache) {
                 cache.remove(image_id).await;
             }
-            Ok((forwarded, None))
+            Ok(forwarded.into())
         }
         Route::Cache(op) => {
             let ctx = manage::Context {
                 upstream,
                 cache: shared.cache.as_ref().zip(shared.prefetch.as_ref()),
             };
-            Ok((manage::handle(&ctx, req, op.clone(), down).await?, None))
+            Ok(manage::handle(&ctx, req, op.clone(), down).await?.into())
         }
-        Route::Versions | Route::Passthrough => Ok((upstream.forward(req, down).await?, None)),
+        Route::Versions | Route::Passthrough => Ok(upstream.forward(req, down).await?.into()),
+    }
+}
+
+/// What the image path is given of the shared state.
+fn image_context(shared: &Shared) -> image::Context<'_> {
+    image::Context {
+        upstream: &shared.upstream,
+        cache: shared.cache.as_ref(),
+        grants: &shared.grants,
     }
 }
 
@@ -179,6 +223,8 @@ struct AccessRecord {
     expected_len: Option<u64>,
     /// How image data was answered (`None` for other routes).
     outcome: Option<Outcome>,
+    /// On whose word a cached image went out or was refused.
+    decision: Option<Decision>,
     started: Instant,
     /// Seconds to the response head.
     ttfb: f64,
@@ -205,6 +251,7 @@ impl AccessRecord {
             complete: false,
             expected_len: None,
             outcome: None,
+            decision: None,
             started: Instant::now(),
             ttfb: 0.0,
             tls: conn.transport.tls_path(),
@@ -243,6 +290,7 @@ impl Drop for AccessRecord {
             cache_api: self.cache_api,
             status: self.status,
             outcome: self.outcome,
+            decision: self.decision,
             bytes: self.bytes,
             ttfb: self.ttfb,
             tls: self.tls,
@@ -260,6 +308,7 @@ impl Drop for AccessRecord {
             route = self.route,
             cache = outcome.map_or("", Outcome::as_str),
             cache_reason = outcome.map_or("", Outcome::reason),
+            authorized = self.decision.map_or("", Decision::as_str),
             tls = self.tls.map_or("", TlsPath::as_str),
             outcome = if self.complete { "complete" } else { "aborted" },
             error = self.error.as_deref().unwrap_or(""),

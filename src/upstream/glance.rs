@@ -60,6 +60,16 @@ pub struct ImageInfo {
 }
 
 impl ImageInfo {
+    /// The v2 record a standing grant kept (only its size and digests are remembered): an
+    /// active image with no extra headers.
+    pub fn remembered(expected: &Expected) -> ImageInfo {
+        ImageInfo {
+            status: "active".into(),
+            expected: Some(expected.clone()),
+            meta_headers: HeaderMap::new(),
+        }
+    }
+
     /// Parse a 200 record answer of `api`.
     pub fn parse(api: Api, record: &Small) -> Option<ImageInfo> {
         match api {

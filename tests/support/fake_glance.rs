@@ -137,6 +137,8 @@ pub struct FakeGlance {
     pub url: String,
     state: Arc<State>,
     task: JoinHandle<()>,
+    /// `true`: every connection ends (`stop`).
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 impl FakeGlance {
@@ -162,6 +164,7 @@ impl FakeGlance {
             ..Default::default()
         });
         let task_state = Arc::clone(&state);
+        let (down, down_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -169,18 +172,26 @@ impl FakeGlance {
                 };
                 let st = Arc::clone(&task_state);
                 let tls = tls.clone();
+                let mut down = down_rx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| serve(Arc::clone(&st), req));
                     let builder = http1::Builder::new();
-                    match tls {
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                        }
-                        Some(tls) => {
-                            if let Ok(stream) = tls.accept(stream).await {
+                    let served = async move {
+                        match tls {
+                            None => {
                                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                             }
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(stream).await {
+                                    let _ =
+                                        builder.serve_connection(TokioIo::new(stream), svc).await;
+                                }
+                            }
                         }
+                    };
+                    tokio::select! {
+                        _ = served => {}
+                        _ = down.wait_for(|d| *d) => {}
                     }
                 });
             }
@@ -190,7 +201,15 @@ impl FakeGlance {
             url,
             state,
             task,
+            down,
         }
+    }
+
+    /// Go down as a stopped Glance does: the port refuses connections and every open
+    /// connection is closed.
+    pub fn stop(&self) {
+        self.task.abort();
+        let _ = self.down.send(true);
     }
 
     /// Stop recording requests (`seen`, `requests`): for load runs of millions of requests.

@@ -1,0 +1,325 @@
+//! The grants file, `<cache dir>/grants`: the grants younger than `auth.offline_grace`, so a
+//! proxy restarted during a Glance outage still serves the callers Glance had allowed.
+//!
+//! A text file, rewritten whole (temp file, fsync, rename, fsync of the directory) by the
+//! saver at most once a second, so a crash leaves the old or the new file, never a torn one.
+//! First line `glance-cache-proxy grants 2`, then the records the grants keep, once each:
+//! `record <sha256 of the JSON, hex> <the JSON, hex>`, then one grant a line:
+//! `grant <caller key, hex> <granted, unix ms> <size> <md5|-> <os_hash_algo|-> <os_hash_value|->
+//! <record sha256|-> <image id>`. Only hashes of identities are written, never a token; the
+//! file is mode 0600. A line that does not parse is skipped (and counted in a warning), never
+//! trusted in part; a record whose bytes do not match its hash is no record.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{Grant, Key};
+use crate::auth::CallerKey;
+use crate::cache::store::is_storable_id;
+use crate::digest::{Expected, HashAlgo};
+
+/// The file's name in the cache directory.
+pub const FILE: &str = "grants";
+const HEADER: &str = "glance-cache-proxy grants 2";
+
+pub struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    /// The journal at `path`, and the grants it holds (none if there is no file yet).
+    pub fn open(path: PathBuf) -> io::Result<(Journal, Vec<(Key, Grant)>)> {
+        let grants = match File::open(&path) {
+            Ok(file) => read(BufReader::new(file), &path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok((Journal { path }, grants))
+    }
+
+    /// Replace the file's grants with these, durably; how many were written.
+    pub fn write<'a>(
+        &self,
+        grants: impl Iterator<Item = (&'a Key, &'a Grant)>,
+    ) -> io::Result<usize> {
+        let mut text = String::from(HEADER);
+        text.push('\n');
+        let mut lines = String::new();
+        let mut records: HashMap<String, ()> = HashMap::new();
+        let mut n = 0;
+        for (key, grant) in grants {
+            let Some(line) = line(key, grant) else {
+                continue;
+            };
+            if let Some(record) = &grant.record {
+                let sha = sha_hex(record);
+                if records.insert(sha.clone(), ()).is_none() {
+                    text.push_str(&format!("record {sha} {}\n", hex::encode(&***record)));
+                }
+            }
+            lines.push_str(&line);
+            lines.push('\n');
+            n += 1;
+        }
+        text.push_str(&lines);
+        let temp = self.path.with_extension("tmp");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(n)
+    }
+}
+
+/// Remove the file at `path`, if any (no grace: no decision may outlive the setting).
+pub fn discard(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "auth.offline_grace is 0: remembered grants deleted");
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn read(input: impl BufRead, path: &Path) -> io::Result<Vec<(Key, Grant)>> {
+    let mut lines = input.lines();
+    match lines.next().transpose()? {
+        Some(first) if first == HEADER => {}
+        None => return Ok(Vec::new()),
+        Some(_) => {
+            tracing::warn!(path = %path.display(), "not a grants file this version reads; ignored");
+            return Ok(Vec::new());
+        }
+    }
+    let (mut grants, mut records, mut bad) = (Vec::new(), HashMap::new(), 0);
+    for text in lines {
+        let text = text?;
+        let parsed = match text.split_once(' ') {
+            Some(("record", rest)) => parse_record(rest).map(|(sha, r)| {
+                records.insert(sha, r);
+            }),
+            Some(("grant", rest)) => parse(rest, &records).map(|g| grants.push(g)),
+            _ => None,
+        };
+        if parsed.is_none() {
+            bad += 1;
+        }
+    }
+    if bad > 0 {
+        tracing::warn!(path = %path.display(), lines = bad, "unreadable lines in the grants file skipped");
+    }
+    Ok(grants)
+}
+
+/// One grant's line; `None` for an id that cannot be written on one line.
+fn line(key: &Key, grant: &Grant) -> Option<String> {
+    if !is_storable_id(&key.1) {
+        return None;
+    }
+    let e = &grant.expected;
+    let (algo, value) = match &e.os_hash {
+        Some((algo, value)) => (algo.as_str(), value.as_str()),
+        None => ("-", "-"),
+    };
+    let record = grant.record.as_ref().map(|r| sha_hex(r));
+    Some(format!(
+        "grant {} {} {} {} {} {} {} {}",
+        key.0.to_hex(),
+        grant.at_ms,
+        e.size,
+        e.md5.as_deref().unwrap_or("-"),
+        algo,
+        value,
+        record.as_deref().unwrap_or("-"),
+        key.1
+    ))
+}
+
+fn sha_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `<sha256> <hex>` of a record, checked.
+fn parse_record(rest: &str) -> Option<(String, Arc<Bytes>)> {
+    let (sha, body) = rest.split_once(' ')?;
+    let body = hex::decode(body).ok()?;
+    (sha_hex(&body) == sha).then(|| (sha.to_string(), Arc::new(Bytes::from(body))))
+}
+
+fn parse(line: &str, records: &HashMap<String, Arc<Bytes>>) -> Option<(Key, Grant)> {
+    let mut f = line.split(' ');
+    let caller = CallerKey::from_hex(f.next()?)?;
+    let at_ms: u64 = f.next()?.parse().ok()?;
+    let size: u64 = f.next()?.parse().ok()?;
+    let md5 = digest_field(f.next()?)?;
+    let os_hash = match (f.next()?, digest_field(f.next()?)?) {
+        ("-", None) => None,
+        (algo, Some(value)) => Some((HashAlgo::parse(algo)?, value)),
+        _ => return None,
+    };
+    let record = match f.next()? {
+        "-" => None,
+        sha => Some(Arc::clone(records.get(sha)?)),
+    };
+    let id = f.next()?;
+    if f.next().is_some() || !is_storable_id(id) {
+        return None;
+    }
+    let grant = Grant {
+        at_ms,
+        expected: Arc::new(Expected { size, md5, os_hash }),
+        record,
+        noted_ms: at_ms,
+    };
+    Some(((caller, id.to_string()), grant))
+}
+
+/// `-` is none; anything else must be lower-case hex.
+fn digest_field(text: &str) -> Option<Option<String>> {
+    match text {
+        "-" => Some(None),
+        hex if !hex.is_empty()
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Some(Some(hex.to_string()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    fn key(token: &'static str, id: &str) -> Key {
+        let mut h = HeaderMap::new();
+        h.insert("x-auth-token", HeaderValue::from_static(token));
+        (CallerKey::of(&h), id.to_string())
+    }
+
+    fn grant(at_ms: u64, expected: Expected) -> Grant {
+        Grant {
+            at_ms,
+            expected: Arc::new(expected),
+            record: None,
+            noted_ms: at_ms,
+        }
+    }
+
+    #[test]
+    fn grants_round_trip_and_hold_no_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        let (journal, none) = Journal::open(path.clone()).expect("open");
+        assert!(none.is_empty());
+        let both = Expected {
+            size: 10,
+            md5: Some("ab".repeat(16)),
+            os_hash: Some((HashAlgo::Sha512, "cd".repeat(64))),
+        };
+        let md5_only = Expected {
+            size: 3,
+            md5: Some("ef".repeat(16)),
+            os_hash: None,
+        };
+        let json = Arc::new(Bytes::from_static(
+            b"{\"id\": \"img-1\", \"name\": \"a b\\n\"}",
+        ));
+        let with_record = Grant {
+            record: Some(Arc::clone(&json)),
+            ..grant(1_000, both.clone())
+        };
+        let grants = vec![
+            (key("secret-token", "img-1"), with_record.clone()),
+            (
+                key("someone", "img-1"),
+                Grant {
+                    at_ms: 1_500,
+                    noted_ms: 1_500,
+                    ..with_record
+                },
+            ),
+            (key("other", "img-2"), grant(2_000, md5_only)),
+        ];
+        let n = journal
+            .write(grants.iter().map(|(k, g)| (k, g)))
+            .expect("write");
+        assert_eq!(n, 3);
+        let text = fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text.matches("\nrecord ").count(),
+            1,
+            "a shared record is written once"
+        );
+        assert!(
+            !text.contains("secret-token"),
+            "only hashes on disk: {text}"
+        );
+        let (_, back) = Journal::open(path.clone()).expect("reopen");
+        assert_eq!(back, grants);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn bad_lines_are_skipped_and_foreign_files_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        let good = line(
+            &key("t", "img"),
+            &grant(
+                5,
+                Expected {
+                    size: 1,
+                    md5: Some("00".repeat(16)),
+                    os_hash: None,
+                },
+            ),
+        )
+        .expect("line");
+        let hexkey = key("t", "img").0.to_hex();
+        let body = hex::encode(b"{}");
+        let bad = [
+            "garbage".to_string(),
+            format!("{hexkey} 5 1 - - - - img"),
+            format!("grant {hexkey} x 1 - - - - img"),
+            format!("grant {hexkey} 5 1 - sha512 - - img"),
+            format!("grant {hexkey} 5 1 - md4 00 - img"),
+            format!("grant {hexkey} 5 1 ZZ - - - img"),
+            format!("grant {hexkey} 5 1 - - - - img extra"),
+            format!("grant {hexkey} 5 1 - - - - ../etc"),
+            format!("grant {hexkey} 5 1 - - - -"),
+            format!("record {} {body}", "0".repeat(64)),
+            format!("grant {hexkey} 5 1 - - - {} img", "0".repeat(64)),
+        ];
+        let text = format!("{HEADER}\n{}\n{good}\n", bad.join("\n"));
+        fs::write(&path, text).expect("write");
+        let (_, back) = Journal::open(path.clone()).expect("open");
+        assert_eq!(back.len(), 1, "only the good line: {back:?}");
+        fs::write(&path, format!("something else\n{good}\n")).expect("write");
+        assert!(Journal::open(path.clone()).expect("open").1.is_empty());
+        fs::write(&path, b"").expect("write");
+        assert!(Journal::open(path).expect("open").1.is_empty());
+    }
+}

@@ -1,0 +1,389 @@
+//! Edge sites (README "Edge sites") against the fake Glance: within `auth.grant_ttl` a repeat
+//! hit of the same caller asks Glance nothing, anyone else asks; refusals are never
+//! remembered; a 404, a DELETE and an eviction drop an image's grants; with
+//! `auth.offline_grace`, while no upstream answers (refused, timed out, 503), only a caller
+//! Glance allowed the image is served a verified copy, also after a restart; after the grace,
+//! nobody. The record (`GET /v2/images/{id}`) follows the same rule while Glance is down.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{config, metric, pattern, send, FakeGlance, Faults, Got, TestConfig, TestProxy};
+
+const ALICE: &str = "token-alice";
+const BOB: &str = "token-bob";
+
+fn file_url(proxy: &TestProxy, id: &str) -> String {
+    format!("{}/v2/images/{id}/file", proxy.url)
+}
+
+async fn get_as(proxy: &TestProxy, id: &str, token: &str) -> Got {
+    send(
+        &file_url(proxy, id),
+        "GET",
+        &[("x-auth-token", token)],
+        Bytes::new(),
+    )
+    .await
+}
+
+/// Wait (bounded) until `id` is a committed entry.
+async fn cached(proxy: &TestProxy, id: &str) {
+    for _ in 0..500 {
+        if proxy.is_cached(id) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} was never cached");
+}
+
+/// Requests Glance saw for image `id` from `token` (records, probes, downloads).
+fn asked(glance: &FakeGlance, id: &str, token: &str) -> usize {
+    glance
+        .seen()
+        .iter()
+        .filter(|s| s.path_and_query.starts_with(&format!("/v2/images/{id}")))
+        .filter(|s| s.headers.get("x-auth-token").is_some_and(|t| t == token))
+        .count()
+}
+
+async fn record_as(proxy: &TestProxy, token: &str) -> Got {
+    let url = format!("{}/v2/images/img", proxy.url);
+    send(&url, "GET", &[("x-auth-token", token)], Bytes::new()).await
+}
+
+async fn decisions(proxy: &TestProxy, decision: &str) -> f64 {
+    let admin = proxy.admin_url.as_deref().expect("admin listener");
+    let series =
+        format!("glance_cache_proxy_authorization_decisions_total{{decision=\"{decision}\"}}");
+    metric(admin, &series).await
+}
+
+#[tokio::test]
+async fn repeat_hits_within_the_ttl_ask_glance_nothing_and_others_ask() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(3 << 20, 5);
+    glance.add_image("img", data.clone());
+    let proxy =
+        TestProxy::start_with_admin(config(&[&glance.url], "[auth]\ngrant_ttl = \"60s\"")).await;
+
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    cached(&proxy, "img").await;
+    let before = asked(&glance, "img", ALICE);
+    for _ in 0..3 {
+        let got = get_as(&proxy, "img", ALICE).await;
+        assert_eq!(got.status, 200);
+        assert!(got.body == data, "byte-exact from the cache");
+        assert!(got.headers.contains_key("x-openstack-request-id"));
+    }
+    let ranged = send(
+        &file_url(&proxy, "img"),
+        "GET",
+        &[("x-auth-token", ALICE), ("range", "bytes=10-19")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(ranged.status, 206);
+    assert_eq!(ranged.body, data.slice(10..20));
+    assert_eq!(
+        asked(&glance, "img", ALICE),
+        before,
+        "no request to Glance within the TTL"
+    );
+    assert_eq!(decisions(&proxy, "cached").await, 4.0);
+
+    // Another identity asks (record and probe), and is then remembered on its own.
+    let got = get_as(&proxy, "img", BOB).await;
+    assert!(got.body == data);
+    assert_eq!(asked(&glance, "img", BOB), 2);
+    assert_eq!(decisions(&proxy, "allowed").await, 1.0);
+    // The same token with another identity header is another identity.
+    let forged = send(
+        &file_url(&proxy, "img"),
+        "GET",
+        &[("x-auth-token", ALICE), ("x-roles", "admin")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(forged.status, 200);
+    assert_eq!(decisions(&proxy, "allowed").await, 2.0, "asked Glance");
+}
+
+#[tokio::test]
+async fn with_no_ttl_every_hit_asks_glance() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(1 << 20, 6);
+    glance.add_image("img", data.clone());
+    let proxy = TestProxy::start_with_admin(config(&[&glance.url], "")).await;
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    cached(&proxy, "img").await;
+    let before = asked(&glance, "img", ALICE);
+    for _ in 0..3 {
+        assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    }
+    assert_eq!(
+        asked(&glance, "img", ALICE),
+        before + 6,
+        "record and probe each"
+    );
+    assert_eq!(decisions(&proxy, "cached").await, 0.0);
+}
+
+#[tokio::test]
+async fn refusals_are_never_remembered() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(1 << 20, 7);
+    glance.add_image("img", data.clone());
+    let proxy =
+        TestProxy::start_with_admin(config(&[&glance.url], "[auth]\ngrant_ttl = \"60s\"")).await;
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    cached(&proxy, "img").await;
+    glance.set_faults(Faults {
+        revoked_token: Some(BOB.into()),
+        ..Faults::default()
+    });
+    for round in 1..=3 {
+        assert_eq!(get_as(&proxy, "img", BOB).await.status, 401);
+        assert_eq!(
+            asked(&glance, "img", BOB),
+            2 * round,
+            "each refusal was Glance's"
+        );
+    }
+    assert_eq!(decisions(&proxy, "denied").await, 3.0);
+    // Allowed again: Glance is asked, and then Bob's own grant stands.
+    glance.set_faults(Faults::default());
+    assert!(get_as(&proxy, "img", BOB).await.body == data);
+    assert_eq!(asked(&glance, "img", BOB), 8);
+    assert!(get_as(&proxy, "img", BOB).await.body == data);
+    assert_eq!(asked(&glance, "img", BOB), 8);
+}
+
+#[tokio::test]
+async fn a_refusal_ends_a_grant_for_the_outage_too() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(1 << 20, 7);
+    glance.add_image("img", data.clone());
+    let proxy = TestProxy::start(config(&[&glance.url], GRACE)).await;
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    cached(&proxy, "img").await;
+    assert!(get_as(&proxy, "img", BOB).await.body == data);
+    glance.set_faults(Faults {
+        revoked_token: Some(BOB.into()),
+        ..Faults::default()
+    });
+    assert_eq!(get_as(&proxy, "img", BOB).await.status, 401);
+    glance.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        get_as(&proxy, "img", BOB).await.status,
+        502,
+        "refused, then not served"
+    );
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+}
+
+#[tokio::test]
+async fn a_404_to_an_allowed_caller_a_delete_and_an_eviction_drop_the_grants() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(1 << 20, 8);
+    glance.add_image("img", data.clone());
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        "[auth]\ngrant_ttl = \"2s\"\n[cache]\nmax_size = \"1500KiB\"",
+    ))
+    .await;
+
+    // 404: Bob's grant is older than the TTL, so he asks; the 404 to him (allowed before)
+    // means the image is gone, and Alice's fresh grant goes with it.
+    assert!(get_as(&proxy, "img", BOB).await.body == data);
+    cached(&proxy, "img").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    glance.remove_image("img");
+    assert_eq!(get_as(&proxy, "img", BOB).await.status, 404);
+    let before = asked(&glance, "img", ALICE);
+    assert_eq!(get_as(&proxy, "img", ALICE).await.status, 404);
+    assert!(
+        asked(&glance, "img", ALICE) > before,
+        "Alice had to ask again"
+    );
+
+    // DELETE through the proxy.
+    glance.add_image("img", data.clone());
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    cached(&proxy, "img").await;
+    let deleted = send(
+        &format!("{}/v2/images/img", proxy.url),
+        "DELETE",
+        &[("x-auth-token", ALICE)],
+        Bytes::new(),
+    )
+    .await;
+    assert!(deleted.status.is_success());
+    assert!(!proxy.is_cached("img"));
+    let before = asked(&glance, "img", ALICE);
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    assert!(
+        asked(&glance, "img", ALICE) > before,
+        "asked after the DELETE"
+    );
+
+    // Eviction: another image takes the room; refilled by Bob, Alice must ask again.
+    cached(&proxy, "img").await;
+    glance.add_image("other", pattern(1 << 20, 9));
+    assert_eq!(get_as(&proxy, "other", BOB).await.status, 200);
+    cached(&proxy, "other").await;
+    assert!(!proxy.is_cached("img"), "evicted");
+    assert!(get_as(&proxy, "img", BOB).await.body == data);
+    cached(&proxy, "img").await;
+    let before = asked(&glance, "img", ALICE);
+    assert!(get_as(&proxy, "img", ALICE).await.body == data);
+    assert!(
+        asked(&glance, "img", ALICE) > before,
+        "asked after the eviction"
+    );
+}
+
+/// Alice downloads `img` (allowed); Bob downloads `bobs` (never allowed to Alice). Both cached.
+async fn two_cached_images(glance: &FakeGlance, proxy: &TestProxy) -> (Bytes, Bytes) {
+    let (a, b) = (pattern(2 << 20, 10), pattern(1 << 20, 11));
+    glance.add_image("img", a.clone());
+    glance.add_image("bobs", b.clone());
+    glance.add_image("never", pattern(1 << 10, 12));
+    assert!(get_as(proxy, "img", ALICE).await.body == a);
+    assert!(get_as(proxy, "bobs", BOB).await.body == b);
+    cached(proxy, "img").await;
+    cached(proxy, "bobs").await;
+    (a, b)
+}
+
+/// While Glance cannot answer: Alice gets her image, byte-exact; nobody else gets it, she
+/// does not get Bob's, and a miss is not served.
+async fn only_the_allowed_caller_is_served(proxy: &TestProxy, a: &Bytes) {
+    let got = get_as(proxy, "img", ALICE).await;
+    assert_eq!(got.status, 200);
+    assert!(got.body_error.is_none() && got.body == *a, "byte-exact");
+    for who in [BOB, "token-reader", "token-admin"] {
+        let got = get_as(proxy, "img", who).await;
+        assert!(got.status.is_server_error(), "{who}: {}", got.status);
+    }
+    assert!(get_as(proxy, "bobs", ALICE).await.status.is_server_error());
+    assert!(get_as(proxy, "never", ALICE).await.status.is_server_error());
+    assert!(get_as(proxy, "img", "").await.status.is_server_error());
+    // The record too (clients read it before the data), to Alice only.
+    let got = record_as(proxy, ALICE).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-type"], "application/json");
+    assert_eq!(got.json()["id"], "img");
+    assert_eq!(got.json()["size"], a.len());
+    assert!(record_as(proxy, BOB).await.status.is_server_error());
+}
+
+const GRACE: &str = "[auth]\noffline_grace = \"1h\"";
+
+#[tokio::test]
+async fn offline_with_glance_stopped_serves_only_allowed_callers() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start_with_admin(config(&[&glance.url], GRACE)).await;
+    let (a, _) = two_cached_images(&glance, &proxy).await;
+    glance.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    only_the_allowed_caller_is_served(&proxy, &a).await;
+    assert_eq!(
+        decisions(&proxy, "offline").await,
+        2.0,
+        "the data and the record"
+    );
+}
+
+#[tokio::test]
+async fn offline_with_glance_timing_out_or_answering_503() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        "[upstream]\nresponse_timeout = \"500ms\"\n[auth]\noffline_grace = \"1h\"",
+    ))
+    .await;
+    let (a, _) = two_cached_images(&glance, &proxy).await;
+    glance.set_faults(Faults {
+        stall_head: Some(Duration::from_secs(3)),
+        ..Faults::default()
+    });
+    only_the_allowed_caller_is_served(&proxy, &a).await;
+    glance.set_faults(Faults {
+        status: Some((503, 1_000)),
+        ..Faults::default()
+    });
+    only_the_allowed_caller_is_served(&proxy, &a).await;
+    // A 503 to the probe alone (the record answered) counts the same.
+    glance.set_faults(Faults {
+        deny_download: Some(503),
+        ..Faults::default()
+    });
+    assert!(get_as(&proxy, "img", ALICE).await.body == a);
+    assert_eq!(get_as(&proxy, "img", BOB).await.status, 503);
+}
+
+#[tokio::test]
+async fn without_a_grace_an_outage_fails_closed_as_before() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let (_, _) = two_cached_images(&glance, &proxy).await;
+    glance.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get_as(&proxy, "img", ALICE).await.status, 502);
+    assert!(
+        !proxy.cache_dir.join("grants").exists(),
+        "nothing persisted"
+    );
+}
+
+#[tokio::test]
+async fn after_the_grace_nobody_is_served() {
+    let glance = FakeGlance::start().await;
+    let proxy =
+        TestProxy::start(config(&[&glance.url], "[auth]\noffline_grace = \"1500ms\"")).await;
+    let (a, _) = two_cached_images(&glance, &proxy).await;
+    glance.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        get_as(&proxy, "img", ALICE).await.body == a,
+        "within the grace"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get_as(&proxy, "img", ALICE).await.status, 502);
+}
+
+/// The journal holds a grant for `id` (the saver writes within a second or so).
+async fn persisted(cfg: &TestConfig, id: &str) {
+    let path = cfg.to_config().cache.dir.join("grants");
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().any(|l| l.ends_with(&format!(" {id}"))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no grant for {id} in {}", path.display());
+}
+
+#[tokio::test]
+async fn a_restart_during_the_outage_keeps_the_grants() {
+    let glance = FakeGlance::start().await;
+    let cfg = config(&[&glance.url], GRACE);
+    let mut proxy = TestProxy::start(cfg.clone()).await;
+    let (a, _) = two_cached_images(&glance, &proxy).await;
+    persisted(&cfg, "img").await;
+    let text = std::fs::read_to_string(cfg.to_config().cache.dir.join("grants")).expect("read");
+    assert!(!text.contains(ALICE), "no token on disk");
+    glance.stop();
+    // As after a kill -9: no clean stop.
+    proxy.begin_shutdown().abort();
+    drop(proxy);
+    let proxy = TestProxy::start(cfg).await;
+    only_the_allowed_caller_is_served(&proxy, &a).await;
+}
