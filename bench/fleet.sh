@@ -164,11 +164,13 @@ ticks() {
     for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done
     echo "$t"
 }
+# cpu -> "busy iowait total" jiffies of the whole machine (/proc/stat)
+cpu() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 # served METRICS_ADDR... -> image bytes the proxies sent (served_bytes_total, all sources)
 served() {
     local a
     for a in "$@"; do curl -sf "http://$a/metrics"; done |
-        awk '/^glance_cache_proxy_served_bytes_total/ {s += $2} END {printf "%d", s}'
+        awk '/^glance_cache_proxy_served_bytes_total/ {s += $2} END {printf "%.0f", s}'
 }
 ip link add "$BRIDGE" type bridge
 ip addr add 10.212.0.1/24 dev "$BRIDGE"
@@ -234,6 +236,7 @@ storm() {
     sync
     b0=$(link_bytes); s0=$(served $5)
     c_site=$(ticks $4); c_node=$(ticks "${node_pids[@]}"); c_lb=$(ticks $6)
+    read -r m_busy m_wait m_all < <(cpu)
     t0=$(date +%s.%N)
     for i in $(seq "$NODES"); do
         (timeout 3600 ip netns exec "gcp-node$i" curl -sf -H 'X-Auth-Token: noauth' \
@@ -243,6 +246,7 @@ storm() {
     done
     for p in "${ps[@]}"; do wait "$p"; done
     t=$(elapsed "$t0")
+    read -r m_busy2 m_wait2 m_all2 < <(cpu)
     c_site=$(( $(ticks $4) - c_site )); c_node=$(( $(ticks "${node_pids[@]}") - c_node ))
     c_lb=$(( $(ticks $6) - c_lb ))
     served_b=$(( $(served $5) - s0 ))
@@ -252,12 +256,13 @@ storm() {
     done
     awk -v l="$label" -v n="$NODES" -v t="$t" -v one="$one_t" -v lb="$(( $(link_bytes) - b0 ))" \
         -v img="$((IMAGE_MIB << 20))" -v sb="$served_b" -v mean="$sum" -v hz="$HZ" \
-        -v cs="$c_site" -v cn="$c_node" -v cl="$c_lb" -v bad="$bad" -v haslb="$6" 'BEGIN {
+        -v cs="$c_site" -v cn="$c_node" -v cl="$c_lb" -v bad="$bad" -v haslb="$6" -v busy="$((m_busy2 - m_busy))" \
+        -v iow="$((m_wait2 - m_wait))" -v all="$((m_all2 - m_all))" 'BEGIN {
         gb = img / 1e9
-        printf "| %s | %d | %.1f | %.2fx | %d (%.2f images) | %.2f | %.2f | %.1f | %.3f | %.3f | %s | %.3f | %d |\n",
+        printf "| %s | %d | %.1f | %.2fx | %.0f (%.2f images) | %.2f | %.2f | %.1f | %.3f | %.3f | %s | %.3f | %.0f %% / %.0f %% | %d |\n",
             l, n, t, t / one, lb, lb / img, sb / 1e9 / t, n * gb / t, mean / n,
             cs / hz / (sb / 1e9), cs / hz / gb, (haslb == "" ? "-" : sprintf("%.3f", cl / hz / (sb / 1e9))),
-            cn / hz / (n * gb), bad
+            cn / hz / (n * gb), 100 * busy / all, 100 * iow / all, bad
     }'
 }
 
@@ -298,8 +303,8 @@ echo "Boot storm: $NODES nodes (network namespaces, a node proxy and a client ea
 echo "Glance behind a shaped link: $link; site tier on this host; $(nproc) cores; load before: $load0"
 echo "One transfer straight from Glance over the link: ${one_a} s before the storms, ${one_b} s after (the storms are compared with the first)"
 echo
-echo "| topology | nodes | wall (s) | vs one transfer | bytes over the Glance link | site tier out (GB/s) | node tier out (GB/s, all nodes) | mean per-node time (s) | site CPU-s per GB sent | site CPU-s per GB of image | HAProxy CPU-s per GB | node CPU-s per GB served | wrong bodies |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| topology | nodes | wall (s) | vs one transfer | bytes over the Glance link | site tier out (GB/s) | node tier out (GB/s, all nodes) | mean per-node time (s) | site CPU-s per GB sent | site CPU-s per GB of image | HAProxy CPU-s per GB | node CPU-s per GB served | machine CPU busy / iowait | wrong bodies |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 echo "$row1"
 echo "$row2"
 echo
