@@ -375,6 +375,8 @@ def test_site_proxy_killed_mid_transfer(glance, sharded):
     # Aborted (curl 18: partial file; 56: receive failure), never complete.
     assert all(code in (18, 56) for code in codes), codes
     assert all(os.path.getsize(o) < len(data) for o in outs)
+    # The cut fills were not published at any node.
+    assert not [n.url for n in sharded.nodes if holds(n, image_id)]
     # The retry goes to the other site proxy (HAProxy redispatches the refused connection,
     # then marks the dead one down), and every node ends up with the right bytes cached.
     for n in sharded.nodes:
