@@ -2,8 +2,9 @@
 
 - two tiers: three node proxies -> one site proxy -> Glance. Each image crosses Glance once,
   a second round is served from the nodes' own caches, the cache API at a node answers for
-  that node; the differential authorization table of test_authz.py (noauth and a real
-  Keystone) passes through both tiers, each asking Glance with the caller's own credentials.
+  that node, and a node whose site proxy is down fails over to Glance; the differential
+  authorization table of test_authz.py (noauth and a real Keystone) passes through both
+  tiers, each asking Glance with the caller's own credentials.
 - a sharded site tier: node proxies -> HAProxy (Debian's, with deploy/haproxy/haproxy.cfg,
   addresses replaced by loopback ports) -> two site proxies -> Glance (through a throttled
   relay, so a transfer lasts long enough to be cut). Clients on all nodes at once make one
@@ -60,6 +61,12 @@ def glance_serves(glance, image_id, size):
     pattern = r'"GET [^"]*%s/file HTTP/1\.1" 200 %d ' % (image_id, size)
     time.sleep(0.3)
     return len(re.findall(pattern, glance.access_log()))
+
+
+def glance_calls(glance, image_id):
+    """Glance's access-log lines that name the image."""
+    time.sleep(0.3)
+    return [l for l in glance.access_log().splitlines() if image_id in l]
 
 
 def cache_file(proxy, image_id):
@@ -141,7 +148,13 @@ def test_each_image_crosses_glance_once_then_nodes_serve_their_own(glance, tiers
     # Round 2: from each node's own cache (the site sends only the one-byte probes).
     node_bytes = [metric(n, SERVED_FROM_CACHE) for n in nodes]
     site_bytes = metric(site, 'glance_cache_proxy_served_bytes_total')
+    calls = glance_calls(glance, image_id)
     assert all_at_once(nodes, image_id) == [(200, data)] * 3
+    # What a hit at a node still asks Glance, with the caller's token: the record (the node's
+    # question, passed on by the site), and the site's own record and one-byte probe.
+    calls = glance_calls(glance, image_id)[len(calls):]
+    assert len(calls) == 3 * 3, calls
+    assert sum('/file HTTP/1.1" 206 1 ' in l for l in calls) == 3, calls
     for n, before in zip(nodes, node_bytes):
         assert metric(n, SERVED_FROM_CACHE) - before == len(data), n.tail()
         assert 'cache="hit"' in n.access_lines(image_id + "/file")[-1]
@@ -177,6 +190,25 @@ def test_cache_api_at_a_node_answers_for_that_node(glance, tiers):
     assert r.status_code == 204, r.text
     assert image_id not in cached_ids(nodes[0]) and not holds(nodes[0], image_id)
     assert image_id in cached_ids(site) and holds(site, image_id)
+
+
+def test_a_node_goes_to_glance_while_its_site_proxy_is_down(glance):
+    """upstream.urls = [site, Glance] at a node: a stopped site proxy (an upgrade) is a
+    refused connection, and the node fails over to Glance."""
+    started = [Proxy(glance.url)]
+    try:
+        site = started[0]
+        started.append(Proxy(site.url, extra_args=["--upstream", glance.url]))
+        node = started[1]
+        data = os.urandom(1 * MIB)
+        image_id = new_image(glance, data)
+        assert site.stop() == 0
+        assert download(node, image_id) == (200, data)
+        wait_held([node], image_id)
+        assert download(node, image_id) == (200, data)
+    finally:
+        codes = stop_all(started)
+        assert set(codes.values()) <= {0}, codes
 
 
 # -- the authorization table through two tiers ----------------------------------------------
