@@ -10,7 +10,8 @@
   relay, so a transfer lasts long enough to be cut). Clients on all nodes at once make one
   Glance download per image; a site proxy SIGKILLed mid-transfer makes every client's
   transfer abort (never a complete wrong body), the retry succeeds through the other site
-  proxy, and no node caches a wrong byte.
+  proxy, and no node caches a wrong byte; a site proxy drained through HAProxy's runtime API
+  finishes its transfer, gets no new request and stops cleanly (the upgrade procedure).
 """
 import concurrent.futures
 import hashlib
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -293,9 +295,10 @@ class ThrottledRelay(Relay):
                     pass
 
 
-def haproxy_config(port, sites):
-    """deploy/haproxy/haproxy.cfg with its listener on 127.0.0.1:port and one server line
-    per site proxy (health checks on its metrics port); no syslog, no stats socket."""
+def haproxy_config(port, sites, admin_sock):
+    """deploy/haproxy/haproxy.cfg with its listener on 127.0.0.1:port, one server line per
+    site proxy (health checks on its metrics port) and the runtime API on admin_sock; no
+    syslog."""
     with open(HAPROXY_CFG) as f:
         lines = f.read().splitlines()
     assert sum(l.strip().startswith("bind ") for l in lines) == 1
@@ -303,8 +306,10 @@ def haproxy_config(port, sites):
     out = []
     for line in lines:
         s = line.strip()
-        if s.startswith(("log /dev/log", "stats socket")) or s.startswith("server "):
+        if s.startswith("log /dev/log") or s.startswith("server "):
             continue
+        if s.startswith("stats socket "):
+            line = line.replace(s.split()[2], admin_sock)
         out.append("    bind 127.0.0.1:%d" % port if s.startswith("bind ") else line)
     assert lines[-1].strip().startswith("server "), "server lines end the file"
     for i, p in enumerate(sites, 1):
@@ -315,7 +320,7 @@ def haproxy_config(port, sites):
 class Sharded:
     """Glance -> throttled relay -> two site proxies -> HAProxy -> three node proxies."""
 
-    def __init__(self, glance):
+    def __init__(self, glance, nodes=3):
         self.relay = ThrottledRelay(glance.port)
         self.sites, self.nodes, self.killed = [], [], set()
         self.dir = tempfile.mkdtemp(prefix="gcp-e2e-haproxy-")
@@ -324,15 +329,29 @@ class Sharded:
             self.sites.append(Proxy(self.relay.url, metrics=True))
         port = free_port()
         cfg = os.path.join(self.dir, "haproxy.cfg")
+        self.admin_sock = os.path.join(self.dir, "admin.sock")
         with open(cfg, "w") as f:
-            f.write(haproxy_config(port, self.sites))
+            f.write(haproxy_config(port, self.sites, self.admin_sock))
         self.log = open(os.path.join(self.dir, "haproxy.log"), "w")
         self.haproxy = subprocess.Popen([HAPROXY, "-db", "-f", cfg], stdin=subprocess.DEVNULL,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         self.url = "http://127.0.0.1:%d" % port
         wait_http(self.url + "/versions", proc=self.haproxy)
-        for _ in range(3):
+        for _ in range(nodes):
             self.nodes.append(Proxy(self.url, metrics=True))
+
+    def admin(self, command):
+        """One command to HAProxy's runtime API; its answer."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(self.admin_sock)
+            sock.sendall(command.encode() + b"\n")
+            out = b""
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return out.decode()
+                out += data
 
     def kill(self, site):
         site.kill()
@@ -376,6 +395,44 @@ def test_sharded_site_tier_one_glance_download_per_image(glance, sharded):
         wait_held(sharded.nodes, image_id)
         # Each image lives on one site proxy (the hash of its path).
         assert sum(holds(s, image_id) for s in sharded.sites) == 1, image_id
+
+
+def test_drain_a_site_proxy_for_an_upgrade(glance):
+    """README "Upgrading a tier": drain a site proxy through HAProxy's runtime API while it
+    serves an image; the transfer in flight finishes, new requests go to the other site
+    proxy, the drained one stops with status 0 and nobody sees a failure."""
+    s = Sharded(glance, nodes=2)
+    try:
+        data = os.urandom(32 * MIB)  # 2 s through the throttled relay
+        image_id = new_image(glance, data)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(download, s.nodes[0], image_id)
+            deadline = time.monotonic() + 30
+            while True:
+                filling = [p for p in s.sites if os.listdir(os.path.join(p.cache, "c", "tmp"))]
+                if filling:
+                    break
+                assert time.monotonic() < deadline, "no site proxy fills the image"
+                time.sleep(0.05)
+            name = "site%d" % (s.sites.index(filling[0]) + 1)
+            assert s.admin("set server glance_sites/%s state drain" % name).strip() == ""
+            assert first.result() == (200, data)
+        drained, other = filling[0], [p for p in s.sites if p is not filling[0]][0]
+        deadline = time.monotonic() + 10
+        while not drained.access_lines(image_id + "/file"):  # written as the body ends
+            assert time.monotonic() < deadline, drained.tail()
+            time.sleep(0.05)
+        before = len(drained.access_lines(image_id))
+        assert download(s.nodes[1], image_id) == (200, data)
+        assert len(drained.access_lines(image_id)) == before, "a drained site proxy got a request"
+        assert other.access_lines(image_id + "/file")
+        assert drained.stop() == 0
+        s.killed.add(drained.url)  # stopped already
+        for n in s.nodes:
+            assert download(n, image_id) == (200, data)
+    finally:
+        codes = s.stop()
+        assert set(codes.values()) <= {0}, codes
 
 
 def test_site_proxy_killed_mid_transfer(glance, sharded):
