@@ -324,7 +324,14 @@ class Sharded:
         self.relay = ThrottledRelay(glance.port)
         self.sites, self.nodes, self.killed = [], [], set()
         self.dir = tempfile.mkdtemp(prefix="gcp-e2e-haproxy-")
-        self.haproxy = None
+        self.haproxy = self.log = None
+        try:
+            self._start(nodes)
+        except BaseException:
+            self.stop()  # what did start
+            raise
+
+    def _start(self, nodes):
         for _ in range(2):
             self.sites.append(Proxy(self.relay.url, metrics=True))
         port = free_port()
@@ -336,7 +343,11 @@ class Sharded:
         self.haproxy = subprocess.Popen([HAPROXY, "-db", "-f", cfg], stdin=subprocess.DEVNULL,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         self.url = "http://127.0.0.1:%d" % port
-        wait_http(self.url + "/versions", proc=self.haproxy)
+        try:
+            wait_http(self.url + "/versions", proc=self.haproxy)
+        except RuntimeError as e:
+            with open(self.log.name) as f:
+                raise RuntimeError("haproxy: %s\n%s" % (e, f.read()[-3000:])) from None
         for _ in range(nodes):
             self.nodes.append(Proxy(self.url, metrics=True))
 
@@ -362,7 +373,8 @@ class Sharded:
         if self.haproxy is not None and self.haproxy.poll() is None:
             self.haproxy.send_signal(signal.SIGTERM)
             self.haproxy.wait(timeout=20)
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
         codes.update({url: code for url, code in stop_all(self.sites).items() if url not in self.killed})
         self.relay.close()
         shutil.rmtree(self.dir, ignore_errors=True)
