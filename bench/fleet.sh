@@ -1,37 +1,71 @@
 #!/usr/bin/env bash
-# Fleet scenario: why operators deploy the proxy. Glance runs in a network namespace of its
-# own behind a shaped link (veth; tbf for RATE, netem for RTT where the kernel has it), like
-# a controller across a WAN or a
-# busy network. 8 clients on this host each pull the same image, first directly from Glance,
-# then through the proxy (cache empty at the start). Prints wall time and the bytes that
-# crossed the link for both.
+# Fleet scenarios: why operators deploy the proxy, and how its tiers scale. Glance runs in a
+# network namespace of its own behind a shaped link (veth; tbf for RATE, netem for RTT where
+# the kernel has it), like a controller across a WAN or a busy network.
 #
 #   bench/fleet.sh [IMAGE_MIB] [CLIENTS] [RATE] [RTT_MS]   (defaults 1024 8 1gbit 10)
+#     CLIENTS clients on this host each pull the same image, first directly from Glance, then
+#     through one proxy (cache empty at the start): wall time and bytes over the link for both.
+#
+#   bench/fleet.sh storm [IMAGE_MIB] [NODES] [RATE]         (defaults 1024 16 1gbit)
+#     A boot storm through two tiers. NODES network namespaces ("compute nodes"), each with a
+#     node proxy and a client, all pull the same image at once. Round 1: the node proxies'
+#     upstream is one site proxy on this host; round 2 (a second image, fresh node caches):
+#     HAProxy (deploy/haproxy/haproxy.cfg, Debian's haproxy) in front of two site proxies.
+#     Before and after, one client pulls an image straight from Glance over the link: the
+#     one-transfer time the storms are compared with. Prints bytes over the Glance link,
+#     wall time vs one transfer, per-tier throughput and CPU seconds per GB of each tier
+#     (utime + stime from /proc/PID/stat).
+#
 # Needs root (ip netns, tc). Test hosts only: 10.211.0.1 (this host) and 10.211.0.2 (Glance's
-# namespace), created and removed by this script.
+# namespace); for storm also 10.212.0.1 (a bridge on this host: the site tier) and
+# 10.212.0.11... (the nodes), all created and removed by this script.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
-IMAGE_MIB=${1:-1024}
-CLIENTS=${2:-8}
-RATE=${3:-1gbit}
-RTT_MS=${4:-10}
+MODE=clients
+if [[ ${1:-} == storm ]]; then
+    MODE=storm
+    shift
+    IMAGE_MIB=${1:-1024}
+    NODES=${2:-16}
+    RATE=${3:-1gbit}
+    RTT_MS=0
+else
+    IMAGE_MIB=${1:-1024}
+    CLIENTS=${2:-8}
+    RATE=${3:-1gbit}
+    RTT_MS=${4:-10}
+fi
 NS=gcp-fleet HOST_IF=gcp-fh NS_IF=gcp-fu
 LAUNCHER=$PWD/scripts/glance-upstream/glance-upstream.sh
+NS=gcp-fleet HOST_IF=gcp-fh NS_IF=gcp-fu
+BRIDGE=gcp-br
+LAUNCHER=$PWD/scripts/glance-upstream/glance-upstream.sh
 command -v tc >/dev/null || { apt-get update -q >/dev/null; apt-get install -y -q iproute2 >/dev/null; }
+if [[ $MODE == storm ]] && ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy >/dev/null
+fi
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 work=$(mktemp -d /tmp/gcp-bench-fleet.XXXXXX)
-proxy_pid=""
+pids=()
 cleanup() {
-    [[ -n $proxy_pid ]] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     ip netns exec "$NS" env GLANCE_CACHE=0 "$LAUNCHER" stop "$work/glance" >/dev/null 2>&1 || true
     ip netns del "$NS" 2>/dev/null || true
+    for p in /run/netns/gcp-node*; do [[ -e $p ]] && ip netns del "$(basename "$p")"; done
+    ip link del "$BRIDGE" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 ip netns del "$NS" 2>/dev/null || true
 
 cargo build --release --locked --bin glance-cache-proxy >&2
+BIN=$PWD/target/release/glance-cache-proxy
 ip netns add "$NS"
 ip link add "$HOST_IF" type veth peer name "$NS_IF"
 ip link set "$NS_IF" netns "$NS"
@@ -45,59 +79,233 @@ half=$((RTT_MS / 2))
 # project's VM kernel has no sch_netem): then the link is rate-limited only.
 ip netns exec "$NS" tc qdisc add dev "$NS_IF" root handle 1: tbf rate "$RATE" burst 1mb latency 100ms
 link="$RATE"
-if ip netns exec "$NS" tc qdisc add dev "$NS_IF" parent 1:1 handle 10: netem delay "${half}ms" limit 100000 2>/dev/null &&
+if ((half == 0)); then
+    link="$link, no added delay"
+elif ip netns exec "$NS" tc qdisc add dev "$NS_IF" parent 1:1 handle 10: netem delay "${half}ms" limit 100000 2>/dev/null &&
    tc qdisc add dev "$HOST_IF" root netem delay "${half}ms" limit 100000 2>/dev/null; then
     link="$link, ${RTT_MS} ms RTT"
 else
     link="$link, no added delay (kernel without netem)"
 fi
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 gport=9292
 ip netns exec "$NS" env GLANCE_CACHE=0 GLANCE_BIND_ADDR=0.0.0.0 "$LAUNCHER" start "$gport" "$work/glance" >/dev/null
 glance=http://10.211.0.2:$gport
 for _ in $(seq 100); do curl -sf -o /dev/null "$glance/versions" && break; sleep 0.2; done
 
-id=$(curl -sf -X POST -H 'X-Auth-Token: noauth' -H 'Content-Type: application/json' \
-    -d '{"name":"fleet","disk_format":"raw","container_format":"bare"}' "$glance/v2/images" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-head -c "$((IMAGE_MIB << 20))" /dev/urandom > "$work/img"
-# Bodies are checked with cksum (CRC, hardware-assisted): 8 sha256sums of the image would
-# cost more CPU than the proxy on this 2-core machine and become what is measured.
-want=$(cksum < "$work/img")
-timeout 1800 curl -sf -o /dev/null -H 'X-Auth-Token: noauth' -H 'Content-Type: application/octet-stream' \
-    -T "$work/img" "$glance/v2/images/$id/file"
-rm -f "$work/img"
-
-pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-target/release/glance-cache-proxy --listen "127.0.0.1:$pport" --upstream "$glance" \
-    --cache-dir "$work/cache" --cache-max-size 20GiB --metrics-listen "" 2> "$work/proxy.log" &
-proxy_pid=$!
-proxy=http://127.0.0.1:$pport
-for _ in $(seq 100); do curl -sf -o /dev/null "$proxy/versions" && break; sleep 0.1; done
-
+# upload NAME -> "ID CKSUM": a new image of IMAGE_MIB random MiB.
+# Bodies are checked with cksum (CRC, hardware-assisted): sha256sums of every client's copy
+# would cost more CPU than the proxy on this 2-core machine and become what is measured.
+upload() {
+    local id want
+    id=$(curl -sf -X POST -H 'X-Auth-Token: noauth' -H 'Content-Type: application/json' \
+        -d "{\"name\":\"$1\",\"disk_format\":\"raw\",\"container_format\":\"bare\"}" "$glance/v2/images" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    head -c "$((IMAGE_MIB << 20))" /dev/urandom > "$work/img"
+    want=$(cksum < "$work/img")
+    timeout 1800 curl -sf -o /dev/null -H 'X-Auth-Token: noauth' -H 'Content-Type: application/octet-stream' \
+        -T "$work/img" "$glance/v2/images/$id/file"
+    rm -f "$work/img"
+    echo "$id $want"
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 link_bytes() { cat "/sys/class/net/$HOST_IF/statistics/rx_bytes"; }
-# run BASE -> "seconds bytes_over_link wrong_bodies"
-run() {
-    local b0 t0 t pids=() bad=0
-    b0=$(link_bytes); t0=$(date +%s.%N)
-    for i in $(seq "$CLIENTS"); do
-        (timeout 3600 curl -sf -H 'X-Auth-Token: noauth' "$1/v2/images/$id/file" | cksum > "$work/out.$i") &
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+
+# ---- clients: CLIENTS clients on this host, directly vs through one proxy --------------------
+clients_mode() {
+    local id want pport proxy
+    read -r id want < <(upload fleet)
+    pport=$(free_port)
+    "$BIN" --listen "127.0.0.1:$pport" --upstream "$glance" \
+        --cache-dir "$work/cache" --cache-max-size 20GiB --metrics-listen "" 2> "$work/proxy.log" &
+    pids+=($!)
+    proxy=http://127.0.0.1:$pport
+    for _ in $(seq 100); do curl -sf -o /dev/null "$proxy/versions" && break; sleep 0.1; done
+
+    # run BASE -> "seconds bytes_over_link wrong_bodies"
+    run() {
+        local b0 t0 t ps=() bad=0
+        b0=$(link_bytes); t0=$(date +%s.%N)
+        for i in $(seq "$CLIENTS"); do
+            (timeout 3600 curl -sf -H 'X-Auth-Token: noauth' "$1/v2/images/$id/file" | cksum > "$work/out.$i") &
+            ps+=($!)
+        done
+        for p in "${ps[@]}"; do wait "$p"; done
+        t=$(elapsed "$t0")
+        for i in $(seq "$CLIENTS"); do [[ $(cat "$work/out.$i") == "$want" ]] || bad=$((bad + 1)); done
+        echo "$t $(( $(link_bytes) - b0 )) $bad"
+    }
+    read -r t_direct b_direct bad_direct <<< "$(run "$glance")"
+    read -r t_proxy b_proxy bad_proxy <<< "$(run "$proxy")"
+
+    echo
+    echo "Fleet: $CLIENTS clients x ${IMAGE_MIB} MiB image; Glance behind a shaped link: $link; $(nproc) cores"
+    echo
+    echo "| $CLIENTS clients, same image | wall time (s) | bytes over the link | MiB over the link | wrong bodies |"
+    echo "| --- | --- | --- | --- | --- |"
+    echo "| directly from Glance | $t_direct | $b_direct | $((b_direct >> 20)) | $bad_direct |"
+    echo "| through the proxy (cold cache) | $t_proxy | $b_proxy | $((b_proxy >> 20)) | $bad_proxy |"
+    awk -v a="$t_direct" -v b="$t_proxy" -v x="$b_direct" -v y="$b_proxy" \
+        'BEGIN{printf "\nproxy vs direct: %.1fx faster, %.1fx fewer bytes over the link\n", a/b, x/y}'
+}
+
+if [[ $MODE == clients ]]; then
+    clients_mode
+    exit 0
+fi
+
+# ---- storm: NODES node namespaces -> site tier on this host -> Glance ------------------------
+HZ=$(getconf CLK_TCK)
+# ticks PID... -> the processes' utime + stime, in clock ticks
+ticks() {
+    local t=0 p f
+    for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done
+    echo "$t"
+}
+# cpu -> "busy iowait total" jiffies of the whole machine (/proc/stat)
+cpu() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+# served METRICS_ADDR... -> image bytes the proxies sent (served_bytes_total, all sources)
+served() {
+    local a
+    for a in "$@"; do curl -sf "http://$a/metrics"; done |
+        awk '/^glance_cache_proxy_served_bytes_total/ {s += $2} END {printf "%.0f", s}'
+}
+ip link add "$BRIDGE" type bridge
+ip addr add 10.212.0.1/24 dev "$BRIDGE"
+ip link set "$BRIDGE" up
+for i in $(seq "$NODES"); do
+    ip netns add "gcp-node$i"
+    ip link add "gcp-h$i" type veth peer name "gcp-n$i"
+    ip link set "gcp-h$i" master "$BRIDGE" up
+    ip link set "gcp-n$i" netns "gcp-node$i"
+    ip netns exec "gcp-node$i" ip addr add "10.212.0.$((10 + i))/24" dev "gcp-n$i"
+    ip netns exec "gcp-node$i" ip link set "gcp-n$i" up
+    ip netns exec "gcp-node$i" ip link set lo up
+done
+
+# site N -> starts site proxy N on the bridge (API and metrics); sets site_pid, site_port, site_metrics
+site() {
+    site_port=$(free_port)
+    site_metrics=10.212.0.1:$(free_port)
+    "$BIN" --listen "10.212.0.1:$site_port" --upstream "$glance" --cache-dir "$work/site$1" \
+        --cache-max-size 20GiB --metrics-listen "$site_metrics" 2> "$work/site$1.log" &
+    site_pid=$!
+    pids+=("$site_pid")
+    for _ in $(seq 100); do curl -sf -o /dev/null "http://10.212.0.1:$site_port/versions" && break; sleep 0.1; done
+}
+# nodes UPSTREAM -> a node proxy in every node namespace (127.0.0.1:9393 there, a fresh cache);
+# sets node_pids
+nodes() {
+    local i
+    node_pids=()
+    for i in $(seq "$NODES"); do
+        rm -rf "$work/node$i"
+        ip netns exec "gcp-node$i" "$BIN" --listen 127.0.0.1:9393 --upstream "$1" \
+            --cache-dir "$work/node$i" --cache-max-size 20GiB --metrics-listen "" 2> "$work/node$i.log" &
+        node_pids+=($!)
         pids+=($!)
     done
-    for p in "${pids[@]}"; do wait "$p"; done
-    t=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
-    for i in $(seq "$CLIENTS"); do [[ $(cat "$work/out.$i") == "$want" ]] || bad=$((bad + 1)); done
-    echo "$t $(( $(link_bytes) - b0 )) $bad"
+    for i in $(seq "$NODES"); do
+        for _ in $(seq 100); do
+            ip netns exec "gcp-node$i" curl -sf -o /dev/null http://127.0.0.1:9393/versions && break
+            sleep 0.1
+        done
+    done
 }
-read -r t_direct b_direct bad_direct <<< "$(run "$glance")"
-read -r t_proxy b_proxy bad_proxy <<< "$(run "$proxy")"
+stop_nodes() {
+    local p
+    for p in "${node_pids[@]}"; do kill "$p"; done
+    for p in "${node_pids[@]}"; do wait "$p" || true; done
+    rm -rf "$work"/node*
+    sync
+}
+# one ID WANT -> seconds for one client pulling the image straight from Glance over the link
+one() {
+    local t0 got
+    sync
+    t0=$(date +%s.%N)
+    got=$(timeout 3600 curl -sf -H 'X-Auth-Token: noauth' "$glance/v2/images/$1/file" | cksum)
+    [[ $got == "$2" ]] || { echo "one transfer: wrong body" >&2; exit 1; }
+    elapsed "$t0"
+}
+# storm LABEL ID WANT "SITE_PIDS" "SITE_METRICS" "LB_PIDS" -> one table row
+storm() {
+    local label=$1 id=$2 want=$3 b0 t0 t bad=0 ps=() s0 c_site c_node c_lb i sum=0 served_b
+    sync
+    b0=$(link_bytes); s0=$(served $5)
+    c_site=$(ticks $4); c_node=$(ticks "${node_pids[@]}"); c_lb=$(ticks $6)
+    read -r m_busy m_wait m_all < <(cpu)
+    t0=$(date +%s.%N)
+    for i in $(seq "$NODES"); do
+        (timeout 3600 ip netns exec "gcp-node$i" curl -sf -H 'X-Auth-Token: noauth' \
+            "http://127.0.0.1:9393/v2/images/$id/file" | cksum > "$work/out.$i"
+         elapsed "$t0" > "$work/end.$i") &
+        ps+=($!)
+    done
+    for p in "${ps[@]}"; do wait "$p"; done
+    t=$(elapsed "$t0")
+    read -r m_busy2 m_wait2 m_all2 < <(cpu)
+    c_site=$(( $(ticks $4) - c_site )); c_node=$(( $(ticks "${node_pids[@]}") - c_node ))
+    c_lb=$(( $(ticks $6) - c_lb ))
+    served_b=$(( $(served $5) - s0 ))
+    for i in $(seq "$NODES"); do
+        [[ $(cat "$work/out.$i") == "$want" ]] || bad=$((bad + 1))
+        sum=$(awk -v a="$sum" -v b="$(cat "$work/end.$i")" 'BEGIN{print a + b}')
+    done
+    awk -v l="$label" -v n="$NODES" -v t="$t" -v one="$one_t" -v lb="$(( $(link_bytes) - b0 ))" \
+        -v img="$((IMAGE_MIB << 20))" -v sb="$served_b" -v mean="$sum" -v hz="$HZ" \
+        -v cs="$c_site" -v cn="$c_node" -v cl="$c_lb" -v bad="$bad" -v haslb="$6" -v busy="$((m_busy2 - m_busy))" \
+        -v iow="$((m_wait2 - m_wait))" -v all="$((m_all2 - m_all))" 'BEGIN {
+        gb = img / 1e9
+        printf "| %s | %d | %.1f | %.2fx | %.0f (%.2f images) | %.2f | %.2f | %.1f | %.3f | %.3f | %s | %.3f | %.0f %% / %.0f %% | %d |\n",
+            l, n, t, t / one, lb, lb / img, sb / 1e9 / t, n * gb / t, mean / n,
+            cs / hz / (sb / 1e9), cs / hz / gb, (haslb == "" ? "-" : sprintf("%.3f", cl / hz / (sb / 1e9))),
+            cn / hz / (n * gb), 100 * busy / all, 100 * iow / all, bad
+    }'
+}
+
+read -r id1 want1 < <(upload storm-1)
+read -r id2 want2 < <(upload storm-2)
+one_a=$(one "$id1" "$want1")
+one_t=$one_a
+
+site 1
+site1_pid=$site_pid site1_port=$site_port site1_metrics=$site_metrics
+nodes "http://10.212.0.1:$site1_port"
+row1=$(storm "node -> site -> Glance" "$id1" "$want1" "$site1_pid" "$site1_metrics" "")
+stop_nodes
+
+site 2
+site2_pid=$site_pid site2_port=$site_port site2_metrics=$site_metrics
+hport=$(free_port)
+# deploy/haproxy/haproxy.cfg with this host's addresses; no syslog, no stats socket.
+awk -v bind="10.212.0.1:$hport" -v s1="10.212.0.1:$site1_port port ${site1_metrics##*:}" \
+    -v s2="10.212.0.1:$site2_port port ${site2_metrics##*:}" '
+    /^ *(log \/dev\/log|stats socket)/ { next }
+    /^ *bind / { print "    bind " bind; next }
+    /^ *server / { if (!done) { print "    server site1 " s1; print "    server site2 " s2; done = 1 } next }
+    { print }' deploy/haproxy/haproxy.cfg > "$work/haproxy.cfg"
+"$HAPROXY" -db -f "$work/haproxy.cfg" > "$work/haproxy.log" 2>&1 &
+lb_pid=$!
+pids+=("$lb_pid")
+for _ in $(seq 100); do curl -sf -o /dev/null "http://10.212.0.1:$hport/versions" && break; sleep 0.1; done
+sleep 5  # both site proxies pass their first health checks (inter 2s, rise 2)
+nodes "http://10.212.0.1:$hport"
+row2=$(storm "node -> HAProxy -> 2 sites -> Glance" "$id2" "$want2" "$site1_pid $site2_pid" \
+    "$site1_metrics $site2_metrics" "$lb_pid")
+stop_nodes
+one_b=$(one "$id2" "$want2")
 
 echo
-echo "Fleet: $CLIENTS clients x ${IMAGE_MIB} MiB image; Glance behind a shaped link: $link; $(nproc) cores"
+echo "Boot storm: $NODES nodes (network namespaces, a node proxy and a client each) x ${IMAGE_MIB} MiB image, all at once;"
+echo "Glance behind a shaped link: $link; site tier on this host; $(nproc) cores; load before: $load0"
+echo "One transfer straight from Glance over the link: ${one_a} s before the storms, ${one_b} s after (the storms are compared with the first)"
 echo
-echo "| $CLIENTS clients, same image | wall time (s) | bytes over the link | MiB over the link | wrong bodies |"
-echo "| --- | --- | --- | --- | --- |"
-echo "| directly from Glance | $t_direct | $b_direct | $((b_direct >> 20)) | $bad_direct |"
-echo "| through the proxy (cold cache) | $t_proxy | $b_proxy | $((b_proxy >> 20)) | $bad_proxy |"
-awk -v a="$t_direct" -v b="$t_proxy" -v x="$b_direct" -v y="$b_proxy" \
-    'BEGIN{printf "\nproxy vs direct: %.1fx faster, %.1fx fewer bytes over the link\n", a/b, x/y}'
+echo "| topology | nodes | wall (s) | vs one transfer | bytes over the Glance link | site tier out (GB/s) | node tier out (GB/s, all nodes) | mean per-node time (s) | site CPU-s per GB sent | site CPU-s per GB of image | HAProxy CPU-s per GB | node CPU-s per GB served | machine CPU busy / iowait | wrong bodies |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "$row1"
+echo "$row2"
+echo
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,7 +3,8 @@
 # install run in a private mount namespace: scripts/check-systemd-install.sh), the Kubernetes
 # manifests (kubernetes-validate --strict, from PyPI; the ServiceMonitor is a CRD it has no
 # schema for, so it only warns there), the alert rules (promtool check rules, from Debian's
-# prometheus package) and the dashboard's JSON. Installs what it needs (apt as root; a venv
+# prometheus package), the HAProxy configuration of a sharded site tier (haproxy -c, Debian's
+# haproxy) and the dashboard's JSON. Installs what it needs (apt as root; a venv
 # under ~/.cache/glance-cache-proxy/tools-venv). A metrics scrape is checked with
 # `promtool check metrics` by the end-to-end suite (tests/e2e/test_ops.py). Then the container
 # image: built offline from the debug binary with buildah and run with podman in front of a real
@@ -17,9 +18,11 @@ TOOLS_VENV=${TOOLS_VENV:-$HOME/.cache/glance-cache-proxy/tools-venv}
 need_apt=()
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || need_apt+=(haproxy)
 if ((${#need_apt[@]})); then
     apt-get update -q >/dev/null
-    # prometheus: only for promtool; its service is not started in containers (policy-rc.d).
+    # prometheus: only for promtool, haproxy only for `haproxy -c`; their services are not
+    # started in containers (policy-rc.d).
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 if [[ ! -x $TOOLS_VENV/bin/kubernetes-validate ]]; then
@@ -45,6 +48,9 @@ echo "== kubernetes-validate --strict deploy/kubernetes/*.yaml"
 
 echo "== promtool check rules deploy/prometheus/alerts.yml"
 promtool check rules deploy/prometheus/alerts.yml
+
+echo "== haproxy -c -f deploy/haproxy/haproxy.cfg"
+PATH=$PATH:/usr/sbin haproxy -c -q -f deploy/haproxy/haproxy.cfg
 
 echo "== grafana/*.json parse"
 for f in grafana/*.json; do python3 -m json.tool "$f" >/dev/null; done

@@ -26,6 +26,11 @@ if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx >/dev/null
 fi
+# haproxy (Debian's) shards the site tier of tests/e2e/test_fleet.py (deploy/haproxy/).
+if ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy >/dev/null
+fi
 # The default install has Glance, the clients, the openstack CLI and pytest; the Keystone
 # extras are for tests/e2e/test_authz.py, which also runs Glance with a real Keystone.
 scripts/glance-upstream/glance-upstream.sh install

@@ -7,6 +7,7 @@ interpreter's).
 
 Session fixtures:
   glance, proxy                 Glance (noauth, cache on) and the proxy in front of it
+  keystone_glance               Glance with a real Keystone (cache off)
   glance_public, proxy_public   Glance with GLANCE_PUBLIC_ENDPOINT (it writes its own URL
                                 into version hrefs) and a proxy in front; started only when
                                 a test asks for them
@@ -300,6 +301,19 @@ def proxy(glance):
         yield p
     finally:
         _stop_proxy(p)
+
+
+@pytest.fixture(scope="session")
+def keystone_glance():
+    """Glance with a real Keystone (the launcher's GLANCE_AUTH=keystone), its own cache off;
+    `keystone_port` is Keystone's. Shared by the authorization tests of one and two tiers."""
+    kport = free_port()
+    g = Glance({"GLANCE_AUTH": "keystone", "KEYSTONE_PORT": str(kport), "GLANCE_CACHE": "0"})
+    g.keystone_port = kport
+    try:
+        yield g
+    finally:
+        g.stop()
 
 
 @pytest.fixture(scope="session")

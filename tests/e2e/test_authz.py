@@ -2,7 +2,7 @@
 proxy as directly from Glance, for every kind of caller, with the image cold (not cached) and
 warm (cached by an admin's download first). Run against the kit's noauth Glance (identity
 from X-Project-Id / X-Roles) and its Keystone mode (real tokens; a forged X-Roles must change
-nothing).
+nothing). tests/e2e/test_fleet.py runs the same table through two tiers of proxies.
 """
 import os
 import time
@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import Glance, Proxy, free_port
+from conftest import Proxy
 
 DATA = os.urandom(1 << 20)
 T = 60
@@ -76,38 +76,39 @@ def noauth_world(glance, proxy):
     return w
 
 
-@pytest.fixture(scope="session")
-def keystone_world():
+def keystone_world_over(glance, proxy):
+    """A World for the Keystone Glance (conftest's `keystone_glance`) behind `proxy`, with
+    real tokens for each kind of caller."""
     from keystoneauth1 import session
     from keystoneauth1.identity import v3
 
-    kport = free_port()
-    g = Glance({"GLANCE_AUTH": "keystone", "KEYSTONE_PORT": str(kport), "GLANCE_CACHE": "0"})
-    p = None
+    auth_url = "http://127.0.0.1:%d/v3" % glance.keystone_port
+    sessions = {}
+    for user, project in (("admin", "admin"), ("demo-member", "demo"),
+                          ("demo-reader", "demo"), ("other-member", "other")):
+        sessions[user] = session.Session(auth=v3.Password(
+            auth_url=auth_url, username=user, password=user + "-pass",
+            project_name=project, user_domain_name="Default", project_domain_name="Default"))
+    token = {u: s.get_token() for u, s in sessions.items()}
+    callers = {
+        "admin": {"X-Auth-Token": token["admin"]},
+        "member": {"X-Auth-Token": token["demo-member"]},
+        "reader": {"X-Auth-Token": token["demo-reader"]},
+        "other": {"X-Auth-Token": token["other-member"]},
+    }
+    w = World(glance, proxy, callers, "member")
+    w.other_project = sessions["other-member"].get_project_id()
+    w.demo_project = sessions["demo-member"].get_project_id()
+    return w
+
+
+@pytest.fixture(scope="session")
+def keystone_world(keystone_glance):
+    p = Proxy(keystone_glance.url)
     try:
-        p = Proxy(g.url)
-        auth_url = "http://127.0.0.1:%d/v3" % kport
-        sessions = {}
-        for user, project in (("admin", "admin"), ("demo-member", "demo"),
-                              ("demo-reader", "demo"), ("other-member", "other")):
-            sessions[user] = session.Session(auth=v3.Password(
-                auth_url=auth_url, username=user, password=user + "-pass",
-                project_name=project, user_domain_name="Default", project_domain_name="Default"))
-        token = {u: s.get_token() for u, s in sessions.items()}
-        callers = {
-            "admin": {"X-Auth-Token": token["admin"]},
-            "member": {"X-Auth-Token": token["demo-member"]},
-            "reader": {"X-Auth-Token": token["demo-reader"]},
-            "other": {"X-Auth-Token": token["other-member"]},
-        }
-        w = World(g, p, callers, "member")
-        w.other_project = sessions["other-member"].get_project_id()
-        w.demo_project = sessions["demo-member"].get_project_id()
-        yield w
+        yield keystone_world_over(keystone_glance, p)
     finally:
-        if p is not None:
-            p.stop()
-        g.stop()
+        p.stop()
 
 
 @pytest.fixture(params=["noauth", "keystone"])
