@@ -186,8 +186,7 @@ pub async fn serve(
         task.abort();
     }
     // The grants the last batch did not write (for `auth.offline_grace`).
-    match crate::cache::store::blocking(move || grants.save()).await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the remembered grants at stop"),
-        Ok(Ok(_)) | Err(_) => {}
+    if let Ok(Err(e)) = crate::cache::store::blocking(move || grants.save()).await {
+        tracing::warn!(error = %e, "cannot write the remembered grants at stop");
     }
 }

@@ -444,7 +444,7 @@ impl Inner {
                 Memory::Granted(g) if g.v2 && g.within(grace, now) => Some((k, g)),
                 _ => None,
             })
-            .filter(|(k, g)| !self.forgotten.get(&k.1).is_some_and(|f| f >= g.at_ms))
+            .filter(|(k, g)| self.forgotten.get(&k.1).is_none_or(|f| f < g.at_ms))
             .collect();
         match journal.write(live.iter().map(|(k, g)| (&**k, g))) {
             Ok(n) => Ok(Some(n)),

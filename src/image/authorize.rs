@@ -85,11 +85,8 @@ pub(super) async fn authorize(
         match &probe {
             // The probe found Glance: its answer counts (a refusal ends the grant), and the
             // record's failure goes back.
-            Some(Ok(p)) if !is_unavailable(p.status) => {
-                if is_refusal(p.status) {
-                    ctx.grants.refused(ask.who, ask.image_id);
-                }
-            }
+            Some(Ok(p)) if is_refusal(p.status) => ctx.grants.refused(ask.who, ask.image_id),
+            Some(Ok(p)) if !is_unavailable(p.status) => {}
             _ if cache.is_cached(ask.image_id) => {
                 if let Some(expected) = offline_grant(ctx, ask) {
                     let allowed = Allowed {
