@@ -178,10 +178,15 @@ pub async fn serve(
         .as_ref()
         .map(|s| tokio::spawn(Arc::clone(s).run()));
     let admin = admin.map(|l| tokio::spawn(crate::server::admin::serve(l, Arc::clone(&server))));
+    let grants = shared.grants.clone();
     crate::server::serve(listener, server, shutdown).await;
     // Queued images stay queued on disk; a fetch cut short restarts next time; a scrub pass
     // cut short starts over with the same entry.
     for task in [worker, scrub, admin].into_iter().flatten() {
         task.abort();
+    }
+    // The grants the last batch did not write (for `auth.offline_grace`).
+    if let Ok(Err(e)) = crate::cache::store::blocking(move || grants.save()).await {
+        tracing::warn!(error = %e, "cannot write the remembered grants at stop");
     }
 }

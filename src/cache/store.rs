@@ -55,7 +55,7 @@ pub fn startup<T>(work: impl FnOnce() -> T) -> T {
 }
 
 /// Debug builds: panic if disk work runs on a thread of a Tokio runtime outside `blocking`.
-fn assert_off_runtime() {
+pub fn assert_off_runtime() {
     debug_assert!(
         tokio::runtime::Handle::try_current().is_err() || OFF_RUNTIME.with(|f| f.get()),
         "disk IO on a runtime thread: wrap it in cache::store::blocking"

@@ -4,15 +4,18 @@
 //! A text file, rewritten whole (temp file, fsync, rename, fsync of the directory) by the
 //! saver at most once a second, so a crash leaves the old or the new file, never a torn one.
 //! First line `glance-cache-proxy grants 2`, then the records the grants keep, once each:
-//! `record <sha256 of the JSON, hex> <the JSON, hex>`, then one grant a line:
+//! `record <sha256 of the JSON, hex> <the JSON as Glance sent it, on one line>`, then one
+//! grant a line:
 //! `grant <caller key, hex> <granted, unix ms> <size> <md5|-> <os_hash_algo|-> <os_hash_value|->
 //! <record sha256|-> <image id>`. Only hashes of identities are written, never a token; the
-//! file is mode 0600. A line that does not parse is skipped (and counted in a warning), never
-//! trusted in part; a record whose bytes do not match its hash is no record.
+//! file is mode 0600. A line that does not parse (or is not UTF-8, or is longer than 1 MiB) is
+//! skipped and counted in a warning, never trusted in part; a record whose bytes do not match
+//! its hash is no record; a file that cannot be read at all is set aside as `grants.bad` and
+//! the proxy starts with no grants. Only v2 grants are written (only they serve offline).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,17 +34,26 @@ const HEADER: &str = "glance-cache-proxy grants 2";
 
 pub struct Journal {
     path: PathBuf,
+    /// Names this instance's temp file.
+    id: uuid::Uuid,
 }
 
 impl Journal {
-    /// The journal at `path`, and the grants it holds (none if there is no file yet).
-    pub fn open(path: PathBuf) -> io::Result<(Journal, Vec<(Key, Grant)>)> {
-        let grants = match File::open(&path) {
-            Ok(file) => read(BufReader::new(file), &path)?,
+    /// The journal at `path`, and the grants it holds (none if there is no file yet, or it
+    /// cannot be read: then it is set aside, with an error logged).
+    pub fn open(path: PathBuf) -> (Journal, Vec<(Key, Grant)>) {
+        let grants = match File::open(&path).and_then(|f| read(BufReader::new(f), &path)) {
+            Ok(grants) => grants,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
+            Err(e) => {
+                let aside = path.with_extension("bad");
+                let moved = fs::rename(&path, &aside);
+                tracing::error!(path = %path.display(), error = %e, set_aside = moved.is_ok(), "cannot read the remembered grants; starting without them");
+                Vec::new()
+            }
         };
-        Ok((Journal { path }, grants))
+        let id = uuid::Uuid::new_v4();
+        (Journal { path, id }, grants)
     }
 
     /// Replace the file's grants with these, durably; how many were written.
@@ -58,10 +70,10 @@ impl Journal {
             let Some(line) = line(key, grant) else {
                 continue;
             };
-            if let Some(record) = &grant.record {
-                let sha = sha_hex(record);
+            if let Some(json) = grant.record.as_ref().and_then(|r| one_line(r)) {
+                let sha = sha_hex(json.as_bytes());
                 if records.insert(sha.clone(), ()).is_none() {
-                    text.push_str(&format!("record {sha} {}\n", hex::encode(&***record)));
+                    text.push_str(&format!("record {sha} {json}\n"));
                 }
             }
             lines.push_str(&line);
@@ -69,7 +81,9 @@ impl Journal {
             n += 1;
         }
         text.push_str(&lines);
-        let temp = self.path.with_extension("tmp");
+        crate::cache::store::assert_off_runtime();
+        // A name of this journal's own: an instance still ending cannot clobber it.
+        let temp = self.path.with_extension(format!("tmp.{}", self.id));
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -98,10 +112,40 @@ pub fn discard(path: &Path) -> io::Result<()> {
     }
 }
 
-fn read(input: impl BufRead, path: &Path) -> io::Result<Vec<(Key, Grant)>> {
-    let mut lines = input.lines();
-    match lines.next().transpose()? {
-        Some(first) if first == HEADER => {}
+/// The longest line read (a record's JSON is a few KiB).
+const MAX_LINE: u64 = 1 << 20;
+
+/// The next line, at most `MAX_LINE` bytes; `Some(None)` for one that is too long or not
+/// UTF-8 (skipped), `None` at the end.
+fn next_line(input: &mut impl BufRead) -> io::Result<Option<Option<String>>> {
+    let mut raw = Vec::new();
+    let n = input
+        .by_ref()
+        .take(MAX_LINE + 1)
+        .read_until(b'\n', &mut raw)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if raw.last() != Some(&b'\n') && n as u64 > MAX_LINE {
+        // Too long: skip to its end.
+        let mut rest = Vec::new();
+        while input.by_ref().take(MAX_LINE).read_until(b'\n', &mut rest)? > 0 {
+            if rest.last() == Some(&b'\n') {
+                break;
+            }
+            rest.clear();
+        }
+        return Ok(Some(None));
+    }
+    if raw.last() == Some(&b'\n') {
+        raw.pop();
+    }
+    Ok(Some(String::from_utf8(raw).ok()))
+}
+
+fn read(mut input: impl BufRead, path: &Path) -> io::Result<Vec<(Key, Grant)>> {
+    match next_line(&mut input)? {
+        Some(Some(first)) if first == HEADER => {}
         None => return Ok(Vec::new()),
         Some(_) => {
             tracing::warn!(path = %path.display(), "not a grants file this version reads; ignored");
@@ -109,8 +153,11 @@ fn read(input: impl BufRead, path: &Path) -> io::Result<Vec<(Key, Grant)>> {
         }
     }
     let (mut grants, mut records, mut bad) = (Vec::new(), HashMap::new(), 0);
-    for text in lines {
-        let text = text?;
+    while let Some(line) = next_line(&mut input)? {
+        let Some(text) = line else {
+            bad += 1;
+            continue;
+        };
         let parsed = match text.split_once(' ') {
             Some(("record", rest)) => parse_record(rest).map(|(sha, r)| {
                 records.insert(sha, r);
@@ -130,7 +177,7 @@ fn read(input: impl BufRead, path: &Path) -> io::Result<Vec<(Key, Grant)>> {
 
 /// One grant's line; `None` for an id that cannot be written on one line.
 fn line(key: &Key, grant: &Grant) -> Option<String> {
-    if !is_storable_id(&key.1) {
+    if !is_storable_id(&key.1) || !grant.v2 {
         return None;
     }
     let e = &grant.expected;
@@ -138,7 +185,11 @@ fn line(key: &Key, grant: &Grant) -> Option<String> {
         Some((algo, value)) => (algo.as_str(), value.as_str()),
         None => ("-", "-"),
     };
-    let record = grant.record.as_ref().map(|r| sha_hex(r));
+    let record = grant
+        .record
+        .as_ref()
+        .and_then(|r| one_line(r))
+        .map(|json| sha_hex(json.as_bytes()));
     Some(format!(
         "grant {} {} {} {} {} {} {} {}",
         key.0.to_hex(),
@@ -156,11 +207,22 @@ fn sha_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// `<sha256> <hex>` of a record, checked.
+/// A record's JSON as one line of text, if it is one (Glance's JSON escapes every newline).
+fn one_line(json: &Bytes) -> Option<&str> {
+    std::str::from_utf8(json)
+        .ok()
+        .filter(|t| !t.contains(['\n', '\r']) && t.len() as u64 <= MAX_LINE / 2)
+}
+
+/// `<sha256> <json>` of a record, checked.
 fn parse_record(rest: &str) -> Option<(String, Arc<Bytes>)> {
-    let (sha, body) = rest.split_once(' ')?;
-    let body = hex::decode(body).ok()?;
-    (sha_hex(&body) == sha).then(|| (sha.to_string(), Arc::new(Bytes::from(body))))
+    let (sha, json) = rest.split_once(' ')?;
+    (sha_hex(json.as_bytes()) == sha).then(|| {
+        (
+            sha.to_string(),
+            Arc::new(Bytes::copy_from_slice(json.as_bytes())),
+        )
+    })
 }
 
 fn parse(line: &str, records: &HashMap<String, Arc<Bytes>>) -> Option<(Key, Grant)> {
@@ -186,6 +248,7 @@ fn parse(line: &str, records: &HashMap<String, Arc<Bytes>>) -> Option<(Key, Gran
         at_ms,
         expected: Arc::new(Expected { size, md5, os_hash }),
         record,
+        v2: true,
         noted_ms: at_ms,
     };
     Some(((caller, id.to_string()), grant))
@@ -222,6 +285,7 @@ mod tests {
             at_ms,
             expected: Arc::new(expected),
             record: None,
+            v2: true,
             noted_ms: at_ms,
         }
     }
@@ -230,7 +294,7 @@ mod tests {
     fn grants_round_trip_and_hold_no_token() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(FILE);
-        let (journal, none) = Journal::open(path.clone()).expect("open");
+        let (journal, none) = Journal::open(path.clone());
         assert!(none.is_empty());
         let both = Expected {
             size: 10,
@@ -275,7 +339,7 @@ mod tests {
             !text.contains("secret-token"),
             "only hashes on disk: {text}"
         );
-        let (_, back) = Journal::open(path.clone()).expect("reopen");
+        let (_, back) = Journal::open(path.clone());
         assert_eq!(back, grants);
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&path).expect("meta").permissions().mode();
@@ -315,11 +379,43 @@ mod tests {
         ];
         let text = format!("{HEADER}\n{}\n{good}\n", bad.join("\n"));
         fs::write(&path, text).expect("write");
-        let (_, back) = Journal::open(path.clone()).expect("open");
+        let (_, back) = Journal::open(path.clone());
         assert_eq!(back.len(), 1, "only the good line: {back:?}");
         fs::write(&path, format!("something else\n{good}\n")).expect("write");
-        assert!(Journal::open(path.clone()).expect("open").1.is_empty());
+        assert!(Journal::open(path.clone()).1.is_empty());
         fs::write(&path, b"").expect("write");
-        assert!(Journal::open(path).expect("open").1.is_empty());
+        assert!(Journal::open(path.clone()).1.is_empty());
+    }
+
+    #[test]
+    fn lines_that_are_not_utf8_or_too_long_are_skipped_and_an_unreadable_file_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        let good = line(
+            &key("t", "img"),
+            &grant(
+                5,
+                Expected {
+                    size: 1,
+                    md5: None,
+                    os_hash: Some((HashAlgo::Sha256, "ab".repeat(32))),
+                },
+            ),
+        )
+        .expect("line");
+        let mut text = format!("{HEADER}\n").into_bytes();
+        text.extend_from_slice(b"grant \xff\xfe not utf-8\n");
+        text.extend(std::iter::repeat_n(b'x', (MAX_LINE + 10) as usize));
+        text.push(b'\n');
+        text.extend_from_slice(format!("{good}\n").as_bytes());
+        fs::write(&path, text).expect("write");
+        let (_, back) = Journal::open(path.clone());
+        assert_eq!(back.len(), 1, "the good line survives its bad neighbours");
+        // A directory where the file should be: set aside, no grants, no panic.
+        fs::remove_file(&path).expect("rm");
+        fs::create_dir(&path).expect("mkdir");
+        let (_, back) = Journal::open(path.clone());
+        assert!(back.is_empty());
+        assert!(dir.path().join("grants.bad").is_dir(), "set aside");
     }
 }

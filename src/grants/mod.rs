@@ -8,13 +8,16 @@
 //!   `auth.offline_grace` (`offline`); these grants persist in the cache directory
 //!   (`journal`), so a proxy restarted during an outage keeps them.
 //!
-//! Only "yes" is remembered: a refusal drops the caller's grant (`refused`), a 404 to an
-//! allowed caller, a DELETE and every removal from the cache drop the image's (`forget`). A
-//! grant keeps the record Glance sent with it (size, digests): what is served within the
-//! window is checked against that record. With a grace it also keeps the v2 record's JSON as
-//! Glance sent it to that caller (shared between grants when equal), which `GET
-//! /v2/images/{id}` answers while no upstream does: clients (nova, openstacksdk) read the
-//! record before the data. The store is bounded in bytes (moka).
+//! Only "yes" is remembered, and only until Glance says otherwise: a refusal leaves a
+//! tombstone for the caller (`refused`), a 404 to an allowed caller, a DELETE and every
+//! removal from the cache forget the image (`forget`). A grant is dated by when Glance was
+//! asked, and a "yes" asked before a refusal or a forget never counts after it, however late
+//! it arrives. A grant keeps the record Glance sent with it (size, digests): what is served
+//! within the window is checked against that record. With a grace it also keeps the v2
+//! record's JSON (shared between grants when equal), which `GET /v2/images/{id}` answers
+//! while no upstream does: clients (nova, openstacksdk) read the record before the data.
+//! Only v2 grants are used for the windows (a v1 record carries no `os_hash`). The store is
+//! bounded in bytes (moka, least recently used out first).
 
 pub mod journal;
 
@@ -24,6 +27,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use moka::ops::compute::Op;
 
 use crate::auth::CallerKey;
 use crate::config::AuthConfig;
@@ -31,21 +35,28 @@ use crate::digest::Expected;
 
 /// A grant is remembered at least this long (for the 404 rule), or the grace if longer.
 const RETAIN: Duration = Duration::from_secs(24 * 3600);
-/// The store's bound: about 300 bytes a grant without a record (some 200,000 grants), a few
-/// KiB with one (records are shared, but counted for each grant).
+/// The store's bound: about 300 bytes a grant without a record (some 200,000 grants); a
+/// record's JSON is shared between grants, but counted for each.
 const MAX_BYTES: u64 = 64 << 20;
-/// How often the saver looks for changes to write (the batch of the journal's fsyncs).
-const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Images forgotten recently (their grants asked before then never count again).
+const MAX_FORGOTTEN: u64 = 100_000;
+/// The saver writes the journal (when it changed) every grace/1000, within these bounds: a
+/// restart loses at most that much of the newest grants, and a busy site rewrites the file
+/// at most that often.
+const SAVE_MIN: Duration = Duration::from_secs(1);
+const SAVE_MAX: Duration = Duration::from_secs(30);
 
 /// One caller's grant for one image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
-    /// When Glance last allowed it (unix ms, `clock::now`).
+    /// When Glance was asked (unix ms, `clock::now`), for the answer that allowed it.
     pub at_ms: u64,
     /// The record Glance sent with it.
     pub expected: Arc<Expected>,
     /// With a grace: the v2 record as Glance sent it to this caller (JSON).
     pub record: Option<Arc<Bytes>>,
+    /// Asked through v2 (only those serve within the windows).
+    pub v2: bool,
     /// `at_ms` as of the last change the journal was told about: a grant renewed within a
     /// small part of the grace is not rewritten (the journal's copy is a little older, which
     /// only shortens its grace after a restart).
@@ -64,22 +75,42 @@ impl Grant {
     }
 }
 
+/// What is remembered for a (caller, image).
+#[derive(Debug, Clone)]
+enum Memory {
+    Granted(Grant),
+    /// Glance refused at this time (unix ms): no "yes" asked before it counts.
+    Refused(u64),
+}
+
+/// What Glance asked for a grant: when, and what it said about the image.
+pub struct Asked<'a> {
+    /// When Glance was asked (unix ms; `now_ms()` before the question).
+    pub at_ms: u64,
+    pub expected: &'a Expected,
+    /// The v2 record's JSON, when there is one.
+    pub json: Option<&'a Bytes>,
+    pub v2: bool,
+}
+
 type Key = (CallerKey, String);
 
+#[derive(Clone)]
 pub struct Grants {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     windows: AuthConfig,
-    seen: moka::sync::Cache<Key, Grant>,
+    seen: moka::sync::Cache<Key, Memory>,
+    /// When each recently forgotten image was forgotten (unix ms).
+    forgotten: moka::sync::Cache<String, u64>,
+    /// The latest record JSON per image, so equal records are held once.
+    records: moka::sync::Cache<String, Arc<Bytes>>,
     /// Where grants persist (`offline_grace` > 0 and a cache directory).
     journal: Option<journal::Journal>,
     /// The journal is behind the store.
     dirty: AtomicBool,
-    /// The latest record per image, so equal records are held once (dropped with the
-    /// image's grants: `forget`).
-    records: std::sync::Mutex<std::collections::HashMap<String, Arc<Bytes>>>,
 }
 
 impl Grants {
@@ -92,17 +123,29 @@ impl Grants {
         let retain = RETAIN.max(windows.offline_grace);
         let seen = moka::sync::Cache::builder()
             .max_capacity(MAX_BYTES)
-            .weigher(|k: &Key, g: &Grant| weight(k, g))
+            .weigher(|k: &Key, m: &Memory| weight(k, m))
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_live(retain)
             .support_invalidation_closures()
+            .build();
+        let forgotten = moka::sync::Cache::builder()
+            .max_capacity(MAX_FORGOTTEN)
+            .time_to_live(retain)
+            .build();
+        let records = moka::sync::Cache::builder()
+            .max_capacity(MAX_BYTES / 4)
+            .weigher(|k: &String, r: &Arc<Bytes>| {
+                u32::try_from(k.len() + r.len() + 64).unwrap_or(u32::MAX)
+            })
             .build();
         Grants {
             inner: Arc::new(Inner {
                 windows,
                 seen,
+                forgotten,
+                records,
                 journal,
                 dirty: AtomicBool::new(false),
-                records: Default::default(),
             }),
         }
     }
@@ -121,13 +164,19 @@ impl Grants {
             journal::discard(&path)?;
             return Ok(Grants::new(windows));
         }
-        let (journal, loaded) = journal::Journal::open(path)?;
+        let (journal, loaded) = journal::Journal::open(path);
         let grants = Grants::with_journal(windows, Some(journal));
         let now = now_ms();
         let (mut kept, total) = (0, loaded.len());
-        for (key, grant) in loaded {
-            if held(&key.1) && grant.within(windows.offline_grace, now) {
-                grants.inner.seen.insert(key, grant);
+        for ((caller, id), grant) in loaded {
+            if held(&id) && grant.within(windows.offline_grace, now) {
+                if let Some(record) = &grant.record {
+                    grants.inner.records.insert(id.clone(), Arc::clone(record));
+                }
+                grants
+                    .inner
+                    .seen
+                    .insert((caller, id), Memory::Granted(grant));
                 kept += 1;
             }
         }
@@ -155,62 +204,84 @@ impl Grants {
         self.inner.windows
     }
 
-    /// Glance let `caller` download `id`, with this record.
-    /// (`json`: the v2 record's body as Glance sent it, kept only with a grace).
-    pub fn granted(&self, caller: CallerKey, id: &str, expected: &Expected, json: Option<&Bytes>) {
-        self.granted_at(caller, id, expected, json, now_ms());
+    /// Glance let `caller` download `id`, when asked as `asked` says. Ignored if Glance
+    /// refused this caller, or the image was forgotten, after that question.
+    pub fn granted(&self, caller: CallerKey, id: &str, asked: Asked<'_>) {
+        if self.forgotten_since(id, asked.at_ms) {
+            return;
+        }
+        let json = asked
+            .json
+            .filter(|_| !self.inner.windows.offline_grace.is_zero());
+        let step = (self.inner.windows.offline_grace / 100).min(Duration::from_secs(60));
+        let mut news = false;
+        self.inner
+            .seen
+            .entry((caller, id.to_string()))
+            .and_compute_with(|current| {
+                let before = match current.map(|e| e.into_value()) {
+                    Some(Memory::Refused(at)) if at >= asked.at_ms => return Op::Nop,
+                    Some(Memory::Granted(g)) if g.at_ms > asked.at_ms => return Op::Nop,
+                    Some(Memory::Granted(g)) => Some(g),
+                    _ => None,
+                };
+                let grant = self.renewal(id, before.as_ref(), &asked, json, step);
+                news = before.is_none_or(|b| b.noted_ms != grant.noted_ms);
+                Op::Put(Memory::Granted(grant))
+            });
+        if news {
+            // After the insert, so a save that sees the flag sees the grant.
+            self.inner.dirty.store(true, Ordering::Relaxed);
+        }
     }
 
-    fn granted_at(
+    /// The grant `asked` makes of `before` (the caller's last one for `id`): shared record
+    /// and digests where they are equal, a new `noted_ms` when the journal should hear of it
+    /// (a new grant, a changed record, or one moved on by more than `step`).
+    fn renewal(
         &self,
-        caller: CallerKey,
         id: &str,
-        expected: &Expected,
+        before: Option<&Grant>,
+        asked: &Asked<'_>,
         json: Option<&Bytes>,
-        now: u64,
-    ) {
-        let key = (caller, id.to_string());
-        let before = self.inner.seen.get(&key);
-        let expected = match &before {
-            Some(g) if *g.expected == *expected => Arc::clone(&g.expected),
-            _ => Arc::new(expected.clone()),
+        step: Duration,
+    ) -> Grant {
+        let expected = match before {
+            Some(g) if *g.expected == *asked.expected => Arc::clone(&g.expected),
+            _ => Arc::new(asked.expected.clone()),
         };
-        let json = json.filter(|_| !self.inner.windows.offline_grace.is_zero());
-        let record = match (json, before.as_ref().and_then(|g| g.record.as_ref())) {
+        let old = before.and_then(|g| g.record.as_ref());
+        let record = match (json, old) {
             (Some(new), Some(old)) if **old == *new => Some(Arc::clone(old)),
             (Some(new), _) => Some(self.shared_record(id, new)),
-            (None, _) => None,
+            // No JSON this time (v1, a miss after a cached verdict): keep the last one.
+            (None, old) => old.cloned(),
         };
-        // Tell the journal when the grant is new, its record changed, or it moved on by more
-        // than a hundredth of the grace (or a minute).
-        let step = (self.inner.windows.offline_grace / 100).min(Duration::from_secs(60));
-        let noted_ms = match &before {
+        let noted_ms = match before {
             Some(g)
                 if Arc::ptr_eq(&g.expected, &expected)
                     && same(&g.record, &record)
-                    && Duration::from_millis(now.saturating_sub(g.noted_ms)) < step =>
+                    && g.v2 == asked.v2
+                    && Duration::from_millis(asked.at_ms.saturating_sub(g.noted_ms)) < step =>
             {
                 g.noted_ms
             }
-            _ => {
-                self.inner.dirty.store(true, Ordering::Relaxed);
-                now
-            }
+            _ => asked.at_ms,
         };
-        let grant = Grant {
-            at_ms: now,
+        Grant {
+            at_ms: asked.at_ms,
             expected,
             record,
+            v2: asked.v2 || before.is_some_and(|g| g.v2),
             noted_ms,
-        };
-        self.inner.seen.insert(key, grant);
+        }
     }
 
     /// One copy of an image's record for every grant that has the same bytes.
     fn shared_record(&self, id: &str, json: &Bytes) -> Arc<Bytes> {
-        let mut records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
+        let records = &self.inner.records;
         match records.get(id) {
-            Some(r) if **r == *json => Arc::clone(r),
+            Some(r) if **r == *json => r,
             _ => {
                 let r = Arc::new(json.clone());
                 records.insert(id.to_string(), Arc::clone(&r));
@@ -219,20 +290,46 @@ impl Grants {
         }
     }
 
-    /// Glance refused `caller` `id` (or did not let it through): no grant stands.
-    pub fn refused(&self, caller: CallerKey, id: &str) {
-        if self.inner.seen.remove(&(caller, id.to_string())).is_some() {
+    /// `GET /v2/images/{id}` answered `caller` this record JSON: keep it with the caller's
+    /// grant, if any, as the freshest (the grant's date does not move: a record is not a
+    /// download).
+    pub fn seen_record(&self, caller: CallerKey, id: &str, json: &Bytes) {
+        if self.inner.windows.offline_grace.is_zero() {
+            return;
+        }
+        let mut news = false;
+        self.inner
+            .seen
+            .entry((caller, id.to_string()))
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                Some(Memory::Granted(g)) if g.record.as_deref().is_none_or(|r| *r != *json) => {
+                    news = true;
+                    let record = Some(self.shared_record(id, json));
+                    Op::Put(Memory::Granted(Grant { record, ..g }))
+                }
+                _ => Op::Nop,
+            });
+        if news {
             self.inner.dirty.store(true, Ordering::Relaxed);
         }
     }
 
-    /// `id` is gone (a 404, a DELETE, a removal from the cache): drop every caller's grant.
+    /// Glance refused `caller` `id` (or did not let it through): no grant stands, and no
+    /// "yes" asked before now counts.
+    pub fn refused(&self, caller: CallerKey, id: &str) {
+        let key = (caller, id.to_string());
+        let had = matches!(self.inner.seen.get(&key), Some(Memory::Granted(_)));
+        self.inner.seen.insert(key, Memory::Refused(now_ms()));
+        if had {
+            self.inner.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// `id` is gone (a 404, a DELETE, a removal from the cache): no caller's grant asked
+    /// before now counts.
     pub fn forget(&self, id: &str) {
-        self.inner
-            .records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.inner.forgotten.insert(id.to_string(), now_ms());
+        self.inner.records.invalidate(id);
         let id = id.to_string();
         // Registered predicates apply at once to reads; the entries go in the background.
         if self
@@ -245,54 +342,57 @@ impl Grants {
         }
     }
 
-    /// Whether Glance let `caller` download `id` (within the last day, or the grace).
-    pub fn was_granted(&self, caller: CallerKey, id: &str) -> bool {
-        self.inner.seen.contains_key(&(caller, id.to_string()))
+    /// Whether `id` was forgotten at or after `at_ms`.
+    fn forgotten_since(&self, id: &str, at_ms: u64) -> bool {
+        self.inner.forgotten.get(id).is_some_and(|f| f >= at_ms)
     }
 
-    /// The record of `caller`'s grant for `id`, if it is younger than `grant_ttl`.
+    /// `caller`'s standing grant for `id`, if any (not refused since, not forgotten since).
+    fn grant(&self, caller: CallerKey, id: &str) -> Option<Grant> {
+        match self.inner.seen.get(&(caller, id.to_string()))? {
+            Memory::Granted(g) if !self.forgotten_since(id, g.at_ms) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Whether Glance let `caller` download `id` (within the last day, or the grace).
+    pub fn was_granted(&self, caller: CallerKey, id: &str) -> bool {
+        self.grant(caller, id).is_some()
+    }
+
+    /// The record of `caller`'s v2 grant for `id`, if it is younger than `grant_ttl`.
     pub fn fresh(&self, caller: CallerKey, id: &str) -> Option<Arc<Expected>> {
         self.fresh_at(caller, id, now_ms())
     }
 
     fn fresh_at(&self, caller: CallerKey, id: &str, now: u64) -> Option<Arc<Expected>> {
         let window = self.inner.windows.grant_ttl;
-        let grant = self.inner.seen.get(&(caller, id.to_string()))?;
-        grant.within(window, now).then_some(grant.expected)
+        let grant = self.grant(caller, id)?;
+        (grant.v2 && grant.within(window, now)).then_some(grant.expected)
     }
 
-    /// The record and age of `caller`'s grant for `id`, if it is younger than
+    /// The record and age of `caller`'s v2 grant for `id`, if it is younger than
     /// `offline_grace` (asked only when no upstream answers).
     pub fn offline(&self, caller: CallerKey, id: &str) -> Option<(Arc<Expected>, Duration)> {
         self.offline_at(caller, id, now_ms())
+            .map(|(g, age)| (g.expected, age))
     }
 
-    fn offline_at(
-        &self,
-        caller: CallerKey,
-        id: &str,
-        now: u64,
-    ) -> Option<(Arc<Expected>, Duration)> {
+    fn offline_at(&self, caller: CallerKey, id: &str, now: u64) -> Option<(Grant, Duration)> {
         let window = self.inner.windows.offline_grace;
-        let grant = self.inner.seen.get(&(caller, id.to_string()))?;
+        let grant = self.grant(caller, id)?;
         let age = grant.age(now)?;
-        grant.within(window, now).then_some((grant.expected, age))
+        (grant.v2 && grant.within(window, now)).then_some((grant, age))
     }
 
-    /// The v2 record remembered with `caller`'s grant for `id` within `offline_grace`, and
+    /// The v2 record JSON kept with `caller`'s grant for `id` within `offline_grace`, and
     /// the grant's age (asked only when no upstream answers `GET /v2/images/{id}`).
     pub fn offline_record(&self, caller: CallerKey, id: &str) -> Option<(Bytes, Duration)> {
-        let window = self.inner.windows.offline_grace;
-        let now = now_ms();
-        let grant = self.inner.seen.get(&(caller, id.to_string()))?;
-        let age = grant.age(now)?;
-        let record = grant.record.as_ref()?;
-        grant
-            .within(window, now)
-            .then(|| (Bytes::clone(record), age))
+        let (grant, age) = self.offline_at(caller, id, now_ms())?;
+        grant.record.map(|r| (Bytes::clone(&r), age))
     }
 
-    /// How many grants are held (approximate: moka counts lazily).
+    /// How many entries are held (approximate: moka counts lazily).
     pub fn len(&self) -> u64 {
         self.inner.seen.run_pending_tasks();
         self.inner.seen.entry_count()
@@ -303,19 +403,20 @@ impl Grants {
     }
 
     /// Write the journal now, if there is one and it is behind; how many grants it holds.
-    /// Disk work: call on the blocking pool or a thread of its own.
+    /// Disk work: call on the blocking pool or a thread of its own (at shutdown: `app`).
     pub fn save(&self) -> std::io::Result<Option<usize>> {
         self.inner.save()
     }
 
-    /// A thread that writes the journal once a second when it changed, and ends with the
-    /// store (after a last write).
+    /// A thread that writes the journal when it changed, every grace/1000 (within `SAVE_MIN`
+    /// and `SAVE_MAX`), and ends with the store.
     fn start_saver(&self) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let every = (self.inner.windows.offline_grace / 1000).clamp(SAVE_MIN, SAVE_MAX);
         let spawned = std::thread::Builder::new()
             .name("grants-saver".into())
             .spawn(move || loop {
-                std::thread::sleep(SAVE_EVERY);
+                std::thread::sleep(every);
                 let Some(inner) = weak.upgrade() else { break };
                 if let Err(e) = inner.save() {
                     tracing::warn!(error = %e, "cannot write the remembered grants; retrying");
@@ -339,7 +440,11 @@ impl Inner {
         let live: Vec<(Arc<Key>, Grant)> = self
             .seen
             .iter()
-            .filter(|(_, g)| g.within(grace, now))
+            .filter_map(|(k, m)| match m {
+                Memory::Granted(g) if g.v2 && g.within(grace, now) => Some((k, g)),
+                _ => None,
+            })
+            .filter(|(k, g)| self.forgotten.get(&k.1).is_none_or(|f| f < g.at_ms))
             .collect();
         match journal.write(live.iter().map(|(k, g)| (&**k, g))) {
             Ok(n) => Ok(Some(n)),
@@ -351,22 +456,18 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // A clean stop writes what the last batch did not (the saver holds no strong ref).
-        if let Err(e) = self.save() {
-            tracing::warn!(error = %e, "cannot write the remembered grants at stop");
+/// About the bytes an entry holds (a shared record counted in full for each grant).
+fn weight(key: &Key, memory: &Memory) -> u32 {
+    let held = match memory {
+        Memory::Refused(_) => 0,
+        Memory::Granted(g) => {
+            let e = &g.expected;
+            e.md5.as_ref().map_or(0, String::len)
+                + e.os_hash.as_ref().map_or(0, |(_, v)| v.len())
+                + g.record.as_ref().map_or(0, |r| r.len())
         }
-    }
-}
-
-/// About the bytes a grant holds (a shared record counted in full for each).
-fn weight(key: &Key, grant: &Grant) -> u32 {
-    let e = &grant.expected;
-    let digests = e.md5.as_ref().map_or(0, String::len)
-        + e.os_hash.as_ref().map_or(0, |(_, v)| v.len())
-        + grant.record.as_ref().map_or(0, |r| r.len());
-    u32::try_from(key.1.len() + digests + 160).unwrap_or(u32::MAX)
+    };
+    u32::try_from(key.1.len() + held + 160).unwrap_or(u32::MAX)
 }
 
 fn same(a: &Option<Arc<Bytes>>, b: &Option<Arc<Bytes>>) -> bool {
@@ -377,7 +478,8 @@ fn same(a: &Option<Arc<Bytes>>, b: &Option<Arc<Bytes>>) -> bool {
     }
 }
 
-fn now_ms() -> u64 {
+/// Now, in unix ms (`clock::now`): what grants are dated with.
+pub fn now_ms() -> u64 {
     crate::clock::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -402,6 +504,19 @@ mod tests {
         }
     }
 
+    fn asked(at_ms: u64, expected: &Expected) -> Asked<'_> {
+        Asked {
+            at_ms,
+            expected,
+            json: None,
+            v2: true,
+        }
+    }
+
+    fn give(g: &Grants, who: CallerKey, id: &str, expected: &Expected, at_ms: u64) {
+        g.granted(who, id, asked(at_ms, expected));
+    }
+
     fn windows(ttl: u64, grace: u64) -> AuthConfig {
         AuthConfig {
             grant_ttl: Duration::from_secs(ttl),
@@ -412,101 +527,126 @@ mod tests {
     #[test]
     fn fresh_only_within_the_ttl_and_for_the_same_caller() {
         let g = Grants::new(windows(30, 0));
-        let (a, b) = (caller("a"), caller("b"));
-        g.granted_at(a, "img", &record(5), None, 1_000_000);
-        assert_eq!(g.fresh_at(a, "img", 1_000_000).map(|e| e.size), Some(5));
-        assert!(g.fresh_at(a, "img", 1_029_999).is_some());
+        let (a, b, t) = (caller("a"), caller("b"), now_ms());
+        give(&g, a, "img", &record(5), t);
+        assert_eq!(g.fresh_at(a, "img", t).map(|e| e.size), Some(5));
+        assert!(g.fresh_at(a, "img", t + 29_999).is_some());
         assert!(
-            g.fresh_at(a, "img", 1_030_000).is_none(),
+            g.fresh_at(a, "img", t + 30_000).is_none(),
             "expired at the TTL"
         );
-        assert!(g.fresh_at(b, "img", 1_000_001).is_none(), "another caller");
-        assert!(g.fresh_at(a, "other", 1_000_001).is_none(), "another image");
+        assert!(g.fresh_at(b, "img", t + 1).is_none(), "another caller");
+        assert!(g.fresh_at(a, "other", t + 1).is_none(), "another image");
+        assert!(g.fresh_at(a, "img", t - 1).is_none(), "a clock gone back");
         assert!(
-            g.fresh_at(a, "img", 999_000).is_none(),
-            "a clock gone back is no grant"
+            g.offline_at(a, "img", t + 1).is_none(),
+            "no grace: never offline"
         );
-        // No offline grace: never offline.
-        assert!(g.offline_at(a, "img", 1_000_001).is_none());
     }
 
     #[test]
-    fn a_zero_ttl_is_todays_behaviour() {
+    fn a_zero_ttl_is_todays_behaviour_and_v1_grants_serve_no_window() {
         let g = Grants::new(windows(0, 0));
-        let a = caller("a");
-        g.granted_at(a, "img", &record(5), None, 1_000);
-        assert!(g.fresh_at(a, "img", 1_000).is_none());
+        let (a, t) = (caller("a"), now_ms());
+        give(&g, a, "img", &record(5), t);
+        assert!(g.fresh_at(a, "img", t).is_none());
         assert!(g.was_granted(a, "img"), "still known for the 404 rule");
+        let g = Grants::new(windows(60, 3600));
+        let five = record(5);
+        let v1 = Asked {
+            v2: false,
+            ..asked(t, &five)
+        };
+        g.granted(a, "img", v1);
+        assert!(g.was_granted(a, "img"));
+        assert!(
+            g.fresh_at(a, "img", t + 1).is_none(),
+            "v1 records have no os_hash"
+        );
+        assert!(g.offline_at(a, "img", t + 1).is_none());
     }
 
     #[test]
     fn offline_within_the_grace_with_its_age() {
         let g = Grants::new(windows(0, 3600));
-        let a = caller("a");
-        g.granted_at(a, "img", &record(7), None, 10_000);
-        let (e, age) = g.offline_at(a, "img", 70_000).expect("within the grace");
-        assert_eq!((e.size, age), (7, Duration::from_secs(60)));
-        assert!(g.offline_at(a, "img", 10_000 + 3_600_000).is_none());
+        let (a, t) = (caller("a"), now_ms());
+        give(&g, a, "img", &record(7), t);
+        let (grant, age) = g
+            .offline_at(a, "img", t + 60_000)
+            .expect("within the grace");
+        assert_eq!((grant.expected.size, age), (7, Duration::from_secs(60)));
+        assert!(g.offline_at(a, "img", t + 3_600_000).is_none());
         // Renewed: the window runs from the last grant.
-        g.granted_at(a, "img", &record(7), None, 3_000_000);
-        assert!(g.offline_at(a, "img", 10_000 + 3_600_000).is_some());
+        give(&g, a, "img", &record(7), t + 3_000_000);
+        assert!(g.offline_at(a, "img", t + 3_600_000).is_some());
     }
 
     #[test]
-    fn refusals_and_removals_drop_grants() {
+    fn refusals_and_removals_drop_grants_and_late_answers_do_not_revive_them() {
         let g = Grants::new(windows(60, 3600));
         let (a, b) = (caller("a"), caller("b"));
+        let before = now_ms() - 10;
         for who in [a, b] {
-            g.granted_at(who, "img", &record(1), None, 1_000);
-            g.granted_at(who, "keep", &record(1), None, 1_000);
+            give(&g, who, "img", &record(1), before);
+            give(&g, who, "keep", &record(1), before);
         }
         g.refused(a, "img");
+        let t = now_ms();
         assert!(
-            g.fresh_at(a, "img", 1_001).is_none(),
+            g.fresh_at(a, "img", t).is_none(),
             "a refusal drops the caller's"
         );
-        assert!(
-            g.fresh_at(b, "img", 1_001).is_some(),
-            "and only the caller's"
-        );
+        assert!(g.fresh_at(b, "img", t).is_some(), "and only the caller's");
+        // A "yes" asked before the refusal that arrives after it does not count.
+        give(&g, a, "img", &record(1), before + 1);
+        assert!(g.fresh_at(a, "img", t).is_none(), "a late yes is ignored");
         g.forget("img");
         assert!(
-            g.fresh_at(b, "img", 1_001).is_none(),
+            g.fresh_at(b, "img", t).is_none(),
             "forget drops every caller's"
         );
         assert!(!g.was_granted(b, "img"));
-        assert!(g.fresh_at(a, "keep", 1_001).is_some(), "other images stay");
-        // A grant after the forget counts again.
-        g.granted_at(b, "img", &record(1), None, 2_000);
-        assert!(g.fresh_at(b, "img", 2_001).is_some());
+        give(&g, b, "img", &record(1), before + 2);
+        assert!(!g.was_granted(b, "img"), "asked before the forget: ignored");
+        assert!(g.fresh_at(a, "keep", t).is_some(), "other images stay");
+        // Asked after the refusal and the forget: counts.
+        std::thread::sleep(Duration::from_millis(2));
+        let later = now_ms();
+        give(&g, a, "img", &record(1), later);
+        give(&g, b, "img", &record(1), later);
+        assert!(g.fresh_at(a, "img", later + 1).is_some());
+        assert!(g.fresh_at(b, "img", later + 1).is_some());
     }
 
     #[test]
-    fn the_record_is_the_one_sent_with_the_grant() {
+    fn the_record_is_the_one_sent_with_the_latest_grant() {
         let g = Grants::new(windows(60, 0));
-        let a = caller("a");
-        g.granted_at(a, "img", &record(1), None, 1_000);
-        g.granted_at(a, "img", &record(2), None, 1_500);
-        assert_eq!(g.fresh_at(a, "img", 1_600).map(|e| e.size), Some(2));
+        let (a, t) = (caller("a"), now_ms());
+        give(&g, a, "img", &record(1), t);
+        give(&g, a, "img", &record(2), t + 500);
+        give(&g, a, "img", &record(3), t + 400); // an older answer arriving late
+        assert_eq!(g.fresh_at(a, "img", t + 600).map(|e| e.size), Some(2));
     }
 
     #[test]
     fn the_store_is_bounded_in_bytes() {
         let g = Grants::new(windows(60, 0));
+        let grant = Grant {
+            at_ms: 0,
+            expected: Arc::new(record(1)),
+            record: None,
+            v2: true,
+            noted_ms: 0,
+        };
         let each = u64::from(weight(
             &(caller("x"), "img".into()),
-            &Grant {
-                at_ms: 0,
-                expected: Arc::new(record(1)),
-                record: None,
-                noted_ms: 0,
-            },
+            &Memory::Granted(grant),
         ));
-        let n = MAX_BYTES / each + 10_000;
+        let (n, t) = (MAX_BYTES / each + 10_000, now_ms());
         for i in 0..n {
             let mut h = HeaderMap::new();
             h.insert("x-auth-token", HeaderValue::from(i));
-            g.granted_at(CallerKey::of(&h), "img", &record(1), None, 1_000);
+            give(&g, CallerKey::of(&h), "img", &record(1), t);
         }
         let held = g.len();
         assert!(held < n, "{held} of {n} held");
@@ -514,64 +654,71 @@ mod tests {
             held * each <= MAX_BYTES,
             "{held} grants exceed the byte bound"
         );
+        let mut h = HeaderMap::new();
+        h.insert("x-auth-token", HeaderValue::from(n - 1));
+        assert!(
+            g.was_granted(CallerKey::of(&h), "img"),
+            "the newest is kept (LRU)"
+        );
     }
 
     #[test]
-    fn with_a_grace_the_record_json_is_kept_once_and_served_offline() {
+    fn with_a_grace_the_record_json_is_kept_once_refreshed_and_served_offline() {
         let json = Bytes::from_static(b"{\"id\": \"img\"}");
         let g = Grants::new(windows(0, 3600));
-        let (a, b) = (caller("a"), caller("b"));
-        g.granted(a, "img", &record(1), Some(&json));
-        g.granted(b, "img", &record(1), Some(&json.clone()));
-        let (ra, rb) = (
-            g.inner.seen.get(&(a, "img".into())),
-            g.inner.seen.get(&(b, "img".into())),
-        );
+        // In the past: `offline_record` reads the clock, and a grant from the future is none.
+        let (a, b, t) = (caller("a"), caller("b"), now_ms() - 10_000);
+        let one = record(1);
+        for who in [a, b] {
+            let with_json = Asked {
+                json: Some(&json),
+                ..asked(t, &one)
+            };
+            g.granted(who, "img", with_json);
+        }
+        let (ra, rb) = (g.grant(a, "img"), g.grant(b, "img"));
         let (ra, rb) = (ra.and_then(|g| g.record), rb.and_then(|g| g.record));
-        assert!(
-            ra.as_ref()
-                .zip(rb.as_ref())
-                .is_some_and(|(x, y)| Arc::ptr_eq(x, y)),
-            "one copy"
-        );
+        let shared = ra.as_ref().zip(rb.as_ref());
+        assert!(shared.is_some_and(|(x, y)| Arc::ptr_eq(x, y)), "one copy");
         assert_eq!(
             g.offline_record(a, "img").map(|(j, _)| j),
             Some(json.clone())
         );
         assert!(g.offline_record(caller("c"), "img").is_none());
+        // A renewal without JSON keeps it; a newer record replaces it, not the date.
+        give(&g, a, "img", &record(1), t + 1);
+        assert_eq!(
+            g.offline_record(a, "img").map(|(j, _)| j),
+            Some(json.clone())
+        );
+        let newer = Bytes::from_static(b"{\"id\": \"img\", \"name\": \"x\"}");
+        g.seen_record(a, "img", &newer);
+        assert_eq!(g.offline_record(a, "img").map(|(j, _)| j), Some(newer));
+        assert_eq!(g.grant(a, "img").map(|g| g.at_ms), Some(t + 1));
         g.forget("img");
         assert!(g.offline_record(a, "img").is_none());
         // Without a grace no record is kept.
         let g = Grants::new(windows(60, 0));
-        g.granted(a, "img", &record(1), Some(&json));
-        assert!(g
-            .inner
-            .seen
-            .get(&(a, "img".into()))
-            .and_then(|g| g.record)
-            .is_none());
+        let with_json = Asked {
+            json: Some(&json),
+            ..asked(t, &one)
+        };
+        g.granted(a, "img", with_json);
+        assert!(g.grant(a, "img").and_then(|g| g.record).is_none());
     }
 
     #[test]
     fn renewals_within_a_small_step_do_not_dirty_the_journal() {
         let g = Grants::new(windows(0, 3600));
-        let a = caller("a");
-        g.granted_at(a, "img", &record(1), None, 1_000);
-        assert!(
-            g.inner.dirty.swap(false, Ordering::Relaxed),
-            "a new grant is news"
-        );
-        g.granted_at(a, "img", &record(1), None, 2_000);
-        assert!(
-            !g.inner.dirty.load(Ordering::Relaxed),
-            "a renewal a second later is not"
-        );
-        g.granted_at(a, "img", &record(1), None, 1_000 + 36_001);
-        assert!(
-            g.inner.dirty.swap(false, Ordering::Relaxed),
-            "a hundredth of the grace is"
-        );
-        g.granted_at(a, "img", &record(2), None, 40_000);
-        assert!(g.inner.dirty.load(Ordering::Relaxed), "a changed record is");
+        let (a, t) = (caller("a"), now_ms());
+        let dirty = |g: &Grants| g.inner.dirty.swap(false, Ordering::Relaxed);
+        give(&g, a, "img", &record(1), t);
+        assert!(dirty(&g), "a new grant is news");
+        give(&g, a, "img", &record(1), t + 1_000);
+        assert!(!dirty(&g), "a renewal a second later is not");
+        give(&g, a, "img", &record(1), t + 36_001);
+        assert!(dirty(&g), "a hundredth of the grace is");
+        give(&g, a, "img", &record(2), t + 37_000);
+        assert!(dirty(&g), "a changed record is");
     }
 }

@@ -17,11 +17,14 @@
 //! A cached image is never served to a caller Glance would refuse, outside the windows the
 //! operator set.
 
+mod authorize;
 pub mod range;
+mod record;
+
+pub use record::record;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -38,6 +41,7 @@ use crate::outcome::{BypassReason, Decision, Outcome, QuarantineReason};
 use crate::sendfile::{self, Hooks};
 use crate::upstream::glance::{is_full_download, warn_if_md5_differs, Api, ImageInfo, Small};
 use crate::upstream::{Downstream, Forwarded, Upstream};
+use authorize::{authorize, glance_says, may_download, Allowed, Authorized};
 use range::RangeAnswer;
 
 /// What the image path needs of the shared state.
@@ -64,6 +68,8 @@ struct Ask<'a> {
     caller: HeaderMap,
     /// Their identity's key (what grants are remembered by).
     who: CallerKey,
+    /// When Glance is asked about this request (unix ms): what a grant from it is dated by.
+    asked_ms: u64,
     /// The `Range` header, when the request has one.
     range: Option<String>,
     /// `?prefer=` and friends: on a miss with the download, on a hit with the probe (so a
@@ -91,6 +97,7 @@ pub async fn serve(
         api,
         image_id,
         who: CallerKey::of(&caller),
+        asked_ms: crate::grants::now_ms(),
         caller,
         range: headers
             .get(RANGE)
@@ -108,21 +115,13 @@ pub async fn serve(
     }
     let allowed = match authorize(ctx, cache, &ask).await? {
         Authorized::Allowed(allowed) => *allowed,
+        Authorized::Offline(allowed, unanswered) => {
+            return respond_offline(ctx, cache, &ask, *allowed, unanswered, req, down).await;
+        }
         Authorized::Refused(resp, upstream) => return Ok(denied(resp, upstream)),
         Authorized::Bypass(reason) => return bypass(ctx, req, down, reason).await,
     };
-    let plan = plan(cache, &ask, &allowed.expected).await;
-    if !matches!(plan, Plan::Hit(_)) {
-        if let Verdict::Offline(unanswered) = allowed.verdict {
-            // Offline, only a verified entry is served; otherwise Glance's failure stands.
-            return match glance_says(ctx, cache, &ask, unanswered).await? {
-                Authorized::Refused(resp, upstream) => Ok(denied(resp, upstream)),
-                Authorized::Bypass(reason) => bypass(ctx, req, down, reason).await,
-                Authorized::Allowed(_) => Err(Error::Unreachable("no upstream answered".into())),
-            };
-        }
-    }
-    match plan {
+    match plan(cache, &ask, &allowed.expected).await {
         Plan::Bypass(reason) => bypass(ctx, req, down, reason).await,
         Plan::Fill(starter) => respond_miss(ctx, cache, &ask, allowed, starter).await,
         Plan::Hit(hit) => respond_cached(ctx, cache, &ask, allowed, Source::Entry(hit)).await,
@@ -136,253 +135,6 @@ pub async fn serve(
             }
         },
     }
-}
-
-/// `GET /v2/images/{id}`: passed through to Glance; while no upstream answers, the record
-/// remembered with this caller's offline grant for the image (clients read the record before
-/// the data), with a warning. The decision, when one was made here.
-pub async fn record(
-    ctx: &Context<'_>,
-    req: Request<Incoming>,
-    image_id: &str,
-    down: &Downstream<'_>,
-) -> Result<(Forwarded, Option<Decision>), Error> {
-    let who = CallerKey::of(&ctx.upstream.caller_headers(req.headers(), down));
-    let answer = ctx.upstream.forward(req, down).await;
-    let outage = match &answer {
-        Ok(forwarded) => unavailable(forwarded.response.status()),
-        Err(e) => matches!(e, Error::Unreachable(_) | Error::Timeout(_)),
-    };
-    let remembered = outage
-        .then(|| ctx.grants.offline_record(who, image_id))
-        .flatten();
-    let Some((json, age)) = remembered else {
-        return answer.map(|forwarded| (forwarded, None));
-    };
-    tracing::warn!(
-        image_id,
-        grant_age_s = age.as_secs(),
-        "no upstream Glance answers; serving the image record remembered with a grant within auth.offline_grace"
-    );
-    let mut resp = Response::new(crate::body::full(json));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(id) = HeaderValue::from_str(&format!("req-{}", uuid::Uuid::new_v4())) {
-        resp.headers_mut().insert("x-openstack-request-id", id);
-    }
-    Ok((Forwarded::new(resp, None), Some(Decision::Offline)))
-}
-
-// === authorize ===
-
-/// Glance's answer to "may this caller have this image, and what is it?".
-enum Authorized {
-    Allowed(Box<Allowed>),
-    /// Glance refused (its answer, from upstream `usize`): it goes back unchanged.
-    Refused(Response<ProxyBody>, usize),
-    /// Glance allowed the record, but the image cannot be served from the cache.
-    Bypass(BypassReason),
-}
-
-/// An image record Glance gave this caller (or that a standing grant kept).
-struct Allowed {
-    info: ImageInfo,
-    expected: Expected,
-    verdict: Verdict,
-    /// The v2 record's JSON as Glance sent it (kept with the grant, for the grace).
-    json: Option<Bytes>,
-}
-
-/// On whose word a cached copy may go to this caller.
-enum Verdict {
-    /// Glance's: the download probe, when it was asked with the record (the image was
-    /// cached); else it is asked before a hit or a join is served.
-    Glance(Option<Result<Small, Error>>),
-    /// Glance allowed this caller this image within `auth.grant_ttl`: nothing was asked.
-    Cached,
-    /// No upstream answered (kept: what goes back unless a verified entry is served); Glance
-    /// allowed this caller this image within `auth.offline_grace`.
-    Offline(Result<Small, Error>),
-}
-
-async fn authorize(
-    ctx: &Context<'_>,
-    cache: &Arc<Cache>,
-    ask: &Ask<'_>,
-) -> Result<Authorized, Error> {
-    if let Some(allowed) = remembered(ctx, cache, ask) {
-        return Ok(Authorized::Allowed(Box::new(allowed)));
-    }
-    let upstream = ctx.upstream;
-    // When the image is probably a hit, ask Glance both questions at once.
-    let (record, probe) = if cache.holds(ask.image_id) {
-        let (record, probe) = tokio::join!(
-            upstream.image_record(ask.api, &ask.caller, ask.image_id),
-            upstream.download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
-        );
-        (record, Some(probe))
-    } else {
-        let record = upstream
-            .image_record(ask.api, &ask.caller, ask.image_id)
-            .await;
-        (record, None)
-    };
-    if is_outage(&record) && cache.is_cached(ask.image_id) {
-        if let Some(expected) = offline_grant(ctx, ask) {
-            return Ok(Authorized::Allowed(Box::new(Allowed {
-                info: ImageInfo::remembered(&expected),
-                expected,
-                verdict: Verdict::Offline(record),
-                json: None,
-            })));
-        }
-    }
-    match glance_says(ctx, cache, ask, record).await? {
-        Authorized::Allowed(mut allowed) => {
-            allowed.verdict = Verdict::Glance(probe);
-            Ok(Authorized::Allowed(allowed))
-        }
-        other => Ok(other),
-    }
-}
-
-/// Within `auth.grant_ttl` of Glance's last "yes" to this caller for an image the cache
-/// holds: allowed, with the record of that "yes", and Glance is not asked. v2 without a query
-/// only (v1 answers carry the record's headers; a query may change Glance's answer).
-fn remembered(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Allowed> {
-    if ask.api != Api::V2 || ask.query.is_some() || !cache.holds(ask.image_id) {
-        return None;
-    }
-    let expected = Expected::clone(&*ctx.grants.fresh(ask.who, ask.image_id)?);
-    Some(Allowed {
-        info: ImageInfo::remembered(&expected),
-        expected,
-        verdict: Verdict::Cached,
-        json: None,
-    })
-}
-
-/// No upstream answered: refused or timed-out connections, or 502/503/504 from every one.
-fn is_outage(answer: &Result<Small, Error>) -> bool {
-    match answer {
-        Ok(small) => unavailable(small.status),
-        Err(e) => matches!(e, Error::Unreachable(_) | Error::Timeout(_)),
-    }
-}
-
-/// The statuses of an upstream that cannot answer (not a decision about the caller).
-fn unavailable(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-    )
-}
-
-/// The record of this caller's grant for the image within `auth.offline_grace`, with a
-/// warning (each such hit is logged); v2 only.
-fn offline_grant(ctx: &Context<'_>, ask: &Ask<'_>) -> Option<Expected> {
-    if ask.api != Api::V2 {
-        return None;
-    }
-    let (expected, age) = ctx.grants.offline(ask.who, ask.image_id)?;
-    tracing::warn!(
-        image_id = ask.image_id,
-        grant_age_s = age.as_secs(),
-        "no upstream Glance answers; serving a cached image on a grant within auth.offline_grace"
-    );
-    Some(Expected::clone(&expected))
-}
-
-/// Glance's answer to the record: allowed (the record), refused (its answer goes back), or
-/// not from the cache. Refusals drop the caller's grant; a 404 to a caller Glance had let
-/// download the image means it is gone (evicted, every grant dropped), while a 404 to anyone
-/// else may only mean they cannot see it, and must not evict.
-async fn glance_says(
-    ctx: &Context<'_>,
-    cache: &Arc<Cache>,
-    ask: &Ask<'_>,
-    record: Result<Small, Error>,
-) -> Result<Authorized, Error> {
-    let record = record?;
-    if record.status != StatusCode::OK {
-        let gone =
-            record.status == StatusCode::NOT_FOUND && ctx.grants.was_granted(ask.who, ask.image_id);
-        if gone {
-            // The removal drops every caller's grant too (`Cache::on_removed`).
-            tracing::info!(image_id = ask.image_id, "image gone from Glance; evicting");
-            cache.remove(ask.image_id).await;
-        } else if !unavailable(record.status) {
-            ctx.grants.refused(ask.who, ask.image_id);
-        }
-        return Ok(match ask.api {
-            Api::V2 => {
-                let index = record.upstream;
-                Authorized::Refused(record.into_response(), index)
-            }
-            // A HEAD answer has no body: let Glance answer the GET itself.
-            Api::V1 => Authorized::Bypass(BypassReason::V1Refused),
-        });
-    }
-    let info = match ImageInfo::parse(ask.api, &record) {
-        Some(info) if info.status == "active" => info,
-        Some(_) => {
-            // Deactivated (or not yet active): Glance answers the download; no grant stands.
-            ctx.grants.refused(ask.who, ask.image_id);
-            return Ok(Authorized::Bypass(BypassReason::NotActive));
-        }
-        None => return Ok(Authorized::Bypass(BypassReason::BadRecord)),
-    };
-    let Some(expected) = info.expected.clone() else {
-        return Ok(Authorized::Bypass(BypassReason::NoSize));
-    };
-    let json = (ask.api == Api::V2).then(|| record.body.clone());
-    Ok(Authorized::Allowed(Box::new(Allowed {
-        info,
-        expected,
-        verdict: Verdict::Glance(None),
-        json,
-    })))
-}
-
-/// Whether this caller may have the cached copy now, and on whose word: Glance's download
-/// probe (a 2xx; its answer is kept for the response's request id), or a grant that stands.
-/// A refusal comes back as `Err`, Glance's answer unchanged. When the probe finds no upstream
-/// and the copy is a verified entry, an offline grant stands in for it.
-async fn may_download(
-    ctx: &Context<'_>,
-    ask: &Ask<'_>,
-    allowed: &mut Allowed,
-    source: &Source,
-) -> Result<Result<(Decision, Option<Small>), Served>, Error> {
-    let early = match std::mem::replace(&mut allowed.verdict, Verdict::Cached) {
-        Verdict::Cached => return Ok(Ok((Decision::Cached, None))),
-        Verdict::Offline(_) => return Ok(Ok((Decision::Offline, None))),
-        Verdict::Glance(early) => early,
-    };
-    let probe = match early {
-        Some(probe) => probe,
-        None => {
-            ctx.upstream
-                .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
-                .await
-        }
-    };
-    if is_outage(&probe) && matches!(source, Source::Entry(_)) && offline_grant(ctx, ask).is_some()
-    {
-        return Ok(Ok((Decision::Offline, None)));
-    }
-    let probe = probe?;
-    if !probe.status.is_success() || probe.status == StatusCode::NO_CONTENT {
-        if !unavailable(probe.status) {
-            ctx.grants.refused(ask.who, ask.image_id);
-        }
-        let index = probe.upstream;
-        return Ok(Err(denied(probe.into_response(), index)));
-    }
-    let json = allowed.json.as_ref();
-    ctx.grants
-        .granted(ask.who, ask.image_id, &allowed.expected, json);
-    Ok(Ok((Decision::Allowed, Some(probe))))
 }
 
 // === plan ===
@@ -416,6 +168,31 @@ async fn plan(cache: &Arc<Cache>, ask: &Ask<'_>, expected: &Expected) -> Plan {
 
 // === respond ===
 
+/// No upstream answered, and a grant within `auth.offline_grace` stands: a verified entry is
+/// served, found without changing the cache (no fill, no eviction); anything else gets
+/// Glance's failure as it came.
+async fn respond_offline(
+    ctx: &Context<'_>,
+    cache: &Arc<Cache>,
+    ask: &Ask<'_>,
+    allowed: Allowed,
+    unanswered: Result<Small, Error>,
+    req: Request<Incoming>,
+    down: &Downstream<'_>,
+) -> Result<Served, Error> {
+    if let Some(hit) = cache.peek(ask.image_id, &allowed.expected).await {
+        authorize::warn_offline(ctx, ask);
+        return respond_cached(ctx, cache, ask, allowed, Source::Entry(hit)).await;
+    }
+    match glance_says(ctx, cache, ask, unanswered).await? {
+        Authorized::Refused(resp, upstream) => Ok(denied(resp, upstream)),
+        Authorized::Bypass(reason) => bypass(ctx, req, down, reason).await,
+        Authorized::Allowed(_) | Authorized::Offline(..) => {
+            Err(Error::Unreachable("no upstream answered".into()))
+        }
+    }
+}
+
 /// A miss: Glance's download (with the caller's credentials, which is the authorization)
 /// starts the fill, and this client reads it like any other.
 async fn respond_miss(
@@ -428,8 +205,7 @@ async fn respond_miss(
     let expected = &allowed.expected;
     match start_fill(ctx.upstream, starter, ask, expected).await? {
         Started::Fill(fill, request_id, upstream) => {
-            let json = allowed.json.as_ref();
-            ctx.grants.granted(ask.who, ask.image_id, expected, json);
+            authorize::grant(ctx, ask, &allowed);
             let body = fill::reader(
                 Source::Filling(fill),
                 0..expected.size,
@@ -445,7 +221,7 @@ async fn respond_miss(
         }
         Started::Refused(resp, upstream) => {
             // Glance refused the download itself: no grant stands.
-            if !unavailable(resp.status()) {
+            if !crate::upstream::is_unavailable(resp.status()) {
                 ctx.grants.refused(ask.who, ask.image_id);
             }
             Ok(Served {

@@ -285,6 +285,21 @@ fn connector(cfg: &UpstreamConfig) -> Result<(Connector, Option<Arc<Identity>>),
     Ok((Counting(https), identity))
 }
 
+/// A status that says the upstream could not answer (not a decision about the caller). After
+/// `Upstream::send`'s failover, none of the upstreams could.
+pub fn is_unavailable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// An error that says no upstream answered: refused or broken connections, no response head in
+/// time (after `Upstream::send`'s failover through all of them).
+pub fn is_unanswered(e: &Error) -> bool {
+    matches!(e, Error::Unreachable(_) | Error::Timeout(_))
+}
+
 impl Upstream {
     /// Fails only on the TLS settings: a CA bundle or client certificate that does not load.
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
@@ -438,7 +453,11 @@ impl Upstream {
     }
 
     /// Send with failover: a refused connection, or a 502/503 answer, moves on to the next
-    /// upstream while the request can still be replayed (no body, or body not yet sent).
+    /// upstream while the request can still be replayed (no body, or body not yet sent); so
+    /// do, for GET, HEAD and OPTIONS, no answer within `response_timeout` and a 504 (which
+    /// say nothing about whether another upstream can answer, and leave health as it was).
+    /// An error or a 502/503/504 therefore means no upstream answered the request
+    /// (`is_unavailable`).
     /// A failure of the client's own (its body) is a 400 and leaves every upstream's health
     /// as it was.
     pub async fn send<B>(
@@ -466,6 +485,12 @@ impl Upstream {
                         status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                     );
+                    let timed_out = status == StatusCode::GATEWAY_TIMEOUT && failover_safe;
+                    if timed_out && more && slot.replayable() {
+                        tracing::warn!(upstream = self.label(index), %status, "upstream timed out, trying the next one");
+                        self.failovers.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     if unavailable {
                         self.lock_health().failed(index, Instant::now());
                         if more && slot.replayable() {
@@ -487,7 +512,16 @@ impl Upstream {
                     }
                     self.failovers.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(AttemptError::Timeout) => return Err(Error::Timeout(self.response_timeout)),
+                Err(AttemptError::Timeout) => {
+                    if !(more && failover_safe && slot.replayable()) {
+                        return Err(Error::Timeout(self.response_timeout));
+                    }
+                    tracing::warn!(
+                        upstream = self.label(index),
+                        "upstream did not answer in time, trying the next one"
+                    );
+                    self.failovers.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(AttemptError::Client(why)) => return Err(Error::BadRequest(why)),
                 Err(AttemptError::Request(e)) => return Err(e),
                 Err(AttemptError::Broken { error, reused }) => {

@@ -30,7 +30,7 @@ def config_file(text):
 
 
 @pytest.fixture(scope="module")
-def keystone_glance():
+def edge_keystone_glance():
     """Glance with a real Keystone; keystonemiddleware validates every token (no token cache),
     so a revoked token is refused by Glance at once."""
     kport = free_port()
@@ -69,7 +69,7 @@ def keystone_world(g, proxy):
 
 @pytest.fixture(params=["noauth", "keystone"])
 def ttl_world(request, glance):
-    g = glance if request.param == "noauth" else request.getfixturevalue("keystone_glance")
+    g = glance if request.param == "noauth" else request.getfixturevalue("edge_keystone_glance")
     cfg = config_file('[auth]\ngrant_ttl = "%ds"\n' % TTL)
     proxy = Proxy(g.url, extra_args=["--config", cfg], metrics=True)
     try:
@@ -197,9 +197,9 @@ def sdk(auth_url, who, proxy):
         auth_type="password", auth=password(auth_url, who), image_endpoint_override=proxy.url)
 
 
-def test_offline_grace_with_glance_stopped(keystone_glance):
+def test_offline_grace_with_glance_stopped(edge_keystone_glance):
     """Last in this module: it stops its Glance."""
-    g = keystone_glance
+    g = edge_keystone_glance
     cfg = config_file('[auth]\noffline_grace = "1h"\n')
     proxy = Proxy(g.url, extra_args=["--config", cfg], metrics=True)
     try:

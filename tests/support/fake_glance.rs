@@ -67,6 +67,9 @@ pub struct Faults {
     pub inactive: Option<String>,
     /// Requests with this X-Auth-Token get 401 (a revoked or expired token).
     pub revoked_token: Option<String>,
+    /// v2 records (`GET /v2/images/{id}`) answer this status (a database outage behind a
+    /// Glance whose store still serves downloads).
+    pub record_status: Option<u16>,
 }
 
 /// One request as the fake saw it.
@@ -474,6 +477,12 @@ async fn serve(
             }
         }
         ("GET", ["", "v2", "images", id]) => {
+            if let Some(code) = faults
+                .record_status
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                return Ok(status(code, "injected record fault"));
+            }
             let data = state.images.lock().expect("images lock").get(*id).cloned();
             match data {
                 Some(data) => json(

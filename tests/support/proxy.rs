@@ -38,6 +38,12 @@ pub struct TestConfig {
 }
 
 impl TestConfig {
+    /// The same test config (and cache directory) with `f` applied.
+    pub fn map(mut self, f: impl FnOnce(&mut Config)) -> TestConfig {
+        f(&mut self.config);
+        self
+    }
+
     /// A copy of the `Config` for an API that takes one (`app::build`); the directory lives
     /// as long as `self`, so keep it until that copy is done with.
     pub fn to_config(&self) -> Config {

@@ -1,0 +1,107 @@
+//! `GET /v2/images/{id}`, the image record: passed through to Glance, and learnt from. A
+//! refusal ends the caller's grant (a 404 to a caller Glance had let download the image: the
+//! image is gone and leaves the cache); with `auth.offline_grace`, an allowed caller's record
+//! (small, so read whole) refreshes the JSON kept with the grant, or ends the grant when the
+//! image is no longer active. While no upstream answers, a caller with a grant within the grace
+//! for a cached image gets that JSON (clients such as nova and openstacksdk read the record
+//! before the data), with a warning.
+
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::Context;
+use crate::auth::CallerKey;
+use crate::error::Error;
+use crate::outcome::Decision;
+use crate::upstream::glance::ImageRecord;
+use crate::upstream::{is_unanswered, is_unavailable, Downstream, Forwarded};
+
+/// The largest record read whole to learn from (Glance's are a few KiB).
+const MAX_RECORD: u64 = 256 << 10;
+
+/// Answer `GET /v2/images/{id}`; the decision, when one was made here (`Offline`).
+pub async fn record(
+    ctx: &Context<'_>,
+    req: Request<Incoming>,
+    image_id: &str,
+    down: &Downstream<'_>,
+) -> Result<(Forwarded, Option<Decision>), Error> {
+    let who = CallerKey::of(&ctx.upstream.caller_headers(req.headers(), down));
+    let answer = ctx.upstream.forward(req, down).await;
+    let outage = match &answer {
+        Ok(forwarded) => is_unavailable(forwarded.response.status()),
+        Err(e) => is_unanswered(e),
+    };
+    if !outage {
+        return Ok((learn(ctx, who, image_id, answer?).await?, None));
+    }
+    let cached = ctx.cache.is_some_and(|c| c.is_cached(image_id));
+    let Some((json, age)) = cached
+        .then(|| ctx.grants.offline_record(who, image_id))
+        .flatten()
+    else {
+        return answer.map(|forwarded| (forwarded, None));
+    };
+    tracing::warn!(
+        image_id,
+        grant_age_s = age.as_secs(),
+        "no upstream Glance answers; serving the image record kept with a grant within auth.offline_grace"
+    );
+    let mut resp = Response::new(crate::body::full(json));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(id) = HeaderValue::from_str(&format!("req-{}", uuid::Uuid::new_v4())) {
+        resp.headers_mut().insert("x-openstack-request-id", id);
+    }
+    Ok((Forwarded::new(resp, None), Some(Decision::Offline)))
+}
+
+/// What Glance's answer to the record tells the grants; the answer goes back unchanged.
+async fn learn(
+    ctx: &Context<'_>,
+    who: CallerKey,
+    id: &str,
+    forwarded: Forwarded,
+) -> Result<Forwarded, Error> {
+    let grants = ctx.grants;
+    let status = forwarded.response.status();
+    if matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+    ) {
+        match ctx.cache {
+            Some(cache) if status == StatusCode::NOT_FOUND && grants.was_granted(who, id) => {
+                // Gone: it leaves the cache, and every grant for it with it.
+                tracing::info!(image_id = id, "image gone from Glance; evicting");
+                cache.remove(id).await;
+            }
+            _ => grants.refused(who, id),
+        }
+        return Ok(forwarded);
+    }
+    let small = forwarded
+        .response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= MAX_RECORD);
+    let keeps = !grants.windows().offline_grace.is_zero() && grants.was_granted(who, id);
+    if status != StatusCode::OK || !small || !keeps {
+        return Ok(forwarded);
+    }
+    let upstream = forwarded.upstream;
+    let (parts, body) = forwarded.response.into_parts();
+    let json = body
+        .collect()
+        .await
+        .map_err(|e| Error::BadUpstream(format!("the image record's body broke: {e}")))?
+        .to_bytes();
+    match ImageRecord::parse(&json) {
+        Some(r) if r.status == "active" => grants.seen_record(who, id, &json),
+        _ => grants.refused(who, id),
+    }
+    let resp = Response::from_parts(parts, crate::body::full(json));
+    Ok(Forwarded::new(resp, upstream))
+}
