@@ -205,12 +205,18 @@ decisions() {
 # batch PHASE CONFIG ROUND FIRST COUNT PREFIX: COUNT hits, identities PREFIX-(i mod 10) from
 # i = FIRST; appends the hits to hits.tsv and the batch's Glance requests and decisions.
 batch() {
-    local i a0 c0 a1 c1 l0 l1 t
+    local i a0 c0 a1 c1 l0 l1 t how=- before=0 after
     read -r a0 c0 <<< "$(decisions "$2")"
     l0=$(wc -l < "$access")
     for ((i = $4; i < $4 + $5; i++)); do
+        [[ $2 == ttl60 ]] && before=$(decisions "$2")
         t=$(hit "$2" "$6-$((i % IDENTITIES))") || exit 1
-        echo -e "$1\t$2\t$3\t${t% *}\t${t#* }" >> "$work/hits.tsv"
+        if [[ $2 == ttl60 ]]; then   # served on a grant, or asked Glance (the grant had passed)?
+            after=$(decisions "$2")
+            how=glance
+            [[ ${after#* } != "${before#* }" ]] && how=grant
+        fi
+        echo -e "$1\t$2\t$3\t${t% *}\t${t#* }\t$how" >> "$work/hits.tsv"
     done
     sleep 0.2   # Glance logs a request after its response
     l1=$(wc -l < "$access")
@@ -227,18 +233,20 @@ batch() {
         $3 ~ /^\/v2\/images\/[^\/]+$/ {sub(/ms$/, "", $7); print "record\t" $7}' >> "$work/glance-ms.tsv"
     return 0
 }
-: > "$work/hits.tsv"; : > "$work/batches.tsv"; : > "$work/glance-ms.tsv"
+: > "$work/hits.tsv"; : > "$work/batches.tsv"; : > "$work/glance-ms.tsv"; : > "$work/big.tsv"
 wan=(direct nginx ttl0 ttl60 record probe pair)
-for cfg in "${wan[@]}"; do batch warm "$cfg" 0 0 "$IDENTITIES" lat; done
-per=$(( (HITS + ROUNDS - 1) / ROUNDS ))
-for ((r = 0; r < ROUNDS; r++)); do
-    n=$(( r == ROUNDS - 1 ? HITS - per * r : per ))
-    for ((k = 0; k < ${#wan[@]}; k++)); do   # rotate the order each round
-        cfg=${wan[$(( (k + r) % ${#wan[@]} ))]}
-        batch timed "$cfg" "$r" $((per * r)) "$n" lat
+if (( HITS > 0 )); then   # HITS=0 skips part 1
+    for cfg in "${wan[@]}"; do batch warm "$cfg" 0 0 "$IDENTITIES" lat; done
+    per=$(( (HITS + ROUNDS - 1) / ROUNDS ))
+    for ((r = 0; r < ROUNDS; r++)); do
+        n=$(( r == ROUNDS - 1 ? HITS - per * r : per ))
+        for ((k = 0; k < ${#wan[@]}; k++)); do   # rotate the order each round
+            cfg=${wan[$(( (k + r) % ${#wan[@]} ))]}
+            batch timed "$cfg" "$r" $((per * r)) "$n" lat
+        done
     done
-done
-for cfg in direct nginx ttl0 ttl60; do batch count "$cfg" 0 0 100 new; done
+    for cfg in direct nginx ttl0 ttl60; do batch count "$cfg" 0 0 100 new; done
+fi
 load_wan=$(uptime)
 
 # --- 2. Loopback, BIG_MIB repeat hits, servers on CPU 0, clients on CPU 1 -----------------
@@ -270,24 +278,33 @@ big_hit() {
     fi
 }
 servers=(nginx lo0 lo60)
+clk=$(getconf CLK_TCK)
+spids() { case $1 in nginx) nginx_pids ;; *) local v="pid_$1"; echo "${!v}" ;; esac; }
+# cpu SERVER -> utime+stime ticks of its processes (every thread)
+cpu() { for p in $(spids "$1"); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+metric() { local v="metrics_$1"; curl -sf "http://127.0.0.1:${!v}/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 read -r lo60_a0 lo60_c0 <<< "$(decisions lo60)"
-for s in "${servers[@]}"; do big_hit "$s" curl > /dev/null; big_hit "$s" raw > /dev/null; done # warm
+cold0=$(( $(metric lo0 glance_cache_proxy_cold_read_bytes_total) + $(metric lo60 glance_cache_proxy_cold_read_bytes_total) ))
+(( BIG_ROUNDS > 0 )) &&   # BIG_ROUNDS=0 skips part 2
+    for s in "${servers[@]}"; do big_hit "$s" curl > /dev/null; big_hit "$s" raw > /dev/null; done # warm
 for ((r = 0; r < BIG_ROUNDS; r++)); do
     for reader in raw curl; do
         for ((k = 0; k < ${#servers[@]}; k++)); do
             s=${servers[$(( (k + r) % ${#servers[@]} ))]}
+            c0=$(cpu "$s")
             t=$(big_hit "$s" "$reader") || exit 1
-            echo -e "$r\t$reader\t$s\t${t% *}\t${t#* }" >> "$work/big.tsv"
+            echo -e "$r\t$reader\t$s\t${t% *}\t${t#* }\t$(( $(cpu "$s") - c0 ))" >> "$work/big.tsv"
         done
     done
 done
 read -r lo60_a1 lo60_c1 <<< "$(decisions lo60)"
+cold1=$(( $(metric lo0 glance_cache_proxy_cold_read_bytes_total) + $(metric lo60 glance_cache_proxy_cold_read_bytes_total) ))
 load_after=$(uptime)
 
 python3 - "$work" "$ONE_WAY_MS" "$IMAGE_MIB" "$HITS" "$ROUNDS" "$BIG_MIB" "$BIG_ROUNDS" \
-    "$((lo60_a1 - lo60_a0))" "$((lo60_c1 - lo60_c0))" <<'PY'
+    "$((lo60_a1 - lo60_a0))" "$((lo60_c1 - lo60_c0))" "$(( (cold1 - cold0) >> 20 ))" "$clk" <<'PY'
 import math, statistics, sys
-work, one_way, mib, hits, rounds, big_mib, big_rounds, lo_a, lo_c = sys.argv[1:]
+work, one_way, mib, hits, rounds, big_mib, big_rounds, lo_a, lo_c, cold, clk = sys.argv[1:]
 one_way, rtt = float(one_way), 2 * float(one_way)
 rows = [l.split("\t") for l in open(work + "/hits.tsv").read().splitlines() if l]
 batches = [l.split("\t") for l in open(work + "/batches.tsv").read().splitlines() if l]
@@ -309,82 +326,97 @@ def glance(phase, cfg):
     b = [x for x in batches if x[0] == phase and x[1] == cfg]
     s = lambda i: sum(int(x[i]) for x in b)
     return s(2), s(3), s(4), s(5), s(6), s(7), s(8)
-print("WAN: %s MiB image, Glance behind a relay adding %g ms each way (RTT %g ms; a new "
-      "connection to it pays one more RTT); %s hits per configuration, round-robin over 10 "
-      "identities after one warm-up each, %s interleaved rounds; curl, one connection per "
-      "request, times in ms" % (mib, one_way, rtt, hits, rounds))
-print()
-print("| configuration | TTFB p50 | TTFB p99 | total p50 | total p99 | Glance requests per 100 timed hits | of which record / probe / download | proxy: asked Glance / on a grant |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-stats = {}
-for cfg in ("direct", "nginx", "ttl0", "ttl60", "record", "probe", "pair"):
-    t = [float(r[3]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
-    tot = [float(r[4]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
-    if not t:
-        continue
-    n, allr, rec, probe, dl, a, c = glance("timed", cfg)
-    stats[cfg] = (med(t), pct(t, 99), med(tot), pct(tot, 99), a, c)
-    per = lambda x: "%.0f" % (100 * x / n)
-    if cfg in ("record", "probe", "pair"):
-        gl, split, dec = "-", "-", "-"
-    else:
-        gl, split = per(allr), "%s / %s / %s" % (per(rec), per(probe), per(dl))
-        dec = "%d / %d" % (a, c) if cfg.startswith("ttl") else "-"
-    print("| %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %s |" % (
-        names[cfg], med(t), pct(t, 99), med(tot), pct(tot, 99), gl, split, dec))
-rec_ms = [float(x[1]) for x in gms if x[0] == "record"]
-probe_ms = [float(x[1]) for x in gms if x[0] == "probe"]
-if rec_ms:
+stats, count = {}, {}
+if not rows:
+    print("(WAN part skipped)")
+else:
+    print("WAN: %s MiB image, Glance behind a relay adding %g ms each way (RTT %g ms; a new "
+          "connection to it pays one more RTT); %s hits per configuration, round-robin over 10 "
+          "identities after one warm-up each, %s interleaved rounds; curl, one connection per "
+          "request, times in ms" % (mib, one_way, rtt, hits, rounds))
     print()
-    print("Glance's own time (its access log) for the grant_ttl 0 proxy's requests: record p50 "
-          "%.0f ms (p99 %.0f), probe p50 %.0f ms (p99 %.0f)" % (
-              med(rec_ms), pct(rec_ms, 99), med(probe_ms), pct(probe_ms, 99)))
-print()
-print("100 hits by 10 new identities (no warm-up), one configuration at a time:")
-print()
-print("| configuration | Glance requests | record / probe / download | Glance authorizations (proxy: asked / on a grant) |")
-print("| --- | --- | --- | --- |")
-count = {}
-for cfg in ("direct", "nginx", "ttl0", "ttl60"):
-    n, allr, rec, probe, dl, a, c = glance("count", cfg)
-    if not n:
-        continue
-    count[cfg] = (allr, a, c)
-    auth = "%d / %d" % (a, c) if cfg.startswith("ttl") else ("%d (each download)" % dl if cfg == "direct" else "none")
-    print("| %s | %d | %d / %d / %d | %s |" % (names[cfg], allr, rec, probe, dl, auth))
+    print("| configuration | TTFB p50 | TTFB p99 | total p50 | total p99 | Glance requests per 100 timed hits | of which record / probe / download | proxy: asked Glance / on a grant |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for cfg in ("direct", "nginx", "ttl0", "ttl60", "record", "probe", "pair"):
+        t = [float(r[3]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
+        tot = [float(r[4]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
+        if not t:
+            continue
+        n, allr, rec, probe, dl, a, c = glance("timed", cfg)
+        stats[cfg] = (med(t), pct(t, 99), med(tot), pct(tot, 99), a, c)
+        per = lambda x: "%.0f" % (100 * x / n)
+        if cfg in ("record", "probe", "pair"):
+            gl, split, dec = "-", "-", "-"
+        else:
+            gl, split = per(allr), "%s / %s / %s" % (per(rec), per(probe), per(dl))
+            dec = "%d / %d" % (a, c) if cfg.startswith("ttl") else "-"
+        print("| %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %s |" % (
+            names[cfg], med(t), pct(t, 99), med(tot), pct(tot, 99), gl, split, dec))
+        if cfg == "ttl60" and a:   # some grants passed during the run: the hits on a grant alone
+            t = [float(r[3]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg and r[5] == "grant"]
+            tot = [float(r[4]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg and r[5] == "grant"]
+            stats["grant"] = (med(t), pct(t, 99))
+            print("| %s, the %d hits served on a grant | %.2f | %.2f | %.2f | %.2f | 0 | - | - |" % (
+                names[cfg], len(t), med(t), pct(t, 99), med(tot), pct(tot, 99)))
+    rec_ms = [float(x[1]) for x in gms if x[0] == "record"]
+    probe_ms = [float(x[1]) for x in gms if x[0] == "probe"]
+    if rec_ms:
+        print()
+        print("Glance's own time (its access log) for the grant_ttl 0 proxy's requests: record p50 "
+              "%.0f ms (p99 %.0f), probe p50 %.0f ms (p99 %.0f)" % (
+                  med(rec_ms), pct(rec_ms, 99), med(probe_ms), pct(probe_ms, 99)))
+    print()
+    print("100 hits by 10 new identities (no warm-up), one configuration at a time:")
+    print()
+    print("| configuration | Glance requests | record / probe / download | Glance authorizations (proxy: asked / on a grant) |")
+    print("| --- | --- | --- | --- |")
+    for cfg in ("direct", "nginx", "ttl0", "ttl60"):
+        n, allr, rec, probe, dl, a, c = glance("count", cfg)
+        if not n:
+            continue
+        count[cfg] = (allr, a, c)
+        auth = "%d / %d" % (a, c) if cfg.startswith("ttl") else ("%d (each download)" % dl if cfg == "direct" else "none")
+        print("| %s | %d | %d / %d / %d | %s |" % (names[cfg], allr, rec, probe, dl, auth))
 
 big = [l.split("\t") for l in open(work + "/big.tsv").read().splitlines() if l]
 b = int(big_mib) << 20
-print()
-print("Loopback: repeat hit of a %s MiB image, servers pinned to CPU 0, the client to CPU 1, "
-      "%s interleaved rounds; nginx serves the grant_ttl 60 s proxy's own cached file "
-      "(sendfile on, tcp_nopush on); medians; ratio: median of the per-round ratios" % (big_mib, big_rounds))
-print()
-print("| reader | server | TTFB ms | total ms | GB/s | vs nginx |")
-print("| --- | --- | --- | --- | --- | --- |")
 ratios = {}
-for reader in ("raw", "curl"):
-    per_round = {}
-    for r, rd, s, ttfb, total in big:
-        if rd == reader:
-            per_round.setdefault(r, {})[s] = (ttfb, float(total))
-    for s, label in (("nginx", "nginx sendfile"), ("lo0", "proxy, grant_ttl 0"), ("lo60", "proxy, grant_ttl 60 s")):
-        tot = [x[s][1] for x in per_round.values() if s in x]
-        tt = [float(x[s][0]) * 1000 for x in per_round.values() if s in x and x[s][0] != "-"]
-        q = med(x["nginx"][1] / x[s][1] for x in per_round.values() if s in x and "nginx" in x)
-        ratios[(reader, s)] = q
-        print("| %s | %s | %s | %.1f | %.2f | %.2fx |" % (
-            reader, label, "%.2f" % med(tt) if tt else "-", med(tot) * 1000,
-            b / med(tot) / 1e9, q))
-print()
-print("grant_ttl 60 s proxy during the loopback rounds: %s hits asked Glance, %s on a grant" % (lo_a, lo_c))
+if not big:
+    print("\n(loopback part skipped)")
+else:
+    print()
+    print("Loopback: repeat hit of a %s MiB image, servers pinned to CPU 0, the client to CPU 1, "
+          "%s interleaved rounds; nginx serves the grant_ttl 60 s proxy's own cached file "
+          "(sendfile on, tcp_nopush on); medians; ratio: median of the per-round ratios" % (big_mib, big_rounds))
+    print()
+    print("| reader | server | TTFB ms | total ms | after the first byte ms | GB/s | vs nginx | server CPU ms per hit |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for reader in ("raw", "curl"):
+        per_round = {}
+        for r, rd, s, ttfb, total, ticks in big:
+            if rd == reader:
+                per_round.setdefault(r, {})[s] = (ttfb, float(total), int(ticks) * 1000 / int(clk))
+        for s, label in (("nginx", "nginx sendfile"), ("lo0", "proxy, grant_ttl 0"), ("lo60", "proxy, grant_ttl 60 s")):
+            x = [v[s] for v in per_round.values() if s in v]
+            tot = [v[1] for v in x]
+            tt = [float(v[0]) * 1000 for v in x if v[0] != "-"]
+            after = [v[1] * 1000 - float(v[0]) * 1000 for v in x if v[0] != "-"]
+            q = med(v["nginx"][1] / v[s][1] for v in per_round.values() if s in v and "nginx" in v)
+            ratios[(reader, s)] = q
+            print("| %s | %s | %s | %.1f | %s | %.2f | %.2fx | %.0f |" % (
+                reader, label, "%.2f" % med(tt) if tt else "-", med(tot) * 1000,
+                "%.1f" % med(after) if after else "-", b / med(tot) / 1e9, q, med(v[2] for v in x)))
+    print()
+    print("grant_ttl 60 s proxy during the loopback rounds: %s hits asked Glance, %s on a grant; "
+          "both proxies read %s MiB into the page cache first (cold_read_bytes_total: windows "
+          "cachestat found not wholly resident)" % (lo_a, lo_c, cold))
 
 print()
 print("Targets:")
 if "ttl60" in stats:
-    p50, p99 = stats["ttl60"][0], stats["ttl60"][1]
-    print("- grant_ttl 60 s, repeat hit first byte within 2 ms: p50 %.2f ms, p99 %.2f ms -> %s" % (
-        p50, p99, "holds (p50)" if p50 <= 2 else "does not hold"))
+    p50, p99 = stats["grant"] if "grant" in stats else stats["ttl60"][:2]
+    print("- grant_ttl 60 s, repeat hit (on a grant) first byte within 2 ms: p50 %.2f ms, p99 %.2f ms -> %s" % (
+        p50, p99, "holds (p50 and p99)" if p99 <= 2 else "holds (p50)" if p50 <= 2 else "does not hold"))
 if "ttl60" in count:
     allr, a, c = count["ttl60"]
     print("- grant_ttl 60 s, 10 Glance authorizations per 100 hits by 10 identities: %d (%d requests) -> %s" % (
