@@ -165,7 +165,7 @@ url() {
         ttl0|ttl60) echo "http://127.0.0.1:$(port_of "$1")/v2/images/$small/file 200 $small_bytes" ;;
         record) echo "$glance/v2/images/$small 200 -" ;;
         probe) echo "$glance/v2/images/$small/file 206 1" ;;
-        pair) echo "- - -" ;;
+        pair|relayed) echo "- - -" ;;
     esac
 }
 # hit CONFIG IDENTITY -> "ttfb total" (seconds); fails on a wrong status or byte count.
@@ -174,6 +174,7 @@ hit() {
     read -r u code want <<< "$(url "$1")"
     [[ $1 == probe ]] && range=(-H 'Range: bytes=0-0')
     [[ $1 == pair ]] && { pair "$2"; return; }
+    [[ $1 == relayed ]] && { relayed "$2"; return; }
     got=$(timeout 60 curl -s -o /dev/null -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}' \
         -H "X-Auth-Token: $2" -H "X-User-Id: $2-user" "${range[@]}" "$u") || true
     read -r c size ttfb total <<< "$got"
@@ -188,10 +189,19 @@ hit() {
 pair() {
     local w='%{http_code} %{time_starttransfer} %{time_total}\n' h=(-H "X-Auth-Token: $1" -H "X-User-Id: $1-user")
     timeout 60 curl -s -Z --parallel-immediate -o /dev/null -w "$w" "${h[@]}" "$glance/v2/images/$small" \
-        --next -s -o /dev/null -w "$w" "${h[@]}" -H 'Range: bytes=0-0' "$glance/v2/images/$small/file" |
+        --next -s -o /dev/null -w "$w" "${h[@]}" -H 'Range: bytes=0-0' "$glance/v2/images/$small/file" 2> /dev/null |
         awk '{codes = codes " " $1; if ($2 > t) t = $2; if ($3 > a) a = $3}
              END {if (codes != " 200 206" && codes != " 206 200") {print "bench: pair got" codes > "/dev/stderr"; exit 1}
                   printf "%s %s", t, a}'
+}
+# relayed IDENTITY -> "ttfb total" of Glance's record through the relay on a connection already
+# open (the second of two requests on one connection): one RTT + the record + the relay's cost.
+relayed() {
+    local u="$relay/v2/images/$small"
+    timeout 60 curl -s -o /dev/null -o /dev/null -w '%{http_code} %{num_connects} %{time_starttransfer} %{time_total}\n' \
+        -H "X-Auth-Token: $1" -H "X-User-Id: $1-user" "$u" "$u" |
+        awk 'NR == 2 {if ($1 != 200 || $2 != 0) {print "bench: relayed got " $0 > "/dev/stderr"; exit 1}
+                      printf "%s %s", $3, $4}'
 }
 # decisions NAME -> "allowed cached" from the proxy's metrics (0 0 for the others)
 decisions() {
@@ -234,7 +244,7 @@ batch() {
     return 0
 }
 : > "$work/hits.tsv"; : > "$work/batches.tsv"; : > "$work/glance-ms.tsv"; : > "$work/big.tsv"
-wan=(direct nginx ttl0 ttl60 record probe pair)
+wan=(direct nginx ttl0 ttl60 record probe pair relayed)
 if (( HITS > 0 )); then   # HITS=0 skips part 1
     for cfg in "${wan[@]}"; do batch warm "$cfg" 0 0 "$IDENTITIES" lat; done
     per=$(( (HITS + ROUNDS - 1) / ROUNDS ))
@@ -321,6 +331,7 @@ names = {
     "record": "ref: Glance record GET, loopback, no relay",
     "probe": "ref: Glance 1-byte ranged GET, loopback, no relay",
     "pair": "ref: both at once (the later of the two), loopback, no relay",
+    "relayed": "ref: Glance record GET through the relay, connection already open",
 }
 def glance(phase, cfg):
     b = [x for x in batches if x[0] == phase and x[1] == cfg]
@@ -337,7 +348,7 @@ else:
     print()
     print("| configuration | TTFB p50 | TTFB p99 | total p50 | total p99 | Glance requests per 100 timed hits | of which record / probe / download | proxy: asked Glance / on a grant |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for cfg in ("direct", "nginx", "ttl0", "ttl60", "record", "probe", "pair"):
+    for cfg in ("direct", "nginx", "ttl0", "ttl60", "record", "probe", "pair", "relayed"):
         t = [float(r[3]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
         tot = [float(r[4]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
         if not t:
@@ -345,7 +356,7 @@ else:
         n, allr, rec, probe, dl, a, c = glance("timed", cfg)
         stats[cfg] = (med(t), pct(t, 99), med(tot), pct(tot, 99), a, c)
         per = lambda x: "%.0f" % (100 * x / n)
-        if cfg in ("record", "probe", "pair"):
+        if cfg in ("record", "probe", "pair", "relayed"):
             gl, split, dec = "-", "-", "-"
         else:
             gl, split = per(allr), "%s / %s / %s" % (per(rec), per(probe), per(dl))
@@ -429,6 +440,10 @@ if "ttl0" in stats and "record" in stats:
     if "pair" in stats:
         print("  (one RTT + Glance's record and probe asked at once, as the proxy asks them: "
               "%.0f + %.2f = %.2f ms)" % (rtt, stats["pair"][0], rtt + stats["pair"][0]))
+    if "relayed" in stats:
+        print("  (the relay's own cost: the record through it on an open connection, %.2f ms, minus "
+              "RTT and the record on loopback: %.2f ms)" % (
+                  stats["relayed"][0], stats["relayed"][0] - rtt - stats["record"][0]))
 for reader in ("raw", "curl"):
     q = ratios.get((reader, "lo60"))
     if q is not None:
