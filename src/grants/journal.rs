@@ -246,6 +246,7 @@ fn parse(line: &str, records: &HashMap<String, Arc<Bytes>>) -> Option<(Key, Gran
     }
     let grant = Grant {
         at_ms,
+        seq: 0,
         expected: Arc::new(Expected { size, md5, os_hash }),
         record,
         v2: true,
@@ -283,6 +284,7 @@ mod tests {
     fn grant(at_ms: u64, expected: Expected) -> Grant {
         Grant {
             at_ms,
+            seq: 0,
             expected: Arc::new(expected),
             record: None,
             v2: true,

@@ -11,8 +11,8 @@
 //! Only "yes" is remembered, and only until Glance says otherwise: a refusal leaves a
 //! tombstone for the caller (`refused`), a 404 to an allowed caller, a DELETE and every
 //! removal from the cache forget the image (`forget`). A grant is dated by when Glance was
-//! asked, and a "yes" asked before a refusal or a forget never counts after it, however late
-//! it arrives. A grant keeps the record Glance sent with it (size, digests): what is served
+//! asked, and ordered by the question's ticket (`ticket`): a "yes" asked before a refusal or a
+//! forget never counts after it, however late it arrives. A grant keeps the record Glance sent with it (size, digests): what is served
 //! within the window is checked against that record. With a grace it also keeps the v2
 //! record's JSON (shared between grants when equal), which `GET /v2/images/{id}` answers
 //! while no upstream does: clients (nova, openstacksdk) read the record before the data.
@@ -51,6 +51,9 @@ const SAVE_MAX: Duration = Duration::from_secs(30);
 pub struct Grant {
     /// When Glance was asked (unix ms, `clock::now`), for the answer that allowed it.
     pub at_ms: u64,
+    /// The question's ticket (`Grants::ticket`): orders it against refusals and forgets
+    /// exactly, whatever the clock's resolution (0 for grants read back at start).
+    seq: u64,
     /// The record Glance sent with it.
     pub expected: Arc<Expected>,
     /// With a grace: the v2 record as Glance sent it to this caller (JSON).
@@ -79,7 +82,7 @@ impl Grant {
 #[derive(Debug, Clone)]
 enum Memory {
     Granted(Grant),
-    /// Glance refused at this time (unix ms): no "yes" asked before it counts.
+    /// Glance refused with this ticket: no "yes" asked before it counts.
     Refused(u64),
 }
 
@@ -87,6 +90,8 @@ enum Memory {
 pub struct Asked<'a> {
     /// When Glance was asked (unix ms; `now_ms()` before the question).
     pub at_ms: u64,
+    /// The question's ticket, taken before it was asked (`Grants::ticket`).
+    pub seq: u64,
     pub expected: &'a Expected,
     /// The v2 record's JSON, when there is one.
     pub json: Option<&'a Bytes>,
@@ -103,8 +108,10 @@ pub struct Grants {
 struct Inner {
     windows: AuthConfig,
     seen: moka::sync::Cache<Key, Memory>,
-    /// When each recently forgotten image was forgotten (unix ms).
+    /// The ticket at which each recently forgotten image was forgotten.
     forgotten: moka::sync::Cache<String, u64>,
+    /// The last ticket handed out.
+    tickets: std::sync::atomic::AtomicU64,
     /// The latest record JSON per image, so equal records are held once.
     records: moka::sync::Cache<String, Arc<Bytes>>,
     /// Where grants persist (`offline_grace` > 0 and a cache directory).
@@ -146,6 +153,7 @@ impl Grants {
                 records,
                 journal,
                 dirty: AtomicBool::new(false),
+                tickets: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -199,6 +207,12 @@ impl Grants {
         })
     }
 
+    /// A ticket for a question about to be asked of Glance: strictly after every refusal
+    /// and forget recorded before, strictly before every one recorded after.
+    pub fn ticket(&self) -> u64 {
+        self.inner.tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// The windows in force.
     pub fn windows(&self) -> AuthConfig {
         self.inner.windows
@@ -207,7 +221,7 @@ impl Grants {
     /// Glance let `caller` download `id`, when asked as `asked` says. Ignored if Glance
     /// refused this caller, or the image was forgotten, after that question.
     pub fn granted(&self, caller: CallerKey, id: &str, asked: Asked<'_>) {
-        if self.forgotten_since(id, asked.at_ms) {
+        if self.forgotten_since(id, asked.seq) {
             return;
         }
         let json = asked
@@ -220,8 +234,8 @@ impl Grants {
             .entry((caller, id.to_string()))
             .and_compute_with(|current| {
                 let before = match current.map(|e| e.into_value()) {
-                    Some(Memory::Refused(at)) if at >= asked.at_ms => return Op::Nop,
-                    Some(Memory::Granted(g)) if g.at_ms > asked.at_ms => return Op::Nop,
+                    Some(Memory::Refused(seq)) if seq > asked.seq => return Op::Nop,
+                    Some(Memory::Granted(g)) if g.seq > asked.seq => return Op::Nop,
                     Some(Memory::Granted(g)) => Some(g),
                     _ => None,
                 };
@@ -270,6 +284,7 @@ impl Grants {
         };
         Grant {
             at_ms: asked.at_ms,
+            seq: asked.seq,
             expected,
             record,
             v2: asked.v2 || before.is_some_and(|g| g.v2),
@@ -319,7 +334,7 @@ impl Grants {
     pub fn refused(&self, caller: CallerKey, id: &str) {
         let key = (caller, id.to_string());
         let had = matches!(self.inner.seen.get(&key), Some(Memory::Granted(_)));
-        self.inner.seen.insert(key, Memory::Refused(now_ms()));
+        self.inner.seen.insert(key, Memory::Refused(self.ticket()));
         if had {
             self.inner.dirty.store(true, Ordering::Relaxed);
         }
@@ -328,7 +343,7 @@ impl Grants {
     /// `id` is gone (a 404, a DELETE, a removal from the cache): no caller's grant asked
     /// before now counts.
     pub fn forget(&self, id: &str) {
-        self.inner.forgotten.insert(id.to_string(), now_ms());
+        self.inner.forgotten.insert(id.to_string(), self.ticket());
         self.inner.records.invalidate(id);
         let id = id.to_string();
         // Registered predicates apply at once to reads; the entries go in the background.
@@ -342,15 +357,15 @@ impl Grants {
         }
     }
 
-    /// Whether `id` was forgotten at or after `at_ms`.
-    fn forgotten_since(&self, id: &str, at_ms: u64) -> bool {
-        self.inner.forgotten.get(id).is_some_and(|f| f >= at_ms)
+    /// Whether `id` was forgotten after the question with ticket `seq`.
+    fn forgotten_since(&self, id: &str, seq: u64) -> bool {
+        self.inner.forgotten.get(id).is_some_and(|f| f > seq)
     }
 
     /// `caller`'s standing grant for `id`, if any (not refused since, not forgotten since).
     fn grant(&self, caller: CallerKey, id: &str) -> Option<Grant> {
         match self.inner.seen.get(&(caller, id.to_string()))? {
-            Memory::Granted(g) if !self.forgotten_since(id, g.at_ms) => Some(g),
+            Memory::Granted(g) if !self.forgotten_since(id, g.seq) => Some(g),
             _ => None,
         }
     }
@@ -444,7 +459,7 @@ impl Inner {
                 Memory::Granted(g) if g.v2 && g.within(grace, now) => Some((k, g)),
                 _ => None,
             })
-            .filter(|(k, g)| self.forgotten.get(&k.1).is_none_or(|f| f < g.at_ms))
+            .filter(|(k, g)| self.forgotten.get(&k.1).is_none_or(|f| f < g.seq))
             .collect();
         match journal.write(live.iter().map(|(k, g)| (&**k, g))) {
             Ok(n) => Ok(Some(n)),
@@ -504,9 +519,11 @@ mod tests {
         }
     }
 
-    fn asked(at_ms: u64, expected: &Expected) -> Asked<'_> {
+    /// A question asked at `at_ms` (wall clock) with ticket `seq`.
+    fn asked(at_ms: u64, seq: u64, expected: &Expected) -> Asked<'_> {
         Asked {
             at_ms,
+            seq,
             expected,
             json: None,
             v2: true,
@@ -514,7 +531,7 @@ mod tests {
     }
 
     fn give(g: &Grants, who: CallerKey, id: &str, expected: &Expected, at_ms: u64) {
-        g.granted(who, id, asked(at_ms, expected));
+        g.granted(who, id, asked(at_ms, g.ticket(), expected));
     }
 
     fn windows(ttl: u64, grace: u64) -> AuthConfig {
@@ -555,7 +572,7 @@ mod tests {
         let five = record(5);
         let v1 = Asked {
             v2: false,
-            ..asked(t, &five)
+            ..asked(t, g.ticket(), &five)
         };
         g.granted(a, "img", v1);
         assert!(g.was_granted(a, "img"));
@@ -584,47 +601,52 @@ mod tests {
     #[test]
     fn refusals_and_removals_drop_grants_and_late_answers_do_not_revive_them() {
         let g = Grants::new(windows(60, 3600));
-        let (a, b) = (caller("a"), caller("b"));
-        let before = now_ms() - 10;
+        let (a, b, one) = (caller("a"), caller("b"), record(1));
+        let t = now_ms() - 10;
         for who in [a, b] {
-            give(&g, who, "img", &record(1), before);
-            give(&g, who, "keep", &record(1), before);
+            give(&g, who, "img", &one, t);
+            give(&g, who, "keep", &one, t);
         }
+        let early = g.ticket(); // a question asked before the refusal, answered after it
         g.refused(a, "img");
-        let t = now_ms();
         assert!(
-            g.fresh_at(a, "img", t).is_none(),
+            g.fresh_at(a, "img", t + 1).is_none(),
             "a refusal drops the caller's"
         );
-        assert!(g.fresh_at(b, "img", t).is_some(), "and only the caller's");
-        // A "yes" asked before the refusal that arrives after it does not count.
-        give(&g, a, "img", &record(1), before + 1);
-        assert!(g.fresh_at(a, "img", t).is_none(), "a late yes is ignored");
+        assert!(
+            g.fresh_at(b, "img", t + 1).is_some(),
+            "and only the caller's"
+        );
+        g.granted(a, "img", asked(t, early, &one));
+        assert!(
+            g.fresh_at(a, "img", t + 1).is_none(),
+            "a late yes is ignored"
+        );
         g.forget("img");
         assert!(
-            g.fresh_at(b, "img", t).is_none(),
+            g.fresh_at(b, "img", t + 1).is_none(),
             "forget drops every caller's"
         );
         assert!(!g.was_granted(b, "img"));
-        give(&g, b, "img", &record(1), before + 2);
+        g.granted(b, "img", asked(t, early, &one));
         assert!(!g.was_granted(b, "img"), "asked before the forget: ignored");
-        assert!(g.fresh_at(a, "keep", t).is_some(), "other images stay");
-        // Asked after the refusal and the forget: counts.
-        std::thread::sleep(Duration::from_millis(2));
-        let later = now_ms();
-        give(&g, a, "img", &record(1), later);
-        give(&g, b, "img", &record(1), later);
-        assert!(g.fresh_at(a, "img", later + 1).is_some());
-        assert!(g.fresh_at(b, "img", later + 1).is_some());
+        assert!(g.fresh_at(a, "keep", t + 1).is_some(), "other images stay");
+        // Asked after the refusal and the forget (even in the same millisecond): counts.
+        give(&g, a, "img", &one, t);
+        give(&g, b, "img", &one, t);
+        assert!(g.fresh_at(a, "img", t + 1).is_some());
+        assert!(g.fresh_at(b, "img", t + 1).is_some());
     }
 
     #[test]
     fn the_record_is_the_one_sent_with_the_latest_grant() {
         let g = Grants::new(windows(60, 0));
         let (a, t) = (caller("a"), now_ms());
-        give(&g, a, "img", &record(1), t);
-        give(&g, a, "img", &record(2), t + 500);
-        give(&g, a, "img", &record(3), t + 400); // an older answer arriving late
+        let (one, two, three) = (record(1), record(2), record(3));
+        let late = g.ticket(); // asked first, answered last
+        give(&g, a, "img", &one, t);
+        give(&g, a, "img", &two, t + 500);
+        g.granted(a, "img", asked(t + 400, late, &three));
         assert_eq!(g.fresh_at(a, "img", t + 600).map(|e| e.size), Some(2));
     }
 
@@ -633,6 +655,7 @@ mod tests {
         let g = Grants::new(windows(60, 0));
         let grant = Grant {
             at_ms: 0,
+            seq: 0,
             expected: Arc::new(record(1)),
             record: None,
             v2: true,
@@ -672,7 +695,7 @@ mod tests {
         for who in [a, b] {
             let with_json = Asked {
                 json: Some(&json),
-                ..asked(t, &one)
+                ..asked(t, g.ticket(), &one)
             };
             g.granted(who, "img", with_json);
         }
@@ -701,7 +724,7 @@ mod tests {
         let g = Grants::new(windows(60, 0));
         let with_json = Asked {
             json: Some(&json),
-            ..asked(t, &one)
+            ..asked(t, g.ticket(), &one)
         };
         g.granted(a, "img", with_json);
         assert!(g.grant(a, "img").and_then(|g| g.record).is_none());

@@ -219,6 +219,7 @@ pub(super) async fn glance_says(
 pub(super) fn grant(ctx: &Context<'_>, ask: &Ask<'_>, allowed: &Allowed) {
     let asked = Asked {
         at_ms: ask.asked_ms,
+        seq: ask.ticket,
         expected: &allowed.expected,
         json: allowed.json.as_ref(),
         v2: ask.api == Api::V2,

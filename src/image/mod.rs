@@ -70,6 +70,8 @@ struct Ask<'a> {
     who: CallerKey,
     /// When Glance is asked about this request (unix ms): what a grant from it is dated by.
     asked_ms: u64,
+    /// Its ticket (`Grants::ticket`): a refusal or forget recorded after it outranks its "yes".
+    ticket: u64,
     /// The `Range` header, when the request has one.
     range: Option<String>,
     /// `?prefer=` and friends: on a miss with the download, on a hit with the probe (so a
@@ -98,6 +100,7 @@ pub async fn serve(
         image_id,
         who: CallerKey::of(&caller),
         asked_ms: crate::grants::now_ms(),
+        ticket: ctx.grants.ticket(),
         caller,
         range: headers
             .get(RANGE)
