@@ -119,6 +119,30 @@ pub fn is_cached(file: &impl AsFd, offset: u64, len: u64) -> io::Result<Option<b
     }
 }
 
+/// Keep freed heap memory for reuse instead of handing it back to the kernel (glibc's
+/// `malloc`; elsewhere nothing to do). A fill holds a few MiB of upstream body in flight
+/// (hyper's read buffers, shared by the writer and the hashers until both are done); with
+/// glibc's defaults those buffers are `mmap`ped or trimmed from the heap as they are freed,
+/// and every new one faults in and zeroes fresh pages: a third of a miss's kernel time when
+/// measured (bench/RESULTS.md, issue 16). Allocations below `mmap_below` come from the heap,
+/// and a heap keeps up to `trim_above` bytes free at its top. Returns whether both took.
+pub fn keep_freed_memory(mmap_below: usize, trim_above: usize) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let to_int = |n: usize| libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only changes allocator parameters; called before other threads run.
+        let mmap = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, to_int(mmap_below)) };
+        // SAFETY: as above.
+        let trim = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, to_int(trim_above)) };
+        mmap == 1 && trim == 1
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (mmap_below, trim_above);
+        false
+    }
+}
+
 fn page_size() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
     *PAGE.get_or_init(|| {
