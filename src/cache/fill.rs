@@ -213,7 +213,7 @@ where
     let checked = fill.expected.to_verify(life.verify_md5);
     let parts = checked.parts();
     let jobs: Vec<_> = parts.iter().map(|part| hasher(part.clone())).collect();
-    let mut writer = Writer::spawn(file);
+    let mut writer = Writer::spawn(file, fill.expected.size);
     let mut sinks: Vec<mpsc::Sender<Batch>> = writer.chunks.take().into_iter().collect();
     let mut hashers = Vec::new();
     for (tx, job) in jobs {
@@ -258,11 +258,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(file: File) -> Writer {
+    /// The thread for `file`, into which an image of `size` bytes is to go.
+    fn spawn(file: File, size: u64) -> Writer {
         let (tx, mut rx) = mpsc::channel::<Batch>(PIPE_DEPTH);
         let (written_tx, written) = watch::channel(0u64);
         let job = tokio::task::spawn_blocking(move || {
             let mut file = file;
+            // Blocks for the whole image at once; a disk that refuses fails the writes, as
+            // it would have without.
+            let _ = crate::sys::preallocate(&file, size);
             let mut written = 0u64;
             while let Some(batch) = rx.blocking_recv() {
                 fail::fail_point!("cache::write", |kind| Err((
