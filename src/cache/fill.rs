@@ -38,14 +38,14 @@ pub const READ_CHUNK: usize = 64 * 1024;
 const ZERO_COPY_BATCH: u64 = BATCH as u64;
 /// Upstream body bytes gathered into one batch before they go to the writer and the hashers:
 /// one `writev` and one wake-up of each thread per batch, not per frame (hyper hands the body
-/// over in frames of whatever one socket read returned, often 8-16 KiB). A batch holds the
-/// frames themselves (`Bytes` shared by the writer and every hasher), never a copy.
+/// over in frames of whatever one socket read returned: 8 KiB to about 400 KiB). A batch holds
+/// the frames themselves (`Bytes` shared by the writer and every hasher), never a copy.
 const BATCH: usize = 256 * 1024;
 /// At most this many frames in a batch (an upstream of tiny frames still makes bounded
 /// `writev` calls).
 const BATCH_FRAMES: usize = 256;
-/// Batches queued to the writer and to each hashing thread: with `BATCH`, at most about
-/// 2 MiB of a fill's body in memory.
+/// Batches queued to the writer and to each hashing thread: with `BATCH` (a batch ends with the
+/// frame that fills it), about 2 to 5 MiB of a fill's body in memory at most.
 const PIPE_DEPTH: usize = 8;
 
 /// Frames of the upstream body, shared by the writer and the hashers.
