@@ -153,6 +153,10 @@ for b_ in "${builds[@]}"; do
     [[ $b_ == new ]] && name="this build"
     echo "| $name | $t | $(calc "$gb / $t") | $(calc "$c / $gb") | $(calc "($gb / $t) / $min_rate") | $(calc "($c / $gb) * $sha_cpu") | $(tr '\n' ';' < "$work/miss-$b_" | sed 's/;$//; s/;/; /g') |"
 done
+if [[ -n ${BASELINE_BIN:-} ]]; then
+    paste "$work/miss-new" "$work/miss-base" | awk '{f += ($1 < $3); c += ($2 < $4)} END {
+        printf "\nThis build vs the baseline, round by round: faster in %d of %d, less CPU in %d of %d.\n", f, NR, c, NR}'
+fi
 echo
 echo "| cold herd: ${HERD} clients, one ${HERD_MIB} MiB image | all done (s) | downloads from Glance | wrong bodies (cksum) |"
 echo "| --- | --- | --- | --- |"
