@@ -7,6 +7,8 @@
 //! by address and calls sendfile for the job instead of writing the zeros. `Chunk::advance`
 //! guards the contract: if hyper ever consumes placeholder bytes that sendfile did not send,
 //! the connection is poisoned and refuses every later write (see shared/design/sendfile.md).
+//! The client whose miss started a fill is served the same way from the growing file: its
+//! reader queues one job per span once the span's bytes are written (`Conn::file_chunk`).
 //!
 //! sendfile waits for the disk when its pages are not in the page cache, which would stall a
 //! runtime thread and every request on it. So a `Warmer` keeps a window ahead of each
