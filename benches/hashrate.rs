@@ -15,14 +15,16 @@
 //! repetitions, which run interleaved so that a busy machine slows them all alike. All
 //! implementations of one algorithm must agree on the digest, or the bench panics.
 //!
-//! `cargo bench --bench hashrate [MiB per measurement, default 1024] [repetitions, default 5]`.
+//! `cargo bench --bench hashrate [MiB per measurement, default 1024] [repetitions, default 5]`;
+//! `cargo bench --bench hashrate -- --file PATH [REPS]`: SHA-512 of a file, one line
+//! (`bench/miss.sh`).
 //! Under `cargo test` it only checks that it runs (1 MiB, one repetition, no `openssl`).
 #![allow(unsafe_code)] // aws-lc-sys's MD5_* functions, and clock_gettime for CPU time.
 
 use std::process::Command;
 use std::time::Instant;
 
-use glance_cache_proxy::cache::verify::{Digests, Expected, HashAlgo};
+use glance_cache_proxy::cache::verify::{Digests, Expected, HashAlgo, Mismatch};
 use md5::Digest as _;
 
 const MIB: usize = 1 << 20;
@@ -219,6 +221,10 @@ fn main() {
     // `cargo bench` passes --bench; under `cargo test` this only checks that it runs.
     let args: Vec<String> = std::env::args().collect();
     let benching = args.iter().any(|a| a == "--bench");
+    if let Some(at) = args.iter().position(|a| a == "--file") {
+        let reps = args.iter().skip(at + 2).find_map(|a| a.parse().ok());
+        return hash_file(args.get(at + 1).expect("--file PATH"), reps.unwrap_or(3));
+    }
     let mut numbers = args.iter().filter_map(|a| a.parse::<usize>().ok());
     let mib = numbers.next().unwrap_or(if benching { 1024 } else { 1 });
     let reps = numbers
@@ -429,6 +435,37 @@ fn main() {
     }
     println!();
     println!("Medians of {reps} interleaved repetitions.");
+}
+
+/// `--file PATH [REPS]` (bench/miss.sh): the proxy's `Digests`, SHA-512 alone on one thread,
+/// over the bytes of PATH (read into memory first, as a fill's hasher gets them) in 256 KiB
+/// updates (a fill's batch); prints one line: the medians of REPS runs in GB per CPU-second
+/// of the hashing thread and GB per wall second, then the digest in hex.
+fn hash_file(path: &str, reps: usize) {
+    let bytes = std::fs::read(path).expect("read --file");
+    let e = expected(bytes.len(), false, true);
+    let gb = bytes.len() as f64 / 1e9;
+    let (mut cpu_rates, mut wall_rates) = (Vec::new(), Vec::new());
+    let mut hex = String::new();
+    for _ in 0..reps.max(1) {
+        let (cpu, wall) = (cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID), Instant::now());
+        let mut h = Digests::for_expected(&e);
+        for chunk in bytes.chunks(256 << 10) {
+            h.update(chunk);
+        }
+        let wall = wall.elapsed().as_secs_f64();
+        cpu_rates.push(gb / (cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID) - cpu));
+        wall_rates.push(gb / wall);
+        // The mismatch names the actual digest (the expected one is empty).
+        if let Err(Mismatch::Digest { actual, .. }) = h.verify(&e) {
+            hex = actual;
+        }
+    }
+    println!(
+        "{:.3} {:.3} {hex}",
+        median(&mut cpu_rates),
+        median(&mut wall_rates)
+    );
 }
 
 /// Seconds of CPU time on `clock` (a thread's or the process's).

@@ -69,6 +69,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    // Before any other thread: a fill's buffers are reused, not faulted in afresh (sys).
+    if !glance_cache_proxy::sys::keep_freed_memory(4 << 20, 32 << 20) {
+        tracing::debug!("malloc parameters left as they were");
+    }
     // Test builds only: fault-injection points named in the FAILPOINTS environment variable.
     #[cfg(feature = "failpoints")]
     let _faults = fail::FailScenario::setup();

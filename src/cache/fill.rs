@@ -9,32 +9,47 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::body::{BoxError, BytesBody, IdleTimeout, ProxyBody};
+use crate::body::{BoxError, BytesBody, Chunk, IdleTimeout, ProxyBody};
 use crate::cache::store::{StoreError, TempFile};
 use crate::cache::verify::{Digests, Mismatch};
 use crate::cache::Hit;
 use crate::digest::Expected;
 use crate::outcome::{DiskFault, FillResult};
-use crate::sendfile::Hooks;
+use crate::sendfile::{self, Hooks, PLACEHOLDER_LEN};
 
 /// Size of each read from the growing file (or a committed one, for a reader in user space).
 /// A client that stops reading holds at most about two of these: the one its connection has
 /// queued, partly sent, and the next (`server::MAX_QUEUED`).
 pub const READ_CHUNK: usize = 64 * 1024;
-/// Chunks queued to the writer and to each hashing thread.
-const PIPE_DEPTH: usize = 32;
+/// The least a zero-copy reader sends at a time while the fill runs (a writer's batch).
+const ZERO_COPY_BATCH: u64 = BATCH as u64;
+/// Upstream body bytes gathered into one batch before they go to the writer and the hashers:
+/// one `writev` and one wake-up of each thread per batch, not per frame (hyper hands the body
+/// over in frames of whatever one socket read returned: 8 KiB to about 400 KiB). A batch holds
+/// the frames themselves (`Bytes` shared by the writer and every hasher), never a copy.
+const BATCH: usize = 256 * 1024;
+/// At most this many frames in a batch (an upstream of tiny frames still makes bounded
+/// `writev` calls).
+const BATCH_FRAMES: usize = 256;
+/// Batches queued to the writer and to each hashing thread: with `BATCH` (a batch ends with the
+/// frame that fills it), about 2 to 5 MiB of a fill's body in memory at most.
+const PIPE_DEPTH: usize = 8;
+
+/// Frames of the upstream body, shared by the writer and the hashers.
+type Batch = Arc<[Bytes]>;
 
 /// Where a fill stands; readers watch it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +202,7 @@ pub async fn run<B>(
     temp: TempFile,
     file: File,
     life: Rules,
-    fetched: &std::sync::atomic::AtomicU64,
+    fetched: &AtomicU64,
 ) -> Result<Filled, Failure>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -198,8 +213,8 @@ where
     let checked = fill.expected.to_verify(life.verify_md5);
     let parts = checked.parts();
     let jobs: Vec<_> = parts.iter().map(|part| hasher(part.clone())).collect();
-    let mut writer = Writer::spawn(file);
-    let mut sinks: Vec<mpsc::Sender<Bytes>> = writer.chunks.take().into_iter().collect();
+    let mut writer = Writer::spawn(file, fill.expected.size);
+    let mut sinks: Vec<mpsc::Sender<Batch>> = writer.chunks.take().into_iter().collect();
     let mut hashers = Vec::new();
     for (tx, job) in jobs {
         sinks.push(tx);
@@ -231,10 +246,11 @@ where
     Ok(Filled { temp, file })
 }
 
-/// The blocking thread that appends chunks to the temporary file, reporting bytes written.
+/// The blocking thread that appends batches to the temporary file (one `writev` each),
+/// reporting bytes written.
 struct Writer {
     /// Taken by `run` as the first sink; dropping it ends the thread.
-    chunks: Option<mpsc::Sender<Bytes>>,
+    chunks: Option<mpsc::Sender<Batch>>,
     written: watch::Receiver<u64>,
     /// False once the thread has exited (its progress sender is gone).
     alive: bool,
@@ -242,21 +258,25 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(file: File) -> Writer {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+    /// The thread for `file`, into which an image of `size` bytes is to go.
+    fn spawn(file: File, size: u64) -> Writer {
+        let (tx, mut rx) = mpsc::channel::<Batch>(PIPE_DEPTH);
         let (written_tx, written) = watch::channel(0u64);
         let job = tokio::task::spawn_blocking(move || {
             let mut file = file;
+            // Blocks for the whole image at once; a disk that refuses fails the writes, as
+            // it would have without.
+            let _ = crate::sys::preallocate(&file, size);
             let mut written = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
+            while let Some(batch) = rx.blocking_recv() {
                 fail::fail_point!("cache::write", |kind| Err((
                     StoreError::from(injected(kind)),
                     written
                 )));
-                if let Err(e) = file.write_all(&chunk) {
+                if let Err(e) = write_batch(&mut file, &batch) {
                     return Err((StoreError::from(e), written));
                 }
-                written += chunk.len() as u64;
+                written += batch.iter().map(|b| b.len() as u64).sum::<u64>();
                 let _ = written_tx.send(written);
             }
             Ok(file)
@@ -284,17 +304,85 @@ impl Writer {
     }
 }
 
-/// Move the upstream body into `sinks` (the writer first, then the hashers), publishing the
-/// writer's progress, until the body ends or fails, the writer stops, or the fill is
-/// abandoned. `Some` failure if it did not simply end.
+/// Append every byte of `batch` to `file`: `writev`, again for what a short write left.
+fn write_batch(file: &mut File, batch: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+    let mut left = &mut slices[..];
+    IoSlice::advance_slices(&mut left, 0); // skips empty frames
+    while !left.is_empty() {
+        match file.write_vectored(left) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut left, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Frames of the upstream body on their way to the sinks.
+#[derive(Default)]
+struct Gather {
+    frames: Vec<Bytes>,
+    bytes: usize,
+    /// Body bytes received so far.
+    received: u64,
+}
+
+impl Gather {
+    /// Take in one frame's data; the failure if the body runs past the image's size.
+    fn take(&mut self, data: Bytes, size: u64, fetched: &AtomicU64) -> Result<(), Failure> {
+        self.received += data.len() as u64;
+        fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.received > size {
+            return Err(Failure::Mismatch(Mismatch::Length {
+                expected: size,
+                actual: self.received,
+            }));
+        }
+        self.bytes += data.len();
+        self.frames.push(data);
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.bytes >= BATCH || self.frames.len() >= BATCH_FRAMES
+    }
+
+    /// Send what was gathered to every sink (the writer first); false if the writer stopped.
+    async fn flush(&mut self, sinks: &[mpsc::Sender<Batch>]) -> bool {
+        if self.frames.is_empty() {
+            return true;
+        }
+        let batch: Batch = std::mem::take(&mut self.frames).into();
+        self.bytes = 0;
+        let Some((disk, hashers)) = sinks.split_first() else {
+            return true;
+        };
+        if disk.send(Arc::clone(&batch)).await.is_err() {
+            return false;
+        }
+        for hasher in hashers {
+            let _ = hasher.send(Arc::clone(&batch)).await;
+        }
+        true
+    }
+}
+
+/// Move the upstream body into `sinks` (the writer first, then the hashers) in batches,
+/// publishing the writer's progress, until the body ends or fails, the writer stops, or the
+/// fill is abandoned. `Some` failure if it did not simply end.
+///
+/// A batch goes out when it is full or when the body has nothing more at hand: a fast
+/// upstream makes full batches, a slow one never waits for bytes that are not there.
 async fn pump<B>(
     fill: &Fill,
     progress: &watch::Sender<Progress>,
     body: B,
-    sinks: Vec<mpsc::Sender<Bytes>>,
+    sinks: Vec<mpsc::Sender<Batch>>,
     writer: &mut Writer,
     life: Rules,
-    fetched: &std::sync::atomic::AtomicU64,
+    fetched: &AtomicU64,
 ) -> Option<Failure>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -302,7 +390,7 @@ where
 {
     let size = fill.expected.size;
     let mut body = std::pin::pin!(IdleTimeout::new(body, life.idle_timeout));
-    let mut received = 0u64;
+    let mut gather = Gather::default();
     let mut orphan_since: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -316,34 +404,39 @@ where
                     Err(_) => writer.alive = false,
                 }
             }
-            frame = body.frame() => match frame {
-                None => return None,
-                Some(Err(e)) => return Some(Failure::Upstream(e.to_string())),
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    received += data.len() as u64;
-                    fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if received > size {
-                        return Some(Failure::Mismatch(Mismatch::Length {
-                            expected: size,
-                            actual: received,
-                        }));
+            frame = body.frame() => {
+                // This frame, and every one already at hand, up to a full batch.
+                let mut next = Some(frame);
+                let mut ended = false;
+                while let Some(frame) = next.take() {
+                    match frame {
+                        None => ended = true,
+                        Some(Err(e)) => return Some(Failure::Upstream(e.to_string())),
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                if let Err(f) = gather.take(data, size, fetched) {
+                                    return Some(f);
+                                }
+                            }
+                            if !gather.full() {
+                                next = body.frame().now_or_never();
+                            }
+                        }
                     }
-                    let (disk, hashers) = sinks.split_first()?;
-                    if disk.send(data.clone()).await.is_err() {
-                        return None; // the writer stopped: `Writer::finish` has its error
-                    }
-                    for hasher in hashers {
-                        let _ = hasher.send(data.clone()).await;
-                    }
-                    if fill.readers() > 0 {
-                        orphan_since = None;
-                        continue;
-                    }
+                }
+                if !gather.flush(&sinks).await {
+                    return None; // the writer stopped: `Writer::finish` has its error
+                }
+                if fill.readers() > 0 {
+                    orphan_since = None;
+                } else {
                     let since = *orphan_since.get_or_insert_with(Instant::now);
                     if !life.finish_abandoned || since.elapsed() > life.abandoned_timeout {
                         return Some(Failure::Abandoned);
                     }
+                }
+                if ended {
+                    return None;
                 }
             }
         }
@@ -351,12 +444,14 @@ where
 }
 
 /// A blocking thread that hashes what it is sent; `Digests` for what `part` names.
-fn hasher(part: Expected) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Digests>) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
+fn hasher(part: Expected) -> (mpsc::Sender<Batch>, tokio::task::JoinHandle<Digests>) {
+    let (tx, mut rx) = mpsc::channel::<Batch>(PIPE_DEPTH);
     let job = tokio::task::spawn_blocking(move || {
         let mut d = Digests::for_expected(&part);
-        while let Some(chunk) = rx.blocking_recv() {
-            d.update(&chunk);
+        while let Some(batch) = rx.blocking_recv() {
+            for chunk in batch.iter() {
+                d.update(chunk);
+            }
         }
         d
     });
@@ -415,11 +510,18 @@ impl Source {
 /// The body is pulled: the next chunk is read from the file only when hyper asks for it, so
 /// a client that stops reading holds at most the one chunk its connection has queued
 /// (`server::MAX_QUEUED`), never a read-ahead of its own.
+///
+/// With `zero_copy` (the connection sends file spans with sendfile) the chunks are spans of
+/// the file that the connection sends from the page cache the writer has just filled: no
+/// read, no copy through user space, no memory held for a client that stops reading. The
+/// fill's own client is served so; a read error then aborts the response, as on a hit, where
+/// a user-space reader continues from the fallback.
 pub fn reader(
     source: Source,
     span: std::ops::Range<u64>,
     fallback: Option<Fallback>,
     hooks: Hooks,
+    zero_copy: Option<Arc<sendfile::Conn>>,
 ) -> ProxyBody {
     let follower = Follower {
         // A reader keeps its fill going (see `Rules`).
@@ -435,6 +537,11 @@ pub fn reader(
         fallback,
         rest: None,
         hooks,
+        batch: match zero_copy {
+            Some(_) => ZERO_COPY_BATCH,
+            None => READ_CHUNK as u64,
+        },
+        zero_copy,
         started: false,
         ended: false,
     };
@@ -442,7 +549,7 @@ pub fn reader(
         let item = follower.next().await?;
         Some((item.map(Frame::data), follower))
     });
-    crate::body::boxed(http_body_util::StreamBody::new(chunks))
+    http_body_util::StreamBody::new(chunks).boxed_unsync()
 }
 
 /// One reader's position in its source.
@@ -459,6 +566,10 @@ struct Follower {
     /// The rest of the image from the fallback, once the disk side has failed.
     rest: Option<BytesBody>,
     hooks: Hooks,
+    /// The connection sends file spans itself (sendfile): chunks are spans, not reads.
+    zero_copy: Option<Arc<sendfile::Conn>>,
+    /// Bytes worth waking for: a read's size, or a span's at least.
+    batch: u64,
     /// The body has been asked for a frame before.
     started: bool,
     /// Nothing more: the span was sent, or an error was.
@@ -468,7 +579,7 @@ struct Follower {
 impl Follower {
     /// The next chunk of the span; an error fails the body (the client's connection is
     /// aborted, never ended cleanly); `None` once every byte was sent after verification.
-    async fn next(&mut self) -> Option<Result<Bytes, BoxError>> {
+    async fn next(&mut self) -> Option<Result<Chunk, BoxError>> {
         if self.ended {
             return None;
         }
@@ -480,7 +591,7 @@ impl Follower {
             tokio::task::yield_now().await;
         }
         let next = match self.rest.is_some() {
-            true => self.next_from_rest().await,
+            true => self.next_from_rest().await.map(|r| r.map(Chunk::Bytes)),
             false => self.next_from_file().await,
         };
         match &next {
@@ -496,7 +607,7 @@ impl Follower {
 
     /// Wait until the fill has bytes past `offset` worth a read, then read them; or switch to
     /// the fallback when the fill's disk gave out.
-    async fn next_from_file(&mut self) -> Option<Result<Bytes, BoxError>> {
+    async fn next_from_file(&mut self) -> Option<Result<Chunk, BoxError>> {
         loop {
             let state = self.progress.borrow_and_update().clone();
             let limit = match self.readable(&state) {
@@ -504,7 +615,10 @@ impl Follower {
                 Err(Progress::Failed(Failure::Disk { .. } | Failure::Abandoned)) => {
                     // The fill stopped for a reason that says nothing about the bytes (its
                     // disk, or it gave up an instant before this reader joined).
-                    return self.switch_to_rest("cache fill stopped").await;
+                    return self
+                        .switch_to_rest("cache fill stopped")
+                        .await
+                        .map(|r| r.map(Chunk::Bytes));
                 }
                 Err(failed) => {
                     let result = match failed {
@@ -518,7 +632,12 @@ impl Follower {
                 }
             };
             if self.offset < limit {
-                return self.read(limit).await;
+                if let Some(conn) = &self.zero_copy {
+                    let span = self.offset..limit.min(self.offset + PLACEHOLDER_LEN as u64);
+                    self.offset = span.end;
+                    return Some(Ok(conn.file_chunk(Arc::clone(self.source.file()), span)));
+                }
+                return self.read(limit).await.map(|r| r.map(Chunk::Bytes));
             }
             if self.offset >= self.end && matches!(state, Progress::Verified | Progress::Committed)
             {
@@ -539,7 +658,7 @@ impl Follower {
             Progress::Running { written } => {
                 let available = (*written).min(self.size.saturating_sub(1)).min(self.end);
                 // Wake for a full read, not for every small write of the filler.
-                let batch_ready = available >= self.offset + READ_CHUNK as u64
+                let batch_ready = available >= self.offset + self.batch
                     || available + 1 >= self.size
                     || available >= self.end;
                 if batch_ready {
@@ -768,7 +887,13 @@ mod tests {
             os_hash: None,
         };
         let (fill, progress) = Fill::new("img", expected, read_side);
-        let body = reader(Source::Filling(fill), 0..size, fallback, Hooks::default());
+        let body = reader(
+            Source::Filling(fill),
+            0..size,
+            fallback,
+            Hooks::default(),
+            None,
+        );
         Driven {
             _dir: dir,
             file,

@@ -214,6 +214,7 @@ async fn respond_miss(
                 0..expected.size,
                 Some(fallback(ctx.upstream, ask, expected.size)),
                 hooks(cache, None, false),
+                ask.zero_copy.cloned(),
             );
             let response = data_response(&allowed.info, expected, request_id, body);
             Ok(Served {
@@ -288,7 +289,7 @@ async fn respond_cached(
                 Source::Filling(_) => hooks(cache, None, false),
             };
             let fallback = fallback(ctx.upstream, ask, size);
-            fill::reader(source, span.clone(), Some(fallback), hooks)
+            fill::reader(source, span.clone(), Some(fallback), hooks, None)
         }
     };
     let mut response = data_response(&allowed.info, &allowed.expected, request_id, body);

@@ -7,6 +7,8 @@
 //! by address and calls sendfile for the job instead of writing the zeros. `Chunk::advance`
 //! guards the contract: if hyper ever consumes placeholder bytes that sendfile did not send,
 //! the connection is poisoned and refuses every later write (see shared/design/sendfile.md).
+//! The client whose miss started a fill is served the same way from the growing file: its
+//! reader queues one job per span once the span's bytes are written (`Conn::file_chunk`).
 //!
 //! sendfile waits for the disk when its pages are not in the page cache, which would stall a
 //! runtime thread and every request on it. So a `Warmer` keeps a window ahead of each
@@ -30,8 +32,8 @@ use tokio::task::JoinHandle;
 
 mod chunk;
 
-use chunk::{is_placeholder, SendJob, PLACEHOLDER_LEN};
-pub use chunk::{Chunk, FileChunk, Hooks, OnDiskError, OnDone};
+use chunk::{is_placeholder, SendJob};
+pub use chunk::{Chunk, FileChunk, Hooks, OnDiskError, OnDone, PLACEHOLDER_LEN};
 
 /// A body's error; the same type as `body::BoxError` (this module sits below `body`).
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -93,6 +95,27 @@ impl Conn {
             queued: false,
             yielded: 0,
         }
+    }
+}
+
+impl Conn {
+    /// One chunk of `span` of `file` (at most `PLACEHOLDER_LEN` bytes), queued at once to be
+    /// sent with sendfile: for a body that produces a file's bytes piece by piece (a reader
+    /// following a fill), calling this from its `poll_frame` and yielding the chunk
+    /// directly. Every byte of the span must already be in the file.
+    pub fn file_chunk(
+        self: &Arc<Self>,
+        file: Arc<std::fs::File>,
+        span: std::ops::Range<u64>,
+    ) -> Chunk {
+        let len = (span.end.saturating_sub(span.start)).min(PLACEHOLDER_LEN as u64);
+        let span = span.start..span.start + len;
+        let job = SendJob::new(file, span, Arc::clone(&self.poisoned), Hooks::default());
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Arc::clone(&job));
+        job.chunk(len as usize)
     }
 }
 

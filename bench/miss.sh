@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Cold-miss benchmark against a real Glance (its own cache off), release build, one run
+# (issue 16):
+#  - one-core SHA-512 rate of this build's own `Digests` over the image's bytes
+#    (cargo bench --bench hashrate -- --file), GB per CPU-second of the hashing thread;
+#  - Glance's direct download rate;
+#  - the proxy's cold-miss rate and its CPU-seconds per GB of miss (utime+stime of the
+#    process, from the request until the entry is committed), ROUNDS rounds, the entry dropped
+#    through the cache API (DELETE /v2/cache/{id}) between rounds; medians;
+#  - 64 clients asking for a cold image at once: one upstream download, total time;
+#  - with BASELINE_BIN=path/to/an/older/glance-cache-proxy, the same for that build in the same
+#    run: its rounds interleave with this build's, the order flipped every round.
+# Targets (ratios from this one run): miss rate >= 0.75 x min(one-core SHA-512, Glance
+# direct); proxy CPU per GB <= 1.6 x one core's SHA-512 CPU per GB.
+#
+#   [BASELINE_BIN=...] bench/miss.sh [IMAGE_MIB] [ROUNDS] [HERD_MIB]   (defaults 1024 3 256)
+# Everything on 127.0.0.1, stopped on exit. Prints markdown tables; exits 1 if the herd made
+# more than one upstream download or a body was wrong.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
+IMAGE_MIB=${1:-1024}
+ROUNDS=${2:-3}
+HERD_MIB=${3:-256}
+HERD=64
+LAUNCHER=scripts/glance-upstream/glance-upstream.sh
+NEW_BIN=target/release/glance-cache-proxy
+
+work=$(mktemp -d /tmp/gcp-bench-miss.XXXXXX)
+gdata=$work/glance pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    GLANCE_CACHE=0 "$LAUNCHER" stop "$gdata" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+median() { sort -g | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+calc() { awk "BEGIN{printf \"%.2f\", $1}"; }
+
+cargo build --release --locked --bin glance-cache-proxy >&2
+load_before=$(uptime)
+
+gport=$(free_port)
+glance=$(GLANCE_CACHE=0 "$LAUNCHER" start "$gport" "$gdata" | awk '{print $2}')
+upload() { # MIB FILE -> image id
+    local id
+    id=$(curl -sf -X POST -H 'X-Auth-Token: noauth' -H 'Content-Type: application/json' \
+        -d '{"name":"bench","disk_format":"raw","container_format":"bare"}' "$glance/v2/images" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    head -c "$(($1 << 20))" /dev/urandom > "$2"
+    timeout 900 curl -sf -o /dev/null -H 'X-Auth-Token: noauth' \
+        -H 'Content-Type: application/octet-stream' -T "$2" "$glance/v2/images/$id/file"
+    echo "$id"
+}
+a=$(upload "$IMAGE_MIB" "$work/img")
+b=$(upload "$HERD_MIB" "$work/herd-img")
+want_b=$(cksum < "$work/herd-img")
+bytes=$((IMAGE_MIB << 20))
+gb=$(calc "$bytes / 1e9")
+
+# One-core SHA-512 over the image's bytes, this build's `Digests`; checked against Glance's.
+read -r sha_cpu sha_wall sha_hex < <(cargo bench --locked --bench hashrate -- --file "$work/img" 3 2>/dev/null)
+glance_hash=$(curl -sf -H 'X-Auth-Token: noauth' "$glance/v2/images/$a" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["os_hash_value"])')
+[[ $sha_hex == "$glance_hash" ]] || { echo "FAIL: sha512 of the file differs from Glance's" >&2; exit 1; }
+rm -f "$work/img" "$work/herd-img"
+
+# Proxies: "new" (this tree's build) and, with BASELINE_BIN, "base"; each its own cache dir.
+declare -A url pid
+start_proxy() { # NAME BIN
+    local port; port=$(free_port)
+    "$2" --listen "127.0.0.1:$port" --upstream "$glance" --cache-dir "$work/cache-$1" \
+        --cache-max-size 20GiB --metrics-listen "" 2> "$work/proxy-$1.log" &
+    pids+=($!) pid[$1]=$! url[$1]=http://127.0.0.1:$port
+    for _ in $(seq 300); do curl -sf -o /dev/null "${url[$1]}/versions" && return; sleep 0.1; done
+    echo "proxy $1 did not start" >&2; exit 1
+}
+builds=(new)
+start_proxy new "$NEW_BIN"
+if [[ -n ${BASELINE_BIN:-} ]]; then builds+=(base); start_proxy base "$BASELINE_BIN"; fi
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+committed() { for _ in $(seq 1200); do [[ -f $1/images/$2 ]] && return; sleep 0.05; done; echo "not cached" >&2; exit 1; }
+drop() { # NAME ID: through the cache API, then wait for the file to go
+    curl -sf -o /dev/null -X DELETE -H 'X-Auth-Token: noauth' "${url[$1]}/v2/cache/$2"
+    for _ in $(seq 200); do [[ ! -e $work/cache-$1/images/$2 ]] && return; sleep 0.05; done
+    echo "entry not dropped" >&2; exit 1
+}
+direct() { # -> seconds
+    timeout 900 curl -sf -o /dev/null -w '%{time_total}' -H 'X-Auth-Token: noauth' "$glance/v2/images/$a/file"
+}
+miss() { # NAME -> "seconds cpu_seconds" (CPU until the entry is committed)
+    local c0 t
+    c0=$(cpu_ticks "${pid[$1]}")
+    t=$(timeout 900 curl -sf -o /dev/null -w '%{time_total}' -H 'X-Auth-Token: noauth' "${url[$1]}/v2/images/$a/file")
+    committed "$work/cache-$1" "$a"
+    echo "$t $(calc "($(cpu_ticks "${pid[$1]}") - $c0) / $hz")"
+    drop "$1" "$a"
+}
+
+: > "$work/direct"
+for b_ in "${builds[@]}"; do : > "$work/miss-$b_"; done
+for r in $(seq "$ROUNDS"); do
+    direct >> "$work/direct"; echo >> "$work/direct"
+    order=("${builds[@]}")
+    if (( r % 2 == 0 )); then order=($(printf '%s\n' "${builds[@]}" | tac)); fi
+    for b_ in "${order[@]}"; do miss "$b_" >> "$work/miss-$b_"; done
+done
+t_direct=$(median < "$work/direct")
+direct_gbps=$(calc "$gb / $t_direct")
+min_rate=$(awk -v s="$sha_cpu" -v d="$direct_gbps" 'BEGIN{print (s < d ? s : d)}')
+
+# Herd: 64 clients ask for the cold image b at once, per build (b dropped in between).
+herd() { # NAME -> "seconds downloads bad"
+    local t0 n0 i bad=0 hp=()
+    n0=$(grep -c "GET /v2/images/$b/file HTTP/1.1\" 200" "$gdata/log/access.log" || true)
+    t0=$(now)
+    for i in $(seq "$HERD"); do
+        (timeout 900 curl -sf -H 'X-Auth-Token: noauth' "${url[$1]}/v2/images/$b/file" | cksum > "$work/herd.$i") &
+        hp+=($!)
+    done
+    for p in "${hp[@]}"; do wait "$p"; done
+    local t; t=$(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}')
+    for i in $(seq "$HERD"); do [[ $(cat "$work/herd.$i") == "$want_b" ]] || bad=$((bad + 1)); done
+    committed "$work/cache-$1" "$b"
+    local n1; n1=$(grep -c "GET /v2/images/$b/file HTTP/1.1\" 200" "$gdata/log/access.log" || true)
+    echo "$t $((n1 - n0)) $bad"
+    drop "$1" "$b"
+}
+declare -A herd_out
+for b_ in "${builds[@]}"; do herd_out[$b_]=$(herd "$b_"); done
+load_after=$(uptime)
+
+echo
+echo "Cold-miss benchmark: ${IMAGE_MIB} MiB image, ${ROUNDS} rounds, herd ${HERD} x ${HERD_MIB} MiB; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "load before: ${load_before#*load average: }; after: ${load_after#*load average: }"
+echo
+echo "| anchor (${IMAGE_MIB} MiB) | GB/s | CPU-s per GB |"
+echo "| --- | --- | --- |"
+echo "| SHA-512, one core, this build's \`Digests\` over the image (per CPU-second; wall $sha_wall) | $sha_cpu | $(calc "1 / $sha_cpu") |"
+echo "| Glance direct, curl to /dev/null (median of $ROUNDS) | $direct_gbps | |"
+echo
+echo "| cold miss (${IMAGE_MIB} MiB, median of $ROUNDS) | seconds | GB/s | proxy CPU-s per GB | rate / min(SHA-512, direct) (target >= 0.75) | CPU per GB / SHA-512's (target <= 1.6) | rounds: seconds, CPU-s |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for b_ in "${builds[@]}"; do
+    t=$(awk '{print $1}' "$work/miss-$b_" | median)
+    c=$(awk '{print $2}' "$work/miss-$b_" | median)
+    name=$b_; [[ $b_ == base ]] && name="baseline ($(basename "$BASELINE_BIN"))"
+    [[ $b_ == new ]] && name="this build"
+    echo "| $name | $t | $(calc "$gb / $t") | $(calc "$c / $gb") | $(calc "($gb / $t) / $min_rate") | $(calc "($c / $gb) * $sha_cpu") | $(tr '\n' ';' < "$work/miss-$b_" | sed 's/;$//; s/;/; /g') |"
+done
+if [[ -n ${BASELINE_BIN:-} ]]; then
+    paste "$work/miss-new" "$work/miss-base" | awk '{f += ($1 < $3); c += ($2 < $4)} END {
+        printf "\nThis build vs the baseline, round by round: faster in %d of %d, less CPU in %d of %d.\n", f, NR, c, NR}'
+fi
+echo
+echo "| cold herd: ${HERD} clients, one ${HERD_MIB} MiB image | all done (s) | downloads from Glance | wrong bodies (cksum) |"
+echo "| --- | --- | --- | --- |"
+fail=0
+for b_ in "${builds[@]}"; do
+    read -r t n bad <<< "${herd_out[$b_]}"
+    name="this build"; [[ $b_ == base ]] && name="baseline"
+    echo "| $name | $t | $n | $bad |"
+    [[ $n == 1 && $bad == 0 ]] || fail=1
+done
+[[ $fail == 0 ]] || { echo "FAIL: herd"; exit 1; }
