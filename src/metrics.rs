@@ -374,7 +374,7 @@ fn listener_families(s: &Snapshot) -> Vec<MetricFamily> {
         ),
         family(
             "sendfile_bytes_total",
-            "Cache-hit bytes sent with sendfile(2) (zero-copy).",
+            "Bytes sent with sendfile(2) (zero-copy): cache hits, and the growing file to the client whose request started a fill.",
             COUNTER,
             one(s.sendfile_bytes),
         ),

@@ -1,5 +1,6 @@
 //! The only module with `unsafe` code: safe wrappers over the Linux calls the proxy needs
-//! that std does not offer (`sendfile(2)`, `posix_fadvise(2)`, `cachestat(2)`).
+//! that std does not offer (`sendfile(2)`, `posix_fadvise(2)`, `cachestat(2)`,
+//! `fallocate(2)`, glibc's `mallopt(3)`).
 #![allow(unsafe_code)]
 
 use std::fs::File;

@@ -26,7 +26,7 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
     let data = pattern(24 << 20, 120);
     glance.add_image("img", data.clone());
     let url = format!("{}/v2/images/img/file", proxy.url);
-    assert!(get(&url).await.body == data); // miss: not sendfile
+    assert!(get(&url).await.body == data); // miss (the fill's own client: sendfile too)
     cached(&proxy, "img").await;
 
     // 1. A full hit and a ranged hit: every body byte went through sendfile.

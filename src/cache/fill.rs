@@ -45,7 +45,9 @@ const BATCH: usize = 256 * 1024;
 /// `writev` calls).
 const BATCH_FRAMES: usize = 256;
 /// Batches queued to the writer and to each hashing thread: with `BATCH` (a batch ends with the
-/// frame that fills it), about 2 to 5 MiB of a fill's body in memory at most.
+/// frame that fills it, each under 256 KiB plus one hyper frame of up to about 400 KiB), at
+/// most about 10 batches alive per fill (8 queued, one being worked on by the slowest thread,
+/// one the pump is sending): under 7 MiB of a fill's body in memory.
 const PIPE_DEPTH: usize = 8;
 
 /// Frames of the upstream body, shared by the writer and the hashers.
