@@ -13,7 +13,7 @@
 //! its hash is no record; a file that cannot be read at all is set aside as `grants.bad` and
 //! the proxy starts with no grants. Only v2 grants are written (only they serve offline).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -64,7 +64,7 @@ impl Journal {
         let mut text = String::from(HEADER);
         text.push('\n');
         let mut lines = String::new();
-        let mut records: HashMap<String, ()> = HashMap::new();
+        let mut records = HashSet::new();
         let mut n = 0;
         for (key, grant) in grants {
             let Some(line) = line(key, grant) else {
@@ -72,7 +72,7 @@ impl Journal {
             };
             if let Some(json) = grant.record.as_ref().and_then(|r| one_line(r)) {
                 let sha = sha_hex(json.as_bytes());
-                if records.insert(sha.clone(), ()).is_none() {
+                if records.insert(sha.clone()) {
                     text.push_str(&format!("record {sha} {json}\n"));
                 }
             }
@@ -348,22 +348,21 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    /// The journal line of a v2 grant of `t` for `img` (size 1) with these digests.
+    fn good_line(md5: Option<String>, os_hash: Option<(HashAlgo, String)>) -> String {
+        let expected = Expected {
+            size: 1,
+            md5,
+            os_hash,
+        };
+        line(&key("t", "img"), &grant(5, expected)).expect("line")
+    }
+
     #[test]
     fn bad_lines_are_skipped_and_foreign_files_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(FILE);
-        let good = line(
-            &key("t", "img"),
-            &grant(
-                5,
-                Expected {
-                    size: 1,
-                    md5: Some("00".repeat(16)),
-                    os_hash: None,
-                },
-            ),
-        )
-        .expect("line");
+        let good = good_line(Some("00".repeat(16)), None);
         let hexkey = key("t", "img").0.to_hex();
         let body = hex::encode(b"{}");
         let bad = [
@@ -393,18 +392,7 @@ mod tests {
     fn lines_that_are_not_utf8_or_too_long_are_skipped_and_an_unreadable_file_set_aside() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(FILE);
-        let good = line(
-            &key("t", "img"),
-            &grant(
-                5,
-                Expected {
-                    size: 1,
-                    md5: None,
-                    os_hash: Some((HashAlgo::Sha256, "ab".repeat(32))),
-                },
-            ),
-        )
-        .expect("line");
+        let good = good_line(None, Some((HashAlgo::Sha256, "ab".repeat(32))));
         let mut text = format!("{HEADER}\n").into_bytes();
         text.extend_from_slice(b"grant \xff\xfe not utf-8\n");
         text.extend(std::iter::repeat_n(b'x', (MAX_LINE + 10) as usize));
