@@ -9,8 +9,8 @@
 #      direct      curl -> relay -> Glance (each request is a download from Glance)
 #      nginx       curl -> nginx proxy_cache (warm) -> relay -> Glance; serves hits from its
 #                  cache without asking Glance anything: no authorization (the comparison point)
-#      grant_ttl 0 curl -> proxy -> relay -> Glance: each hit asks Glance the record and a
-#                  1-byte probe, at the same time, then sends the cached file
+#      grant_ttl 0 curl -> proxy -> relay -> Glance: each hit asks Glance the 1-byte download
+#                  probe (whose head names the entry's size and md5), then sends the cached file
 #      grant_ttl 60s  the same proxy setting auth.grant_ttl = "60s"
 #    Each configuration gets HITS timed hits round-robin over 10 identities (X-Auth-Token and
 #    X-User-Id; noauth Glance accepts any) after one warm-up request per identity, in ROUNDS
@@ -432,14 +432,21 @@ if "ttl60" in count:
     allr, a, c = count["ttl60"]
     print("- grant_ttl 60 s, 10 Glance authorizations per 100 hits by 10 identities: %d (%d requests) -> %s" % (
         a, allr, "holds" if a <= 10 else "does not hold"))
+if "ttl0" in stats and "relayed" in stats:
+    # One round trip on this link (the relay's delay and its own cost) + Glance's record
+    # time, measured: the record through the relay on an open connection.
+    bound = stats["relayed"][0]
+    print("- grant_ttl 0, first byte no worse than one RTT + Glance's record time (the record through "
+          "the relay on an open connection): p50 %.2f ms vs %.2f ms -> %s" % (
+              stats["ttl0"][0], bound, "holds" if stats["ttl0"][0] <= bound else "does not hold"))
 if "ttl0" in stats and "record" in stats:
-    bound = rtt + stats["record"][0]
-    print("- grant_ttl 0, first byte no worse than one RTT + Glance's record time: p50 %.2f ms vs "
-          "%.0f + %.2f = %.2f ms -> %s" % (stats["ttl0"][0], rtt, stats["record"][0], bound,
-                                          "holds" if stats["ttl0"][0] <= bound else "does not hold"))
+    nominal = rtt + stats["record"][0]
+    print("  (against the nominal RTT + the record on loopback, without the relay's own cost: "
+          "%.0f + %.2f = %.2f ms -> %s)" % (rtt, stats["record"][0], nominal,
+                                           "holds" if stats["ttl0"][0] <= nominal else "does not hold"))
     if "pair" in stats:
-        print("  (one RTT + Glance's record and probe asked at once, as the proxy asks them: "
-              "%.0f + %.2f = %.2f ms)" % (rtt, stats["pair"][0], rtt + stats["pair"][0]))
+        print("  (one RTT + Glance's record and probe asked at once, as a hit asked them before the "
+              "probe alone sufficed: %.0f + %.2f = %.2f ms)" % (rtt, stats["pair"][0], rtt + stats["pair"][0]))
     if "relayed" in stats:
         print("  (the relay's own cost: the record through it on an open connection, %.2f ms, minus "
               "RTT and the record on loopback: %.2f ms)" % (

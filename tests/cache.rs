@@ -221,6 +221,53 @@ async fn a_changed_image_is_refetched() {
     assert_eq!(glance.downloads("img"), 2);
 }
 
+/// A hit on a verified entry asks Glance one question: the download probe, with the caller's
+/// headers, whose head names the image's size and md5 (the record is not asked).
+#[tokio::test]
+async fn a_hit_asks_glance_the_download_probe_alone() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 40);
+    glance.add_image("img", data.clone());
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    let before = glance.seen().len();
+    let hit = get(&file_url(&proxy, "img")).await;
+    assert!(hit.status == 200 && hit.body == data);
+    let asked = glance.seen()[before..].to_vec();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].path_and_query, "/v2/images/img/file");
+    assert_eq!(asked[0].headers["range"], "bytes=0-0");
+    assert_eq!(glance.downloads("img"), 1);
+}
+
+/// When the probe's `Content-MD5` is not the entry's md5 (here the record Glance sent with
+/// the fill stated a wrong checksum, which the default `verify_md5 = false` keeps), the
+/// record is asked too and decides: it still matches the entry, which is served.
+#[tokio::test]
+async fn a_probe_naming_another_md5_asks_the_record_too() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 41);
+    glance.add_image("img", data.clone());
+    glance.set_faults(Faults {
+        record_md5: Some("0123456789abcdef0123456789abcdef".into()),
+        ..Faults::default()
+    });
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    let before = glance.seen().len();
+    let hit = get(&file_url(&proxy, "img")).await;
+    assert!(hit.status == 200 && hit.body == data);
+    let mut asked: Vec<String> = glance.seen()[before..]
+        .iter()
+        .map(|s| s.path_and_query.clone())
+        .collect();
+    asked.sort();
+    assert_eq!(asked, ["/v2/images/img", "/v2/images/img/file"]);
+    assert_eq!(glance.downloads("img"), 1, "the entry stands");
+}
+
 #[tokio::test]
 async fn a_delete_through_the_proxy_evicts() {
     let glance = FakeGlance::start().await;

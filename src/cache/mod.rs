@@ -436,6 +436,11 @@ impl Cache {
         all
     }
 
+    /// The record a committed entry of `id` was verified against, if there is one.
+    pub fn entry_expected(&self, id: &str) -> Option<Expected> {
+        self.lock().entries.get(id).map(|c| c.meta.expected())
+    }
+
     /// Whether a committed entry exists for `id`.
     pub fn is_cached(&self, id: &str) -> bool {
         self.lock().entries.contains_key(id)

@@ -329,6 +329,14 @@ impl Grants {
         }
     }
 
+    /// Whether Glance's next "yes" to `caller` for `id` should come with the record's JSON:
+    /// with `offline_grace`, while the caller's grant keeps none (the record answered while
+    /// Glance is down is the one Glance gave this caller).
+    pub fn wants_record(&self, caller: CallerKey, id: &str) -> bool {
+        !self.inner.windows.offline_grace.is_zero()
+            && self.grant(caller, id).is_none_or(|g| g.record.is_none())
+    }
+
     /// Glance refused `caller` `id` (or did not let it through): no grant stands, and no
     /// "yes" asked before now counts.
     pub fn refused(&self, caller: CallerKey, id: &str) {

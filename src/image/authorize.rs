@@ -1,6 +1,7 @@
 //! The authorize phase of an image-data request: may this caller have this image, on whose
-//! word, and what is it? Glance decides, asked with the caller's own headers: the record (and
-//! the download probe at the same time when the image is probably cached). Within
+//! word, and what is it? Glance decides, asked with the caller's own headers: for a v2 hit on
+//! a verified entry, the download probe alone (its head names the entry's size and md5);
+//! otherwise the record (and the probe at the same time when the image is probably cached). Within
 //! `auth.grant_ttl` of Glance's last "yes" to this caller for a cached image nothing is asked
 //! (`Verdict::Cached`); when no upstream answers the record (and the probe, if asked, found
 //! none either), a "yes" within `auth.offline_grace` stands for a verified entry
@@ -68,8 +69,32 @@ pub(super) async fn authorize(
         return Ok(Authorized::Allowed(Box::new(allowed)));
     }
     let upstream = ctx.upstream;
-    // When the image is probably a hit, ask Glance both questions at once.
-    let (record, probe) = if cache.holds(ask.image_id) {
+    let (record, probe) = if let Some(entry) = probe_will_do(ctx, cache, ask) {
+        // A hit on a verified entry: Glance's answer to the download itself.
+        let probe = upstream
+            .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
+            .await;
+        match &probe {
+            Ok(p) if describes(p, &entry) => {
+                return Ok(Authorized::Allowed(Box::new(Allowed {
+                    info: ImageInfo::remembered(&entry),
+                    expected: entry,
+                    verdict: Verdict::Glance(Some(probe)),
+                    json: None,
+                })));
+            }
+            // Allowed, but the entry may not be the image Glance has now: the record decides.
+            Ok(p) if is_allowed(p.status) => (
+                upstream
+                    .image_record(ask.api, &ask.caller, ask.image_id)
+                    .await,
+                Some(probe),
+            ),
+            // Refused, or no upstream answered: that is Glance's answer, as a record's would be.
+            _ => (probe, None),
+        }
+    } else if cache.holds(ask.image_id) {
+        // Probably a hit: ask Glance both questions at once.
         let (record, probe) = tokio::join!(
             upstream.image_record(ask.api, &ask.caller, ask.image_id),
             upstream.download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
@@ -126,6 +151,48 @@ fn remembered(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Allowed
     })
 }
 
+/// The record of the verified entry a v2 hit would serve, when the download probe alone can
+/// decide: Glance's answer to the download states the image's size (`Content-Range`) and md5
+/// (`Content-MD5`, Glance's `checksum`), which must match the entry's. Glance's image data
+/// never changes once active, so those settle that the entry is the image Glance would send,
+/// and a hit asks Glance one question, not two. The record is asked as well (at once) when the
+/// entry has no md5, or when the caller's grant must keep a record for `auth.offline_grace`.
+fn probe_will_do(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Expected> {
+    if ask.api != Api::V2 || ctx.grants.wants_record(ask.who, ask.image_id) {
+        return None;
+    }
+    cache
+        .entry_expected(ask.image_id)
+        .filter(|e| e.md5.is_some())
+}
+
+/// Whether an allowing download probe describes the image `entry` holds: its size (the total
+/// of `Content-Range`, or the `Content-Length` of a 200 when Glance ignored the range) and
+/// its `Content-MD5`.
+fn describes(probe: &Small, entry: &Expected) -> bool {
+    let header = |name: &str| probe.headers.get(name).and_then(|v| v.to_str().ok());
+    let size = match probe.status {
+        StatusCode::PARTIAL_CONTENT => header("content-range")
+            .and_then(|r| r.rsplit_once('/'))
+            .and_then(|(_, total)| total.parse::<u64>().ok()),
+        StatusCode::OK => header("content-length").and_then(|l| l.parse().ok()),
+        _ => None,
+    };
+    let md5 = header("content-md5");
+    size == Some(entry.size)
+        && md5.is_some_and(|m| {
+            entry
+                .md5
+                .as_deref()
+                .is_some_and(|e| m.eq_ignore_ascii_case(e))
+        })
+}
+
+/// A 2xx with a body: Glance lets the caller download the image.
+fn is_allowed(status: StatusCode) -> bool {
+    status.is_success() && status != StatusCode::NO_CONTENT
+}
+
 /// No upstream answered: refused or timed-out connections, or 502/503/504 from every one
 /// (`Upstream::send` fails over through all of them first).
 pub(super) fn is_outage(answer: &Result<Small, Error>) -> bool {
@@ -137,7 +204,7 @@ pub(super) fn is_outage(answer: &Result<Small, Error>) -> bool {
 
 /// An answer that refuses the caller (not one that says Glance could not answer).
 fn is_refusal(status: StatusCode) -> bool {
-    (!status.is_success() || status == StatusCode::NO_CONTENT) && !is_unavailable(status)
+    !is_allowed(status) && !is_unavailable(status)
 }
 
 /// The record of this caller's v2 grant for the image within `auth.offline_grace`, if any.
@@ -256,7 +323,7 @@ pub(super) async fn may_download(
         return Ok(Ok((Decision::Offline, None)));
     }
     let probe = probe?;
-    if !probe.status.is_success() || probe.status == StatusCode::NO_CONTENT {
+    if !is_allowed(probe.status) {
         if is_refusal(probe.status) {
             ctx.grants.refused(ask.who, ask.image_id);
         }
@@ -265,4 +332,61 @@ pub(super) async fn may_download(
     }
     grant(ctx, ask, allowed);
     Ok(Ok((Decision::Allowed, Some(probe))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn probe(status: u16, headers: &[(&str, &str)]) -> Small {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        Small {
+            status: StatusCode::from_u16(status).expect("status"),
+            headers: map,
+            body: Bytes::new(),
+            upstream: 0,
+        }
+    }
+
+    const MD5: &str = "10bb51e11fbc20e34c1faa8244f27f70";
+
+    fn entry(size: u64, md5: Option<&str>) -> Expected {
+        Expected {
+            size,
+            md5: md5.map(str::to_string),
+            os_hash: None,
+        }
+    }
+
+    #[test]
+    fn a_probe_describes_the_entry_by_size_and_md5() {
+        let e = entry(16777216, Some(MD5));
+        let ranged = |range, md5| probe(206, &[("content-range", range), ("content-md5", md5)]);
+        // Glance 33's answer to Range: bytes=0-0 (TRACES.md).
+        assert!(describes(&ranged("bytes 0-0/16777216", MD5), &e));
+        let upper = MD5.to_uppercase();
+        assert!(describes(&ranged("bytes 0-0/16777216", &upper), &e));
+        assert!(!describes(&ranged("bytes 0-0/16777215", MD5), &e));
+        assert!(!describes(&ranged("bytes 0-0/*", MD5), &e));
+        assert!(!describes(&ranged("bytes 0-0", MD5), &e));
+        assert!(!describes(&ranged("bytes 0-0/16777216", "0123"), &e));
+        assert!(!describes(
+            &probe(206, &[("content-range", "bytes 0-0/16777216")]),
+            &e
+        ));
+        // Glance ignored the range: the whole image's length.
+        let whole = probe(200, &[("content-length", "16777216"), ("content-md5", MD5)]);
+        assert!(describes(&whole, &e));
+        assert!(!describes(&whole, &entry(16777216, None)));
+        // Any other status says nothing about the image.
+        let other = probe(203, &[("content-length", "16777216"), ("content-md5", MD5)]);
+        assert!(!describes(&other, &e));
+    }
 }

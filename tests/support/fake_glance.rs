@@ -63,7 +63,8 @@ pub struct Faults {
     pub upstream_cache_on: bool,
     /// A Glance before Yoga: `/v2/cache` is an unknown route (404 to everyone).
     pub no_cache_api: bool,
-    /// This image's record says `deactivated`.
+    /// This image's record says `deactivated`, and its v2 download is 403 to all but the
+    /// token `admin` (as Glance's).
     pub inactive: Option<String>,
     /// Requests with this X-Auth-Token get 401 (a revoked or expired token).
     pub revoked_token: Option<String>,
@@ -459,7 +460,14 @@ async fn serve(
         ("GET", ["", "v2", "images", id, "file"]) => {
             let data = state.images.lock().expect("images lock").get(*id).cloned();
             let range = parts.headers.get("range").and_then(|v| v.to_str().ok());
-            match (data, faults.deny_download, range) {
+            // Glance lets only admins download a deactivated image.
+            let token = parts
+                .headers
+                .get("x-auth-token")
+                .and_then(|v| v.to_str().ok());
+            let deactivated = faults.inactive.as_deref() == Some(*id) && token != Some("admin");
+            let deny = faults.deny_download.or(deactivated.then_some(403));
+            match (data, deny, range) {
                 (None, _, _) => status(StatusCode::NOT_FOUND, "No image found"),
                 (Some(_), Some(code), _) => status(
                     StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN),
