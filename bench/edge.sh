@@ -15,7 +15,8 @@
 #    Each configuration gets HITS timed hits round-robin over 10 identities (X-Auth-Token and
 #    X-User-Id; noauth Glance accepts any) after one warm-up request per identity, in ROUNDS
 #    interleaved rounds (the order rotates per round). As references, Glance's own record
-#    GET and 1-byte ranged GET, directly on loopback, in the same rounds. Then, per
+#    GET and 1-byte ranged GET, directly on loopback, the record through the relay on an open
+#    connection, and a grant_ttl 0 hit on an open client connection, in the same rounds. Then, per
 #    configuration, 100 hits by 10 new identities: requests Glance received (its access log)
 #    and the proxy's authorization decisions (its metrics).
 # 2. Loopback: a repeat hit of a BIG_MIB image, the proxy with grant_ttl 0 and 60 s (upstream:
@@ -110,7 +111,7 @@ port_of() { local v="port_$1"; echo "${!v}"; }
 fill ttl0 "$small"; fill ttl60 "$small"; fill lo0 "$big"; fill lo60 "$big"
 cat "$work/cache-lo0/images/$big" "$work/cache-lo60/images/$big" > /dev/null   # page cache
 
-nc_port=$(free_port) ns_port=$(free_port)
+nc_port=$(free_port) ns_port=$(free_port) nh_port=$(free_port)
 cat > "$work/nginx.conf" <<NGINX
 # Workers must read the root-owned temporary directories.
 user root;
@@ -140,6 +141,15 @@ http {
             add_header X-Cache-Status \$upstream_cache_status;
         }
     }
+    # A plain hop to the relayed Glance, no cache: what one proxy hop costs nginx.
+    server {
+        listen 127.0.0.1:$nh_port;
+        location / {
+            proxy_pass http://glance;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
     # The grant_ttl proxy's own cached file, served as a static file (sendfile).
     server {
         listen 127.0.0.1:$ns_port;
@@ -165,7 +175,7 @@ url() {
         ttl0|ttl60) echo "http://127.0.0.1:$(port_of "$1")/v2/images/$small/file 200 $small_bytes" ;;
         record) echo "$glance/v2/images/$small 200 -" ;;
         probe) echo "$glance/v2/images/$small/file 206 1" ;;
-        pair|relayed) echo "- - -" ;;
+        pair|relayed|ttl0open|hop) echo "- - -" ;;
     esac
 }
 # hit CONFIG IDENTITY -> "ttfb total" (seconds); fails on a wrong status or byte count.
@@ -174,7 +184,9 @@ hit() {
     read -r u code want <<< "$(url "$1")"
     [[ $1 == probe ]] && range=(-H 'Range: bytes=0-0')
     [[ $1 == pair ]] && { pair "$2"; return; }
-    [[ $1 == relayed ]] && { relayed "$2"; return; }
+    [[ $1 == relayed ]] && { relayed "$2" "$relay"; return; }
+    [[ $1 == hop ]] && { relayed "$2" "http://127.0.0.1:$nh_port"; return; }
+    [[ $1 == ttl0open ]] && { reopened "$2"; return; }
     got=$(timeout 60 curl -s -o /dev/null -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}' \
         -H "X-Auth-Token: $2" -H "X-User-Id: $2-user" "${range[@]}" "$u") || true
     read -r c size ttfb total <<< "$got"
@@ -185,7 +197,7 @@ hit() {
     echo "$ttfb $total"
 }
 # pair IDENTITY -> "ttfb total" of the later of Glance's record and 1-byte probe asked at
-# once, on loopback (what the proxy with grant_ttl 0 asks before a hit, minus the WAN).
+# once, on loopback (what a grant_ttl 0 hit asked before the probe alone sufficed, minus the WAN).
 pair() {
     local w='%{http_code} %{time_starttransfer} %{time_total}\n' h=(-H "X-Auth-Token: $1" -H "X-User-Id: $1-user")
     timeout 60 curl -s -Z --parallel-immediate -o /dev/null -w "$w" "${h[@]}" "$glance/v2/images/$small" \
@@ -196,12 +208,22 @@ pair() {
 }
 # relayed IDENTITY -> "ttfb total" of Glance's record through the relay on a connection already
 # open (the second of two requests on one connection): one RTT + the record + the relay's cost.
+# relayed IDENTITY BASE: the same through BASE (the relay, or nginx's plain hop to it).
 relayed() {
-    local u="$relay/v2/images/$small"
+    local u="$2/v2/images/$small"
     timeout 60 curl -s -o /dev/null -o /dev/null -w '%{http_code} %{num_connects} %{time_starttransfer} %{time_total}\n' \
         -H "X-Auth-Token: $1" -H "X-User-Id: $1-user" "$u" "$u" |
         awk 'NR == 2 {if ($1 != 200 || $2 != 0) {print "bench: relayed got " $0 > "/dev/stderr"; exit 1}
                       printf "%s %s", $3, $4}'
+}
+# reopened IDENTITY -> "ttfb total" of a grant_ttl 0 hit on a client connection already open
+# (the second of two hits on one connection), to compare with `relayed` like for like.
+reopened() {
+    local u="http://127.0.0.1:$port_ttl0/v2/images/$small/file"
+    timeout 60 curl -s -o /dev/null -o /dev/null -w '%{http_code} %{num_connects} %{size_download} %{time_starttransfer} %{time_total}\n' \
+        -H "X-Auth-Token: $1" -H "X-User-Id: $1-user" "$u" "$u" |
+        awk -v want="$small_bytes" 'NR == 2 {if ($1 != 200 || $2 != 0 || $3 != want) {print "bench: reopened got " $0 > "/dev/stderr"; exit 1}
+                      printf "%s %s", $4, $5}'
 }
 # decisions NAME -> "allowed cached" from the proxy's metrics (0 0 for the others)
 decisions() {
@@ -244,7 +266,7 @@ batch() {
     return 0
 }
 : > "$work/hits.tsv"; : > "$work/batches.tsv"; : > "$work/glance-ms.tsv"; : > "$work/big.tsv"
-wan=(direct nginx ttl0 ttl60 record probe pair relayed)
+wan=(direct nginx ttl0 ttl60 record probe pair relayed ttl0open hop)
 if (( HITS > 0 )); then   # HITS=0 skips part 1
     for cfg in "${wan[@]}"; do batch warm "$cfg" 0 0 "$IDENTITIES" lat; done
     per=$(( (HITS + ROUNDS - 1) / ROUNDS ))
@@ -332,6 +354,8 @@ names = {
     "probe": "ref: Glance 1-byte ranged GET, loopback, no relay",
     "pair": "ref: both at once (the later of the two), loopback, no relay",
     "relayed": "ref: Glance record GET through the relay, connection already open",
+    "ttl0open": "proxy, grant_ttl 0, client connection already open (the second of two hits)",
+    "hop": "ref: the record through nginx (a plain proxy_pass hop, no cache) and the relay, connections open",
 }
 def glance(phase, cfg):
     b = [x for x in batches if x[0] == phase and x[1] == cfg]
@@ -348,7 +372,7 @@ else:
     print()
     print("| configuration | TTFB p50 | TTFB p99 | total p50 | total p99 | Glance requests per 100 timed hits | of which record / probe / download | proxy: asked Glance / on a grant |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for cfg in ("direct", "nginx", "ttl0", "ttl60", "record", "probe", "pair", "relayed"):
+    for cfg in ("direct", "nginx", "ttl0", "ttl60", "record", "probe", "pair", "relayed", "ttl0open", "hop"):
         t = [float(r[3]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
         tot = [float(r[4]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
         if not t:
@@ -356,7 +380,7 @@ else:
         n, allr, rec, probe, dl, a, c = glance("timed", cfg)
         stats[cfg] = (med(t), pct(t, 99), med(tot), pct(tot, 99), a, c)
         per = lambda x: "%.0f" % (100 * x / n)
-        if cfg in ("record", "probe", "pair", "relayed"):
+        if cfg in ("record", "probe", "pair", "relayed", "ttl0open", "hop"):
             gl, split, dec = "-", "-", "-"
         else:
             gl, split = per(allr), "%s / %s / %s" % (per(rec), per(probe), per(dl))
@@ -439,6 +463,13 @@ if "ttl0" in stats and "relayed" in stats:
     print("- grant_ttl 0, first byte no worse than one RTT + Glance's record time (the record through "
           "the relay on an open connection): p50 %.2f ms vs %.2f ms -> %s" % (
               stats["ttl0"][0], bound, "holds" if stats["ttl0"][0] <= bound else "does not hold"))
+    if "ttl0open" in stats:
+        print("  (like for like, both on a client connection already open: p50 %.2f ms vs %.2f ms -> %s)" % (
+            stats["ttl0open"][0], bound, "holds" if stats["ttl0open"][0] <= bound else "does not hold"))
+    if "ttl0open" in stats and "hop" in stats:
+        print("  (what a proxy hop adds to the record through the relay: nginx's plain proxy_pass %+.2f ms; "
+              "this proxy's grant_ttl 0 hit, Glance's probe instead of the record, %+.2f ms)" % (
+                  stats["hop"][0] - bound, stats["ttl0open"][0] - bound))
 if "ttl0" in stats and "record" in stats:
     nominal = rtt + stats["record"][0]
     print("  (against the nominal RTT + the record on loopback, without the relay's own cost: "

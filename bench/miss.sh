@@ -7,6 +7,10 @@
 #  - the proxy's cold-miss rate and its CPU-seconds per GB of miss (utime+stime of the
 #    process, from the request until the entry is committed), ROUNDS rounds, the entry dropped
 #    through the cache API (DELETE /v2/cache/{id}) between rounds; medians;
+#  - the same cold miss through nginx proxy_cache (one worker, sendfile, 256 KiB buffers; a
+#    new cache key per round): the same three transfers (receive from Glance, write the cache
+#    file, send it to the client) with no hashing, as what those transfers cost on this
+#    machine, in the same rounds;
 #  - 64 clients asking for a cold image at once: one upstream download, total time;
 #  - with BASELINE_BIN=path/to/an/older/glance-cache-proxy, the same for that build in the same
 #    run: its rounds interleave with this build's, the order flipped every round.
@@ -30,6 +34,7 @@ work=$(mktemp -d /tmp/gcp-bench-miss.XXXXXX)
 gdata=$work/glance pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [[ -s $work/nginx.pid ]] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null
     wait 2>/dev/null || true
     GLANCE_CACHE=0 "$LAUNCHER" stop "$gdata" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -41,6 +46,10 @@ median() { sort -g | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[
 calc() { awk "BEGIN{printf \"%.2f\", $1}"; }
 
 cargo build --release --locked --bin glance-cache-proxy >&2
+if ! command -v nginx >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null
+fi
 load_before=$(uptime)
 
 gport=$(free_port)
@@ -80,11 +89,59 @@ start_proxy() { # NAME BIN
 }
 builds=(new)
 start_proxy new "$NEW_BIN"
+# nginx proxy_cache in front of the same Glance: the transfers without hashing.
+nport=$(free_port)
+cat > "$work/nginx.conf" <<NGINX
+# Workers must read the root-owned temporary directories.
+user root;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 256; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    proxy_cache_path $work/nginx-cache levels=1:2 keys_zone=miss:10m max_size=20g inactive=1h use_temp_path=off;
+    upstream glance { server 127.0.0.1:$gport; keepalive 8; }
+    server {
+        listen 127.0.0.1:$nport;
+        location / {
+            proxy_pass http://glance;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache miss;
+            proxy_cache_key \$uri\$http_x_round;
+            proxy_cache_valid 200 1h;
+            proxy_buffer_size 256k;
+            proxy_buffers 16 256k;
+            proxy_busy_buffers_size 512k;
+            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;
+        }
+    }
+}
+NGINX
+nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
+for _ in $(seq 50); do [[ -s $work/nginx.pid ]] && break; sleep 0.1; done
+nginx_pids() { echo "$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"; }
 if [[ -n ${BASELINE_BIN:-} ]]; then builds+=(base); start_proxy base "$BASELINE_BIN"; fi
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
 hz=$(getconf CLK_TCK)
 committed() { for _ in $(seq 1200); do [[ -f $1/images/$2 ]] && return; sleep 0.05; done; echo "not cached" >&2; exit 1; }
+nginx_miss() { # ROUND -> "seconds cpu_seconds" (CPU until its cache file is whole)
+    local c0 t f
+    c0=$(cpu_ticks $(nginx_pids))
+    t=$(timeout 900 curl -sf -o /dev/null -w '%{time_total}' -H "X-Round: $1" -H 'X-Auth-Token: noauth' \
+        "http://127.0.0.1:$nport/v2/images/$a/file")
+    for _ in $(seq 1200); do   # the cache file: a header, then the image
+        f=$(find "$work/nginx-cache" -type f -size +"$((bytes / 1024))"k | head -1)
+        [[ -n $f ]] && break; sleep 0.05
+    done
+    [[ -n $f ]] || { echo "nginx did not cache the image" >&2; exit 1; }
+    echo "$t $(calc "($(cpu_ticks $(nginx_pids)) - $c0) / $hz")"
+    rm -f "$f"
+}
 drop() { # NAME ID: through the cache API, then wait for the file to go
     curl -sf -o /dev/null -X DELETE -H 'X-Auth-Token: noauth' "${url[$1]}/v2/cache/$2"
     for _ in $(seq 200); do [[ ! -e $work/cache-$1/images/$2 ]] && return; sleep 0.05; done
@@ -102,13 +159,14 @@ miss() { # NAME -> "seconds cpu_seconds" (CPU until the entry is committed)
     drop "$1" "$a"
 }
 
-: > "$work/direct"
+: > "$work/direct"; : > "$work/nginx"
 for b_ in "${builds[@]}"; do : > "$work/miss-$b_"; done
 for r in $(seq "$ROUNDS"); do
     direct >> "$work/direct"; echo >> "$work/direct"
     order=("${builds[@]}")
     if (( r % 2 == 0 )); then order=($(printf '%s\n' "${builds[@]}" | tac)); fi
     for b_ in "${order[@]}"; do miss "$b_" >> "$work/miss-$b_"; done
+    nginx_miss "$r" >> "$work/nginx"
 done
 t_direct=$(median < "$work/direct")
 direct_gbps=$(calc "$gb / $t_direct")
@@ -153,6 +211,12 @@ for b_ in "${builds[@]}"; do
     [[ $b_ == new ]] && name="this build"
     echo "| $name | $t | $(calc "$gb / $t") | $(calc "$c / $gb") | $(calc "($gb / $t) / $min_rate") | $(calc "($c / $gb) * $sha_cpu") | $(tr '\n' ';' < "$work/miss-$b_" | sed 's/;$//; s/;/; /g') |"
 done
+t=$(awk '{print $1}' "$work/nginx" | median)
+c=$(awk '{print $2}' "$work/nginx" | median)
+echo "| ref: nginx proxy_cache, the same miss with no hashing (recv, cache-file write, sendfile) | $t | $(calc "$gb / $t") | $(calc "$c / $gb") | | | $(tr '\n' ';' < "$work/nginx" | sed 's/;$//; s/;/; /g') |"
+c_new=$(awk '{print $2}' "$work/miss-new" | median)
+echo
+echo "Beyond hashing: this build $(calc "$c_new / $gb - 1 / $sha_cpu") CPU-s per GB (its CPU per GB minus one core's SHA-512's); nginx's whole miss, which hashes nothing, $(calc "$c / $gb"). The CPU target leaves $(calc "0.6 / $sha_cpu") beyond hashing."
 if [[ -n ${BASELINE_BIN:-} ]]; then
     paste "$work/miss-new" "$work/miss-base" | awk '{f += ($1 < $3); c += ($2 < $4)} END {
         printf "\nThis build vs the baseline, round by round: faster in %d of %d, less CPU in %d of %d.\n", f, NR, c, NR}'

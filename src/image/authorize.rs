@@ -17,7 +17,7 @@ use http::{Response, StatusCode};
 use super::{denied, Ask, Served};
 use crate::body::ProxyBody;
 use crate::cache::fill::Source;
-use crate::cache::Cache;
+use crate::cache::{Cache, Hit, Lookup};
 use crate::digest::Expected;
 use crate::error::Error;
 use crate::grants::Asked;
@@ -46,6 +46,8 @@ pub(super) struct Allowed {
     pub verdict: Verdict,
     /// The v2 record's JSON as Glance sent it (kept with the grant, for the grace).
     pub json: Option<Bytes>,
+    /// The entry, opened while Glance was asked (a hit on the probe alone).
+    pub opened: Option<Hit>,
 }
 
 /// On whose word a cached copy may go to this caller.
@@ -70,10 +72,12 @@ pub(super) async fn authorize(
     }
     let upstream = ctx.upstream;
     let (record, probe) = if let Some(entry) = probe_will_do(ctx, cache, ask) {
-        // A hit on a verified entry: Glance's answer to the download itself.
-        let probe = upstream
-            .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
-            .await;
+        // A hit on a verified entry: Glance's answer to the download itself, while the
+        // entry's file is opened (off the critical path of the hit's first byte).
+        let (probe, lookup) = tokio::join!(
+            upstream.download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref()),
+            cache.lookup(ask.image_id, &entry)
+        );
         match &probe {
             Ok(p) if describes(p, &entry) => {
                 return Ok(Authorized::Allowed(Box::new(Allowed {
@@ -81,6 +85,10 @@ pub(super) async fn authorize(
                     expected: entry,
                     verdict: Verdict::Glance(Some(probe)),
                     json: None,
+                    opened: match lookup {
+                        Lookup::Hit(hit) => Some(hit),
+                        Lookup::Filling(_) | Lookup::Miss => None,
+                    },
                 })));
             }
             // Allowed, but the entry may not be the image Glance has now: the record decides.
@@ -119,6 +127,7 @@ pub(super) async fn authorize(
                         expected,
                         verdict: Verdict::Offline,
                         json: None,
+                        opened: None,
                     };
                     return Ok(Authorized::Offline(Box::new(allowed), record));
                 }
@@ -148,6 +157,7 @@ fn remembered(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Allowed
         expected,
         verdict: Verdict::Cached,
         json: None,
+        opened: None,
     })
 }
 
@@ -278,6 +288,7 @@ pub(super) async fn glance_says(
         expected,
         verdict: Verdict::Glance(None),
         json,
+        opened: None,
     })))
 }
 

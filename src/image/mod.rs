@@ -116,7 +116,7 @@ pub async fn serve(
     {
         return bypass(ctx, req, down, BypassReason::Range).await;
     }
-    let allowed = match authorize(ctx, cache, &ask).await? {
+    let mut allowed = match authorize(ctx, cache, &ask).await? {
         Authorized::Allowed(allowed) => *allowed,
         Authorized::Offline(allowed, unanswered) => {
             return respond_offline(ctx, cache, &ask, *allowed, unanswered, req, down).await;
@@ -124,7 +124,8 @@ pub async fn serve(
         Authorized::Refused(resp, upstream) => return Ok(denied(resp, upstream)),
         Authorized::Bypass(reason) => return bypass(ctx, req, down, reason).await,
     };
-    match plan(cache, &ask, &allowed.expected).await {
+    let opened = allowed.opened.take();
+    match plan(cache, &ask, &allowed.expected, opened).await {
         Plan::Bypass(reason) => bypass(ctx, req, down, reason).await,
         Plan::Fill(starter) => respond_miss(ctx, cache, &ask, allowed, starter).await,
         Plan::Hit(hit) => respond_cached(ctx, cache, &ask, allowed, Source::Entry(hit)).await,
@@ -154,7 +155,11 @@ enum Plan {
     Bypass(BypassReason),
 }
 
-async fn plan(cache: &Arc<Cache>, ask: &Ask<'_>, expected: &Expected) -> Plan {
+/// `opened`: the entry, already opened while Glance was asked.
+async fn plan(cache: &Arc<Cache>, ask: &Ask<'_>, expected: &Expected, opened: Option<Hit>) -> Plan {
+    if let Some(hit) = opened {
+        return Plan::Hit(hit);
+    }
     let ranged = ask.range.is_some();
     match cache.lookup(ask.image_id, expected).await {
         Lookup::Hit(hit) => Plan::Hit(hit),

@@ -258,8 +258,8 @@ impl Upstream {
         let (resp, index) = self
             .side_request(Method::GET, caller, &path, Some(range))
             .await?;
-        // The one ranged byte is read (the connection goes back to the pool); if Glance
-        // ignored the range, the body is dropped after the head.
+        // The answer is its head; the one ranged byte is read after it (the connection goes
+        // back to the pool). If Glance ignored the range, the body is dropped after the head.
         verdict(resp, index, MAX_PROBE_BODY, self.body_idle_timeout).await
     }
 
@@ -349,8 +349,9 @@ fn with_query(path: String, query: Option<&str>) -> String {
 }
 
 /// Glance's answer to a yes/no question: a refusal is read whole (it goes back to the client
-/// as sent); a success is read only when its Content-Length is at most `keep`, else its body
-/// is dropped after the head (with its connection), so nothing large is transferred.
+/// as sent); a success is answered on its head. Its body is read in the background when its
+/// Content-Length is at most `keep` (the connection then goes back to the pool), else dropped
+/// with its connection, so nothing large is transferred.
 async fn verdict(
     resp: Response<Incoming>,
     upstream: usize,
@@ -363,8 +364,13 @@ async fn verdict(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|len| len <= keep);
-    if resp.status().is_success() && !small {
-        let (parts, _dropped) = resp.into_parts();
+    if resp.status().is_success() {
+        let (parts, body) = resp.into_parts();
+        if small {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(idle, body.collect()).await;
+            });
+        }
         return Ok(Small {
             status: parts.status,
             headers: parts.headers,
