@@ -268,6 +268,52 @@ async fn a_probe_naming_another_md5_asks_the_record_too() {
     assert_eq!(glance.downloads("img"), 1, "the entry stands");
 }
 
+/// A hit with a query (`?prefer=`) asks the record too, and the probe carries the query.
+#[tokio::test]
+async fn a_hit_with_a_query_asks_the_record_and_the_probe_carries_the_query() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 42);
+    glance.add_image("img", data.clone());
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    let before = glance.seen().len();
+    let hit = get(&format!("{}?prefer=fast", file_url(&proxy, "img"))).await;
+    assert!(hit.status == 200 && hit.body == data);
+    let mut asked: Vec<String> = glance.seen()[before..]
+        .iter()
+        .map(|s| s.path_and_query.clone())
+        .collect();
+    asked.sort();
+    assert_eq!(asked, ["/v2/images/img", "/v2/images/img/file?prefer=fast"]);
+    assert_eq!(glance.downloads("img"), 1);
+}
+
+/// A deactivated image: Glance refuses its download to all but admins, and so does a hit.
+#[tokio::test]
+async fn a_hit_on_a_deactivated_image_is_refused_to_all_but_admins() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(1 << 20, 43);
+    glance.add_image("img", data.clone());
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    glance.set_faults(Faults {
+        inactive: Some("img".into()),
+        ..Faults::default()
+    });
+    let url = file_url(&proxy, "img");
+    let member = send(&url, "GET", &[("x-auth-token", "member")], Bytes::new()).await;
+    assert_eq!(member.status, 403);
+    let admin = send(&url, "GET", &[("x-auth-token", "admin")], Bytes::new()).await;
+    assert!(admin.status == 200 && admin.body == data);
+    assert_eq!(
+        glance.downloads("img"),
+        1,
+        "the admin's copy came from the cache"
+    );
+}
+
 #[tokio::test]
 async fn a_delete_through_the_proxy_evicts() {
     let glance = FakeGlance::start().await;

@@ -331,6 +331,10 @@ async fn a_probe_that_refuses_while_the_record_fails_ends_the_grant() {
         403,
         "Glance's refusal of the download, not served offline"
     );
+    // A first hit with a grace asks both (a record to keep): the probe's refusal is the
+    // answer, not the record's failure.
+    assert_eq!(get_as(&proxy, "img", "token-carol").await.status, 403);
+    assert_eq!(asked(&glance, "img", "token-carol"), 2, "record and probe");
     glance.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(get_as(&proxy, "img", BOB).await.status, 502);

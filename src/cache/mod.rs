@@ -267,6 +267,15 @@ impl Cache {
         }
     }
 
+    /// Whether `hit` (opened earlier) is still the committed entry for its image: the same
+    /// file and digests, not suspect.
+    pub fn is_current(&self, hit: &Hit) -> bool {
+        let st = self.lock();
+        st.entries.get(&hit.image_id).is_some_and(|c| {
+            !c.suspect && c.fingerprint == hit.print && c.meta.expected() == hit.expected
+        })
+    }
+
     /// A committed, verified entry recorded with these very digests, found without changing
     /// anything (no eviction of a mismatch, no fill): for serving while Glance cannot answer.
     pub async fn peek(self: &Arc<Self>, id: &str, expected: &Expected) -> Option<Hit> {

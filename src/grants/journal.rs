@@ -249,6 +249,7 @@ fn parse(line: &str, records: &HashMap<String, Arc<Bytes>>) -> Option<(Key, Gran
         seq: 0,
         expected: Arc::new(Expected { size, md5, os_hash }),
         record,
+        record_ms: at_ms,
         v2: true,
         noted_ms: at_ms,
     };
@@ -287,6 +288,7 @@ mod tests {
             seq: 0,
             expected: Arc::new(expected),
             record: None,
+            record_ms: at_ms,
             v2: true,
             noted_ms: at_ms,
         }
@@ -322,6 +324,7 @@ mod tests {
                 Grant {
                     at_ms: 1_500,
                     noted_ms: 1_500,
+                    record_ms: 1_500,
                     ..with_record
                 },
             ),

@@ -58,6 +58,9 @@ pub struct Grant {
     pub expected: Arc<Expected>,
     /// With a grace: the v2 record as Glance sent it to this caller (JSON).
     pub record: Option<Arc<Bytes>>,
+    /// When `record` was last Glance's answer (unix ms; a grant read back at start: its
+    /// `at_ms`). Kept in memory only.
+    pub record_ms: u64,
     /// Asked through v2 (only those serve within the windows).
     pub v2: bool,
     /// `at_ms` as of the last change the journal was told about: a grant renewed within a
@@ -265,6 +268,10 @@ impl Grants {
             _ => Arc::new(asked.expected.clone()),
         };
         let old = before.and_then(|g| g.record.as_ref());
+        let record_ms = match json {
+            Some(_) => asked.at_ms,
+            None => before.map_or(0, |g| g.record_ms),
+        };
         let record = match (json, old) {
             (Some(new), Some(old)) if **old == *new => Some(Arc::clone(old)),
             (Some(new), _) => Some(self.shared_record(id, new)),
@@ -287,6 +294,7 @@ impl Grants {
             seq: asked.seq,
             expected,
             record,
+            record_ms,
             v2: asked.v2 || before.is_some_and(|g| g.v2),
             noted_ms,
         }
@@ -317,10 +325,15 @@ impl Grants {
             .seen
             .entry((caller, id.to_string()))
             .and_compute_with(|current| match current.map(|e| e.into_value()) {
-                Some(Memory::Granted(g)) if g.record.as_deref().is_none_or(|r| *r != *json) => {
-                    news = true;
+                Some(Memory::Granted(g)) => {
+                    news = g.record.as_deref().is_none_or(|r| *r != *json);
                     let record = Some(self.shared_record(id, json));
-                    Op::Put(Memory::Granted(Grant { record, ..g }))
+                    let record_ms = now_ms();
+                    Op::Put(Memory::Granted(Grant {
+                        record,
+                        record_ms,
+                        ..g
+                    }))
                 }
                 _ => Op::Nop,
             });
@@ -330,11 +343,22 @@ impl Grants {
     }
 
     /// Whether Glance's next "yes" to `caller` for `id` should come with the record's JSON:
-    /// with `offline_grace`, while the caller's grant keeps none (the record answered while
-    /// Glance is down is the one Glance gave this caller).
+    /// with `offline_grace`, while the caller's grant keeps none or an old one (the record
+    /// answered while Glance is down is the one Glance gave this caller).
+    /// A kept record is refreshed once it is older than a hundredth of the grace (between a
+    /// minute and an hour).
     pub fn wants_record(&self, caller: CallerKey, id: &str) -> bool {
-        !self.inner.windows.offline_grace.is_zero()
-            && self.grant(caller, id).is_none_or(|g| g.record.is_none())
+        self.wants_record_at(caller, id, now_ms())
+    }
+
+    fn wants_record_at(&self, caller: CallerKey, id: &str, now: u64) -> bool {
+        let grace = self.inner.windows.offline_grace;
+        let refresh = (grace / 100).clamp(Duration::from_secs(60), Duration::from_secs(3600));
+        !grace.is_zero()
+            && self.grant(caller, id).is_none_or(|g| {
+                g.record.is_none()
+                    || Duration::from_millis(now.saturating_sub(g.record_ms)) >= refresh
+            })
     }
 
     /// Glance refused `caller` `id` (or did not let it through): no grant stands, and no
@@ -647,6 +671,42 @@ mod tests {
     }
 
     #[test]
+    fn a_record_is_wanted_with_a_grace_until_one_is_kept_and_again_when_it_is_old() {
+        let (a, t, five) = (caller("a"), now_ms(), record(5));
+        let json = Bytes::from_static(b"{\"id\": \"img\"}");
+        let with_json = |at| Asked {
+            json: Some(&json),
+            ..asked(at, 0, &five)
+        };
+        let none = Grants::new(windows(60, 0));
+        assert!(!none.wants_record_at(a, "img", t), "no grace: never");
+        let g = Grants::new(windows(0, 3600));
+        assert!(g.wants_record_at(a, "img", t), "no grant");
+        give(&g, a, "img", &five, t);
+        assert!(g.wants_record_at(a, "img", t), "a grant without a record");
+        g.granted(
+            a,
+            "img",
+            Asked {
+                seq: g.ticket(),
+                ..with_json(t)
+            },
+        );
+        assert!(!g.wants_record_at(a, "img", t + 59_999), "kept, fresh");
+        assert!(
+            g.wants_record_at(a, "img", t + 60_000),
+            "a minute old (grace/100 < 1 min)"
+        );
+        g.seen_record(a, "img", &json);
+        assert!(
+            !g.wants_record_at(a, "img", now_ms()),
+            "refreshed by a record read"
+        );
+        g.refused(a, "img");
+        assert!(g.wants_record_at(a, "img", now_ms()), "refused: no grant");
+    }
+
+    #[test]
     fn the_record_is_the_one_sent_with_the_latest_grant() {
         let g = Grants::new(windows(60, 0));
         let (a, t) = (caller("a"), now_ms());
@@ -666,6 +726,7 @@ mod tests {
             seq: 0,
             expected: Arc::new(record(1)),
             record: None,
+            record_ms: 0,
             v2: true,
             noted_ms: 0,
         };

@@ -17,7 +17,7 @@ use http::{Response, StatusCode};
 use super::{denied, Ask, Served};
 use crate::body::ProxyBody;
 use crate::cache::fill::Source;
-use crate::cache::{Cache, Hit, Lookup};
+use crate::cache::{Cache, Hit};
 use crate::digest::Expected;
 use crate::error::Error;
 use crate::grants::Asked;
@@ -52,8 +52,8 @@ pub(super) struct Allowed {
 
 /// On whose word a cached copy may go to this caller.
 pub(super) enum Verdict {
-    /// Glance's: the download probe, when it was asked with the record (the image was
-    /// cached); else it is asked before a hit or a join is served.
+    /// Glance's: the download probe, when it was asked already (alone, or with the record
+    /// when the image was cached); else it is asked before a hit or a join is served.
     Glance(Option<Result<Small, Error>>),
     /// Glance allowed this caller this image within `auth.grant_ttl`: nothing was asked.
     Cached,
@@ -73,11 +73,15 @@ pub(super) async fn authorize(
     let upstream = ctx.upstream;
     let (record, probe) = if let Some(entry) = probe_will_do(ctx, cache, ask) {
         // A hit on a verified entry: Glance's answer to the download itself, while the
-        // entry's file is opened (off the critical path of the hit's first byte).
-        let (probe, lookup) = tokio::join!(
-            upstream.download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref()),
-            cache.lookup(ask.image_id, &entry)
-        );
+        // entry's file is opened (`Cache::peek`: nothing changes) off the critical path of the
+        // hit's first byte, and waited for only if Glance allows.
+        let opening = {
+            let (cache, id, entry) = (Arc::clone(cache), ask.image_id.to_string(), entry.clone());
+            tokio::spawn(async move { cache.peek(&id, &entry).await })
+        };
+        let probe = upstream
+            .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
+            .await;
         match &probe {
             Ok(p) if describes(p, &entry) => {
                 return Ok(Authorized::Allowed(Box::new(Allowed {
@@ -85,10 +89,7 @@ pub(super) async fn authorize(
                     expected: entry,
                     verdict: Verdict::Glance(Some(probe)),
                     json: None,
-                    opened: match lookup {
-                        Lookup::Hit(hit) => Some(hit),
-                        Lookup::Filling(_) | Lookup::Miss => None,
-                    },
+                    opened: opening.await.ok().flatten(),
                 })));
             }
             // Allowed, but the entry may not be the image Glance has now: the record decides.
@@ -115,10 +116,15 @@ pub(super) async fn authorize(
         (record, None)
     };
     if is_outage(&record) {
+        // The probe found Glance, and it refuses: that is Glance's answer (the refusal ends
+        // the grant, the 404 rule applies), as when the probe was asked alone.
+        if matches!(&probe, Some(Ok(p)) if is_refusal(p.status)) {
+            if let Some(refusal) = probe {
+                return glance_says(ctx, cache, ask, refusal).await;
+            }
+        }
         match &probe {
-            // The probe found Glance: its answer counts (a refusal ends the grant), and the
-            // record's failure goes back.
-            Some(Ok(p)) if is_refusal(p.status) => ctx.grants.refused(ask.who, ask.image_id),
+            // The probe found Glance and allows: the record's failure goes back.
             Some(Ok(p)) if !is_unavailable(p.status) => {}
             _ if cache.is_cached(ask.image_id) => {
                 if let Some(expected) = offline_grant(ctx, ask) {
@@ -166,9 +172,12 @@ fn remembered(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Allowed
 /// (`Content-MD5`, Glance's `checksum`), which must match the entry's. Glance's image data
 /// never changes once active, so those settle that the entry is the image Glance would send,
 /// and a hit asks Glance one question, not two. The record is asked as well (at once) when the
-/// entry has no md5, or when the caller's grant must keep a record for `auth.offline_grace`.
+/// entry has no md5, for a request with a query, or when the caller's grant must keep a
+/// (fresh) record for `auth.offline_grace`.
 fn probe_will_do(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Expected> {
-    if ask.api != Api::V2 || ctx.grants.wants_record(ask.who, ask.image_id) {
+    // A query (`?prefer=`) goes with the probe but not the record: the record still decides
+    // what a 404 means.
+    if ask.api != Api::V2 || ask.query.is_some() || ctx.grants.wants_record(ask.who, ask.image_id) {
         return None;
     }
     cache
@@ -380,7 +389,7 @@ mod tests {
     fn a_probe_describes_the_entry_by_size_and_md5() {
         let e = entry(16777216, Some(MD5));
         let ranged = |range, md5| probe(206, &[("content-range", range), ("content-md5", md5)]);
-        // Glance 33's answer to Range: bytes=0-0 (TRACES.md).
+        // Glance 33's answer to Range: bytes=0-0, as it sent it on this machine.
         assert!(describes(&ranged("bytes 0-0/16777216", MD5), &e));
         let upper = MD5.to_uppercase();
         assert!(describes(&ranged("bytes 0-0/16777216", &upper), &e));

@@ -1,9 +1,10 @@
 //! Image data (`GET /v2/images/{id}/file`, legacy `GET /v1/images/{id}`) through the cache,
 //! in three phases:
 //!
-//! 1. **authorize** (`authorize`): Glance's image record, asked with the caller's own
-//!    headers; when the image is probably cached, the download probe (`Range: bytes=0-0`) is
-//!    asked at the same time. A refusal goes back as Glance sent it. Within `auth.grant_ttl`
+//! 1. **authorize** (`authorize`): Glance, asked with the caller's own headers: for a v2 hit
+//!    on a verified entry, the download probe (`Range: bytes=0-0`) alone, whose head must
+//!    name the entry's size and md5; otherwise the image record, and when the image is
+//!    probably cached the probe at the same time. A refusal goes back as Glance sent it. Within `auth.grant_ttl`
 //!    of Glance's last "yes" to this caller for a cached image, nothing is asked
 //!    (`Verdict::Cached`); when no upstream answers, a "yes" within `auth.offline_grace`
 //!    stands for a verified entry (`Verdict::Offline`). See `grants`.
@@ -157,7 +158,7 @@ enum Plan {
 
 /// `opened`: the entry, already opened while Glance was asked.
 async fn plan(cache: &Arc<Cache>, ask: &Ask<'_>, expected: &Expected, opened: Option<Hit>) -> Plan {
-    if let Some(hit) = opened {
+    if let Some(hit) = opened.filter(|hit| cache.is_current(hit)) {
         return Plan::Hit(hit);
     }
     let ranged = ask.range.is_some();

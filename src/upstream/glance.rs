@@ -348,6 +348,9 @@ fn with_query(path: String, query: Option<&str>) -> String {
     }
 }
 
+/// How long a successful answer's few body bytes are waited for after its head.
+const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Glance's answer to a yes/no question: a refusal is read whole (it goes back to the client
 /// as sent); a success is answered on its head. Its body is read in the background when its
 /// Content-Length is at most `keep` (the connection then goes back to the pool), else dropped
@@ -367,13 +370,17 @@ async fn verdict(
     if resp.status().is_success() {
         let (parts, body) = resp.into_parts();
         if small {
+            // A few bytes: a short bound, so a stalled body does not hold the connection.
+            let bound = idle.min(DRAIN_BOUND);
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(idle, body.collect()).await;
+                let _ = tokio::time::timeout(bound, body.collect()).await;
             });
         }
+        let mut headers = parts.headers;
+        crate::upstream::headers::strip_hop_by_hop(&mut headers);
         return Ok(Small {
             status: parts.status,
-            headers: parts.headers,
+            headers,
             body: Bytes::new(),
             upstream,
         });
