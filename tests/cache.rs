@@ -221,23 +221,39 @@ async fn a_changed_image_is_refetched() {
     assert_eq!(glance.downloads("img"), 2);
 }
 
+/// A fake Glance with `faults` and a proxy that has cached `data` as "img".
+async fn with_img_cached(data: &Bytes, faults: Faults) -> (FakeGlance, TestProxy) {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    glance.add_image("img", data.clone());
+    glance.set_faults(faults);
+    get(&file_url(&proxy, "img")).await;
+    settle(&proxy, &["img"]).await;
+    (glance, proxy)
+}
+
+/// The requests Glance saw after the first `before`: path and query, sorted.
+fn asked_since(glance: &FakeGlance, before: usize) -> Vec<String> {
+    let mut asked: Vec<String> = glance.seen()[before..]
+        .iter()
+        .map(|s| s.path_and_query.clone())
+        .collect();
+    asked.sort();
+    asked
+}
+
 /// A hit on a verified entry asks Glance one question: the download probe, with the caller's
 /// headers, whose head names the image's size and md5 (the record is not asked).
 #[tokio::test]
 async fn a_hit_asks_glance_the_download_probe_alone() {
-    let glance = FakeGlance::start().await;
-    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
     let data = pattern(1 << 20, 40);
-    glance.add_image("img", data.clone());
-    get(&file_url(&proxy, "img")).await;
-    settle(&proxy, &["img"]).await;
+    let (glance, proxy) = with_img_cached(&data, Faults::default()).await;
     let before = glance.seen().len();
     let hit = get(&file_url(&proxy, "img")).await;
     assert!(hit.status == 200 && hit.body == data);
-    let asked = glance.seen()[before..].to_vec();
-    assert_eq!(asked.len(), 1, "{asked:?}");
-    assert_eq!(asked[0].path_and_query, "/v2/images/img/file");
-    assert_eq!(asked[0].headers["range"], "bytes=0-0");
+    assert_eq!(asked_since(&glance, before), ["/v2/images/img/file"]);
+    let probe = glance.seen().pop().expect("the probe");
+    assert_eq!(probe.headers["range"], "bytes=0-0");
     assert_eq!(glance.downloads("img"), 1);
 }
 
@@ -246,24 +262,16 @@ async fn a_hit_asks_glance_the_download_probe_alone() {
 /// record is asked too and decides: it still matches the entry, which is served.
 #[tokio::test]
 async fn a_probe_naming_another_md5_asks_the_record_too() {
-    let glance = FakeGlance::start().await;
-    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
     let data = pattern(1 << 20, 41);
-    glance.add_image("img", data.clone());
-    glance.set_faults(Faults {
+    let wrong_md5 = Faults {
         record_md5: Some("0123456789abcdef0123456789abcdef".into()),
         ..Faults::default()
-    });
-    get(&file_url(&proxy, "img")).await;
-    settle(&proxy, &["img"]).await;
+    };
+    let (glance, proxy) = with_img_cached(&data, wrong_md5).await;
     let before = glance.seen().len();
     let hit = get(&file_url(&proxy, "img")).await;
     assert!(hit.status == 200 && hit.body == data);
-    let mut asked: Vec<String> = glance.seen()[before..]
-        .iter()
-        .map(|s| s.path_and_query.clone())
-        .collect();
-    asked.sort();
+    let asked = asked_since(&glance, before);
     assert_eq!(asked, ["/v2/images/img", "/v2/images/img/file"]);
     assert_eq!(glance.downloads("img"), 1, "the entry stands");
 }
@@ -271,20 +279,12 @@ async fn a_probe_naming_another_md5_asks_the_record_too() {
 /// A hit with a query (`?prefer=`) asks the record too, and the probe carries the query.
 #[tokio::test]
 async fn a_hit_with_a_query_asks_the_record_and_the_probe_carries_the_query() {
-    let glance = FakeGlance::start().await;
-    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
     let data = pattern(1 << 20, 42);
-    glance.add_image("img", data.clone());
-    get(&file_url(&proxy, "img")).await;
-    settle(&proxy, &["img"]).await;
+    let (glance, proxy) = with_img_cached(&data, Faults::default()).await;
     let before = glance.seen().len();
     let hit = get(&format!("{}?prefer=fast", file_url(&proxy, "img"))).await;
     assert!(hit.status == 200 && hit.body == data);
-    let mut asked: Vec<String> = glance.seen()[before..]
-        .iter()
-        .map(|s| s.path_and_query.clone())
-        .collect();
-    asked.sort();
+    let asked = asked_since(&glance, before);
     assert_eq!(asked, ["/v2/images/img", "/v2/images/img/file?prefer=fast"]);
     assert_eq!(glance.downloads("img"), 1);
 }
@@ -292,12 +292,8 @@ async fn a_hit_with_a_query_asks_the_record_and_the_probe_carries_the_query() {
 /// A deactivated image: Glance refuses its download to all but admins, and so does a hit.
 #[tokio::test]
 async fn a_hit_on_a_deactivated_image_is_refused_to_all_but_admins() {
-    let glance = FakeGlance::start().await;
-    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
     let data = pattern(1 << 20, 43);
-    glance.add_image("img", data.clone());
-    get(&file_url(&proxy, "img")).await;
-    settle(&proxy, &["img"]).await;
+    let (glance, proxy) = with_img_cached(&data, Faults::default()).await;
     glance.set_faults(Faults {
         inactive: Some("img".into()),
         ..Faults::default()
