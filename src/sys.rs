@@ -226,6 +226,27 @@ mod tests {
     }
 
     #[test]
+    fn preallocating_allocates_the_blocks_and_keeps_the_size() {
+        use std::os::unix::fs::MetadataExt;
+        const LEN: u64 = 4 << 20;
+        let mut file = tempfile::tempfile().expect("tempfile");
+        file.write_all(b"head").expect("write");
+        match preallocate(&file, LEN) {
+            Ok(()) => {}
+            // A filesystem without fallocate: nothing to observe (callers ignore the error).
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return,
+            Err(e) => panic!("fallocate: {e}"),
+        }
+        let meta = file.metadata().expect("stat");
+        assert_eq!(meta.len(), 4, "the size is kept");
+        assert!(
+            meta.blocks() * 512 >= LEN,
+            "{} bytes allocated for {LEN}",
+            meta.blocks() * 512
+        );
+    }
+
+    #[test]
     fn warming_brings_a_cold_range_into_the_page_cache() {
         const LEN: u64 = 4 << 20;
         let mut file = tempfile::NamedTempFile::new().expect("tempfile");

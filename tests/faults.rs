@@ -139,6 +139,57 @@ async fn a_read_error_during_a_zero_copy_hit_breaks_the_transfer_and_quarantines
     scenario.teardown();
 }
 
+/// A miss's own client is sent the growing file with sendfile; when a sendfile call fails
+/// (EIO), that client's response is cut short: the connection is aborted, so the client sees
+/// a body error after a prefix of the image, never a clean end. The fill does not depend on
+/// its client: it runs in a task of its own and, with `finish_abandoned_fills` (the default),
+/// completes, verifies and commits; the next request is a hit on it. (The fill's client has no
+/// disk-error hook, unlike a hit's, so nothing is quarantined.)
+#[tokio::test]
+async fn a_sendfile_error_cuts_a_miss_short_for_its_client_and_the_fill_still_commits() {
+    let _serial = SERIAL.lock().await;
+    let scenario = fail::FailScenario::setup();
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(4 << 20, 706);
+    glance.add_image("img", data.clone());
+    // A slow Glance (about 0.3 s for the image): the fill is still running when its client
+    // is cut, early on.
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(5)),
+        ..Faults::default()
+    });
+    // The miss's second sendfile call fails with EIO (a span is sent once 256 KiB more are
+    // written; one call moves at most 2 MiB).
+    fail::cfg("sendfile::send", "1*off->return").expect("failpoint");
+    let got = tokio::time::timeout(Duration::from_secs(10), get(&file_url(&proxy, "img")))
+        .await
+        .expect("the miss's response ends");
+    fail::remove("sendfile::send");
+    assert_eq!(got.status, 200);
+    assert!(got.body_error.is_some(), "a cut miss must not end cleanly");
+    assert!(got.body.len() < data.len(), "{} bytes", got.body.len());
+    assert!(
+        data.starts_with(&got.body),
+        "the bytes that did arrive are the image's"
+    );
+    // The fill went on without its client and was committed.
+    assert!(
+        !proxy.is_cached("img"),
+        "the client was cut before the fill ended"
+    );
+    until(|| proxy.is_cached("img")).await;
+    assert!(support::files_in(&proxy.cache_dir.join("quarantine")).is_empty());
+    let hit = get(&file_url(&proxy, "img")).await;
+    assert!(hit.body_error.is_none() && hit.body == data);
+    assert_eq!(
+        glance.downloads("img"),
+        1,
+        "one download: the fill, then a hit"
+    );
+    scenario.teardown();
+}
+
 #[tokio::test]
 async fn sigkill_in_the_middle_of_an_eviction_leaves_a_consistent_cache() {
     let glance = FakeGlance::start().await;

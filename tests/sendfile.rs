@@ -1,6 +1,7 @@
 //! Zero-copy hits: the bytes of every hit go out with sendfile (counted), byte-exact, with
 //! keep-alive and pipelining intact, under backpressure, client aborts and shutdown.
-//! One test function: the sendfile counter is process-wide, so the scenarios run in order.
+//! The sendfile counter is process-wide: the tests take `SERIAL`, and one function's
+//! scenarios run in order.
 
 mod support;
 
@@ -9,9 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use glance_cache_proxy::sendfile::bytes_sent;
 use http_body_util::BodyExt;
-use support::{config, get, pattern, send, FakeGlance, Faults, TestProxy};
+use support::{config, get, metric, pattern, send, FakeGlance, Faults, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The sendfile counter is process-wide: one test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Wait (bounded) until `id` is in the index: its files appear a moment earlier, and a
 /// request then joins the fill instead of being a hit.
@@ -21,6 +25,7 @@ async fn cached(proxy: &TestProxy, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_are_zero_copy_and_keep_http_semantics() {
+    let _serial = SERIAL.lock().await;
     let glance = FakeGlance::start().await;
     let mut proxy = TestProxy::start(config(&[&glance.url], "")).await;
     let data = pattern(24 << 20, 120);
@@ -135,4 +140,31 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
         .await
         .expect("drained")
         .expect("task");
+}
+
+/// A cold miss whose client is on a plain HTTP/1.1 connection: the client is fed the growing
+/// file with sendfile spans (`Conn::file_chunk`), as the metrics page counts, byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_is_sent_to_its_own_client_with_sendfile() {
+    let _serial = SERIAL.lock().await;
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start_with_admin(config(&[&glance.url], "")).await;
+    let admin = proxy.admin_url.clone().expect("admin listener");
+    let series = "glance_cache_proxy_sendfile_bytes_total";
+    let data = pattern(3 << 20, 121);
+    glance.add_image("img", data.clone());
+    assert!(!proxy.is_cached("img"), "cold");
+    let before = metric(&admin, series).await;
+    let got = get(&format!("{}/v2/images/img/file", proxy.url)).await;
+    let after = metric(&admin, series).await;
+    assert_eq!(got.status, 200);
+    assert!(got.body_error.is_none(), "{:?}", got.body_error);
+    assert!(got.body == data, "the miss's bytes differ");
+    assert_eq!(glance.downloads("img"), 1, "one download: a miss");
+    assert!(
+        after - before >= data.len() as f64,
+        "{} bytes went out with sendfile for a miss of {}",
+        after - before,
+        data.len()
+    );
 }

@@ -870,6 +870,87 @@ mod tests {
         assert!(got.expect("finished alone") == d);
     }
 
+    /// A `Gather` fed these frame lengths, all within a large image.
+    fn gathered(lens: &[usize]) -> Gather {
+        let mut gather = Gather::default();
+        let fetched = AtomicU64::new(0);
+        for &len in lens {
+            let frame = Bytes::from(vec![0u8; len]);
+            gather
+                .take(frame, u64::MAX, &fetched)
+                .expect("within the size");
+        }
+        gather
+    }
+
+    #[test]
+    fn a_batch_ends_at_batch_bytes_or_batch_frames() {
+        assert!(!gathered(&[]).full());
+        assert!(!gathered(&[BATCH - 1]).full());
+        assert!(gathered(&[BATCH]).full(), "BATCH bytes in one frame");
+        let tenth = BATCH / 10;
+        assert!(!gathered(&[tenth; 9]).full());
+        assert!(
+            gathered(&[tenth; 11]).full(),
+            "the frame that fills it ends it"
+        );
+        assert!(!gathered(&vec![1; BATCH_FRAMES - 1]).full());
+        assert!(
+            gathered(&vec![1; BATCH_FRAMES]).full(),
+            "BATCH_FRAMES tiny frames"
+        );
+    }
+
+    #[test]
+    fn a_body_past_the_image_size_is_a_length_mismatch_and_still_counted() {
+        let mut gather = Gather::default();
+        let fetched = AtomicU64::new(0);
+        let frame = |n: usize| Bytes::from(vec![1u8; n]);
+        assert_eq!(gather.take(frame(600), 1000, &fetched), Ok(()));
+        assert_eq!(
+            gather.take(frame(400), 1000, &fetched),
+            Ok(()),
+            "exactly the size"
+        );
+        let over = gather.take(frame(7), 1000, &fetched);
+        let length = Mismatch::Length {
+            expected: 1000,
+            actual: 1007,
+        };
+        assert_eq!(over, Err(Failure::Mismatch(length)));
+        assert_eq!(fetched.load(Ordering::Relaxed), 1007, "what was fetched");
+        assert_eq!(gather.frames.len(), 2, "the overrun is not gathered");
+    }
+
+    #[tokio::test]
+    async fn a_flush_hands_one_shared_batch_to_the_writer_and_every_hasher() {
+        let (writer, mut to_disk) = mpsc::channel::<Batch>(4);
+        let (hasher_a, mut to_a) = mpsc::channel::<Batch>(4);
+        let (hasher_b, mut to_b) = mpsc::channel::<Batch>(4);
+        let sinks = [writer, hasher_a, hasher_b];
+        let mut gather = gathered(&[100, 200, 300]);
+        assert!(gather.flush(&sinks).await);
+        let on_disk = to_disk.try_recv().expect("the writer's batch");
+        assert_eq!(
+            on_disk.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [100, 200, 300]
+        );
+        for to_hasher in [&mut to_a, &mut to_b] {
+            let hashed = to_hasher.try_recv().expect("a hasher's batch");
+            assert!(Arc::ptr_eq(&on_disk, &hashed), "the same batch, not a copy");
+        }
+        assert_eq!((gather.frames.len(), gather.bytes), (0, 0), "emptied");
+        // An empty flush sends nothing.
+        assert!(gather.flush(&sinks).await);
+        for rx in [&mut to_disk, &mut to_a, &mut to_b] {
+            assert_eq!(rx.try_recv().err(), Some(mpsc::error::TryRecvError::Empty));
+        }
+        // The writer has stopped: the flush says so.
+        drop(to_disk);
+        let mut gather = gathered(&[10]);
+        assert!(!gather.flush(&sinks).await, "the writer's receiver is gone");
+    }
+
     /// A reader of a fill driven by hand: the file, the progress sender and the reader's body.
     struct Driven {
         _dir: tempfile::TempDir,
