@@ -170,6 +170,13 @@ impl Fill {
 /// A reader registration without a body (see `Fill::keep`).
 pub struct Keep(Arc<Fill>);
 
+impl Keep {
+    /// The fill it keeps going.
+    pub fn fill(&self) -> &Arc<Fill> {
+        &self.0
+    }
+}
+
 impl Drop for Keep {
     fn drop(&mut self) {
         self.0.readers.fetch_sub(1, Ordering::Relaxed);

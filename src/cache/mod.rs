@@ -729,8 +729,10 @@ impl Starter {
     }
 
     /// Glance answered 200: stream `body` into the cache in a task of its own, which outlives
-    /// the client that started it (see `Rules`).
-    pub fn start<B>(mut self, body: B, idle_timeout: std::time::Duration) -> Arc<Fill>
+    /// the client that started it (see `Rules`). Returns the starter's own reader registration,
+    /// taken before the task runs, so a fill that stops for want of readers cannot stop before
+    /// the starting client's reader exists: hold it until that reader does.
+    pub fn start<B>(mut self, body: B, idle_timeout: std::time::Duration) -> fill::Keep
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -738,8 +740,9 @@ impl Starter {
         let (Some(tx), Some(file), Some(temp)) =
             (self.tx.take(), self.file.take(), self.temp.take())
         else {
-            return Arc::clone(&self.fill);
+            return self.fill.keep();
         };
+        let keep = self.fill.keep();
         let cache = Arc::clone(&self.cache);
         let fill = Arc::clone(&self.fill);
         let life = cache.rules(idle_timeout);
@@ -776,7 +779,7 @@ impl Starter {
                 }
             }
         });
-        Arc::clone(&self.fill)
+        keep
     }
 }
 

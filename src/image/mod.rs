@@ -213,15 +213,17 @@ async fn respond_miss(
 ) -> Result<Served, Error> {
     let expected = &allowed.expected;
     match start_fill(ctx.upstream, starter, ask, expected).await? {
-        Started::Fill(fill, request_id, upstream) => {
+        Started::Fill(started, request_id, upstream) => {
             authorize::grant(ctx, ask, &allowed);
             let body = fill::reader(
-                Source::Filling(fill),
+                Source::Filling(Arc::clone(started.fill())),
                 0..expected.size,
                 Some(fallback(ctx.upstream, ask, expected.size)),
                 hooks(cache, None, false),
                 ask.zero_copy.cloned(),
             );
+            // The reader holds its own registration now.
+            drop(started);
             let response = data_response(&allowed.info, expected, request_id, body);
             Ok(Served {
                 forwarded: Forwarded::new(response, upstream),
@@ -318,7 +320,7 @@ async fn respond_cached(
 /// What became of a miss's download request.
 enum Started {
     /// Glance sent the image: the fill runs; its `x-openstack-request-id`, and which upstream.
-    Fill(Arc<Fill>, Option<HeaderValue>, usize),
+    Fill(fill::Keep, Option<HeaderValue>, usize),
     /// Glance answered something else: it goes back to the client as is.
     Refused(Response<Incoming>, usize),
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use tokio::sync::Notify;
 
-use crate::cache::fill::{Fill, Progress};
+use crate::cache::fill::{Keep, Progress};
 use crate::cache::{Begin, Cache, Lookup};
 use crate::config::PrefetchConfig;
 use crate::outcome::BypassReason;
@@ -281,19 +281,18 @@ impl Prefetcher {
                         ));
                     }
                     warn_if_md5_differs(id, &resp, &expected);
-                    let fill = starter.start(resp.into_body(), self.body_idle_timeout);
-                    return outcome(&fill).await;
+                    let keep = starter.start(resp.into_body(), self.body_idle_timeout);
+                    return outcome(keep).await;
                 }
             },
         };
-        outcome(&fill).await
+        outcome(fill.keep()).await
     }
 }
 
 /// Wait for a fill (counted as a reader, so it is never abandoned for lack of clients).
-async fn outcome(fill: &Arc<Fill>) -> Attempt {
-    let _keep = fill.keep();
-    match fill.finished().await {
+async fn outcome(keep: Keep) -> Attempt {
+    match keep.fill().finished().await {
         Progress::Committed => Attempt::Cached,
         Progress::Failed(f) => Attempt::Failed(format!("fill: {}", f.result())),
         other => Attempt::Failed(format!("fill ended as {other:?}")),
