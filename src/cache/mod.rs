@@ -270,22 +270,21 @@ impl Cache {
     /// Whether `hit` (opened earlier) is still the committed entry for its image: the same
     /// file and digests, not suspect.
     pub fn is_current(&self, hit: &Hit) -> bool {
+        self.servable(&hit.image_id, &hit.expected) == Some(hit.print)
+    }
+
+    /// The fingerprint of the committed entry of `id`, if it may be served as the image of
+    /// `expected`: recorded with these very digests and not suspect.
+    fn servable(&self, id: &str, expected: &Expected) -> Option<Fingerprint> {
         let st = self.lock();
-        st.entries.get(&hit.image_id).is_some_and(|c| {
-            !c.suspect && c.fingerprint == hit.print && c.meta.expected() == hit.expected
-        })
+        let c = st.entries.get(id)?;
+        (!c.suspect && c.meta.expected() == *expected).then_some(c.fingerprint)
     }
 
     /// A committed, verified entry recorded with these very digests, found without changing
     /// anything (no eviction of a mismatch, no fill): for serving while Glance cannot answer.
     pub async fn peek(self: &Arc<Self>, id: &str, expected: &Expected) -> Option<Hit> {
-        let print = {
-            let st = self.lock();
-            match st.entries.get(id) {
-                Some(c) if !c.suspect && c.meta.expected() == *expected => c.fingerprint,
-                _ => return None,
-            }
-        };
+        let print = self.servable(id, expected)?;
         let (cache, owned_id) = (Arc::clone(self), id.to_string());
         let file = store::blocking(move || cache.open_hit(&owned_id, print))
             .await
