@@ -59,6 +59,7 @@ impl App {
             tls: tls.clone(),
             slots: Slots::new(config.server.max_connections),
             listen_url,
+            last_host: std::sync::Mutex::default(),
         });
         Ok(App {
             config,

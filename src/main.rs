@@ -80,7 +80,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(run(config)),
+        Ok(runtime) => {
+            let code = runtime.block_on(run(config));
+            // Requests still held by the runtime end (and log) here; then their lines out.
+            drop(runtime);
+            glance_cache_proxy::server::access::flush();
+            code
+        }
         Err(e) => {
             eprintln!("glance-cache-proxy: cannot start the runtime: {e}");
             ExitCode::FAILURE

@@ -283,18 +283,32 @@ impl Cache {
 
     /// A committed, verified entry recorded with these very digests, found without changing
     /// anything (no eviction of a mismatch, no fill): for serving while Glance cannot answer.
-    pub async fn peek(self: &Arc<Self>, id: &str, expected: &Expected) -> Option<Hit> {
-        let print = self.servable(id, expected)?;
-        let (cache, owned_id) = (Arc::clone(self), id.to_string());
-        let file = store::blocking(move || cache.open_hit(&owned_id, print))
-            .await
-            .ok()??;
-        Some(Hit {
-            image_id: id.to_string(),
-            expected: expected.clone(),
-            file: Arc::new(file),
-            print,
-        })
+    pub fn peek(
+        self: &Arc<Self>,
+        id: &str,
+        expected: &Expected,
+    ) -> impl std::future::Future<Output = Option<Hit>> + Send + 'static {
+        // The open starts now, not when the future is first polled: a caller asks Glance
+        // meanwhile, and no task of its own is spawned for it (a task would be one more for
+        // the runtime to hand to another worker).
+        let opening = self.servable(id, expected).map(|print| {
+            let (cache, owned_id) = (Arc::clone(self), id.to_string());
+            let task = tokio::task::spawn_blocking(move || {
+                store::startup(|| cache.open_hit(&owned_id, print))
+            });
+            (print, task)
+        });
+        let (image_id, expected) = (id.to_string(), expected.clone());
+        async move {
+            let (print, task) = opening?;
+            let file = task.await.ok()??;
+            Some(Hit {
+                image_id,
+                expected,
+                file: Arc::new(file),
+                print,
+            })
+        }
     }
 
     /// Open a committed entry's file if it is still the file `print`; anything else takes the

@@ -75,10 +75,7 @@ pub(super) async fn authorize(
         // A hit on a verified entry: Glance's answer to the download itself, while the
         // entry's file is opened (`Cache::peek`: nothing changes) off the critical path of the
         // hit's first byte, and waited for only if Glance allows.
-        let opening = {
-            let (cache, id, entry) = (Arc::clone(cache), ask.image_id.to_string(), entry.clone());
-            tokio::spawn(async move { cache.peek(&id, &entry).await })
-        };
+        let opening = cache.peek(ask.image_id, &entry);
         let probe = upstream
             .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
             .await;
@@ -89,7 +86,7 @@ pub(super) async fn authorize(
                     expected: entry,
                     verdict: Verdict::Glance(Some(probe)),
                     json: None,
-                    opened: opening.await.ok().flatten(),
+                    opened: opening.await,
                 })));
             }
             // Allowed, but the entry may not be the image Glance has now: the record decides.

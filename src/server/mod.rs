@@ -3,6 +3,7 @@
 //! idle time between keep-alive requests, and graceful drain on shutdown. Each request goes
 //! to `request::handle`, which dispatches to the features (`image`, `manage`) or upstream.
 
+pub mod access;
 pub mod admin;
 pub mod kernel_tls;
 mod request;
@@ -62,6 +63,9 @@ pub struct Server {
     pub slots: Arc<slots::Slots>,
     /// Fallback public URL (`http://` + the listen address) for requests without `Host`.
     pub listen_url: Url,
+    /// The last `Host` seen and its public URL: clients name the proxy one way, and parsing
+    /// the URL anew cost each request more than the rest of its routing.
+    pub last_host: std::sync::Mutex<Option<(String, Url)>>,
 }
 
 impl Server {

@@ -186,17 +186,30 @@ fn public_url(server: &Server, headers: &HeaderMap) -> Url {
     if let Some(url) = &server.config.public_url {
         return url.clone();
     }
-    header_str(headers, "host")
-        .and_then(|host| {
-            let scheme = if server.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            Url::parse(&format!("{scheme}://{host}")).ok()
-        })
+    let Some(host) = headers.get("host").and_then(|v| v.to_str().ok()) else {
+        return server.listen_url.clone();
+    };
+    let mut last = server.last_host.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((seen, url)) = last.as_ref() {
+        if seen == host {
+            return url.clone();
+        }
+    }
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    match Url::parse(&format!("{scheme}://{host}"))
+        .ok()
         .filter(|url| url.path() == "/" && url.host_str().is_some())
-        .unwrap_or_else(|| server.listen_url.clone())
+    {
+        Some(url) => {
+            *last = Some((host.to_string(), url.clone()));
+            url
+        }
+        None => server.listen_url.clone(),
+    }
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -296,23 +309,22 @@ impl Drop for AccessRecord {
             tls: self.tls,
         });
         let outcome = self.outcome;
-        tracing::info!(
-            target: "access",
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            bytes = self.bytes,
-            duration_ms = millis(self.started.elapsed()),
-            upstream = %self.upstream,
-            request_id = %self.request_id,
-            route = self.route,
-            cache = outcome.map_or("", Outcome::as_str),
-            cache_reason = outcome.map_or("", Outcome::reason),
-            authorized = self.decision.map_or("", Decision::as_str),
-            tls = self.tls.map_or("", TlsPath::as_str),
-            outcome = if self.complete { "complete" } else { "aborted" },
-            error = self.error.as_deref().unwrap_or(""),
-        );
+        super::access::log(super::access::Line {
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            status: self.status,
+            bytes: self.bytes,
+            duration_ms: millis(self.started.elapsed()),
+            upstream: std::mem::take(&mut self.upstream),
+            request_id: std::mem::take(&mut self.request_id),
+            route: self.route,
+            cache: outcome.map_or("", Outcome::as_str),
+            cache_reason: outcome.map_or("", Outcome::reason),
+            authorized: self.decision.map_or("", Decision::as_str),
+            tls: self.tls.map_or("", TlsPath::as_str),
+            complete: self.complete,
+            error: self.error.take(),
+        });
     }
 }
 

@@ -368,9 +368,11 @@ async fn verdict(
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|len| len <= keep);
     if resp.status().is_success() {
-        let (parts, body) = resp.into_parts();
-        if small {
-            // A few bytes: a short bound, so a stalled body does not hold the connection.
+        let (parts, mut body) = resp.into_parts();
+        // A few bytes, which usually came with the head: read at once, they need no task.
+        if small && !drained(&mut body) {
+            // Still on the way: read them aside, within a short bound, so that a stalled body
+            // does not hold the connection.
             let bound = idle.min(DRAIN_BOUND);
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(bound, body.collect()).await;
@@ -386,6 +388,24 @@ async fn verdict(
         });
     }
     read_small(resp, upstream, idle).await
+}
+
+/// Read what of `body` has already arrived; true once it is whole (or failed).
+fn drained(body: &mut Incoming) -> bool {
+    use futures_util::FutureExt;
+    use http_body::Body as _;
+    // At most a few frames: `verdict` drains only bodies of a few bytes.
+    for _ in 0..4 {
+        if body.is_end_stream() {
+            return true;
+        }
+        match body.frame().now_or_never() {
+            Some(Some(Ok(_))) => continue,
+            Some(None) | Some(Some(Err(_))) => return true,
+            None => return false,
+        }
+    }
+    body.is_end_stream()
 }
 
 async fn read_small(
