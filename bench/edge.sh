@@ -24,7 +24,7 @@
 #    cached file; every server pinned to CPU 0, the clients to CPU 1 (as bench/hits-vs-nginx.sh's
 #    "split"); BIG_ROUNDS interleaved rounds with curl and with bench/rawget.c.
 #
-#   bench/edge.sh [IMAGE_MIB] [HITS] [ROUNDS] [ONE_WAY_MS] [BIG_MIB] [BIG_ROUNDS]
+#   [PROXY_BIN=path] bench/edge.sh [IMAGE_MIB] [HITS] [ROUNDS] [ONE_WAY_MS] [BIG_MIB] [BIG_ROUNDS]
 #                 (defaults 16 200 4 25 512 10)
 # Installs nginx-light as needed (root). All on 127.0.0.1; stops what it starts.
 set -euo pipefail
@@ -88,7 +88,7 @@ start_proxy() {
     local port mport
     port=$(free_port) mport=$(free_port)
     printf '[auth]\ngrant_ttl = "%s"\n' "$3" > "$work/$1.toml"
-    target/release/glance-cache-proxy --config "$work/$1.toml" --listen "127.0.0.1:$port" \
+    "${PROXY_BIN:-target/release/glance-cache-proxy}" --config "$work/$1.toml" --listen "127.0.0.1:$port" \
         --upstream "$2" --cache-dir "$work/cache-$1" --cache-max-size 20GiB \
         --metrics-listen "127.0.0.1:$mport" 2> "$work/$1.log" &
     pids+=($!)
@@ -175,7 +175,7 @@ url() {
         ttl0|ttl60) echo "http://127.0.0.1:$(port_of "$1")/v2/images/$small/file 200 $small_bytes" ;;
         record) echo "$glance/v2/images/$small 200 -" ;;
         probe) echo "$glance/v2/images/$small/file 206 1" ;;
-        pair|relayed|ttl0open|hop) echo "- - -" ;;
+        pair|relayed|relayedprobe|ttl0open|hop|hopprobe) echo "- - -" ;;
     esac
 }
 # hit CONFIG IDENTITY -> "ttfb total" (seconds); fails on a wrong status or byte count.
@@ -186,6 +186,8 @@ hit() {
     [[ $1 == pair ]] && { pair "$2"; return; }
     [[ $1 == relayed ]] && { relayed "$2" "$relay"; return; }
     [[ $1 == hop ]] && { relayed "$2" "http://127.0.0.1:$nh_port"; return; }
+    [[ $1 == relayedprobe ]] && { relayed "$2" "$relay" probe; return; }
+    [[ $1 == hopprobe ]] && { relayed "$2" "http://127.0.0.1:$nh_port" probe; return; }
     [[ $1 == ttl0open ]] && { reopened "$2"; return; }
     got=$(timeout 60 curl -s -o /dev/null -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}' \
         -H "X-Auth-Token: $2" -H "X-User-Id: $2-user" "${range[@]}" "$u") || true
@@ -208,12 +210,14 @@ pair() {
 }
 # relayed IDENTITY -> "ttfb total" of Glance's record through the relay on a connection already
 # open (the second of two requests on one connection): one RTT + the record + the relay's cost.
-# relayed IDENTITY BASE: the same through BASE (the relay, or nginx's plain hop to it).
+# relayed IDENTITY BASE [probe]: the same through BASE (the relay, or nginx's plain hop to it);
+# with "probe", Glance's 1-byte download probe (the question a grant_ttl 0 hit asks) instead.
 relayed() {
-    local u="$2/v2/images/$small"
+    local u="$2/v2/images/$small" range=() code=200
+    [[ ${3:-} == probe ]] && { u="$u/file"; range=(-H 'Range: bytes=0-0'); code=206; }
     timeout 60 curl -s -o /dev/null -o /dev/null -w '%{http_code} %{num_connects} %{time_starttransfer} %{time_total}\n' \
-        -H "X-Auth-Token: $1" -H "X-User-Id: $1-user" "$u" "$u" |
-        awk 'NR == 2 {if ($1 != 200 || $2 != 0) {print "bench: relayed got " $0 > "/dev/stderr"; exit 1}
+        -H "X-Auth-Token: $1" -H "X-User-Id: $1-user" "${range[@]}" "$u" "$u" |
+        awk -v code="$code" 'NR == 2 {if ($1 != code || $2 != 0) {print "bench: relayed got " $0 > "/dev/stderr"; exit 1}
                       printf "%s %s", $3, $4}'
 }
 # reopened IDENTITY -> "ttfb total" of a grant_ttl 0 hit on a client connection already open
@@ -266,7 +270,7 @@ batch() {
     return 0
 }
 : > "$work/hits.tsv"; : > "$work/batches.tsv"; : > "$work/glance-ms.tsv"; : > "$work/big.tsv"
-wan=(direct nginx ttl0 ttl60 record probe pair relayed ttl0open hop)
+wan=(direct nginx ttl0 ttl60 record probe pair relayed relayedprobe ttl0open hop hopprobe)
 if (( HITS > 0 )); then   # HITS=0 skips part 1
     for cfg in "${wan[@]}"; do batch warm "$cfg" 0 0 "$IDENTITIES" lat; done
     per=$(( (HITS + ROUNDS - 1) / ROUNDS ))
@@ -356,6 +360,8 @@ names = {
     "relayed": "ref: Glance record GET through the relay, connection already open",
     "ttl0open": "proxy, grant_ttl 0, client connection already open (the second of two hits)",
     "hop": "ref: the record through nginx (a plain proxy_pass hop, no cache) and the relay, connections open",
+    "relayedprobe": "ref: Glance's 1-byte probe (what a grant_ttl 0 hit asks) through the relay, connection already open",
+    "hopprobe": "ref: that probe through nginx's plain hop and the relay, connections open",
 }
 def glance(phase, cfg):
     b = [x for x in batches if x[0] == phase and x[1] == cfg]
@@ -372,7 +378,8 @@ else:
     print()
     print("| configuration | TTFB p50 | TTFB p99 | total p50 | total p99 | Glance requests per 100 timed hits | of which record / probe / download | proxy: asked Glance / on a grant |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for cfg in ("direct", "nginx", "ttl0", "ttl60", "record", "probe", "pair", "relayed", "ttl0open", "hop"):
+    for cfg in ("direct", "nginx", "ttl0", "ttl60", "record", "probe", "pair", "relayed", "ttl0open",
+                "hop", "relayedprobe", "hopprobe"):
         t = [float(r[3]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
         tot = [float(r[4]) * 1000 for r in rows if r[0] == "timed" and r[1] == cfg]
         if not t:
@@ -380,7 +387,7 @@ else:
         n, allr, rec, probe, dl, a, c = glance("timed", cfg)
         stats[cfg] = (med(t), pct(t, 99), med(tot), pct(tot, 99), a, c)
         per = lambda x: "%.0f" % (100 * x / n)
-        if cfg in ("record", "probe", "pair", "relayed", "ttl0open", "hop"):
+        if cfg in ("record", "probe", "pair", "relayed", "ttl0open", "hop", "relayedprobe", "hopprobe"):
             gl, split, dec = "-", "-", "-"
         else:
             gl, split = per(allr), "%s / %s / %s" % (per(rec), per(probe), per(dl))
@@ -470,6 +477,12 @@ if "ttl0" in stats and "relayed" in stats:
         print("  (what a proxy hop adds to the record through the relay: nginx's plain proxy_pass %+.2f ms; "
               "this proxy's grant_ttl 0 hit, Glance's probe instead of the record, %+.2f ms)" % (
                   stats["hop"][0] - bound, stats["ttl0open"][0] - bound))
+if all(k in stats for k in ("ttl0open", "relayedprobe", "hopprobe", "relayed")):
+    ask = stats["relayedprobe"][0]
+    print("  (the same question through the relay, Glance's probe, %.2f ms (%+.2f ms against its record): "
+          "a proxy hop on top of it costs nginx's plain proxy_pass %+.2f ms and this proxy's grant_ttl 0 "
+          "hit, which also opens and sends the cached file, %+.2f ms)" % (
+              ask, ask - stats["relayed"][0], stats["hopprobe"][0] - ask, stats["ttl0open"][0] - ask))
 if "ttl0" in stats and "record" in stats:
     nominal = rtt + stats["record"][0]
     print("  (against the nominal RTT + the record on loopback, without the relay's own cost: "

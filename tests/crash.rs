@@ -91,6 +91,9 @@ async fn sigkill_mid_fill_and_after_commit_leaves_only_correct_bytes() {
         downloads,
         "served from disk after the restart"
     );
+    // Access lines are written by their own thread, within a tick of the request's end.
+    let hit_logged = || proxy.log_text().contains("cache=\"hit\"");
+    support::until(hit_logged).await;
     let log = proxy.log_text();
     let hit = log
         .lines()

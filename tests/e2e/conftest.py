@@ -164,7 +164,15 @@ class Proxy:
             raise RuntimeError("proxy did not start: %s\n--- proxy stderr (tail) ---\n%s" % (e, tail)) from None
 
     def access_lines(self, needle=""):
-        """The proxy's access-log lines (one per request), optionally filtered."""
+        """The proxy's access-log lines (one per request), optionally filtered. Its own thread
+        writes them, every 50 ms while requests come: first wait until the log has not grown
+        for longer than that (at most 5 s), so every request that has ended is in it."""
+        deadline, size, quiet = time.monotonic() + 5, -1, 0
+        while quiet < 2 and time.monotonic() < deadline:
+            now = os.path.getsize(self.log_path)
+            quiet = quiet + 1 if now == size else 0
+            size = now
+            time.sleep(0.06)
         with open(self.log_path) as f:
             return [line for line in f if " access: " in line and needle in line]
 
