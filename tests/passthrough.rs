@@ -153,6 +153,49 @@ async fn downloads_stream_with_content_length_and_chunked() {
 }
 
 #[tokio::test]
+async fn links_follow_each_requests_host_when_hosts_alternate() {
+    // The proxy keeps the last Host's URL parsed: alternating Hosts must each get their own.
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let addr = proxy.url.trim_start_matches("http://").to_string();
+    // The version document's first link, asked with exactly one Host header.
+    let first_link = |host: &'static str| {
+        let addr = addr.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            let req =
+                format!("GET /versions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.expect("write");
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.expect("read");
+            let text = String::from_utf8_lossy(&raw).to_string();
+            let body = text.split("\r\n\r\n").nth(1).expect("a body").to_string();
+            let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
+            doc["versions"][0]["links"][0]["href"].clone()
+        }
+    };
+    for host in [
+        "a.example:8292",
+        "b.example",
+        "a.example:8292",
+        "[::1]:9",
+        "b.example",
+    ] {
+        assert_eq!(
+            first_link(host).await,
+            format!("http://{host}/v2/"),
+            "{host}"
+        );
+    }
+    // A Host that is no URL authority falls back to the listen address, and is not kept.
+    assert_eq!(first_link("bad host").await, format!("{}/v2/", proxy.url));
+    assert_eq!(first_link("b.example").await, "http://b.example/v2/");
+}
+
+#[tokio::test]
 async fn version_documents_and_locations_point_at_the_proxy() {
     let glance = FakeGlance::start().await;
     let proxy = TestProxy::start(config(&[&glance.url], "")).await;

@@ -281,8 +281,11 @@ impl Cache {
         (!c.suspect && c.meta.expected() == *expected).then_some(c.fingerprint)
     }
 
-    /// A committed, verified entry recorded with these very digests, found without changing
-    /// anything (no eviction of a mismatch, no fill): for serving while Glance cannot answer.
+    /// A committed, verified entry recorded with these very digests, found without evicting
+    /// a mismatch or starting a fill (for serving while Glance cannot answer, and for opening
+    /// a hit's file while Glance is asked); a file that changed or will not open is still
+    /// taken out of service (`open_hit`). The open starts on the blocking pool at the call,
+    /// which must be made inside the runtime.
     pub fn peek(
         self: &Arc<Self>,
         id: &str,

@@ -638,6 +638,13 @@ mod tests {
         g.forget("img");
         give(&g, a, "img", &record(5), t + 1001);
         assert!(g.was_granted(a, "img"), "asked after the forget: kept");
+        // A refusal: a "yes" asked before it is never written, one asked after it is.
+        let before = g.ticket();
+        g.refused(a, "img");
+        g.granted(a, "img", asked(t + 1002, before, &record(5)));
+        assert!(!g.was_granted(a, "img"), "asked before the refusal");
+        give(&g, a, "img", &record(5), t + 1003);
+        assert!(g.was_granted(a, "img"), "asked after the refusal");
     }
 
     #[test]

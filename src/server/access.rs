@@ -26,13 +26,19 @@ pub struct Line {
 }
 
 /// Lines waiting for the writer before a finishing request waits for room.
+#[cfg(not(test))]
 const QUEUED: usize = 4096;
+#[cfg(test)]
+const QUEUED: usize = 8;
 
 /// How often the writer looks for lines while requests keep coming. Requests do not wake it
 /// (a wake-up costs the request about as much as writing the line); it sleeps until the next
 /// line wakes it only after `IDLE_TICKS` ticks in a row found nothing.
+#[cfg(not(test))]
 const TICK: Duration = Duration::from_millis(50);
-const IDLE_TICKS: u32 = 20;
+#[cfg(test)]
+const TICK: Duration = Duration::from_millis(5);
+const IDLE_TICKS: u32 = if cfg!(test) { 2 } else { 20 };
 
 /// How long `flush` waits for the writer (a stderr that blocks must not hang the exit).
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
@@ -42,6 +48,8 @@ struct State {
     lines: Vec<Line>,
     /// The writer sleeps until woken (no tick): the next line wakes it.
     asleep: bool,
+    /// The writer thread is gone (it panicked): lines are written inline.
+    dead: bool,
     /// Flushes asked for: the writer bumps `written` after writing what was queued before.
     flushes: u64,
     written: u64,
@@ -62,22 +70,44 @@ impl Queue {
     }
 }
 
-static QUEUE: OnceLock<Option<&'static Queue>> = OnceLock::new();
+static QUEUE: OnceLock<Option<Queue>> = OnceLock::new();
 
 /// The writer's queue, its thread started on first use (`None` if no thread could start:
 /// lines are then written inline).
 fn queue() -> Option<&'static Queue> {
-    *QUEUE.get_or_init(|| {
-        let queue: &'static Queue = Box::leak(Box::default());
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || write_lines(queue))
-            .ok()
-            .map(|_| queue)
-    })
+    QUEUE
+        .get_or_init(|| {
+            std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(write_lines)
+                .ok()
+                .map(|_| Queue::default())
+        })
+        .as_ref()
 }
 
-fn write_lines(queue: &'static Queue) {
+/// Marks the queue dead when the writer thread ends (it ends only by a panic), and wakes
+/// whoever waits for room or a flush: they then write inline.
+struct Watch;
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(Some(queue)) = QUEUE.get() {
+            queue.lock().dead = true;
+            queue.room.notify_all();
+        }
+    }
+}
+
+fn write_lines() {
+    let _watch = Watch;
+    // The queue is set as soon as this thread's spawn returns.
+    let queue = loop {
+        if let Some(Some(queue)) = QUEUE.get() {
+            break queue;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     let mut state = queue.lock();
     let mut idle = 0;
     loop {
@@ -106,7 +136,8 @@ fn write_lines(queue: &'static Queue) {
         state = queue.lock();
         state.written = flushes;
         queue.room.notify_all();
-        if state.flushes == state.written {
+        // A full queue, or a flush asked meanwhile: write again at once.
+        if state.flushes == state.written && state.lines.len() < QUEUED {
             state = queue
                 .work
                 .wait_timeout(state, TICK)
@@ -126,9 +157,14 @@ pub fn log(line: Line) {
         return;
     };
     let mut state = queue.lock();
-    while state.lines.len() >= QUEUED {
+    while state.lines.len() >= QUEUED && !state.dead {
         queue.work.notify_one();
         state = queue.room.wait(state).unwrap_or_else(|p| p.into_inner());
+    }
+    if state.dead {
+        drop(state);
+        emit(&line);
+        return;
     }
     state.lines.push(line);
     if std::mem::take(&mut state.asleep) {
@@ -136,7 +172,8 @@ pub fn log(line: Line) {
     }
 }
 
-/// Wait until every line logged so far is written (at exit, after the last request).
+/// Wait until every line logged so far is written (at exit, after the last request), for
+/// at most `FLUSH_WAIT`.
 pub fn flush() {
     let Some(Some(queue)) = QUEUE.get() else {
         return;
@@ -147,7 +184,7 @@ pub fn flush() {
     state.asleep = false;
     queue.work.notify_one();
     let deadline = std::time::Instant::now() + FLUSH_WAIT;
-    while state.written < want {
+    while state.written < want && !state.dead {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return;
@@ -232,18 +269,40 @@ mod tests {
         // The writer thread emits through the global subscriber (this test binary's only one).
         tracing::subscriber::set_global_default(subscriber)
             .expect("the only global subscriber among the unit tests");
-        for n in 0..100 {
+        let written = || {
+            let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+            text.lines()
+                .filter_map(|l| l.split("path=").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .filter(|path| path.starts_with("/access-test/"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let want = |n: usize| {
+            (0..n)
+                .map(|k| format!("/access-test/{k}"))
+                .collect::<Vec<_>>()
+        };
+        // A few lines: the ticking writer takes them without being woken.
+        for n in 0..3 {
+            log(line(&format!("/access-test/{n}")));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while written().len() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(TICK);
+        }
+        assert_eq!(written(), want(3), "written within ticks, no flush");
+        // Idle past IDLE_TICKS: the writer sleeps; then more lines than the queue holds (the
+        // first wakes it, later ones wait for room), and a flush.
+        std::thread::sleep(TICK * (IDLE_TICKS + 3));
+        for n in 3..(3 + 5 * QUEUED) {
             log(line(&format!("/access-test/{n}")));
         }
         flush();
-        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
-        let paths: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.split("path=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next())
-            .filter(|path| path.starts_with("/access-test/"))
-            .collect();
-        let want: Vec<String> = (0..100).map(|n| format!("/access-test/{n}")).collect();
-        assert_eq!(paths, want, "every line, in order, before flush returns");
+        assert_eq!(
+            written(),
+            want(3 + 5 * QUEUED),
+            "every line, in order, before flush returns"
+        );
     }
 }

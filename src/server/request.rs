@@ -189,8 +189,8 @@ fn public_url(server: &Server, headers: &HeaderMap) -> Url {
     let Some(host) = headers.get("host").and_then(|v| v.to_str().ok()) else {
         return server.listen_url.clone();
     };
-    let mut last = server.last_host.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((seen, url)) = last.as_ref() {
+    let last = || server.last_host.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((seen, url)) = last().as_ref() {
         if seen == host {
             return url.clone();
         }
@@ -205,7 +205,7 @@ fn public_url(server: &Server, headers: &HeaderMap) -> Url {
         .filter(|url| url.path() == "/" && url.host_str().is_some())
     {
         Some(url) => {
-            *last = Some((host.to_string(), url.clone()));
+            *last() = Some((host.to_string(), url.clone()));
             url
         }
         None => server.listen_url.clone(),

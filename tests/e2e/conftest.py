@@ -166,9 +166,9 @@ class Proxy:
     def access_lines(self, needle=""):
         """The proxy's access-log lines (one per request), optionally filtered. Its own thread
         writes them, every 50 ms while requests come: first wait until the log has not grown
-        for longer than that (at most 5 s), so every request that has ended is in it."""
+        for several of those (at most 5 s), so every request that has ended is in it."""
         deadline, size, quiet = time.monotonic() + 5, -1, 0
-        while quiet < 2 and time.monotonic() < deadline:
+        while quiet < 3 and time.monotonic() < deadline:
             now = os.path.getsize(self.log_path)
             quiet = quiet + 1 if now == size else 0
             size = now
