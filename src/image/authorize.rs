@@ -71,9 +71,9 @@ pub(super) async fn authorize(
         return Ok(Authorized::Allowed(Box::new(allowed)));
     }
     let upstream = ctx.upstream;
-    let (record, probe) = if let Some(entry) = probe_will_do(ctx, cache, ask) {
+    let (record, mut probe) = if let Some(entry) = probe_will_do(ctx, cache, ask) {
         // A hit on a verified entry: Glance's answer to the download itself, while the
-        // entry's file is opened (`Cache::peek`: nothing changes) off the critical path of the
+        // entry's file is opened (`Cache::peek`: no eviction, no fill) off the critical path of the
         // hit's first byte, and waited for only if Glance allows.
         let opening = cache.peek(ask.image_id, &entry);
         let probe = upstream
@@ -115,10 +115,8 @@ pub(super) async fn authorize(
     if is_outage(&record) {
         // The probe found Glance, and it refuses: that is Glance's answer (the refusal ends
         // the grant, the 404 rule applies), as when the probe was asked alone.
-        if matches!(&probe, Some(Ok(p)) if is_refusal(p.status)) {
-            if let Some(refusal) = probe {
-                return glance_says(ctx, cache, ask, refusal).await;
-            }
+        if let Some(refusal) = probe.take_if(|p| matches!(p, Ok(p) if is_refusal(p.status))) {
+            return glance_says(ctx, cache, ask, refusal).await;
         }
         match &probe {
             // The probe found Glance and allows: the record's failure goes back.

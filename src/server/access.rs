@@ -26,24 +26,17 @@ pub struct Line {
 }
 
 /// Lines waiting for the writer before a finishing request waits for room.
-#[cfg(not(test))]
-const QUEUED: usize = 4096;
-#[cfg(test)]
-const QUEUED: usize = 8;
+const QUEUED: usize = if cfg!(test) { 8 } else { 4096 };
 
 /// How often the writer looks for lines while requests keep coming. Requests do not wake it
 /// (a wake-up costs the request about as much as writing the line); it sleeps until the next
 /// line wakes it only after `IDLE_TICKS` ticks in a row found nothing.
-#[cfg(not(test))]
-const TICK: Duration = Duration::from_millis(50);
-#[cfg(test)]
-const TICK: Duration = Duration::from_millis(5);
+const TICK: Duration = Duration::from_millis(if cfg!(test) { 5 } else { 50 });
 const IDLE_TICKS: u32 = if cfg!(test) { 2 } else { 20 };
 
 /// How long `flush` waits for the writer (a stderr that blocks must not hang the exit).
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 struct State {
     lines: Vec<Line>,
     /// The writer sleeps until woken (no tick): the next line wakes it.
@@ -55,7 +48,6 @@ struct State {
     written: u64,
 }
 
-#[derive(Default)]
 struct Queue {
     state: Mutex<State>,
     /// The writer waits here (ticks, or asleep).
@@ -70,20 +62,31 @@ impl Queue {
     }
 }
 
-static QUEUE: OnceLock<Option<Queue>> = OnceLock::new();
+static QUEUE: Queue = Queue {
+    state: Mutex::new(State {
+        lines: Vec::new(),
+        asleep: false,
+        dead: false,
+        flushes: 0,
+        written: 0,
+    }),
+    work: Condvar::new(),
+    room: Condvar::new(),
+};
+
+/// Whether the writer thread started (on first use).
+static STARTED: OnceLock<bool> = OnceLock::new();
 
 /// The writer's queue, its thread started on first use (`None` if no thread could start:
 /// lines are then written inline).
 fn queue() -> Option<&'static Queue> {
-    QUEUE
-        .get_or_init(|| {
-            std::thread::Builder::new()
-                .name("access-log".into())
-                .spawn(write_lines)
-                .ok()
-                .map(|_| Queue::default())
-        })
-        .as_ref()
+    let started = STARTED.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(write_lines)
+            .is_ok()
+    });
+    started.then_some(&QUEUE)
 }
 
 /// Marks the queue dead when the writer thread ends (it ends only by a panic), and wakes
@@ -92,22 +95,14 @@ struct Watch;
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if let Some(Some(queue)) = QUEUE.get() {
-            queue.lock().dead = true;
-            queue.room.notify_all();
-        }
+        QUEUE.lock().dead = true;
+        QUEUE.room.notify_all();
     }
 }
 
 fn write_lines() {
     let _watch = Watch;
-    // The queue is set as soon as this thread's spawn returns.
-    let queue = loop {
-        if let Some(Some(queue)) = QUEUE.get() {
-            break queue;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    let queue = &QUEUE;
     let mut state = queue.lock();
     let mut idle = 0;
     loop {
@@ -175,9 +170,10 @@ pub fn log(line: Line) {
 /// Wait until every line logged so far is written (at exit, after the last request), for
 /// at most `FLUSH_WAIT`.
 pub fn flush() {
-    let Some(Some(queue)) = QUEUE.get() else {
+    if STARTED.get() != Some(&true) {
         return;
-    };
+    }
+    let queue = &QUEUE;
     let mut state = queue.lock();
     state.flushes += 1;
     let want = state.flushes;
