@@ -34,6 +34,8 @@ impl Shared {
         let mut snap = Snapshot {
             upstreams: self.upstream.health(),
             failovers: self.upstream.failovers(),
+            upload_waits: self.upstream.upload_waits().0,
+            uploads_waiting: self.upstream.upload_waits().1,
             sendfile_bytes: crate::sendfile::bytes_sent(),
             cold_read_bytes: crate::sendfile::bytes_warmed(),
             ..Snapshot::default()
