@@ -153,48 +153,18 @@ pub async fn serve(
         .await;
         match step {
             Step::Ask { record, probe } => got.ask(ctx, cache, &ask, record, probe).await,
-            Step::Plan(basis) => {
-                let Some(expected) = got.expected(basis) else {
-                    // `decide` plans only on a record it was told exists.
-                    return Err(Error::Unreachable("no record to plan with".into()));
-                };
-                let opened = match got.opening.take() {
-                    Some(opening) => opening.await,
-                    None => None,
-                };
-                let plan =
-                    fetch::plan(cache, image_id, &expected, ask.range.is_some(), opened).await;
-                got.facts.planned = true;
-                got.facts.entry = match &plan {
-                    Plan::Hit(hit) => Entry::Verified {
-                        md5: hit.expected.md5.is_some(),
-                    },
-                    Plan::Join(_) => Entry::Filling,
-                    Plan::Fill(_) => Entry::None,
-                    Plan::Bypass(reason) => Entry::Uncacheable(*reason),
-                };
-                planned = Some((plan, expected));
-            }
+            Step::Plan(basis) => planned = Some(plan_step(cache, &ask, &mut got, basis).await?),
             Step::Fill => {
                 let Some((Plan::Fill(starter), expected)) = planned.take() else {
-                    return Err(Error::Unreachable("no fill to start".into()));
+                    return Err(Error::Internal("decided to fill without a fill".into()));
                 };
-                let answer = fetch::start(ctx.upstream, starter, &ask.download(), &expected).await;
-                let held_down = ctx.upstream.all_held_down();
-                got.facts.download = Some(match &answer {
-                    Ok(Started::Fill(..) | Started::NoRoom(..)) => Reply::Yes(()),
-                    Ok(Started::Refused(resp, _)) => {
-                        Reply::of(Answered::Status(resp.status()), held_down, || ())
-                    }
-                    Err(e) => Reply::of(authorize::answered_error(e), held_down, || ()),
-                });
+                started = Some(fill_step(ctx, &ask, &mut got, starter, &expected).await);
                 // The grant names what the download was asked for.
                 planned = Some((Plan::Bypass(BypassReason::UpstreamAnswer), expected));
-                started = Some(answer);
             }
             Step::Serve(word) => {
                 let Some((plan, expected)) = planned.take() else {
-                    return Err(Error::Unreachable("nothing planned to serve".into()));
+                    return Err(Error::Internal("decided to serve without a plan".into()));
                 };
                 let source = match plan {
                     Plan::Hit(hit) => Source::Entry(hit),
@@ -213,7 +183,9 @@ pub async fn serve(
             Step::Stream => {
                 let (Some(Ok(answer)), Some((_, expected))) = (started.take(), planned.take())
                 else {
-                    return Err(Error::Unreachable("no download to stream".into()));
+                    return Err(Error::Internal(
+                        "decided to stream without a download".into(),
+                    ));
                 };
                 let info = got.info(&expected);
                 return Ok(respond_miss(ctx, cache, &ask, (info, expected), answer));
@@ -226,6 +198,55 @@ pub async fn serve(
             Step::Pass(reason) => return bypass(ctx, req, down, reason).await,
         }
     }
+}
+
+/// `Step::Plan`: look the image up with the record `decide` named (the entry opened while
+/// Glance was asked, if it was), and tell the facts what the plan found.
+async fn plan_step(
+    cache: &Arc<Cache>,
+    ask: &Ask<'_>,
+    got: &mut Gathered,
+    basis: decide::Basis,
+) -> Result<(Plan, Expected), Error> {
+    let Some(expected) = got.expected(basis) else {
+        return Err(Error::Internal("decided to plan without a record".into()));
+    };
+    let opened = match got.opening.take() {
+        Some(opening) => opening.await,
+        None => None,
+    };
+    let plan = fetch::plan(cache, ask.image_id, &expected, ask.range.is_some(), opened).await;
+    got.facts.planned = true;
+    got.facts.entry = match &plan {
+        Plan::Hit(hit) => Entry::Verified {
+            md5: hit.expected.md5.is_some(),
+        },
+        Plan::Join(_) => Entry::Filling,
+        Plan::Fill(_) => Entry::None,
+        Plan::Bypass(reason) => Entry::Uncacheable(*reason),
+    };
+    Ok((plan, expected))
+}
+
+/// `Step::Fill`: Glance's download of the miss (it starts the fill, room made on its 200),
+/// and what it said, for the facts.
+async fn fill_step(
+    ctx: &Context<'_>,
+    ask: &Ask<'_>,
+    got: &mut Gathered,
+    starter: crate::cache::Starter,
+    expected: &Expected,
+) -> Result<Started, Error> {
+    let answer = fetch::start(ctx.upstream, starter, &ask.download(), expected).await;
+    let held_down = ctx.upstream.all_held_down();
+    got.facts.download = Some(match &answer {
+        Ok(Started::Fill(..) | Started::NoRoom(..)) => Reply::Yes(()),
+        Ok(Started::Refused(resp, _)) => {
+            Reply::of(Answered::Status(resp.status()), held_down, || ())
+        }
+        Err(e) => Reply::of(authorize::answered_error(e), held_down, || ()),
+    });
+    answer
 }
 
 /// The request's `Cache-Control: max-age=N`, the oldest grant it accepts (a node proxy asks
