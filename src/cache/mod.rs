@@ -3,12 +3,14 @@
 //! One mutex guards the bookkeeping (index, entry records, fills in progress); it is never
 //! held across an await or a disk write. Disk work goes through `store`, always on the
 //! blocking pool (`store::blocking`): the methods that touch the disk are `async` or hand the
-//! work off. Verification goes through `verify`, streaming through `fill`. The cache never
-//! calls Glance: a reader whose fill lost its disk gets the rest from a `fill::Fallback` its
-//! caller supplies.
+//! work off. Verification goes through `verify`, writing through `fill`, and readers follow
+//! a `read::Source` (their body is `body::follow`'s: the cache builds no body and knows no
+//! connection). The cache never calls Glance: a reader whose fill lost its disk gets the rest
+//! from a `body::follow::Fallback` its caller supplies.
 
 pub mod fill;
 pub mod index;
+pub mod read;
 pub mod scrub;
 pub mod store;
 pub mod verify;

@@ -36,10 +36,10 @@ use crate::state::Shared;
 const BACKLOG: u32 = 4096;
 
 /// Bytes of response body hyper queues per connection before it stops asking the body for
-/// more (also the most a request head may take): one chunk of `cache::fill::reader`, so a
+/// more (also the most a request head may take): one chunk of `body::follow`, so a
 /// client that stops reading a miss holds about two chunks of the proxy's memory (bench:
 /// `benches/stalled.rs`, about 200 KiB per stalled reader in all).
-const MAX_QUEUED: usize = crate::cache::fill::READ_CHUNK;
+const MAX_QUEUED: usize = crate::body::follow::READ_CHUNK;
 
 /// Bind the API listener (`SO_REUSEADDR`, a deep accept backlog).
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
