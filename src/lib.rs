@@ -31,6 +31,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod digest;
+pub mod disk;
 pub mod error;
 pub mod grants;
 pub mod image;

@@ -21,9 +21,10 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{BoxError, IdleTimeout};
-use crate::cache::store::{StoreError, TempFile};
+use crate::cache::store::StoreError;
 use crate::cache::verify::{Digests, Mismatch};
 use crate::digest::Expected;
+use crate::disk::{injected, TempFile};
 use crate::outcome::{DiskFault, FillResult};
 /// Upstream body bytes gathered into one batch before they go to the writer and the hashers:
 /// one `writev` and one wake-up of each thread per batch, not per frame (hyper hands the body
@@ -260,7 +261,7 @@ impl Writer {
     fn spawn(file: File, size: u64) -> Writer {
         let (tx, mut rx) = mpsc::channel::<Batch>(PIPE_DEPTH);
         let (written_tx, written) = watch::channel(0u64);
-        let job = tokio::task::spawn_blocking(move || {
+        let job = crate::disk::spawn(move || {
             let mut file = file;
             // Blocks for the whole image at once; a disk that refuses fails the writes, as
             // it would have without.
@@ -456,21 +457,13 @@ fn hasher(part: Expected) -> (mpsc::Sender<Batch>, tokio::task::JoinHandle<Diges
     (tx, job)
 }
 
-/// The error a fault-injection point asks for: `return(enospc)` or `return` (EIO).
-#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-pub(super) fn injected(kind: Option<String>) -> std::io::Error {
-    match kind.as_deref() {
-        Some("enospc") => std::io::Error::from_raw_os_error(28),
-        _ => std::io::Error::from_raw_os_error(crate::sys::EIO),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::body::BytesBody;
-    use crate::cache::store::{startup, Store};
+    use crate::cache::store::Store;
     use crate::digest::HashAlgo;
+    use crate::disk::startup;
     use http_body::Frame;
     use md5::Digest as _;
     use std::os::unix::fs::FileExt;

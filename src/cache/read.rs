@@ -1,7 +1,8 @@
 //! The read side: what a reader follows (`Source`: a fill in progress, or a committed entry)
 //! and how far it may go (`Reader`, the `body::follow::Spans` of a source): a fill's bytes as
 //! the writer reports them, never the image's last byte before the fill is verified, and
-//! whether a stopped fill says anything about its bytes. Reads go to the blocking pool.
+//! whether a stopped fill says anything about its bytes. Reads go to the blocking pool
+//! (`disk::blocking`).
 //!
 //! The body that streams them (file spans for sendfile, or reads) is `body::follow`'s: the
 //! cache knows no connection and builds no body.
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::fill::{injected, Failure, Fill, Keep, Progress};
+use super::fill::{Failure, Fill, Keep, Progress};
 use super::Hit;
 use crate::body::follow::{Ready, Spans};
 
@@ -125,14 +126,14 @@ impl Spans for Reader {
 
     async fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
         let file = Arc::clone(self.file());
-        let read = tokio::task::spawn_blocking(move || {
-            fail::fail_point!("cache::read", |kind| Err(injected(kind)));
+        let read = crate::disk::blocking(move || {
+            fail::fail_point!("cache::read", |kind| Err(crate::disk::injected(kind)));
             let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, offset)
                 .map(|()| Bytes::from(buf))
         })
         .await;
-        read.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        read.and_then(|r| r)
     }
 }
 
