@@ -119,6 +119,7 @@ fn shared(
         scrub,
         grants,
         metrics,
+        sendfile: Arc::default(),
     })
 }
 

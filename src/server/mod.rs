@@ -192,7 +192,7 @@ impl Accepted {
         match self.server.tls.clone() {
             // Plain HTTP/1: hits go out with sendfile.
             None => {
-                let zero_copy = sendfile::Conn::new();
+                let zero_copy = sendfile::Conn::new(Arc::clone(&self.server.shared.sendfile));
                 let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Plain);
                 let io = sendfile::SendfileIo::new(self.stream, zero_copy);
                 let conn = builder.serve_connection(send_timeout(io, send_limit), service);
@@ -201,7 +201,7 @@ impl Accepted {
             // TLS with the kernel encrypting: served like plain HTTP, with sendfile.
             #[cfg(feature = "ktls")]
             Some(tls) if tls.kernel().is_on() => {
-                let zero_copy = sendfile::Conn::new();
+                let zero_copy = sendfile::Conn::new(Arc::clone(&self.server.shared.sendfile));
                 let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Ktls);
                 let io = within(timeout, ktls_accept(&tls, self.stream)).await?;
                 let io = sendfile::SendfileIo::new(io, zero_copy);
