@@ -34,8 +34,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::auth::CallerKey;
+use crate::body::follow::{follow, Fallback};
 use crate::body::{BoxError, ProxyBody};
-use crate::cache::fill::{self, Fallback, Source};
+use crate::cache::read::Source;
 use crate::cache::{Cache, Hit};
 use crate::digest::Expected;
 use crate::error::Error;
@@ -345,8 +346,8 @@ fn respond_miss(
     let (info, expected) = allowed;
     match started {
         Started::Fill(keep, request_id, upstream) => {
-            let body = fill::reader(
-                Source::Filling(Arc::clone(keep.fill())),
+            let body = follow(
+                Source::Filling(Arc::clone(keep.fill())).reader(),
                 0..expected.size,
                 Some(fallback(ctx.upstream, ask, expected.size)),
                 hooks(cache, None, false),
@@ -426,7 +427,7 @@ fn respond_cached(
                 Source::Filling(_) => hooks(cache, None, false),
             };
             let fallback = fallback(ctx.upstream, ask, size);
-            fill::reader(source, span.clone(), Some(fallback), hooks, None)
+            follow(source.reader(), span.clone(), Some(fallback), hooks, None)
         }
     };
     let mut response = data_response(&info, &expected, request_id, body);
