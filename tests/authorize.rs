@@ -300,3 +300,44 @@ async fn stalled_uploads_take_at_most_max_uploads_of_glance() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(uploads);
 }
+
+#[tokio::test]
+async fn a_requests_max_age_bounds_the_grant_and_a_node_sends_its_own() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(1 << 20, 8);
+    glance.add_image("img", data.clone());
+    // A site proxy with a long grant_ttl, and a node in front of it that says max-age=0.
+    let site = TestProxy::start(config(&[&glance.url], "[auth]\ngrant_ttl = \"60s\"")).await;
+    let node = TestProxy::start(config(
+        &[&site.url],
+        "[upstream]\nmax_age = \"0s\"\n[cache]\nenabled = false",
+    ))
+    .await;
+    let alice = [("x-auth-token", ALICE)];
+    assert!(get_as(&site, "img", &alice).await.body == data);
+    cached(&site, "img").await;
+    // Within the window the site answers Alice on her grant...
+    let before = glance.seen().len();
+    assert!(get_as(&site, "img", &alice).await.body == data);
+    assert_eq!(glance.seen().len(), before, "the grant answered");
+    // ... but not a request that accepts no answer older than 0 s: Glance is asked.
+    let fresh = [("x-auth-token", ALICE), ("cache-control", "max-age=0")];
+    assert!(get_as(&site, "img", &fresh).await.body == data);
+    assert!(glance.seen().len() > before, "Glance asked");
+    // The node's own questions (here its passthrough) carry max-age=0, so the site asks
+    // Glance for them: a revocation at Glance reaches the node at once.
+    glance.set_faults(Faults {
+        revoked_token: Some(ALICE.into()),
+        ..Faults::default()
+    });
+    assert_eq!(
+        get_as(&site, "img", &alice).await.status,
+        200,
+        "the site's own grant"
+    );
+    assert_eq!(
+        get_as(&node, "img", &alice).await.status,
+        401,
+        "through the node: Glance's"
+    );
+}
