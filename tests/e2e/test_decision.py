@@ -16,7 +16,6 @@ the statuses must be the same. Throughout, no image byte reaches a caller Glance
   4. A member without the reader role (Glance: record 404, download 200) downloads through
      the proxy, cached or not.
 """
-import http.client
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import time
 import pytest
 
 from conftest import Glance, Proxy
+from test_hostile import send, wait  # one client for the differential tests
 
 T = 30
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,24 +43,6 @@ CALLERS = {
 }
 MIB = 1 << 20
 ROWS = []
-
-
-def send(base, method, target, headers=(), body=None):
-    host, port = base.split("//")[1].rsplit(":", 1)
-    c = http.client.HTTPConnection(host, int(port), timeout=T)
-    try:
-        c.request(method, target, body=body, headers=dict(headers))
-        r = c.getresponse()
-        return r.status, dict(r.getheaders()), r.read()
-    finally:
-        c.close()
-
-
-def wait(pred, what, proxy=None, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out: %s\n%s" % (what, proxy.tail() if proxy else "")
-        time.sleep(0.05)
 
 
 class World:
