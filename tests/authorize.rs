@@ -335,3 +335,29 @@ async fn a_requests_max_age_bounds_the_grant_and_a_node_sends_its_own() {
         "through the node: Glance's"
     );
 }
+
+#[tokio::test]
+async fn an_identity_header_spelled_with_underscores_never_reaches_glance_nor_a_grant() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(1 << 20, 9);
+    glance.add_image("img", data.clone());
+    let proxy = TestProxy::start(config(&[&glance.url], "[auth]\ngrant_ttl = \"60s\"")).await;
+    assert!(get_as(&proxy, "img", &[("x-auth-token", ALICE)]).await.body == data);
+    cached(&proxy, "img").await;
+    let before = glance.seen().len();
+    // Alice's token spelled `X_Auth_Token` (a WSGI server may drop it, or read it as
+    // X-Auth-Token): it is not Alice, and Glance never sees it.
+    let _ = get_as(&proxy, "img", &[("x_auth_token", ALICE)]).await;
+    let _ = get_as(
+        &proxy,
+        "img",
+        &[("x_auth_token", ALICE), ("x-auth-token", READER)],
+    )
+    .await;
+    let seen = glance.seen();
+    assert!(seen.len() > before, "not answered on Alice's grant");
+    assert!(
+        seen.iter().all(|s| !s.headers.contains_key("x_auth_token")),
+        "the underscore spelling never reaches Glance"
+    );
+}
