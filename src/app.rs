@@ -103,7 +103,7 @@ fn shared(
     // Grants persist beside the cache (for `auth.offline_grace`) and follow its removals.
     let grants = match &cache {
         Some(cache) => {
-            let grants = crate::cache::store::startup(|| {
+            let grants = crate::disk::startup(|| {
                 Grants::open(config.auth, &config.cache.dir, |id| cache.is_cached(id))
             })
             .map_err(StoreError::from)?;
@@ -119,6 +119,7 @@ fn shared(
         scrub,
         grants,
         metrics,
+        sendfile: Arc::default(),
     })
 }
 
@@ -187,7 +188,7 @@ pub async fn serve(
         task.abort();
     }
     // The grants the last batch did not write (for `auth.offline_grace`).
-    if let Ok(Err(e)) = crate::cache::store::blocking(move || grants.save()).await {
+    if let Ok(Err(e)) = crate::disk::blocking(move || grants.save()).await {
         tracing::warn!(error = %e, "cannot write the remembered grants at stop");
     }
 }
