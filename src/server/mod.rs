@@ -169,13 +169,48 @@ struct Close {
     drain: watch::Receiver<()>,
 }
 
+impl Close {
+    /// `setup` (a TLS handshake: no request can be on its way yet), given up if the
+    /// connection is told to close meanwhile.
+    async fn until<T>(
+        &mut self,
+        setup: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        tokio::select! {
+            done = setup => done,
+            _ = &mut self.room => Err("closed to make room during the TLS handshake".into()),
+            _ = self.drain.changed() => Err("closed by the drain during the TLS handshake".into()),
+        }
+    }
+}
+
+/// A served connection that can be told to end after the response it is writing, or at once
+/// when idle (hyper's `http1::Connection`; it closes only once its writes are flushed).
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self);
+    }
+}
+
 /// Serve `conn` (on socket `fd`) until it ends. Told to close, it closes only between
 /// requests: while a request is in progress on it (`Slot::is_busy`), every response says
 /// `Connection: close` and hyper ends the connection after one; once idle, it closes if no
 /// byte of a next request has arrived (`sys::unread_bytes`), else hyper reads that request
-/// first (it is then busy, and answered). The one race left is HTTP/1.1's own: a request
+/// first (it is then busy, and answered). An idle connection that has served is closed by
+/// hyper (after the last response's bytes are out); one that never did is dropped. The one race left is HTTP/1.1's own: a request
 /// written in the microseconds between that check and the close.
-async fn serve_until_closed<C: Future<Output = hyper::Result<()>>>(
+async fn serve_until_closed<C: Graceful>(
     conn: C,
     fd: RawFd,
     slot: &slots::Slot,
@@ -193,30 +228,41 @@ async fn serve_until_closed<C: Future<Output = hyper::Result<()>>>(
         _ = drain.changed() => false,
     };
     slot.close_after_response();
+    let mut hyper_closing = false;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
             return Poll::Ready(ended.map_err(|e| e.to_string()));
         }
-        if slot.is_busy() {
-            // Its response says `Connection: close` (or, begun before, the next one does).
+        if hyper_closing || slot.is_busy() {
+            // Busy: its response says `Connection: close` (or, begun before, the next one
+            // does). Closing: hyper ends the connection once its writes are out.
             return Poll::Pending;
         }
-        match crate::sys::unread_bytes(fd) {
-            // Hyper reads it at its next wake-up (the socket is readable), and the request
-            // makes the connection busy.
-            Ok(n) if n > 0 => Poll::Pending,
-            // Nothing on its way (a head begun and stalled, as slowloris's, is no request
-            // the client can expect an answer to): closed as the connection drops.
-            _ => {
-                let why = if made_room {
-                    "to make room"
-                } else {
-                    "for the drain"
-                };
-                tracing::debug!("idle connection closed {why}");
-                Poll::Ready(Ok(()))
+        if let Ok(n) = crate::sys::unread_bytes(fd) {
+            if n > 0 {
+                // A request's bytes: hyper reads them at its next wake-up (the socket is
+                // readable), and the request makes the connection busy.
+                return Poll::Pending;
             }
         }
+        let why = if made_room {
+            "to make room"
+        } else {
+            "for the drain"
+        };
+        if !slot.has_served() {
+            // Nothing was ever written on it, and a head begun and stalled (slowloris) is no
+            // request its client can expect an answer to: closed as it drops.
+            tracing::debug!("connection that never sent a request closed {why}");
+            return Poll::Ready(Ok(()));
+        }
+        // Idle between requests: hyper flushes what is left of the last response (a hit's
+        // last sendfile span may still be going out), then closes.
+        tracing::debug!("idle connection closed {why}");
+        hyper_closing = true;
+        conn.as_mut().graceful_shutdown();
+        cx.waker().wake_by_ref();
+        Poll::Pending
     })
     .await
 }
@@ -273,6 +319,7 @@ impl Accepted {
         // The socket under any TLS: its descriptor stays open while `serve_until_closed` runs
         // (the connection owns the stream).
         let fd = self.stream.as_raw_fd();
+        let mut close = close;
         let slot = Arc::clone(&self.slot);
         let send_limit = self.server.config.send_timeout;
         match self.server.tls.clone() {
@@ -289,7 +336,9 @@ impl Accepted {
             Some(tls) if tls.kernel().is_on() => {
                 let zero_copy = sendfile::Conn::new(Arc::clone(&self.server.shared.sendfile));
                 let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Ktls);
-                let io = within(timeout, ktls_accept(&tls, self.stream)).await?;
+                let io = close
+                    .until(within(timeout, ktls_accept(&tls, self.stream)))
+                    .await?;
                 let io = sendfile::SendfileIo::new(io, zero_copy);
                 let conn = builder.serve_connection(send_timeout(io, send_limit), service);
                 serve_until_closed(conn, fd, &slot, close).await
@@ -297,7 +346,9 @@ impl Accepted {
             // TLS in user space: hits are read and encrypted by rustls.
             Some(tls) => {
                 let service = self.service(None, Transport::TlsUserspace);
-                let io = within(timeout, accept(&tls, self.stream)).await?;
+                let io = close
+                    .until(within(timeout, accept(&tls, self.stream)))
+                    .await?;
                 let conn = builder.serve_connection(send_timeout(io, send_limit), service);
                 serve_until_closed(conn, fd, &slot, close).await
             }

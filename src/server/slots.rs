@@ -59,6 +59,8 @@ pub struct Slot {
     /// Set by the connection's task once it has been told to close (to make room, or the
     /// drain): every response from then on says `Connection: close`.
     closing: AtomicBool,
+    /// A request has been handled on this connection (so a response may still be going out).
+    served: AtomicBool,
 }
 
 /// A request in progress on a connection; the connection is idle again when every one of
@@ -112,6 +114,7 @@ impl Slots {
                             slots: Arc::clone(self),
                             id,
                             closing: AtomicBool::new(false),
+                            served: AtomicBool::new(false),
                         },
                         rx,
                     );
@@ -150,6 +153,7 @@ impl Slot {
     /// connection told to close whose request was on its way is not freeing its slot soon:
     /// the newcomer that chose it is woken to close another.
     pub fn busy(&self) -> Busy {
+        self.served.store(true, Ordering::Relaxed);
         let mut guard = self.slots.lock();
         let inner = &mut *guard;
         let mut wake = false;
@@ -181,6 +185,11 @@ impl Slot {
             .conns
             .get(&self.id)
             .is_some_and(|c| c.busy > 0)
+    }
+
+    /// A request has been handled on this connection.
+    pub fn has_served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// From now on, every response on this connection says `Connection: close`.
