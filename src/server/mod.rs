@@ -208,8 +208,9 @@ where
 /// `Connection: close` and hyper ends the connection after one; once idle, it closes if no
 /// byte of a next request has arrived (`sys::unread_bytes`), else hyper reads that request
 /// first (it is then busy, and answered). An idle connection that has served is closed by
-/// hyper (after the last response's bytes are out); one that never did is dropped. The one race left is HTTP/1.1's own: a request
-/// written in the microseconds between that check and the close.
+/// hyper (after the last response's bytes are out); one that never did is dropped. The one
+/// race left is HTTP/1.1's own: a request written in the microseconds between that check and
+/// the close.
 async fn serve_until_closed<C: Graceful>(
     conn: C,
     fd: RawFd,
