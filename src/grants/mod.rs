@@ -103,6 +103,24 @@ pub struct Asked<'a> {
     pub v2: bool,
 }
 
+/// A caller's grant for an image as the image path's decision reads it (`Grants::standing`).
+#[derive(Debug, Clone, Default)]
+pub struct Standing {
+    /// The grant, when one stands (not refused or forgotten since).
+    pub held: Option<Held>,
+    /// The grace wants the record's JSON with Glance's next "yes" (`wants_record`).
+    pub wants_record: bool,
+}
+
+/// A standing grant: how old (`None`: dated in the future, the clock went back), asked
+/// through v2 (only those serve the windows), and the record it came with.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub age: Option<Duration>,
+    pub v2: bool,
+    pub expected: Arc<Expected>,
+}
+
 type Key = (CallerKey, String);
 
 #[derive(Clone)]
@@ -383,10 +401,14 @@ impl Grants {
     }
 
     fn wants_record_at(&self, caller: CallerKey, id: &str, now: u64) -> bool {
+        self.wants_record_of(self.grant(caller, id).as_ref(), now)
+    }
+
+    fn wants_record_of(&self, grant: Option<&Grant>, now: u64) -> bool {
         let grace = self.inner.windows.offline_grace;
         let refresh = (grace / 100).clamp(Duration::from_secs(60), Duration::from_secs(3600));
         !grace.is_zero()
-            && self.grant(caller, id).is_none_or(|g| {
+            && grant.is_none_or(|g| {
                 g.record.is_none()
                     || Duration::from_millis(now.saturating_sub(g.record_ms)) >= refresh
             })
@@ -430,6 +452,27 @@ impl Grants {
         match self.inner.seen.get(&(caller, id.to_string()))? {
             Memory::Granted(g) if !self.forgotten_since(id, g.seq) => Some(g),
             _ => None,
+        }
+    }
+
+    /// What the image path's decision needs of `caller`'s grant for `id`, read once: its age
+    /// and record (the windows are applied by `image::decide::Grant::of`), and whether the
+    /// grace wants the record's JSON anew.
+    pub fn standing(&self, caller: CallerKey, id: &str) -> Standing {
+        let now = now_ms();
+        let Some(grant) = self.grant(caller, id) else {
+            return Standing {
+                wants_record: !self.inner.windows.offline_grace.is_zero(),
+                ..Standing::default()
+            };
+        };
+        Standing {
+            held: Some(Held {
+                age: grant.age(now),
+                v2: grant.v2,
+                expected: Arc::clone(&grant.expected),
+            }),
+            wants_record: self.wants_record_of(Some(&grant), now),
         }
     }
 
