@@ -118,7 +118,7 @@ pub async fn serve(
     let ask = Ask {
         api,
         image_id,
-        who: CallerKey::of(&caller),
+        who: ctx.grants.caller(&caller),
         asked_ms: crate::grants::now_ms(),
         ticket: ctx.grants.ticket(),
         caller,
