@@ -108,12 +108,17 @@ fn shared(
         }
         None => Grants::new(config.auth),
     };
+    let identity = Arc::new(crate::identity::Resolver::new(
+        &config.identity,
+        Arc::clone(&upstream),
+    ));
     Ok(Shared {
         upstream,
         cache,
         prefetch,
         scrub,
         grants,
+        identity,
         metrics,
         sendfile: Arc::default(),
     })

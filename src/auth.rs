@@ -165,6 +165,23 @@ impl CallerKey {
         CallerKey::from_tag(h.sign())
     }
 
+    /// The key of an identity Keystone resolved a token to (`identity::Resolved`): what
+    /// its renewed tokens share. Never equal to a key of headers (another prefix).
+    pub fn of_identity(secret: &Secret, identity: &str) -> CallerKey {
+        let mut h = hmac::Context::with_key(&secret.0);
+        h.update(b"keystone identity\0");
+        h.update(identity.as_bytes());
+        CallerKey::from_tag(h.sign())
+    }
+
+    /// A key no grant is or will be kept under (a caller Keystone refused): drawn afresh.
+    pub fn nobody() -> CallerKey {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        CallerKey(key)
+    }
+
     fn from_tag(tag: hmac::Tag) -> CallerKey {
         let mut key = [0u8; 32];
         key.copy_from_slice(tag.as_ref());

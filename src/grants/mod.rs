@@ -237,6 +237,12 @@ impl Grants {
         CallerKey::of(&self.inner.secret, headers)
     }
 
+    /// The key grants are remembered by for an identity Keystone resolved a token to
+    /// (`identity::Resolved`): what its renewed tokens share.
+    pub fn caller_identity(&self, identity: &str) -> CallerKey {
+        CallerKey::of_identity(&self.inner.secret, identity)
+    }
+
     /// A ticket for a question about to be asked of Glance: strictly after every refusal
     /// and forget recorded before, strictly before every one recorded after.
     pub fn ticket(&self) -> u64 {

@@ -30,8 +30,8 @@ pub async fn record(
     down: &Downstream<'_>,
 ) -> Result<(Forwarded, Option<Decision>), Error> {
     let who = ctx
-        .grants
-        .caller(&ctx.upstream.caller_headers(req.headers(), down));
+        .who(&ctx.upstream.caller_headers(req.headers(), down))
+        .await;
     let answer = ctx.upstream.forward(req, down).await;
     let answered = match &answer {
         Ok(forwarded) => Answered::Status(forwarded.response.status()),
