@@ -111,6 +111,7 @@ fn shared(
     let identity = Arc::new(crate::identity::Resolver::new(
         &config.identity,
         Arc::clone(&upstream),
+        Arc::clone(&metrics),
     ));
     Ok(Shared {
         upstream,

@@ -23,6 +23,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::IdentityConfig;
+use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
 /// The most of Keystone's answer read (a token without its catalog is a few KiB).
@@ -135,6 +136,7 @@ struct Entry {
 /// Resolves callers' tokens with Keystone, when a URL is set.
 pub struct Resolver {
     keystone: Option<Keystone>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 struct Keystone {
@@ -146,7 +148,11 @@ struct Keystone {
 }
 
 impl Resolver {
-    pub fn new(config: &IdentityConfig, upstream: Arc<Upstream>) -> Resolver {
+    pub fn new(
+        config: &IdentityConfig,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+    ) -> Resolver {
         let keystone = config.keystone_url.as_ref().map(|url| {
             let base = url.as_str().trim_end_matches('/');
             let tokens_url = match base.ends_with("/v3") {
@@ -167,57 +173,92 @@ impl Resolver {
                     .build(),
             }
         });
-        Resolver { keystone }
+        Resolver {
+            keystone,
+            metrics: Some(metrics),
+        }
     }
 
     /// No Keystone: every caller is its exact credentials.
     pub fn exact() -> Resolver {
-        Resolver { keystone: None }
+        Resolver {
+            keystone: None,
+            metrics: None,
+        }
     }
 
-    /// Whose grants a caller sending these identity headers may use.
+    /// Whose grants a caller sending these identity headers may use (counted in
+    /// `identity_resolutions_total` when Keystone is set).
     pub async fn resolve(&self, caller: &HeaderMap) -> Resolved {
         let Some(keystone) = &self.keystone else {
             return Resolved::Exact;
         };
+        let (resolved, cached) = self.resolve_with(keystone, caller).await;
+        let result = match (&resolved, cached) {
+            (Resolved::Identity(_), true) => "cached",
+            (Resolved::Identity(_), false) => "keystone",
+            (Resolved::Refused, _) => "invalid",
+            (Resolved::Exact, _) => "fallback",
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.identity_resolved(result);
+        }
+        resolved
+    }
+
+    /// `resolve` with Keystone, and whether every answer was cached.
+    async fn resolve_with(&self, keystone: &Keystone, caller: &HeaderMap) -> (Resolved, bool) {
         let Some(token) = caller
             .get("x-auth-token")
             .or_else(|| caller.get("x-storage-token"))
         else {
-            return Resolved::Exact;
+            return (Resolved::Exact, false);
         };
-        let user = match keystone.identity(token).await {
-            Answer::Valid { identity, .. } => identity,
-            Answer::Refused => return Resolved::Refused,
-            Answer::Unavailable => return Resolved::Exact,
+        let (user, cached) = match self.identity(keystone, token).await {
+            (Answer::Valid { identity, .. }, cached) => (identity, cached),
+            (Answer::Refused, cached) => return (Resolved::Refused, cached),
+            (Answer::Unavailable, _) => return (Resolved::Exact, false),
         };
         let Some(service) = caller.get("x-service-token") else {
-            return Resolved::Identity(user.into());
+            return (Resolved::Identity(user.into()), cached);
         };
-        match keystone.identity(service).await {
-            Answer::Valid { identity, .. } => {
-                Resolved::Identity(format!("{user} service {identity}").into())
-            }
-            Answer::Refused => Resolved::Refused,
-            Answer::Unavailable => Resolved::Exact,
+        match self.identity(keystone, service).await {
+            (Answer::Valid { identity, .. }, both) => (
+                Resolved::Identity(format!("{user} service {identity}").into()),
+                cached && both,
+            ),
+            (Answer::Refused, both) => (Resolved::Refused, cached && both),
+            (Answer::Unavailable, _) => (Resolved::Exact, false),
         }
+    }
+
+    /// `Keystone::identity`, timed when Keystone is asked.
+    async fn identity(&self, keystone: &Keystone, token: &HeaderValue) -> (Answer, bool) {
+        let started = std::time::Instant::now();
+        let (answer, cached) = keystone.identity(token).await;
+        if let (false, Some(metrics)) = (cached, &self.metrics) {
+            metrics.keystone_response(started.elapsed().as_secs_f64());
+        }
+        (answer, cached)
     }
 }
 
 impl Keystone {
-    /// The token's identity: cached, or Keystone's answer (cached when it says).
-    async fn identity(&self, token: &HeaderValue) -> Answer {
+    /// The token's identity: cached, or Keystone's answer (cached when it says); whether it
+    /// was cached.
+    async fn identity(&self, token: &HeaderValue) -> (Answer, bool) {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = now_ms();
         if let Some(entry) = self.cache.get(&key) {
             if now < entry.until_ms {
-                return match entry.identity {
+                let answer = match entry.identity {
                     Some(identity) => Answer::Valid {
                         identity: identity.to_string(),
                         expires_ms: Some(entry.until_ms),
                     },
                     None => Answer::Refused,
                 };
+                return (answer, true);
             }
             self.cache.invalidate(&key);
         }
@@ -246,7 +287,7 @@ impl Keystone {
             }
             _ => {}
         }
-        answer
+        (answer, false)
     }
 
     /// Keystone's answer about `token`, validating itself.

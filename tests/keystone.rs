@@ -9,7 +9,14 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{config, pattern, send, FakeGlance, FakeKeystone, Got, TestProxy};
+use support::{config, metric, pattern, send, FakeGlance, FakeKeystone, Got, TestProxy};
+
+/// `identity_resolutions_total{result}`.
+async fn resolutions(proxy: &TestProxy, result: &str) -> f64 {
+    let admin = proxy.admin_url.as_deref().expect("admin listener");
+    let series = format!("glance_cache_proxy_identity_resolutions_total{{result=\"{result}\"}}");
+    metric(admin, &series).await
+}
 
 async fn get_as(proxy: &TestProxy, id: &str, token: &str) -> Got {
     let url = format!("{}/v2/images/{id}/file", proxy.url);
@@ -49,7 +56,7 @@ async fn setup(auth: &str) -> (FakeGlance, FakeKeystone, TestProxy, Bytes) {
         keystone.issue(token, user, project, &["member", "reader"]);
     }
     let extra = format!("[auth]\nkeystone_url = \"{}/v3\"\n{auth}", keystone.url);
-    let proxy = TestProxy::start(config(&[&glance.url], &extra)).await;
+    let proxy = TestProxy::start_with_admin(config(&[&glance.url], &extra)).await;
     let image = pattern(1 << 20, 29);
     glance.add_image("img", image.clone());
     let got = get_as(&proxy, "img", "alice-1").await;
@@ -73,6 +80,13 @@ async fn a_renewed_token_of_the_same_identity_uses_the_grant() {
         asked(&glance, "img", "bob-1") > 0,
         "another identity asks Glance"
     );
+    // alice-1, alice-2, bob-1 asked; alice-2's second request cached.
+    assert!(resolutions(&proxy, "keystone").await >= 3.0);
+    assert!(resolutions(&proxy, "cached").await >= 1.0);
+    assert_eq!(resolutions(&proxy, "fallback").await, 0.0);
+    let admin = proxy.admin_url.as_deref().expect("admin listener");
+    let timed = metric(admin, "glance_cache_proxy_keystone_response_seconds_count").await;
+    assert!(timed >= 3.0, "{timed}");
 }
 
 #[tokio::test]
@@ -102,6 +116,7 @@ async fn while_glance_is_down_the_identity_is_served_and_nobody_else() {
         502,
         "other roles: another identity"
     );
+    assert!(resolutions(&proxy, "invalid").await >= 1.0, "made-up");
 }
 
 #[tokio::test]
@@ -150,4 +165,5 @@ async fn keystone_failing_or_unreachable_falls_back_to_the_exact_credentials() {
     let got = get_as(&proxy, "img", "bob-1").await;
     assert_eq!(got.status, 200);
     assert!(asked(&glance, "img", "bob-1") > 0);
+    assert!(resolutions(&proxy, "fallback").await >= 3.0);
 }
