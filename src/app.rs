@@ -108,12 +108,18 @@ fn shared(
         }
         None => Grants::new(config.auth),
     };
+    let identity = Arc::new(crate::identity::Resolver::new(
+        &config.identity,
+        Arc::clone(&upstream),
+        Arc::clone(&metrics),
+    ));
     Ok(Shared {
         upstream,
         cache,
         prefetch,
         scrub,
         grants,
+        identity,
         metrics,
         sendfile: Arc::default(),
     })

@@ -4,9 +4,11 @@
 //!
 //! The proxy never decides access itself; Glance does, with the caller's own headers (see
 //! `image`), and `grants` remembers only its recent "yes" for the windows the operator sets.
+//! A key is an HMAC with a per-install secret (`Secret`): the grants journal on disk holds
+//! keys, and with noauth's low-entropy headers a bare hash would show who downloaded what.
 
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
+use ring::hmac;
 
 /// Headers that identify a caller to Glance: every header oslo.context's `from_environ`
 /// (6.5: `_ENVIRON_HEADERS`, roles, service roles, `is_admin_project`) and keystonemiddleware's
@@ -100,25 +102,92 @@ pub fn side_headers(caller: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// A digest of a caller's identity headers: equal only for the same token and identity.
+/// The bytes of a `Secret`.
+pub const SECRET_LEN: usize = 32;
+
+/// The per-install secret caller keys are HMAC-SHA256s with (ring's `hmac`): kept beside the
+/// grants journal (`grants::journal`), or made up for the process when nothing persists.
+#[derive(Clone)]
+pub struct Secret(hmac::Key);
+
+impl Secret {
+    pub fn from_bytes(bytes: &[u8; SECRET_LEN]) -> Secret {
+        Secret(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+    }
+
+    /// New secret bytes from the system's randomness.
+    pub fn random_bytes() -> Result<[u8; SECRET_LEN], ring::error::Unspecified> {
+        let mut bytes = [0u8; SECRET_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// A secret for this process only (nothing keyed by it outlives it), from the same
+    /// randomness as the instance's ids (uuid v4: 2 x 122 random bits).
+    pub fn ephemeral() -> Secret {
+        let mut bytes = [0u8; SECRET_LEN];
+        bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Secret::from_bytes(&bytes)
+    }
+
+    /// Names the secret without showing it (an HMAC of a fixed text, hex): the grants
+    /// journal's first line carries it, so a journal keyed with another secret is known.
+    pub fn fingerprint(&self) -> String {
+        let tag = hmac::sign(&self.0, b"glance-cache-proxy grants journal");
+        hex::encode(&tag.as_ref()[..16])
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// An HMAC of a caller's identity headers: equal only for the same token and identity (and
+/// the same `Secret`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CallerKey([u8; 32]);
 
 impl CallerKey {
-    pub fn of(headers: &HeaderMap) -> CallerKey {
-        let mut h = Sha256::new();
+    pub fn of(secret: &Secret, headers: &HeaderMap) -> CallerKey {
+        let mut h = hmac::Context::with_key(&secret.0);
         for name in IDENTITY_HEADERS {
             for value in headers.get_all(name) {
                 h.update(name.as_bytes());
-                h.update([0]);
+                h.update(&[0]);
                 h.update(value.as_bytes());
-                h.update([0]);
+                h.update(&[0]);
             }
         }
-        CallerKey(h.finalize().into())
+        CallerKey::from_tag(h.sign())
     }
 
-    /// Lower-case hex, as the grants journal stores it (a hash: no credential on disk).
+    /// The key of an identity Keystone resolved a token to (`identity::Resolved`): what
+    /// its renewed tokens share. Never equal to a key of headers (another prefix).
+    pub fn of_identity(secret: &Secret, identity: &str) -> CallerKey {
+        let mut h = hmac::Context::with_key(&secret.0);
+        h.update(b"keystone identity\0");
+        h.update(identity.as_bytes());
+        CallerKey::from_tag(h.sign())
+    }
+
+    /// A key no grant is or will be kept under (a caller Keystone refused): drawn afresh.
+    pub fn nobody() -> CallerKey {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        CallerKey(key)
+    }
+
+    fn from_tag(tag: hmac::Tag) -> CallerKey {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(tag.as_ref());
+        CallerKey(key)
+    }
+
+    /// Lower-case hex, as the grants journal stores it (an HMAC: no credential on disk).
     pub fn to_hex(self) -> String {
         hex::encode(self.0)
     }
@@ -143,18 +212,42 @@ mod tests {
         h
     }
 
+    fn secret() -> Secret {
+        Secret::from_bytes(&[7; SECRET_LEN])
+    }
+
+    /// Issue 29: keys are HMACs with the install's secret, not a hash anyone can recompute
+    /// from guessed headers; the secret never shows in a log.
+    #[test]
+    fn caller_keys_need_the_secret() {
+        let h = headers(&[("x-user-id", "alice"), ("x-project-id", "p1")]);
+        let other = Secret::from_bytes(&[8; SECRET_LEN]);
+        assert_ne!(CallerKey::of(&secret(), &h), CallerKey::of(&other, &h));
+        assert_eq!(CallerKey::of(&secret(), &h), CallerKey::of(&secret(), &h));
+        use sha2::{Digest, Sha256};
+        let bare: [u8; 32] = Sha256::digest(b"x-project-id\0p1\0x-user-id\0alice\0").into();
+        assert_ne!(CallerKey::of(&secret(), &h).to_hex(), hex::encode(bare));
+        assert_ne!(secret().fingerprint(), other.fingerprint());
+        assert_eq!(format!("{:?}", secret()), "Secret(..)");
+        let random = Secret::random_bytes().expect("randomness");
+        assert_ne!(random, Secret::random_bytes().expect("randomness"));
+    }
+
     #[test]
     fn caller_keys() {
-        let a = CallerKey::of(&headers(&[
-            ("x-auth-token", "t1"),
-            ("x-openstack-request-id", "req-1"),
-        ]));
-        let a2 = CallerKey::of(&headers(&[
-            ("x-auth-token", "t1"),
-            ("x-openstack-request-id", "req-2"),
-        ]));
-        let b = CallerKey::of(&headers(&[("x-auth-token", "t2")]));
-        let forged = CallerKey::of(&headers(&[("x-auth-token", "t1"), ("x-roles", "admin")]));
+        let a = CallerKey::of(
+            &secret(),
+            &headers(&[("x-auth-token", "t1"), ("x-openstack-request-id", "req-1")]),
+        );
+        let a2 = CallerKey::of(
+            &secret(),
+            &headers(&[("x-auth-token", "t1"), ("x-openstack-request-id", "req-2")]),
+        );
+        let b = CallerKey::of(&secret(), &headers(&[("x-auth-token", "t2")]));
+        let forged = CallerKey::of(
+            &secret(),
+            &headers(&[("x-auth-token", "t1"), ("x-roles", "admin")]),
+        );
         assert_eq!(a, a2, "the request id does not change who is asking");
         assert_ne!(a, b);
         assert_ne!(a, forged, "identity headers are part of the key");
@@ -176,7 +269,10 @@ mod tests {
         let names: Vec<&str> = side.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-auth-token", "x-roles", "x-forwarded-for"]);
         assert_eq!(side.get_all("x-roles").iter().count(), 2);
-        assert_eq!(CallerKey::of(&side), CallerKey::of(&caller));
+        assert_eq!(
+            CallerKey::of(&secret(), &side),
+            CallerKey::of(&secret(), &caller)
+        );
     }
 
     /// The headers oslo.context 6.5 (`_ENVIRON_HEADERS`, roles, service roles,
@@ -285,7 +381,11 @@ mod tests {
         ] {
             let mut h = base.clone();
             h.insert(extra, HeaderValue::from_static("all"));
-            assert_ne!(CallerKey::of(&h), CallerKey::of(&base), "{extra}");
+            assert_ne!(
+                CallerKey::of(&secret(), &h),
+                CallerKey::of(&secret(), &base),
+                "{extra}"
+            );
             assert!(side_headers(&h).contains_key(extra), "{extra}");
         }
         // `X_Roles` is an alias (dropped before anything goes upstream), not an identity.
@@ -294,15 +394,15 @@ mod tests {
         let dashed = headers(&[("x-auth-token", "t1"), ("x-roles", "admin")]);
         let swapped = headers(&[("x-roles", "admin"), ("x-auth-token", "t1")]);
         assert_eq!(
-            CallerKey::of(&dashed),
-            CallerKey::of(&swapped),
+            CallerKey::of(&secret(), &dashed),
+            CallerKey::of(&secret(), &swapped),
             "order of headers"
         );
     }
 
     #[test]
     fn caller_keys_round_trip_as_hex() {
-        let a = CallerKey::of(&headers(&[("x-auth-token", "t1")]));
+        let a = CallerKey::of(&secret(), &headers(&[("x-auth-token", "t1")]));
         assert_eq!(CallerKey::from_hex(&a.to_hex()), Some(a));
         assert_eq!(CallerKey::from_hex("zz"), None);
         assert_eq!(CallerKey::from_hex(&"0".repeat(63)), None);

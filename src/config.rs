@@ -36,6 +36,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
     pub auth: AuthConfig,
+    /// `[auth] keystone_url`, `identity_cache_ttl`: grants keyed by the Keystone identity.
+    pub identity: IdentityConfig,
     pub prefetch: PrefetchConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -201,6 +203,20 @@ pub struct AuthConfig {
     /// While no upstream answers, a caller Glance let download an image within this long is
     /// served a cached, verified copy (grants persist in the cache directory).
     pub offline_grace: Duration,
+}
+
+/// Grants that follow the Keystone identity (README "Edge sites"): with a Keystone URL, a
+/// caller's token is validated against Keystone (itself as subject) and grants are keyed by
+/// the identity it resolves to, so a renewed token of the same identity keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityConfig {
+    /// Keystone's base URL (`.../identity` or `.../identity/v3`); `None`: grants are keyed by
+    /// the exact credentials.
+    pub keystone_url: Option<Url>,
+    /// How long a token's resolution stands (never past the token's `expires_at`): the bound
+    /// on serving a revoked token while Keystone answers (keystonemiddleware's
+    /// `token_cache_time`).
+    pub cache_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -409,6 +425,8 @@ impl Default for RawCache {
 pub struct RawAuth {
     pub grant_ttl: String,
     pub offline_grace: String,
+    pub keystone_url: String,
+    pub identity_cache_ttl: String,
 }
 
 impl Default for RawAuth {
@@ -416,6 +434,8 @@ impl Default for RawAuth {
         RawAuth {
             grant_ttl: "0s".into(),
             offline_grace: "0s".into(),
+            keystone_url: String::new(),
+            identity_cache_ttl: "5m".into(),
         }
     }
 }
@@ -532,6 +552,17 @@ impl Config {
         }
     }
 
+    /// `[auth]` as the file says it: the windows and the identity.
+    fn raw_auth(&self) -> RawAuth {
+        let keystone_url = self.identity.keystone_url.as_ref();
+        RawAuth {
+            grant_ttl: fmt_duration(self.auth.grant_ttl),
+            offline_grace: fmt_duration(self.auth.offline_grace),
+            keystone_url: keystone_url.map(Url::to_string).unwrap_or_default(),
+            identity_cache_ttl: fmt_duration(self.identity.cache_ttl),
+        }
+    }
+
     /// The effective configuration as TOML, as `--check-config` prints it.
     pub fn to_toml(&self) -> String {
         let raw = RawConfig {
@@ -589,10 +620,7 @@ impl Config {
                 scrub_rate: RawSize::Bytes(self.cache.scrub_rate),
                 scrub_interval: fmt_duration(self.cache.scrub_interval),
             },
-            auth: RawAuth {
-                grant_ttl: fmt_duration(self.auth.grant_ttl),
-                offline_grace: fmt_duration(self.auth.offline_grace),
-            },
+            auth: self.raw_auth(),
             prefetch: {
                 let p = &self.prefetch;
                 let mut raw = RawPrefetch {
@@ -686,7 +714,9 @@ impl RawConfig {
             key: key.to_string(),
             message,
         };
+        let identity = self.auth.identity(&bad)?;
         Ok(Config {
+            identity,
             server: self.server.validate(&bad)?,
             upstream: self.upstream.validate(&bad)?,
             cache: self.cache.validate(&bad)?,
@@ -801,7 +831,26 @@ const MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest `auth.offline_grace`: thirty days.
 const MAX_OFFLINE_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Longest `auth.identity_cache_ttl`: an hour (Keystone's default token life; a revoked
+/// token is served at most this long while Keystone answers).
+const MAX_IDENTITY_CACHE_TTL: Duration = Duration::from_secs(3600);
+
 impl RawAuth {
+    fn identity(&self, bad: Bad) -> Result<IdentityConfig, ConfigError> {
+        let keystone_url = match self.keystone_url.trim() {
+            "" => None,
+            url => Some(parse_base_url(url).map_err(|m| bad("auth.keystone_url", m))?),
+        };
+        let cache_ttl = duration(bad, "auth.identity_cache_ttl", &self.identity_cache_ttl)?;
+        if cache_ttl > MAX_IDENTITY_CACHE_TTL {
+            return Err(bad("auth.identity_cache_ttl", "must be at most 1h".into()));
+        }
+        Ok(IdentityConfig {
+            keystone_url,
+            cache_ttl,
+        })
+    }
+
     fn validate(self, bad: Bad) -> Result<AuthConfig, ConfigError> {
         let grant_ttl = duration(bad, "auth.grant_ttl", &self.grant_ttl)?;
         if grant_ttl > MAX_GRANT_TTL {
@@ -1159,6 +1208,31 @@ mod tests {
             &["test.toml", "listen_addr"],
         );
         check_err("[cahce]\ndir = \"/x\"\n", &["test.toml", "cahce"]);
+    }
+
+    #[test]
+    fn keystone_identity_keys() {
+        let default = Config::default();
+        assert_eq!(default.identity.keystone_url, None, "exact credentials");
+        assert_eq!(default.identity.cache_ttl, Duration::from_secs(300));
+        let set = Config::from_toml_str(
+            "[auth]\nkeystone_url = \"https://keystone.example/identity/v3\"\nidentity_cache_ttl = \"30s\"\n",
+            "test.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            set.identity.keystone_url.as_ref().map(Url::as_str),
+            Some("https://keystone.example/identity/v3")
+        );
+        assert_eq!(set.identity.cache_ttl, Duration::from_secs(30));
+        check_err(
+            "[auth]\nkeystone_url = \"ftp://k\"\n",
+            &["auth.keystone_url"],
+        );
+        check_err(
+            "[auth]\nidentity_cache_ttl = \"2h\"\n",
+            &["auth.identity_cache_ttl", "at most 1h"],
+        );
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct Snapshot {
     pub connections_shed: u64,
 }
 
+/// The results of `identity_resolutions_total`.
+pub const IDENTITY_RESULTS: [&str; 4] = ["cached", "keystone", "invalid", "fallback"];
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -81,6 +84,8 @@ pub struct Metrics {
     ttfb: HistogramVec,
     upstream_seconds: Histogram,
     authorization: IntCounterVec,
+    identity: IntCounterVec,
+    keystone_seconds: Histogram,
     tls_hits: IntCounterVec,
     scrape_errors: IntCounter,
 }
@@ -156,6 +161,20 @@ impl Metrics {
                 "Who decided that a caller may have a cached image, or use the cache API: Glance asked now (allowed, denied), Glance's yes within auth.grant_ttl (cached), or within auth.offline_grace while no upstream answers (offline).",
                 &["decision"],
             ),
+            identity: counters(
+                &registry,
+                "identity_resolutions_total",
+                "How callers' tokens were resolved for the grants' keys with auth.keystone_url: cached (an identity within auth.identity_cache_ttl), keystone (Keystone asked now), invalid (Keystone refused the token: no grant used), fallback (Keystone unreachable or failing: exact credentials).",
+                &["result"],
+            ),
+            keystone_seconds: registered(
+                &registry,
+                Histogram::with_opts(histogram_opts(
+                    "keystone_response_seconds",
+                    "Time for Keystone to answer a token validation (auth.keystone_url), answered or not.",
+                ))
+                .expect("valid metric"),
+            ),
             tls_hits: counters(
                 &registry,
                 "tls_hits_total",
@@ -196,6 +215,19 @@ impl Metrics {
         for path in TlsPath::ALL {
             self.tls_hits.with_label_values(&[path.as_str()]);
         }
+        for result in IDENTITY_RESULTS {
+            self.identity.with_label_values(&[result]);
+        }
+    }
+
+    /// A caller's token resolved (`identity`): one of `IDENTITY_RESULTS`.
+    pub fn identity_resolved(&self, result: &str) {
+        self.identity.with_label_values(&[result]).inc();
+    }
+
+    /// Time to Keystone's answer about a token (or to its failure).
+    pub fn keystone_response(&self, seconds: f64) {
+        self.keystone_seconds.observe(seconds);
     }
 
     /// Count a finished request (called once per request, when its body ends or drops).

@@ -25,6 +25,8 @@ pub struct Shared {
     /// Glance's recent decisions: which callers it let download which images (the 404 rule,
     /// `auth.grant_ttl`, `auth.offline_grace`).
     pub grants: Grants,
+    /// Who callers' Keystone tokens are (`auth.keystone_url`), for the grants' keys.
+    pub identity: Arc<crate::identity::Resolver>,
     pub metrics: Arc<Metrics>,
     /// What this instance's connections sent with sendfile (and read in when cold).
     pub sendfile: Arc<crate::sendfile::Counters>,

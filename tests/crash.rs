@@ -278,6 +278,7 @@ async fn what_the_proxy_creates_is_private_under_umask_022() {
         cache.join("images/img"),
         cache.join("images/img.meta"),
         cache.join("grants"),
+        cache.join("grants.key"),
         cache.join("queue/img-q"),
         tmp,
     ];

@@ -558,6 +558,41 @@ async fn a_restart_during_the_outage_keeps_the_grants() {
     only_the_allowed_caller_is_served(&proxy, &a, 502).await;
 }
 
+/// Issue 29: the journal's keys are HMACs with the secret beside it; restarted during the
+/// outage without that secret (lost, or another install's), its grants serve nobody.
+#[tokio::test]
+async fn a_journal_without_its_secret_serves_nobody() {
+    let glance = FakeGlance::start().await;
+    let cfg = config(&[&glance.url], GRACE);
+    let proxy = TestProxy::start(cfg.clone()).await;
+    let _ = two_cached_images(&glance, &proxy).await;
+    persisted(&cfg, "img").await;
+    glance.stop();
+    drop(proxy);
+    let dir = cfg.to_config().cache.dir;
+    let key = dir.join("grants.key");
+    let secret = std::fs::read_to_string(&key).expect("the secret beside the journal");
+    let text = std::fs::read_to_string(dir.join("grants")).expect("read");
+    assert!(
+        !text.contains(secret.trim_end()),
+        "the secret is not in the journal"
+    );
+    std::fs::remove_file(&key).expect("rm");
+    let proxy = TestProxy::start(cfg.clone()).await;
+    assert_eq!(get_as(&proxy, "img", ALICE).await.status, 502, "no secret");
+    drop(proxy);
+    // Put back, after a start that made a new one: another secret, still nobody.
+    let made = std::fs::read_to_string(&key).expect("a new secret");
+    assert_ne!(made, secret);
+    std::fs::write(dir.join("grants"), text).expect("write");
+    let proxy = TestProxy::start(cfg).await;
+    assert_eq!(
+        get_as(&proxy, "img", ALICE).await.status,
+        502,
+        "another secret"
+    );
+}
+
 #[tokio::test]
 async fn without_a_grace_the_grants_file_is_deleted_and_a_bad_one_is_no_grant() {
     let glance = FakeGlance::start().await;

@@ -136,7 +136,7 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     &["server"],
     &["image", "manage", "state"],
-    &["prefetch", "grants"],
+    &["prefetch", "grants", "identity"],
     &["fetch"],
     &["cache", "upstream"],
     &["error", "metrics"],

@@ -3,12 +3,18 @@
 //!
 //! A text file, rewritten whole (temp file, fsync, rename, fsync of the directory) by the
 //! saver at most once a second, so a crash leaves the old or the new file, never a torn one.
-//! First line `glance-cache-proxy grants 2`, then the records the grants keep, once each:
+//! First line `glance-cache-proxy grants 3 <the secret's fingerprint>`, then the records the
+//! grants keep, once each:
 //! `record <sha256 of the JSON, hex> <the JSON as Glance sent it, on one line>`, then one
 //! grant a line:
 //! `grant <caller key, hex> <granted, unix ms> <size> <md5|-> <os_hash_algo|-> <os_hash_value|->
-//! <record sha256|-> <image id>`. Only hashes of identities are written, never a token; the
-//! file is mode 0600. A line that does not parse (or is not UTF-8, or is longer than 1 MiB) is
+//! <record sha256|-> <image id>`. Caller keys are HMACs with the install's secret, kept beside
+//! the journal in `grants.key` (hex, mode 0600, made on first start): only keys are written,
+//! never a token, and without the secret a key tells nothing of who it is (noauth's headers
+//! are easy to guess; a bare hash of them is not). A journal whose first line names another
+//! secret, or found with no secret (or one that is not private: mode beyond 0600, or not 32
+//! bytes of hex), is ignored, never trusted: the proxy starts with no grants and a new
+//! secret. The file is mode 0600. A line that does not parse (or is not UTF-8, or is longer than 1 MiB) is
 //! skipped and counted in a warning, never trusted in part; a record whose bytes do not match
 //! its hash is no record; a file that cannot be read at all is set aside as `grants.bad` and
 //! the proxy starts with no grants. Only v2 grants are written (only they serve offline).
@@ -23,25 +29,44 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{Grant, Key};
-use crate::auth::CallerKey;
+use crate::auth::{CallerKey, Secret, SECRET_LEN};
 use crate::digest::{Expected, HashAlgo};
 use crate::disk::is_storable_id;
 
 /// The file's name in the cache directory.
 pub const FILE: &str = "grants";
-const HEADER: &str = "glance-cache-proxy grants 2";
+/// The secret's file, beside the journal.
+pub const SECRET_FILE: &str = "grants.key";
+const HEADER: &str = "glance-cache-proxy grants 3";
+
+/// The grants a journal held.
+pub type Loaded = Vec<(Key, Grant)>;
 
 pub struct Journal {
     path: PathBuf,
     /// Names this instance's temp file.
     id: uuid::Uuid,
+    /// The first line: the header and the secret's fingerprint.
+    first: String,
 }
 
 impl Journal {
-    /// The journal at `path`, and the grants it holds (none if there is no file yet, or it
-    /// cannot be read: then it is set aside, with an error logged).
-    pub fn open(path: PathBuf) -> (Journal, Vec<(Key, Grant)>) {
-        let grants = match File::open(&path).and_then(|f| read(BufReader::new(f), &path)) {
+    /// The journal at `path`, the secret its keys are HMACs with, and the grants it holds
+    /// (none if there is no file yet, if it was keyed with another secret or no secret was
+    /// there, or if it cannot be read: then it is set aside, with an error logged). An error
+    /// only when no secret can be kept.
+    pub fn open(path: PathBuf) -> io::Result<(Journal, Secret, Loaded)> {
+        let secret_path = path.with_file_name(SECRET_FILE);
+        let (secret, made) = load_or_make_secret(&secret_path)?;
+        let first = format!("{HEADER} {}", secret.fingerprint());
+        let opened = match made {
+            true => File::open(&path).map(|_| {
+                tracing::warn!(path = %path.display(), "a grants file without its secret; ignored");
+                Vec::new()
+            }),
+            false => File::open(&path).and_then(|f| read(BufReader::new(f), &path, &first)),
+        };
+        let grants = match opened {
             Ok(grants) => grants,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
@@ -52,7 +77,7 @@ impl Journal {
             }
         };
         let id = uuid::Uuid::new_v4();
-        (Journal { path, id }, grants)
+        Ok((Journal { path, id, first }, secret, grants))
     }
 
     /// Replace the file's grants with these, durably; how many were written.
@@ -60,7 +85,7 @@ impl Journal {
         &self,
         grants: impl Iterator<Item = (&'a Key, &'a Grant)>,
     ) -> io::Result<usize> {
-        let mut text = String::from(HEADER);
+        let mut text = self.first.clone();
         text.push('\n');
         let mut lines = String::new();
         let mut records = HashSet::new();
@@ -133,9 +158,39 @@ fn next_line(input: &mut impl BufRead) -> io::Result<Option<Option<String>>> {
     Ok(Some(String::from_utf8(raw).ok()))
 }
 
-fn read(mut input: impl BufRead, path: &Path) -> io::Result<Vec<(Key, Grant)>> {
+/// The secret at `path`, and whether it was made just now (a new secret when there is none,
+/// or it is not one: not 32 bytes of hex, or readable beyond its owner).
+fn load_or_make_secret(path: &Path) -> io::Result<(Secret, bool)> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::read(path) {
+        Ok(raw) => {
+            let private = fs::metadata(path)?.permissions().mode() & 0o077 == 0;
+            let mut bytes = [0u8; SECRET_LEN];
+            let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+            if private && hex::decode_to_slice(text, &mut bytes).is_ok() {
+                return Ok((Secret::from_bytes(&bytes), false));
+            }
+            tracing::warn!(path = %path.display(), private, "the grants secret is not one (32 bytes of hex, mode 0600); a new one is made and the grants file ignored");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let bytes = Secret::random_bytes()
+        .map_err(|_| io::Error::other("no randomness for the grants secret"))?;
+    let temp = path.with_extension(format!("tmp.{}", uuid::Uuid::new_v4()));
+    crate::disk::write_durably(path, &temp, |file| {
+        file.write_all(format!("{}\n", hex::encode(bytes)).as_bytes())
+    })?;
+    Ok((Secret::from_bytes(&bytes), true))
+}
+
+fn read(mut input: impl BufRead, path: &Path, header: &str) -> io::Result<Vec<(Key, Grant)>> {
     match next_line(&mut input)? {
-        Some(Some(first)) if first == HEADER => {}
+        Some(Some(first)) if first == header => {}
+        Some(Some(first)) if first.starts_with(HEADER) => {
+            tracing::warn!(path = %path.display(), "a grants file keyed with another secret; ignored");
+            return Ok(Vec::new());
+        }
         None => return Ok(Vec::new()),
         Some(_) => {
             tracing::warn!(path = %path.display(), "not a grants file this version reads; ignored");
@@ -269,7 +324,10 @@ mod tests {
     fn key(token: &'static str, id: &str) -> Key {
         let mut h = HeaderMap::new();
         h.insert("x-auth-token", HeaderValue::from_static(token));
-        (CallerKey::of(&h), id.to_string())
+        (
+            CallerKey::of(&Secret::from_bytes(&[3; SECRET_LEN]), &h),
+            id.to_string(),
+        )
     }
 
     fn grant(at_ms: u64, expected: Expected) -> Grant {
@@ -292,7 +350,7 @@ mod tests {
         let scenario = fail::FailScenario::setup();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(FILE);
-        let (journal, _) = Journal::open(path.clone());
+        let (journal, _, _) = Journal::open(path.clone()).expect("open");
         let one = |size| Expected {
             size,
             md5: Some("ab".repeat(16)),
@@ -318,14 +376,16 @@ mod tests {
             .expect("list")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, [FILE], "no temp file left");
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, [FILE, SECRET_FILE], "no temp file left");
     }
 
     #[test]
     fn grants_round_trip_and_hold_no_token() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(FILE);
-        let (journal, none) = Journal::open(path.clone());
+        let (journal, _, none) = Journal::open(path.clone()).expect("open");
         assert!(none.is_empty());
         let both = Expected {
             size: 10,
@@ -371,7 +431,7 @@ mod tests {
             !text.contains("secret-token"),
             "only hashes on disk: {text}"
         );
-        let (_, back) = Journal::open(path.clone());
+        let (_, _, back) = Journal::open(path.clone()).expect("open");
         assert_eq!(back, grants);
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&path).expect("meta").permissions().mode();
@@ -408,14 +468,15 @@ mod tests {
             format!("record {} {body}", "0".repeat(64)),
             format!("grant {hexkey} 5 1 - - - {} img", "0".repeat(64)),
         ];
-        let text = format!("{HEADER}\n{}\n{good}\n", bad.join("\n"));
+        let first = Journal::open(path.clone()).expect("open").0.first;
+        let text = format!("{first}\n{}\n{good}\n", bad.join("\n"));
         fs::write(&path, text).expect("write");
-        let (_, back) = Journal::open(path.clone());
+        let (_, _, back) = Journal::open(path.clone()).expect("open");
         assert_eq!(back.len(), 1, "only the good line: {back:?}");
         fs::write(&path, format!("something else\n{good}\n")).expect("write");
-        assert!(Journal::open(path.clone()).1.is_empty());
+        assert!(Journal::open(path.clone()).expect("open").2.is_empty());
         fs::write(&path, b"").expect("write");
-        assert!(Journal::open(path.clone()).1.is_empty());
+        assert!(Journal::open(path.clone()).expect("open").2.is_empty());
     }
 
     #[test]
@@ -423,19 +484,88 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(FILE);
         let good = good_line(None, Some((HashAlgo::Sha256, "ab".repeat(32))));
-        let mut text = format!("{HEADER}\n").into_bytes();
+        let first = Journal::open(path.clone()).expect("open").0.first;
+        let mut text = format!("{first}\n").into_bytes();
         text.extend_from_slice(b"grant \xff\xfe not utf-8\n");
         text.extend(std::iter::repeat_n(b'x', (MAX_LINE + 10) as usize));
         text.push(b'\n');
         text.extend_from_slice(format!("{good}\n").as_bytes());
         fs::write(&path, text).expect("write");
-        let (_, back) = Journal::open(path.clone());
+        let (_, _, back) = Journal::open(path.clone()).expect("open");
         assert_eq!(back.len(), 1, "the good line survives its bad neighbours");
         // A directory where the file should be: set aside, no grants, no panic.
         fs::remove_file(&path).expect("rm");
         fs::create_dir(&path).expect("mkdir");
-        let (_, back) = Journal::open(path.clone());
+        let (_, _, back) = Journal::open(path.clone()).expect("open");
         assert!(back.is_empty());
         assert!(dir.path().join("grants.bad").is_dir(), "set aside");
+    }
+
+    /// Issue 29: the journal's keys are HMACs with the secret beside it (0600); a journal
+    /// without its secret, with another one, or with one others may read is ignored, and so
+    /// is a version 2 journal (bare SHA-256 keys).
+    #[test]
+    fn a_journal_is_trusted_only_with_its_own_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        let secret_path = dir.path().join(SECRET_FILE);
+        let one = || Expected {
+            size: 1,
+            md5: Some("ab".repeat(16)),
+            os_hash: None,
+        };
+        let grants = [(key("t", "img-1"), grant(1_000, one()))];
+        let write = || {
+            let (journal, _, _) = Journal::open(path.clone()).expect("open");
+            journal
+                .write(grants.iter().map(|(k, g)| (k, g)))
+                .expect("write");
+        };
+        write();
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&secret_path), 0o600);
+        let secret = fs::read_to_string(&secret_path).expect("secret");
+        assert_eq!(secret.trim_end().len(), 2 * SECRET_LEN);
+        let journal_text = fs::read_to_string(&path).expect("journal");
+        assert!(
+            !journal_text.contains(secret.trim_end()),
+            "the secret stays in its file"
+        );
+        let (_, again, back) = Journal::open(path.clone()).expect("open");
+        assert_eq!(back.len(), 1, "its own secret: trusted");
+        assert_eq!(
+            journal_text.lines().next(),
+            Some(format!("{HEADER} {}", again.fingerprint()).as_str())
+        );
+
+        // No secret: a new one, the journal ignored (and not keyed by the new one).
+        fs::remove_file(&secret_path).expect("rm");
+        let (_, new, back) = Journal::open(path.clone()).expect("open");
+        assert!(back.is_empty(), "no secret, no trust");
+        assert_ne!(new.fingerprint(), again.fingerprint());
+        assert_eq!(mode(&secret_path), 0o600);
+
+        // Another secret: ignored.
+        write();
+        fs::write(&secret_path, format!("{}\n", "5a".repeat(SECRET_LEN))).expect("write");
+        fs::set_permissions(&secret_path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(Journal::open(path.clone()).expect("open").2.is_empty());
+
+        // A secret others may read, or not a secret: replaced, the journal ignored.
+        write();
+        fs::set_permissions(&secret_path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(Journal::open(path.clone()).expect("open").2.is_empty());
+        assert_eq!(mode(&secret_path), 0o600);
+        write();
+        fs::write(&secret_path, "not hex\n").expect("write");
+        assert!(Journal::open(path.clone()).expect("open").2.is_empty());
+
+        // A version 2 journal: ignored.
+        write();
+        let text = fs::read_to_string(&path).expect("read");
+        let (_, rest) = text.split_once('\n').expect("lines");
+        fs::write(&path, format!("glance-cache-proxy grants 2\n{rest}")).expect("write");
+        assert!(Journal::open(path.clone()).expect("open").2.is_empty());
     }
 }

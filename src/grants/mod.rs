@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use moka::ops::compute::Op;
 
-use crate::auth::CallerKey;
+use crate::auth::{CallerKey, Secret};
 use crate::config::AuthConfig;
 use crate::digest::Expected;
 
@@ -130,6 +130,8 @@ pub struct Grants {
 
 struct Inner {
     windows: AuthConfig,
+    /// What caller keys are HMACs with: the journal's, or one for this process.
+    secret: Secret,
     seen: moka::sync::Cache<Key, Memory>,
     /// The ticket at which each recently forgotten image was forgotten.
     forgotten: moka::sync::Cache<String, u64>,
@@ -144,12 +146,16 @@ struct Inner {
 }
 
 impl Grants {
-    /// Grants in memory only.
+    /// Grants in memory only (keyed with a secret of this process's).
     pub fn new(windows: AuthConfig) -> Grants {
-        Grants::with_journal(windows, None)
+        Grants::with_journal(windows, Secret::ephemeral(), None)
     }
 
-    fn with_journal(windows: AuthConfig, journal: Option<journal::Journal>) -> Grants {
+    fn with_journal(
+        windows: AuthConfig,
+        secret: Secret,
+        journal: Option<journal::Journal>,
+    ) -> Grants {
         let retain = RETAIN.max(windows.offline_grace);
         let seen = moka::sync::Cache::builder()
             .max_capacity(MAX_BYTES)
@@ -171,6 +177,7 @@ impl Grants {
         Grants {
             inner: Arc::new(Inner {
                 windows,
+                secret,
                 seen,
                 forgotten,
                 records,
@@ -195,8 +202,8 @@ impl Grants {
             journal::discard(&path)?;
             return Ok(Grants::new(windows));
         }
-        let (journal, loaded) = journal::Journal::open(path);
-        let grants = Grants::with_journal(windows, Some(journal));
+        let (journal, secret, loaded) = journal::Journal::open(path)?;
+        let grants = Grants::with_journal(windows, secret, Some(journal));
         let now = now_ms();
         let (mut kept, total) = (0, loaded.len());
         for ((caller, id), grant) in loaded {
@@ -228,6 +235,17 @@ impl Grants {
                 Grants { inner }.forget(id);
             }
         })
+    }
+
+    /// The key grants are remembered by for a caller sending these identity headers.
+    pub fn caller(&self, headers: &http::HeaderMap) -> CallerKey {
+        CallerKey::of(&self.inner.secret, headers)
+    }
+
+    /// The key grants are remembered by for an identity Keystone resolved a token to
+    /// (`identity::Resolved`): what its renewed tokens share.
+    pub fn caller_identity(&self, identity: &str) -> CallerKey {
+        CallerKey::of_identity(&self.inner.secret, identity)
     }
 
     /// A ticket for a question about to be asked of Glance: strictly after every refusal
@@ -611,10 +629,14 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderValue};
 
+    fn test_secret() -> Secret {
+        Secret::from_bytes(&[1; crate::auth::SECRET_LEN])
+    }
+
     fn caller(token: &'static str) -> CallerKey {
         let mut h = HeaderMap::new();
         h.insert("x-auth-token", HeaderValue::from_static(token));
-        CallerKey::of(&h)
+        CallerKey::of(&test_secret(), &h)
     }
 
     fn record(size: u64) -> Expected {
@@ -855,7 +877,7 @@ mod tests {
         for i in 0..n {
             let mut h = HeaderMap::new();
             h.insert("x-auth-token", HeaderValue::from(i));
-            give(&g, CallerKey::of(&h), "img", &record(1), t);
+            give(&g, CallerKey::of(&test_secret(), &h), "img", &record(1), t);
         }
         let held = g.len();
         assert!(held < n, "{held} of {n} held");
@@ -866,7 +888,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-auth-token", HeaderValue::from(n - 1));
         assert!(
-            g.was_granted(CallerKey::of(&h), "img"),
+            g.was_granted(CallerKey::of(&test_secret(), &h), "img"),
             "the newest is kept (LRU)"
         );
     }

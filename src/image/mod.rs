@@ -42,6 +42,7 @@ use crate::digest::Expected;
 use crate::error::Error;
 use crate::fetch::{self, Plan, Started};
 use crate::grants::Grants;
+use crate::identity::Resolved;
 use crate::outcome::{BypassReason, Decision, Outcome, QuarantineReason};
 use crate::sendfile::{self, Hooks};
 use crate::upstream::glance::{Api, ImageInfo, Small};
@@ -56,6 +57,21 @@ pub struct Context<'a> {
     /// `None` when `cache.enabled` is false.
     pub cache: Option<&'a Arc<Cache>>,
     pub grants: &'a Grants,
+    /// Who a Keystone token is: the grants' key.
+    pub identity: &'a crate::identity::Resolver,
+}
+
+impl Context<'_> {
+    /// The key the grants of a caller sending these headers (as they go to Glance) are
+    /// kept under: its Keystone identity when `auth.keystone_url` resolves it, else its exact
+    /// identity headers; nobody's when Keystone refuses the token.
+    pub async fn who(&self, caller: &HeaderMap) -> CallerKey {
+        match self.identity.resolve(caller).await {
+            Resolved::Identity(identity) => self.grants.caller_identity(&identity),
+            Resolved::Refused => CallerKey::nobody(),
+            Resolved::Exact => self.grants.caller(caller),
+        }
+    }
 }
 
 /// An image-data response, which upstream (if any) answered for it, how it was served and, for
@@ -118,7 +134,7 @@ pub async fn serve(
     let ask = Ask {
         api,
         image_id,
-        who: CallerKey::of(&caller),
+        who: ctx.who(&caller).await,
         asked_ms: crate::grants::now_ms(),
         ticket: ctx.grants.ticket(),
         caller,

@@ -29,7 +29,9 @@ pub async fn record(
     image_id: &str,
     down: &Downstream<'_>,
 ) -> Result<(Forwarded, Option<Decision>), Error> {
-    let who = CallerKey::of(&ctx.upstream.caller_headers(req.headers(), down));
+    let who = ctx
+        .who(&ctx.upstream.caller_headers(req.headers(), down))
+        .await;
     let answer = ctx.upstream.forward(req, down).await;
     let answered = match &answer {
         Ok(forwarded) => Answered::Status(forwarded.response.status()),

@@ -178,6 +178,7 @@ fn image_context(shared: &Shared) -> image::Context<'_> {
         upstream: &shared.upstream,
         cache: shared.cache.as_ref(),
         grants: &shared.grants,
+        identity: &shared.identity,
     }
 }
 

@@ -1,11 +1,12 @@
 //! Test support, shared by every integration test (`mod support;`) and by benches/load.rs:
 //! `fake_glance` (the in-process Glance stand-in and its fault injection), `proxy` (the proxy
-//! library on port 0 and test configs), `process` (the real binary as a child process),
+//! library on port 0 and test configs), `fake_keystone` (token validation), `process` (the real binary as a child process),
 //! `client` (raw HTTP client helpers); and here, small helpers every part uses.
 #![allow(dead_code)] // each test file uses a different part of this module
 
 mod client;
 mod fake_glance;
+mod fake_keystone;
 mod process;
 mod proxy;
 
@@ -23,6 +24,8 @@ pub use client::{
 };
 #[allow(unused_imports)]
 pub use fake_glance::{FakeGlance, Faults, Seen};
+#[allow(unused_imports)]
+pub use fake_keystone::FakeKeystone;
 #[allow(unused_imports)]
 pub use process::{files_in, ProxyProcess, BIN};
 #[allow(unused_imports)]

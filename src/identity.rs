@@ -1,0 +1,395 @@
+//! Who a Keystone token is (`[auth] keystone_url`): the identity grants are keyed by, so a
+//! renewed token of the same identity keeps them and a revoked one loses them.
+//!
+//! A token not yet resolved is validated once against Keystone (`GET /v3/auth/tokens`, the
+//! token as both `X-Auth-Token` and `X-Subject-Token`: Keystone lets a token validate itself,
+//! no service credentials), through `Upstream::call_service`. `interpret` (pure) says what the
+//! answer means: 200 an identity (user, project, user and project domains, domain scope,
+//! system scope, `is_admin_project`, sorted roles, as oslo.context sees them) with its
+//! `expires_at`; 404 (an invalid or expired subject) and 401 (the token revoked or expired)
+//! a refusal; anything else, or no answer, unavailable. Identities and refusals are cached
+//! by the token's SHA-256 (never the token itself), bounded in bytes, each for
+//! `identity_cache_ttl` and never past the token's `expires_at`. With a service token
+//! (`X-Service-Token`), it is resolved too and is part of the identity.
+//! `Resolved::Exact` (no URL, no token, or Keystone unavailable) keys grants by the exact
+//! credentials, as without a URL: never wider.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::IdentityConfig;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// The most of Keystone's answer read (a token without its catalog is a few KiB).
+const MAX_ANSWER: usize = 1 << 20;
+/// The cache's bound: some 50,000 tokens of a few hundred bytes of identity each.
+const MAX_CACHE_BYTES: u64 = 16 << 20;
+
+/// Whose grants a request may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// Keystone says the token is this identity (canonical text, for `Grants::caller_identity`).
+    Identity(Arc<str>),
+    /// Keystone refused the token (or its service token): no grant is used.
+    Refused,
+    /// Grants keyed by the exact credentials: no Keystone URL, no token, or Keystone
+    /// unreachable or failing.
+    Exact,
+}
+
+/// What Keystone's answer about one token means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The token's identity (canonical text) and when it expires (unix ms), if it says.
+    Valid {
+        identity: String,
+        expires_ms: Option<u64>,
+    },
+    Refused,
+    /// No answer that says either (5xx, 403 from a policy, an unreadable 200, no answer).
+    Unavailable,
+}
+
+/// What Keystone's `status` and `body` to a token's self-validation mean.
+pub fn interpret(status: StatusCode, body: &[u8]) -> Answer {
+    match status {
+        StatusCode::OK => match identity_of(body) {
+            Some((identity, expires_ms)) => Answer::Valid {
+                identity,
+                expires_ms,
+            },
+            None => Answer::Unavailable,
+        },
+        StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED => Answer::Refused,
+        _ => Answer::Unavailable,
+    }
+}
+
+/// The identity in a token body, as one canonical text (a JSON array: unambiguous), and its
+/// expiry; `None` without a user id.
+fn identity_of(body: &[u8]) -> Option<(String, Option<u64>)> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let token = value.get("token")?;
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let user = token.get("user")?.get("id")?.as_str()?.to_string();
+    let system = match token.get("system") {
+        Some(Value::Object(scopes)) => {
+            let mut on: Vec<&str> = scopes
+                .iter()
+                .filter(|(_, v)| v.as_bool() == Some(true))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            on.sort_unstable();
+            on.join(",")
+        }
+        _ => String::new(),
+    };
+    let mut roles: Vec<String> = token
+        .get("roles")
+        .and_then(Value::as_array)
+        .map(|roles| {
+            roles
+                .iter()
+                .filter_map(|r| r.get("name")?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort_unstable();
+    roles.dedup();
+    let is_admin_project = match token.get("is_admin_project") {
+        Some(Value::Bool(b)) => b.to_string(),
+        _ => String::new(),
+    };
+    let identity = serde_json::json!([
+        user,
+        text(&token["user"]["domain"]["id"]),
+        text(&token["project"]["id"]),
+        text(&token["project"]["domain"]["id"]),
+        text(&token["domain"]["id"]),
+        system,
+        is_admin_project,
+        roles,
+    ])
+    .to_string();
+    let expires_ms = token
+        .get("expires_at")
+        .and_then(Value::as_str)
+        .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Some((identity, expires_ms))
+}
+
+/// A cached answer: an identity or a refusal, standing until `until_ms`.
+#[derive(Clone)]
+struct Entry {
+    identity: Option<Arc<str>>,
+    until_ms: u64,
+}
+
+/// Resolves callers' tokens with Keystone, when a URL is set.
+pub struct Resolver {
+    keystone: Option<Keystone>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+struct Keystone {
+    /// `<keystone_url>/v3/auth/tokens?nocatalog`.
+    tokens_url: String,
+    upstream: Arc<Upstream>,
+    ttl: Duration,
+    cache: moka::sync::Cache<[u8; 32], Entry>,
+}
+
+impl Resolver {
+    pub fn new(
+        config: &IdentityConfig,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+    ) -> Resolver {
+        let keystone = config.keystone_url.as_ref().map(|url| {
+            let base = url.as_str().trim_end_matches('/');
+            let tokens_url = match base.ends_with("/v3") {
+                true => format!("{base}/auth/tokens?nocatalog"),
+                false => format!("{base}/v3/auth/tokens?nocatalog"),
+            };
+            Keystone {
+                tokens_url,
+                upstream,
+                ttl: config.cache_ttl,
+                cache: moka::sync::Cache::builder()
+                    .max_capacity(MAX_CACHE_BYTES)
+                    .weigher(|_, e: &Entry| {
+                        u32::try_from(e.identity.as_ref().map_or(0, |i| i.len()) + 96)
+                            .unwrap_or(u32::MAX)
+                    })
+                    .time_to_live(config.cache_ttl.max(Duration::from_millis(1)))
+                    .build(),
+            }
+        });
+        Resolver {
+            keystone,
+            metrics: Some(metrics),
+        }
+    }
+
+    /// No Keystone: every caller is its exact credentials.
+    pub fn exact() -> Resolver {
+        Resolver {
+            keystone: None,
+            metrics: None,
+        }
+    }
+
+    /// Whose grants a caller sending these identity headers may use (counted in
+    /// `identity_resolutions_total` when Keystone is set).
+    pub async fn resolve(&self, caller: &HeaderMap) -> Resolved {
+        let Some(keystone) = &self.keystone else {
+            return Resolved::Exact;
+        };
+        let (resolved, cached) = self.resolve_with(keystone, caller).await;
+        let result = match (&resolved, cached) {
+            (Resolved::Identity(_), true) => "cached",
+            (Resolved::Identity(_), false) => "keystone",
+            (Resolved::Refused, _) => "invalid",
+            (Resolved::Exact, _) => "fallback",
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.identity_resolved(result);
+        }
+        resolved
+    }
+
+    /// `resolve` with Keystone, and whether every answer was cached.
+    async fn resolve_with(&self, keystone: &Keystone, caller: &HeaderMap) -> (Resolved, bool) {
+        let Some(token) = caller
+            .get("x-auth-token")
+            .or_else(|| caller.get("x-storage-token"))
+        else {
+            return (Resolved::Exact, false);
+        };
+        let (user, cached) = match self.identity(keystone, token).await {
+            (Answer::Valid { identity, .. }, cached) => (identity, cached),
+            (Answer::Refused, cached) => return (Resolved::Refused, cached),
+            (Answer::Unavailable, _) => return (Resolved::Exact, false),
+        };
+        let Some(service) = caller.get("x-service-token") else {
+            return (Resolved::Identity(user.into()), cached);
+        };
+        match self.identity(keystone, service).await {
+            (Answer::Valid { identity, .. }, both) => (
+                Resolved::Identity(format!("{user} service {identity}").into()),
+                cached && both,
+            ),
+            (Answer::Refused, both) => (Resolved::Refused, cached && both),
+            (Answer::Unavailable, _) => (Resolved::Exact, false),
+        }
+    }
+
+    /// `Keystone::identity`, timed when Keystone is asked.
+    async fn identity(&self, keystone: &Keystone, token: &HeaderValue) -> (Answer, bool) {
+        let started = std::time::Instant::now();
+        let (answer, cached) = keystone.identity(token).await;
+        if let (false, Some(metrics)) = (cached, &self.metrics) {
+            metrics.keystone_response(started.elapsed().as_secs_f64());
+        }
+        (answer, cached)
+    }
+}
+
+impl Keystone {
+    /// The token's identity: cached, or Keystone's answer (cached when it says); whether it
+    /// was cached.
+    async fn identity(&self, token: &HeaderValue) -> (Answer, bool) {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = now_ms();
+        if let Some(entry) = self.cache.get(&key) {
+            if now < entry.until_ms {
+                let answer = match entry.identity {
+                    Some(identity) => Answer::Valid {
+                        identity: identity.to_string(),
+                        expires_ms: Some(entry.until_ms),
+                    },
+                    None => Answer::Refused,
+                };
+                return (answer, true);
+            }
+            self.cache.invalidate(&key);
+        }
+        let answer = self.ask(token).await;
+        let ttl_until = now.saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
+        match &answer {
+            Answer::Valid {
+                identity,
+                expires_ms,
+            } => {
+                let until_ms = expires_ms.map_or(ttl_until, |e| e.min(ttl_until));
+                if until_ms > now {
+                    let identity = Some(Arc::from(identity.as_str()));
+                    self.cache.insert(key, Entry { identity, until_ms });
+                }
+            }
+            Answer::Refused if ttl_until > now => {
+                let until_ms = ttl_until;
+                self.cache.insert(
+                    key,
+                    Entry {
+                        identity: None,
+                        until_ms,
+                    },
+                );
+            }
+            _ => {}
+        }
+        (answer, false)
+    }
+
+    /// Keystone's answer about `token`, validating itself.
+    async fn ask(&self, token: &HeaderValue) -> Answer {
+        let req = match Request::builder()
+            .method(Method::GET)
+            .uri(&self.tokens_url)
+            .header("x-auth-token", token.clone())
+            .header("x-subject-token", token.clone())
+            .body(Bytes::new())
+        {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::warn!(url = %self.tokens_url, error = %e, "cannot ask Keystone about a token");
+                return Answer::Unavailable;
+            }
+        };
+        match self.upstream.call_service(req, MAX_ANSWER).await {
+            Ok((status, _, body)) => {
+                let answer = interpret(status, &body);
+                if answer == Answer::Unavailable {
+                    tracing::warn!(url = %self.tokens_url, %status, "Keystone did not say who a token is; grants keyed by the exact credentials");
+                }
+                answer
+            }
+            Err(e) => {
+                tracing::warn!(url = %self.tokens_url, error = %e, "Keystone unreachable; grants keyed by the exact credentials");
+                Answer::Unavailable
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::clock::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(extra: &str, roles: &[&str]) -> Vec<u8> {
+        let roles: Vec<Value> = roles
+            .iter()
+            .map(|r| serde_json::json!({"id": format!("id-{r}"), "name": r}))
+            .collect();
+        format!(
+            r#"{{"token": {{"user": {{"id": "u1", "domain": {{"id": "default"}}}},
+            "project": {{"id": "p1", "domain": {{"id": "default"}}}},
+            "roles": {}, "expires_at": "2026-12-07T15:00:00.000000Z"{extra}}}}}"#,
+            Value::from(roles)
+        )
+        .into_bytes()
+    }
+
+    fn identity(answer: Answer) -> String {
+        match answer {
+            Answer::Valid { identity, .. } => identity,
+            other => panic!("not valid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_answer_means_an_identity_a_refusal_or_nothing() {
+        let a = interpret(StatusCode::OK, &token("", &["reader", "member"]));
+        let Answer::Valid { expires_ms, .. } = &a else {
+            panic!("{a:?}");
+        };
+        assert_eq!(*expires_ms, Some(1_796_655_600_000));
+        let same = interpret(StatusCode::OK, &token("", &["member", "reader", "member"]));
+        assert_eq!(
+            identity(a.clone()),
+            identity(same),
+            "roles sorted, once each"
+        );
+        let fewer = interpret(StatusCode::OK, &token("", &["reader"]));
+        assert_ne!(identity(a.clone()), identity(fewer), "roles are identity");
+        let system = interpret(
+            StatusCode::OK,
+            &token(r#", "system": {"all": true}"#, &["reader", "member"]),
+        );
+        assert_ne!(
+            identity(a.clone()),
+            identity(system),
+            "system scope is identity"
+        );
+        assert_eq!(interpret(StatusCode::NOT_FOUND, b""), Answer::Refused);
+        assert_eq!(interpret(StatusCode::UNAUTHORIZED, b"{}"), Answer::Refused);
+        for status in [
+            StatusCode::FORBIDDEN,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert_eq!(interpret(status, b""), Answer::Unavailable, "{status}");
+        }
+        assert_eq!(interpret(StatusCode::OK, b"not json"), Answer::Unavailable);
+        assert_eq!(
+            interpret(StatusCode::OK, br#"{"token": {"project": {"id": "p1"}}}"#),
+            Answer::Unavailable,
+            "no user: no identity"
+        );
+    }
+}

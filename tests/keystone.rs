@@ -1,0 +1,169 @@
+//! Grants that follow the Keystone identity (issue 29; README "Edge sites"), against the fake
+//! Glance and a fake Keystone: a renewed token of the same identity uses the grant; while
+//! Glance is down a token issued after the stop is served, another project's and a made-up
+//! one are not; a revoked token stops being served within `identity_cache_ttl`; Keystone
+//! unreachable or failing falls back to the exact credentials (never wider).
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{config, metric, pattern, send, FakeGlance, FakeKeystone, Got, TestProxy};
+
+/// `identity_resolutions_total{result}`.
+async fn resolutions(proxy: &TestProxy, result: &str) -> f64 {
+    let admin = proxy.admin_url.as_deref().expect("admin listener");
+    let series = format!("glance_cache_proxy_identity_resolutions_total{{result=\"{result}\"}}");
+    metric(admin, &series).await
+}
+
+async fn get_as(proxy: &TestProxy, id: &str, token: &str) -> Got {
+    let url = format!("{}/v2/images/{id}/file", proxy.url);
+    send(&url, "GET", &[("x-auth-token", token)], Bytes::new()).await
+}
+
+/// Requests Glance saw about image `id` with `token`.
+fn asked(glance: &FakeGlance, id: &str, token: &str) -> usize {
+    glance
+        .seen()
+        .iter()
+        .filter(|s| s.path_and_query.starts_with(&format!("/v2/images/{id}")))
+        .filter(|s| s.headers.get("x-auth-token").is_some_and(|t| t == token))
+        .count()
+}
+
+async fn cached(proxy: &TestProxy, id: &str) {
+    for _ in 0..500 {
+        if proxy.is_cached(id) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} was never cached");
+}
+
+/// Glance, Keystone (alice's two tokens, bob's in another project) and a proxy with these
+/// `[auth]` settings and the Keystone URL; alice's first token has the image cached.
+async fn setup(auth: &str) -> (FakeGlance, FakeKeystone, TestProxy, Bytes) {
+    let glance = FakeGlance::start().await;
+    let keystone = FakeKeystone::start().await;
+    for (token, user, project) in [
+        ("alice-1", "alice", "p1"),
+        ("alice-2", "alice", "p1"),
+        ("bob-1", "bob", "p2"),
+    ] {
+        keystone.issue(token, user, project, &["member", "reader"]);
+    }
+    let extra = format!("[auth]\nkeystone_url = \"{}/v3\"\n{auth}", keystone.url);
+    let proxy = TestProxy::start_with_admin(config(&[&glance.url], &extra)).await;
+    let image = pattern(1 << 20, 29);
+    glance.add_image("img", image.clone());
+    let got = get_as(&proxy, "img", "alice-1").await;
+    assert!(got.status == 200 && got.body == image, "the miss");
+    cached(&proxy, "img").await;
+    (glance, keystone, proxy, image)
+}
+
+#[tokio::test]
+async fn a_renewed_token_of_the_same_identity_uses_the_grant() {
+    let (glance, keystone, proxy, image) = setup("grant_ttl = \"60s\"\n").await;
+    let got = get_as(&proxy, "img", "alice-2").await;
+    assert!(got.status == 200 && got.body == image);
+    assert_eq!(asked(&glance, "img", "alice-2"), 0, "Glance not asked");
+    let got = get_as(&proxy, "img", "alice-2").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(keystone.asked("alice-2"), 1, "validated once, then cached");
+    let got = get_as(&proxy, "img", "bob-1").await;
+    assert_eq!(got.status, 200);
+    assert!(
+        asked(&glance, "img", "bob-1") > 0,
+        "another identity asks Glance"
+    );
+    // alice-1, alice-2, bob-1 asked; alice-2's second request cached.
+    assert!(resolutions(&proxy, "keystone").await >= 3.0);
+    assert!(resolutions(&proxy, "cached").await >= 1.0);
+    assert_eq!(resolutions(&proxy, "fallback").await, 0.0);
+    let admin = proxy.admin_url.as_deref().expect("admin listener");
+    let timed = metric(admin, "glance_cache_proxy_keystone_response_seconds_count").await;
+    assert!(timed >= 3.0, "{timed}");
+}
+
+#[tokio::test]
+async fn while_glance_is_down_the_identity_is_served_and_nobody_else() {
+    let (glance, keystone, proxy, image) = setup("offline_grace = \"1h\"\n").await;
+    glance.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    keystone.issue("alice-3", "alice", "p1", &["reader", "member"]);
+    let got = get_as(&proxy, "img", "alice-3").await;
+    assert!(
+        got.status == 200 && got.body == image,
+        "a token issued after the stop"
+    );
+    assert_eq!(
+        get_as(&proxy, "img", "bob-1").await.status,
+        502,
+        "another project"
+    );
+    assert_eq!(
+        get_as(&proxy, "img", "made-up").await.status,
+        502,
+        "made up"
+    );
+    keystone.issue("alice-admin", "alice", "p1", &["admin", "member", "reader"]);
+    assert_eq!(
+        get_as(&proxy, "img", "alice-admin").await.status,
+        502,
+        "other roles: another identity"
+    );
+    assert!(resolutions(&proxy, "invalid").await >= 1.0, "made-up");
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_being_served_within_the_identity_cache_ttl() {
+    let (glance, keystone, proxy, image) =
+        setup("offline_grace = \"1h\"\nidentity_cache_ttl = \"500ms\"\n").await;
+    glance.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    keystone.revoke("alice-1");
+    let revoked = tokio::time::Instant::now();
+    loop {
+        let got = get_as(&proxy, "img", "alice-1").await;
+        if got.status == 502 {
+            break;
+        }
+        assert!(got.status == 200 && got.body == image);
+        assert!(
+            revoked.elapsed() < Duration::from_millis(1500),
+            "still served {:?} after the revocation",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = get_as(&proxy, "img", "alice-2").await;
+    assert_eq!(got.status, 200, "the same identity's other token still is");
+}
+
+#[tokio::test]
+async fn keystone_failing_or_unreachable_falls_back_to_the_exact_credentials() {
+    let (glance, keystone, proxy, _) = setup("grant_ttl = \"60s\"\n").await;
+    keystone.fail(true);
+    // Not resolved: keyed by the exact credentials, which Glance has not granted; asks Glance.
+    assert_eq!(get_as(&proxy, "img", "alice-2").await.status, 200);
+    assert!(
+        asked(&glance, "img", "alice-2") > 0,
+        "no widening: Glance asked"
+    );
+    keystone.stop();
+    let before = asked(&glance, "img", "alice-2");
+    assert_eq!(get_as(&proxy, "img", "alice-2").await.status, 200);
+    assert_eq!(
+        asked(&glance, "img", "alice-2"),
+        before,
+        "its own exact credentials' grant"
+    );
+    let got = get_as(&proxy, "img", "bob-1").await;
+    assert_eq!(got.status, 200);
+    assert!(asked(&glance, "img", "bob-1") > 0);
+    assert!(resolutions(&proxy, "fallback").await >= 3.0);
+}
