@@ -20,7 +20,8 @@
 //! - leaves: `auth` (caller identity headers and keys), `clock` (the wall clock), `config` (TOML ->
 //!   validated `Config`), `digest` (what a record promises), `outcome` (enums of what
 //!   happened), `route` (pure classification), `sys` (the only unsafe), `tls` (PEM, roots,
-//!   reloadable identities).
+//!   reloadable identities), `writable` (whether the proxy can write its directories: the
+//!   start-up probe and the running tally of cache write failures).
 
 pub mod app;
 pub mod auth;
@@ -43,3 +44,4 @@ pub mod state;
 pub mod sys;
 pub mod tls;
 pub mod upstream;
+pub mod writable;

@@ -141,7 +141,7 @@ const LAYERS: &[&[&str]] = &[
     &["body"],
     &["sendfile"],
     &[
-        "auth", "clock", "config", "digest", "outcome", "route", "sys", "tls",
+        "auth", "clock", "config", "digest", "outcome", "route", "sys", "tls", "writable",
     ],
 ];
 

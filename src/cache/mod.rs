@@ -25,6 +25,7 @@ use crate::body::BoxError;
 use crate::config::CacheConfig;
 use crate::digest::Expected;
 use crate::outcome::{BypassReason, FillResult, QuarantineReason};
+use crate::writable::DiskHealth;
 use fill::{Failure, Fill, Progress, Rules};
 use index::{Entry, Index, Reservation};
 use store::{unix_ms, EntryMeta, Fingerprint, Store, StoreError, TempFile};
@@ -142,15 +143,18 @@ pub struct Cache {
     config: CacheConfig,
     pub stats: Stats,
     removed: std::sync::OnceLock<OnRemoved>,
+    /// Write failures in a row (`/readyz`, `cache_writable`): fed by fills.
+    disk: Arc<DiskHealth>,
 }
 
 impl Cache {
     /// Open the cache directory, remove leftovers and rebuild the index from disk.
-    pub fn open(config: &CacheConfig) -> Result<Cache, StoreError> {
-        store::startup(|| Cache::open_here(config))
+    /// `disk` learns how each fill's writes went.
+    pub fn open(config: &CacheConfig, disk: Arc<DiskHealth>) -> Result<Cache, StoreError> {
+        store::startup(|| Cache::open_here(config, disk))
     }
 
-    fn open_here(config: &CacheConfig) -> Result<Cache, StoreError> {
+    fn open_here(config: &CacheConfig, disk: Arc<DiskHealth>) -> Result<Cache, StoreError> {
         let started = std::time::Instant::now();
         let store = Store::open(&config.dir)?;
         let scan = store.scan()?;
@@ -207,6 +211,7 @@ impl Cache {
             config: config.clone(),
             stats: Stats::default(),
             removed: std::sync::OnceLock::new(),
+            disk,
         })
     }
 
@@ -436,6 +441,11 @@ impl Cache {
         self.config.verify_md5
     }
 
+    /// Whether the cache's writes go through (`/readyz`, `cache_writable`).
+    pub fn disk(&self) -> &Arc<DiskHealth> {
+        &self.disk
+    }
+
     /// The cache directory.
     pub fn dir(&self) -> &std::path::Path {
         &self.config.dir
@@ -562,6 +572,8 @@ impl Cache {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(image_id = %id, error = %e, "cannot create a cache file");
+                self.disk
+                    .failed(format!("creating a file for image {id}: {e}"));
                 self.stats.fills.add(e.fault().into());
                 return Begin::Bypass(e.fault().into());
             }
@@ -778,6 +790,7 @@ impl Starter {
             };
             match result {
                 Ok(()) => {
+                    cache.disk.succeeded();
                     cache.stats.fills.add(FillResult::Committed);
                     tracing::info!(image_id = %fill.image_id, size = fill.expected.size, "cached");
                     let _ = tx.send(Progress::Committed);
@@ -787,6 +800,11 @@ impl Starter {
                     if let Failure::Disk { written, fault } = &failure {
                         // Operator action needed (disk full or failing): error level, once.
                         tracing::error!(image_id = %fill.image_id, reason = fault.as_str(), written, "cache write failed; nothing kept, readers continue from upstream");
+                        cache.disk.failed(format!(
+                            "writing image {} ({})",
+                            fill.image_id,
+                            fault.as_str()
+                        ));
                     } else {
                         tracing::warn!(image_id = %fill.image_id, reason = failure.result().as_str(), detail = ?failure, "fill failed; nothing kept");
                     }
