@@ -4,8 +4,10 @@
 # cache volume, entrypoint and command), then run with podman on the host's network (as the
 # DaemonSet's hostNetwork) in front of a real Glance (scripts/glance-upstream/, noauth, its
 # own cache off): /healthz and /readyz on the metrics port (the probes), a miss, a hit from
-# the cache volume (checked on /metrics and byte for byte), then SIGTERM: exit 0. Everything
-# on 127.0.0.1, bounded in time; containers, volume, image, Glance and temp files are removed.
+# the cache volume (checked on /metrics and byte for byte), then SIGTERM: exit 0. Last, the
+# README's container block as written (its `podman run` publishing 127.0.0.1:9393 and :9394,
+# which must be free, its checks and its stop). Everything on 127.0.0.1, bounded in time;
+# containers, volumes, image tags, Glance and temp files are removed.
 #
 # podman runs with the runc runtime when crun refuses (crun 1.8 cannot set up a container on a
 # host with cgroups v1 and v2 mounted side by side, "hybrid mode", like this project's VMs), and
