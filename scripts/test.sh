@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit, integration and tidy tests (cargo test), the deployment checks,
 # fuzzing, then the end-to-end suite against a real Glance with the real clients
-# (scripts/e2e.sh, which installs the Glance venv it needs). Everything binds 127.0.0.1 only.
+# (scripts/e2e.sh, which installs the Glance venv it needs) and the README's walkthrough
+# (scripts/try-it.sh, which needs 127.0.0.1:9292, :9393 and :9394 free). Everything binds
+# 127.0.0.1 only.
 # Each stage prints its time; a closing summary gives the Rust tests passed and failed, the
 # fuzz targets run, the end-to-end tests passed and failed, and each stage's time. A failed
 # stage does not stop the later ones; the exit status is non-zero if any failed.
@@ -13,7 +15,7 @@
 # (warn) only prints it, since other users of a shared machine write to /tmp too.
 #
 #   scripts/test.sh                 # all tests
-#   SKIP_E2E=1 scripts/test.sh      # no end-to-end tests
+#   SKIP_E2E=1 scripts/test.sh      # no end-to-end tests (nor the walkthrough)
 #   FUZZ_SECONDS=0 scripts/test.sh  # no fuzzing (default: 60 s per target)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -81,6 +83,8 @@ else
         echo "${n:-0}"
     }
     note "e2e: $(e2e_count passed) passed, $(e2e_count failed) failed, $(e2e_count error) errors, $(e2e_count skipped) skipped"
+    # The README's "Then try it", as written, with scripts/run.sh --with-glance.
+    stage try-it scripts/try-it.sh
 fi
 
 # Leftovers: new names in the watched directories, and whatever is left in the run's own
