@@ -108,7 +108,7 @@ fn shared(
     // Grants persist beside the cache (for `auth.offline_grace`) and follow its removals.
     let grants = match &cache {
         Some(cache) => {
-            let grants = crate::cache::store::startup(|| {
+            let grants = crate::disk::startup(|| {
                 Grants::open(config.auth, &config.cache.dir, |id| cache.is_cached(id))
             })
             .map_err(StoreError::from)?;
@@ -124,6 +124,7 @@ fn shared(
         scrub,
         grants,
         metrics,
+        sendfile: Arc::default(),
     })
 }
 
@@ -134,8 +135,7 @@ fn writable_dirs(root: &std::path::Path) -> Result<DiskHealth, StartError> {
     let mut dirs = vec![root.to_path_buf()];
     dirs.extend(crate::cache::store::dirs(root));
     dirs.push(root.join(crate::prefetch::queue::QUEUE_DIR));
-    crate::cache::store::startup(|| crate::writable::check(root, &dirs))
-        .map_err(StartError::Unwritable)?;
+    crate::disk::startup(|| crate::writable::check(root, &dirs)).map_err(StartError::Unwritable)?;
     Ok(DiskHealth::new(root.to_path_buf(), dirs))
 }
 
@@ -204,7 +204,7 @@ pub async fn serve(
         task.abort();
     }
     // The grants the last batch did not write (for `auth.offline_grace`).
-    if let Ok(Err(e)) = crate::cache::store::blocking(move || grants.save()).await {
+    if let Ok(Err(e)) = crate::disk::blocking(move || grants.save()).await {
         tracing::warn!(error = %e, "cannot write the remembered grants at stop");
     }
 }

@@ -11,17 +11,20 @@
 //! - `prefetch`: the persistent queue and the worker that fills the cache from it.
 //! - `grants`: Glance's recent decisions (who may download what), bounded, for the windows
 //!   `auth.grant_ttl` and `auth.offline_grace`, persisted for the grace.
-//! - `cache`: the image cache: index, store, fills, verification, scrubber.
+//! - `cache`: the image cache: index, store, fills (the write side) and readers (the read
+//!   side), verification, scrubber.
 //! - `upstream`: the only outbound HTTP: pool, failover, timeouts, header rules, link rewriting.
 //! - `error`: the proxy's own errors and the one table that turns them into responses.
 //! - `metrics`: Prometheus names, counters and histograms, and the scrape-time snapshot.
-//! - `body`: the response body types and the idle-timeout wrapper.
+//! - `body`: the response body types, the idle-timeout wrapper, and `follow` (the body of a
+//!   growing file: sendfile spans or reads).
 //! - `sendfile`: zero-copy hits: the file-span chunks, their guard, the socket wrapper.
+//! - `writable`: whether the proxy can write its directories: the start-up probe and the
+//!   running tally of cache write failures (`/readyz`).
 //! - leaves: `auth` (caller identity headers and keys), `clock` (the wall clock), `config` (TOML ->
 //!   validated `Config`), `digest` (what a record promises), `outcome` (enums of what
 //!   happened), `route` (pure classification), `sys` (the only unsafe), `tls` (PEM, roots,
-//!   reloadable identities), `writable` (whether the proxy can write its directories: the
-//!   start-up probe and the running tally of cache write failures).
+//!   reloadable identities).
 
 pub mod app;
 pub mod auth;
@@ -30,6 +33,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod digest;
+pub mod disk;
 pub mod error;
 pub mod grants;
 pub mod image;

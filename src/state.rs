@@ -26,6 +26,8 @@ pub struct Shared {
     /// `auth.grant_ttl`, `auth.offline_grace`).
     pub grants: Grants,
     pub metrics: Arc<Metrics>,
+    /// What this instance's connections sent with sendfile (and read in when cold).
+    pub sendfile: Arc<crate::sendfile::Counters>,
 }
 
 impl Shared {
@@ -34,8 +36,8 @@ impl Shared {
         let mut snap = Snapshot {
             upstreams: self.upstream.health(),
             failovers: self.upstream.failovers(),
-            sendfile_bytes: crate::sendfile::bytes_sent(),
-            cold_read_bytes: crate::sendfile::bytes_warmed(),
+            sendfile_bytes: self.sendfile.sent(),
+            cold_read_bytes: self.sendfile.warmed(),
             ..Snapshot::default()
         };
         if let Some(cache) = &self.cache {
@@ -49,7 +51,7 @@ impl Shared {
             snap.fills = cache.stats.fills.all();
             snap.fetched_bytes = cache.stats.fetched.load(Relaxed);
             snap.quarantined = cache.stats.quarantined.all();
-            snap.cache_writable = cache.disk().failing().is_none();
+            snap.cache_writable = cache.disk_health().failing().is_none();
         }
         if let Some(s) = &self.scrub {
             snap.scrub_verified_bytes = s.stats.verified_bytes.load(Relaxed);

@@ -9,16 +9,18 @@
 //!
 //! The decisions are pure (`advice`: what to tell the operator; `Tally`: when the disk counts
 //! as failing); the probe's file calls and the reads of `/proc/self/status`, `/etc/passwd` and
-//! `/etc/group` are the only IO. A probe file is named `.writable-probe-<pid>`: a name that
-//! no cache, queue or grants reader takes for one of its own (they skip names starting with
-//! a dot).
+//! `/etc/group` are the only IO. The probe writes as the proxy does (`disk`: directories
+//! 0700, files 0600); its file is named `.writable-probe-<pid>`, a name that no cache, queue
+//! or grants reader takes for one of its own (`disk::is_storable_id` refuses a leading dot).
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use crate::disk;
 
 /// Write failures in a row after which the cache counts as unwritable. One failure can be a
 /// single bad file or a race with a deletion; three in a row, with no success between, is
@@ -219,7 +221,8 @@ pub fn advice(
 }
 
 /// Probe each of `dirs` (under the cache root `root`), in order, creating a missing one
-/// (mode 0700); the first that fails is reported. Disk work: call it off the runtime threads.
+/// (0700, `disk::create_dir_all`); the first that fails is reported. Disk work: call it in
+/// `disk::startup` or `disk::blocking`.
 pub fn check(root: &Path, dirs: &[PathBuf]) -> Result<(), Box<Unwritable>> {
     for dir in dirs {
         if let Err((step, error)) = probe(dir) {
@@ -246,36 +249,25 @@ pub fn check(root: &Path, dirs: &[PathBuf]) -> Result<(), Box<Unwritable>> {
 /// fsync it: what a fill, a queue marker and the grants journal do there.
 fn probe(dir: &Path) -> Result<(), (Step, io::Error)> {
     if !dir.is_dir() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| (Step::CreateDir, e))?;
+        disk::create_dir_all(dir).map_err(|e| (Step::CreateDir, e))?;
     }
     let name = format!(".writable-probe-{}", std::process::id());
     let (path, renamed) = (dir.join(&name), dir.join(format!("{name}.renamed")));
     // Leftovers of a probe killed midway by an earlier process with this pid.
-    let _ = fs::remove_file(&path);
-    let _ = fs::remove_file(&renamed);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| (Step::Create, e))?;
+    let _ = disk::remove_file(&path);
+    let _ = disk::remove_file(&renamed);
+    let mut file = disk::create_file(&path, true).map_err(|e| (Step::Create, e))?;
     let written = file
         .write_all(b"glance-cache-proxy can write here\n")
         .map_err(|e| (Step::Write, e))
         .and_then(|()| file.sync_all().map_err(|e| (Step::Fsync, e)))
         .and_then(|()| fs::rename(&path, &renamed).map_err(|e| (Step::Rename, e)));
     if let Err(failed) = written {
-        let _ = fs::remove_file(&path);
+        let _ = disk::remove_file(&path);
         return Err(failed);
     }
     fs::remove_file(&renamed).map_err(|e| (Step::Remove, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| (Step::FsyncDir, e))
+    disk::sync_dir(dir).map_err(|e| (Step::FsyncDir, e))
 }
 
 /// Write failures in a row, and the last one's description: pure bookkeeping.

@@ -1,6 +1,7 @@
 //! The real binary under process and disk faults: SIGKILL mid-fill and after a commit, then a
 //! restart on the same directory; a disk that fills up mid-fill (a real ENOSPC from a small
-//! tmpfs, mounted in a private user and mount namespace so no privileges are needed).
+//! tmpfs, mounted in a private user and mount namespace so no privileges are needed); and a
+//! start under umask 022, after which everything it created is still private.
 
 mod support;
 
@@ -210,5 +211,101 @@ async fn sigkill_mid_prefetch_keeps_the_queue_and_the_next_start_finishes_it() {
     let got = get(&format!("{}/v2/images/img-q/file", proxy.url)).await;
     assert_eq!(got.body, data);
     assert_eq!(glance.downloads("img-q"), 2, "then a hit");
+    proxy.kill9().await;
+}
+
+/// Issue 26: started by hand with umask 022, everything the proxy creates is still private:
+/// directories 0700, files 0600 (cached images and their records, the queue's markers, the
+/// grants journal, quarantine reports, temporary files).
+#[tokio::test]
+async fn what_the_proxy_creates_is_private_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    let glance = FakeGlance::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    glance.add_image("img", pattern(300_000, 52));
+    glance.add_image("img-q", pattern(4 << 20, 53));
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, "[auth]\noffline_grace = \"1000s\"\n").expect("config");
+    let mut args = vec![
+        "-c".to_string(),
+        "umask 022 && exec \"$@\"".into(),
+        "sh".into(),
+        BIN.into(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    args.extend(self::args(&glance, &cache));
+    let mut proxy = ProxyProcess::start("sh", &args, dir.path().join("umask.log")).await;
+    let mode = |p: &Path| {
+        let meta = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        meta.permissions().mode() & 0o777
+    };
+    let token = [("x-auth-token", "admin")];
+
+    // An entry and its record; the grant it leaves is written within a second.
+    let got = support::send(
+        &format!("{}/v2/images/img/file", proxy.url),
+        "GET",
+        &token,
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    support::until(|| proxy.logged_cached("img")).await;
+    support::until(|| cache.join("grants").exists()).await;
+    // A prefetch under way: its queue marker and its temporary file.
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(20)),
+        ..Default::default()
+    });
+    let put = support::send(
+        &format!("{}/v2/cache/img-q", proxy.url),
+        "PUT",
+        &token,
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(put.status, http::StatusCode::ACCEPTED);
+    support::until(|| files_in(&cache.join("tmp")).len() == 1).await;
+    let tmp = cache.join("tmp").join(&files_in(&cache.join("tmp"))[0]);
+    let created = [
+        cache.clone(),
+        cache.join("images"),
+        cache.join("tmp"),
+        cache.join("queue"),
+        cache.join("quarantine"),
+        cache.join("images/img"),
+        cache.join("images/img.meta"),
+        cache.join("grants"),
+        cache.join("queue/img-q"),
+        tmp,
+    ];
+    let private = |paths: &[std::path::PathBuf]| {
+        for p in paths {
+            let (m, want) = (mode(p), if p.is_dir() { 0o700 } else { 0o600 });
+            assert_eq!(m, want, "{} is {m:o}, not {want:o}", p.display());
+        }
+    };
+    private(&created);
+    // A file changed behind the proxy's back is quarantined: a report.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(cache.join("images/img"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .expect("tamper");
+    glance.set_faults(Faults::default());
+    let again = support::send(
+        &format!("{}/v2/images/img/file", proxy.url),
+        "GET",
+        &token,
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(again.status, 200);
+    support::until(|| files_in(&cache.join("quarantine")).len() == 1).await;
+    private(&[cache
+        .join("quarantine")
+        .join(&files_in(&cache.join("quarantine"))[0])]);
     proxy.kill9().await;
 }

@@ -1,6 +1,6 @@
 //! Zero-copy hits: the bytes of every hit go out with sendfile (counted), byte-exact, with
 //! keep-alive and pipelining intact, under backpressure, client aborts and shutdown.
-//! The sendfile counter is process-wide: the tests take `SERIAL`, and one function's
+//! Each proxy counts its own sendfile bytes (`TestProxy::sendfile_bytes`); one function's
 //! scenarios run in order.
 
 mod support;
@@ -8,14 +8,10 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glance_cache_proxy::sendfile::bytes_sent;
 use http_body_util::BodyExt;
 use support::{config, get, metric, pattern, send, FakeGlance, Faults, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The sendfile counter is process-wide: one test at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Wait (bounded) until `id` is in the index: its files appear a moment earlier, and a
 /// request then joins the fill instead of being a hit.
@@ -25,7 +21,6 @@ async fn cached(proxy: &TestProxy, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_are_zero_copy_and_keep_http_semantics() {
-    let _serial = SERIAL.lock().await;
     let glance = FakeGlance::start().await;
     let mut proxy = TestProxy::start(config(&[&glance.url], "")).await;
     let data = pattern(24 << 20, 120);
@@ -35,7 +30,7 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
     cached(&proxy, "img").await;
 
     // 1. A full hit and a ranged hit: every body byte went through sendfile.
-    let before = bytes_sent();
+    let before = proxy.sendfile_bytes();
     let got = get(&url).await;
     assert!(got.body_error.is_none() && got.body == data);
     let got = send(
@@ -46,7 +41,10 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
     )
     .await;
     assert!(got.body[..] == data[1000..2_000_000]);
-    assert_eq!(bytes_sent() - before, (data.len() + 1_999_000) as u64);
+    assert_eq!(
+        proxy.sendfile_bytes() - before,
+        (data.len() + 1_999_000) as u64
+    );
 
     // 2. Keep-alive: metadata, hit, metadata, ranged hit on one connection.
     let mut sender = support::connection(proxy.addr).await;
@@ -146,7 +144,6 @@ async fn hits_are_zero_copy_and_keep_http_semantics() {
 /// file with sendfile spans (`Conn::file_chunk`), as the metrics page counts, byte-exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_is_sent_to_its_own_client_with_sendfile() {
-    let _serial = SERIAL.lock().await;
     let glance = FakeGlance::start().await;
     let proxy = TestProxy::start_with_admin(config(&[&glance.url], "")).await;
     let admin = proxy.admin_url.clone().expect("admin listener");
@@ -161,10 +158,30 @@ async fn a_miss_is_sent_to_its_own_client_with_sendfile() {
     assert!(got.body_error.is_none(), "{:?}", got.body_error);
     assert!(got.body == data, "the miss's bytes differ");
     assert_eq!(glance.downloads("img"), 1, "one download: a miss");
-    assert!(
-        after - before >= data.len() as f64,
-        "{} bytes went out with sendfile for a miss of {}",
-        after - before,
-        data.len()
+    assert_eq!(before, 0.0, "this proxy's own counter");
+    assert_eq!(
+        after,
+        data.len() as f64,
+        "every byte of the miss went out with sendfile"
     );
+}
+
+/// Issue 26: two proxies in one process count their own sendfile bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_in_one_process_count_their_own_bytes() {
+    let glance = FakeGlance::start().await;
+    let (a, b) = (
+        TestProxy::start(config(&[&glance.url], "")).await,
+        TestProxy::start(config(&[&glance.url], "")).await,
+    );
+    let data = pattern(1 << 20, 122);
+    glance.add_image("img", data.clone());
+    let len = data.len() as u64;
+    for proxy in [&a, &a, &b] {
+        let got = get(&format!("{}/v2/images/img/file", proxy.url)).await;
+        assert!(got.body_error.is_none() && got.body == data);
+        cached(proxy, "img").await;
+    }
+    assert_eq!(a.sendfile_bytes(), 2 * len, "a miss and a hit on a");
+    assert_eq!(b.sendfile_bytes(), len, "a miss on b");
 }

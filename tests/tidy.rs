@@ -140,8 +140,9 @@ const LAYERS: &[&[&str]] = &[
     &["error", "metrics"],
     &["body"],
     &["sendfile"],
+    &["writable"],
     &[
-        "auth", "clock", "config", "digest", "outcome", "route", "sys", "tls", "writable",
+        "auth", "clock", "config", "digest", "disk", "outcome", "route", "sys", "tls",
     ],
 ];
 

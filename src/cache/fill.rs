@@ -1,46 +1,36 @@
-//! Fills: one upstream download per image, written to a temporary file and hashed off the IO
-//! path (md5 and the os_hash each on a blocking thread), while any number of readers stream
-//! the growing file to their clients.
+//! The fill side: one upstream download per image, gathered into batches, written to a
+//! temporary file by a writer thread and hashed off the IO path (a blocking thread per
+//! digest), publishing its `Progress` for the readers (`cache::read`) that stream the
+//! growing file to their clients.
 //!
-//! Readers never receive an image's last byte before the fill is verified and committed, so a
-//! bad fill always ends every reader's response with an error (an aborted connection), never a
-//! clean end with wrong bytes. If the disk fails, the fill stops and each reader fetches the
-//! rest of the image from Glance itself (`Fallback`), so clients still get their image.
+//! Readers never receive an image's last byte before the fill is verified, so a bad fill
+//! always ends every reader's response with an error (an aborted connection), never a clean
+//! end with wrong bytes. If the disk fails, the fill stops (`Failure::Disk`) and each reader
+//! fetches the rest of the image from Glance itself, so clients still get their image.
 
 use std::fs::File;
-use std::future::Future;
 use std::io::{IoSlice, Write};
-use std::os::unix::fs::FileExt;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::body::{BoxError, BytesBody, Chunk, IdleTimeout, ProxyBody};
-use crate::cache::store::{StoreError, TempFile};
+use crate::body::{BoxError, IdleTimeout};
+use crate::cache::store::StoreError;
 use crate::cache::verify::{Digests, Mismatch};
-use crate::cache::Hit;
 use crate::digest::Expected;
+use crate::disk::{injected, TempFile};
 use crate::outcome::{DiskFault, FillResult};
-use crate::sendfile::{self, Hooks, PLACEHOLDER_LEN};
-
-/// Size of each read from the growing file (or a committed one, for a reader in user space).
-/// A client that stops reading holds at most about two of these: the one its connection has
-/// queued, partly sent, and the next (`server::MAX_QUEUED`).
-pub const READ_CHUNK: usize = 64 * 1024;
-/// The least a zero-copy reader sends at a time while the fill runs (a writer's batch).
-const ZERO_COPY_BATCH: u64 = BATCH as u64;
 /// Upstream body bytes gathered into one batch before they go to the writer and the hashers:
 /// one `writev` and one wake-up of each thread per batch, not per frame (hyper hands the body
 /// over in frames of whatever one socket read returned: 8 KiB to about 400 KiB). A batch holds
 /// the frames themselves (`Bytes` shared by the writer and every hasher), never a copy.
-const BATCH: usize = 256 * 1024;
+pub(super) const BATCH: usize = 256 * 1024;
 /// At most this many frames in a batch (an upstream of tiny frames still makes bounded
 /// `writev` calls).
 const BATCH_FRAMES: usize = 256;
@@ -104,8 +94,8 @@ pub struct Fill {
     pub expected: Expected,
     /// Read side of the temporary file (`pread`, so readers share it without seeking). After
     /// the commit's rename it is the committed file.
-    file: Arc<File>,
-    progress: watch::Receiver<Progress>,
+    pub(super) file: Arc<File>,
+    pub(super) progress: watch::Receiver<Progress>,
     readers: AtomicUsize,
 }
 
@@ -271,7 +261,7 @@ impl Writer {
     fn spawn(file: File, size: u64) -> Writer {
         let (tx, mut rx) = mpsc::channel::<Batch>(PIPE_DEPTH);
         let (written_tx, written) = watch::channel(0u64);
-        let job = tokio::task::spawn_blocking(move || {
+        let job = crate::disk::spawn(move || {
             let mut file = file;
             // Blocks for the whole image at once; a disk that refuses fails the writes, as
             // it would have without.
@@ -467,307 +457,16 @@ fn hasher(part: Expected) -> (mpsc::Sender<Batch>, tokio::task::JoinHandle<Diges
     (tx, job)
 }
 
-/// Where a reader gets the rest of the image, from an offset, if the fill's disk fails: a
-/// body of exactly the bytes from that offset to the image's end, supplied by whoever serves
-/// the reader (the image path asks Glance with the caller's credentials). The cache itself
-/// never calls Glance.
-pub type Fallback = Box<dyn FnOnce(u64) -> RestFuture + Send>;
-/// The rest of an image as `Fallback` finds it.
-pub type RestFuture = Pin<Box<dyn Future<Output = Result<BytesBody, BoxError>> + Send>>;
-
-/// What a user-space reader streams: a fill in progress (following it), or a committed entry.
-pub enum Source {
-    Filling(Arc<Fill>),
-    Entry(Hit),
-}
-
-impl Source {
-    fn image_id(&self) -> &str {
-        match self {
-            Source::Filling(f) => &f.image_id,
-            Source::Entry(h) => &h.image_id,
-        }
-    }
-
-    fn size(&self) -> u64 {
-        match self {
-            Source::Filling(f) => f.expected.size,
-            Source::Entry(h) => h.expected.size,
-        }
-    }
-
-    fn file(&self) -> &Arc<File> {
-        match self {
-            Source::Filling(f) => &f.file,
-            Source::Entry(h) => &h.file,
-        }
-    }
-
-    /// The fill's progress; a committed entry is `Committed` for good.
-    fn progress(&self) -> watch::Receiver<Progress> {
-        match self {
-            Source::Filling(f) => f.progress.clone(),
-            Source::Entry(_) => watch::channel(Progress::Committed).1,
-        }
-    }
-}
-
-/// A response body that streams bytes `span` of `source` (the whole image: `0..size`),
-/// following a fill's progress. `hooks.done` runs once every byte was produced after
-/// verification, `hooks.disk_failed` if reading the file fails.
-///
-/// The body is pulled: the next chunk is read from the file only when hyper asks for it, so
-/// a client that stops reading holds at most the one chunk its connection has queued
-/// (`server::MAX_QUEUED`), never a read-ahead of its own.
-///
-/// With `zero_copy` (the connection sends file spans with sendfile) the chunks are spans of
-/// the file that the connection sends from the page cache the writer has just filled: no
-/// read, no copy through user space, no memory held for a client that stops reading. The
-/// fill's own client is served so; a read error then aborts the response, as on a hit, where
-/// a user-space reader continues from the fallback.
-pub fn reader(
-    source: Source,
-    span: std::ops::Range<u64>,
-    fallback: Option<Fallback>,
-    hooks: Hooks,
-    zero_copy: Option<Arc<sendfile::Conn>>,
-) -> ProxyBody {
-    let follower = Follower {
-        // A reader keeps its fill going (see `Rules`).
-        _keep: match &source {
-            Source::Filling(fill) => Some(fill.keep()),
-            Source::Entry(_) => None,
-        },
-        size: source.size(),
-        end: span.end.min(source.size()),
-        offset: span.start,
-        progress: source.progress(),
-        source,
-        fallback,
-        rest: None,
-        hooks,
-        batch: match zero_copy {
-            Some(_) => ZERO_COPY_BATCH,
-            None => READ_CHUNK as u64,
-        },
-        zero_copy,
-        started: false,
-        ended: false,
-    };
-    let chunks = futures_util::stream::unfold(follower, |mut follower| async move {
-        let item = follower.next().await?;
-        Some((item.map(Frame::data), follower))
-    });
-    http_body_util::StreamBody::new(chunks).boxed_unsync()
-}
-
-/// One reader's position in its source.
-struct Follower {
-    source: Source,
-    _keep: Option<Keep>,
-    size: u64,
-    /// Where the span ends (exclusive).
-    end: u64,
-    /// The next byte to send.
-    offset: u64,
-    progress: watch::Receiver<Progress>,
-    fallback: Option<Fallback>,
-    /// The rest of the image from the fallback, once the disk side has failed.
-    rest: Option<BytesBody>,
-    hooks: Hooks,
-    /// The connection sends file spans itself (sendfile): chunks are spans, not reads.
-    zero_copy: Option<Arc<sendfile::Conn>>,
-    /// Bytes worth waking for: a read's size, or a span's at least.
-    batch: u64,
-    /// The body has been asked for a frame before.
-    started: bool,
-    /// Nothing more: the span was sent, or an error was.
-    ended: bool,
-}
-
-impl Follower {
-    /// The next chunk of the span; an error fails the body (the client's connection is
-    /// aborted, never ended cleanly); `None` once every byte was sent after verification.
-    async fn next(&mut self) -> Option<Result<Chunk, BoxError>> {
-        if self.ended {
-            return None;
-        }
-        if !self.started {
-            // Pending once first, so hyper flushes the response head before the body can
-            // fail: a fill that breaks at once still shows as a status and a broken body,
-            // never as a connection closed before any head.
-            self.started = true;
-            tokio::task::yield_now().await;
-        }
-        let next = match self.rest.is_some() {
-            true => self.next_from_rest().await.map(|r| r.map(Chunk::Bytes)),
-            false => self.next_from_file().await,
-        };
-        match &next {
-            None => {
-                self.ended = true;
-                self.hooks.done();
-            }
-            Some(Err(_)) => self.ended = true,
-            Some(Ok(_)) => {}
-        }
-        next
-    }
-
-    /// Wait until the fill has bytes past `offset` worth a read, then read them; or switch to
-    /// the fallback when the fill's disk gave out.
-    async fn next_from_file(&mut self) -> Option<Result<Chunk, BoxError>> {
-        loop {
-            let state = self.progress.borrow_and_update().clone();
-            let limit = match self.readable(&state) {
-                Ok(limit) => limit,
-                Err(Progress::Failed(Failure::Disk { .. } | Failure::Abandoned)) => {
-                    // The fill stopped for a reason that says nothing about the bytes (its
-                    // disk, or it gave up an instant before this reader joined).
-                    return self
-                        .switch_to_rest("cache fill stopped")
-                        .await
-                        .map(|r| r.map(Chunk::Bytes));
-                }
-                Err(failed) => {
-                    let result = match failed {
-                        Progress::Failed(f) => f.result().as_str(),
-                        _ => "unknown",
-                    };
-                    let id = self.source.image_id();
-                    return Some(Err(
-                        format!("image {id} failed verification: {result}").into()
-                    ));
-                }
-            };
-            if self.offset < limit {
-                if let Some(conn) = &self.zero_copy {
-                    let span = self.offset..limit.min(self.offset + PLACEHOLDER_LEN as u64);
-                    self.offset = span.end;
-                    return Some(Ok(conn.file_chunk(Arc::clone(self.source.file()), span)));
-                }
-                return self.read(limit).await.map(|r| r.map(Chunk::Bytes));
-            }
-            if self.offset >= self.end && matches!(state, Progress::Verified | Progress::Committed)
-            {
-                return None;
-            }
-            if self.progress.changed().await.is_err() {
-                // The filler is gone without a final word: treat as failed.
-                return Some(Err("cache fill ended without a result".into()));
-            }
-        }
-    }
-
-    /// How far this reader may read in `state` (the last byte only once verified), or the
-    /// state itself when the fill failed.
-    fn readable(&self, state: &Progress) -> Result<u64, Progress> {
-        Ok(match state {
-            Progress::Starting => 0,
-            Progress::Running { written } => {
-                let available = (*written).min(self.size.saturating_sub(1)).min(self.end);
-                // Wake for a full read, not for every small write of the filler.
-                let batch_ready = available >= self.offset + self.batch
-                    || available + 1 >= self.size
-                    || available >= self.end;
-                if batch_ready {
-                    available
-                } else {
-                    self.offset
-                }
-            }
-            Progress::Verified | Progress::Committed => self.end,
-            Progress::Failed(_) => return Err(state.clone()),
-        })
-    }
-
-    /// Read up to one chunk below `limit` on the blocking pool.
-    async fn read(&mut self, limit: u64) -> Option<Result<Bytes, BoxError>> {
-        let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
-        let (file, at) = (Arc::clone(self.source.file()), self.offset);
-        let read = tokio::task::spawn_blocking(move || {
-            fail::fail_point!("cache::read", |kind| Err(injected(kind)));
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
-        })
-        .await;
-        match read {
-            Ok(Ok(chunk)) => {
-                self.offset += chunk.len() as u64;
-                Some(Ok(chunk))
-            }
-            Ok(Err(e)) => {
-                // The disk failed under us: the bytes read so far were good; the rest comes
-                // from Glance when the request runs to the image's end.
-                let offset = self.offset;
-                tracing::error!(image_id = %self.source.image_id(), offset, error = %e, "cache read failed; continuing from upstream");
-                self.hooks.disk_failed(&e);
-                if self.end != self.size {
-                    return Some(Err(format!("cache read failed: {e}").into()));
-                }
-                self.switch_to_rest("cache read failed").await
-            }
-            Err(e) => Some(Err(e.to_string().into())),
-        }
-    }
-
-    /// Continue from the caller's fallback at `offset`, if there is one.
-    async fn switch_to_rest(&mut self, why: &str) -> Option<Result<Bytes, BoxError>> {
-        let Some(fallback) = self.fallback.take() else {
-            return Some(Err(why.to_string().into()));
-        };
-        match fallback(self.offset).await {
-            Ok(body) => {
-                self.rest = Some(body);
-                self.next_from_rest().await
-            }
-            Err(e) => Some(Err(e)),
-        }
-    }
-
-    /// The next chunk of the fallback's body; it must end exactly at the image's end.
-    async fn next_from_rest(&mut self) -> Option<Result<Bytes, BoxError>> {
-        let body = self.rest.as_mut()?;
-        loop {
-            match body.frame().await {
-                None if self.offset == self.size => return None,
-                None => {
-                    let (at, size) = (self.offset, self.size);
-                    return Some(Err(
-                        format!("resumed download ended at {at} of {size}").into()
-                    ));
-                }
-                Some(Err(e)) => return Some(Err(e)),
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    self.offset += data.len() as u64;
-                    if self.offset > self.size {
-                        return Some(Err("resumed download overran the image".into()));
-                    }
-                    return Some(Ok(data));
-                }
-            }
-        }
-    }
-}
-
-/// The error a fault-injection point asks for: `return(enospc)` or `return` (EIO).
-#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-fn injected(kind: Option<String>) -> std::io::Error {
-    match kind.as_deref() {
-        Some("enospc") => std::io::Error::from_raw_os_error(28),
-        _ => std::io::Error::from_raw_os_error(crate::sys::EIO),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::store::{startup, Store};
+    use crate::body::BytesBody;
+    use crate::cache::store::Store;
     use crate::digest::HashAlgo;
+    use crate::disk::startup;
+    use http_body::Frame;
     use md5::Digest as _;
+    use std::os::unix::fs::FileExt;
 
     /// md5 and sha512 of `data`, as a record would state them.
     fn expected_for(data: &[u8]) -> Expected {
@@ -956,124 +655,5 @@ mod tests {
         drop(to_disk);
         let mut gather = gathered(&[10]);
         assert!(!gather.flush(&sinks).await, "the writer's receiver is gone");
-    }
-
-    /// A reader of a fill driven by hand: the file, the progress sender and the reader's body.
-    struct Driven {
-        _dir: tempfile::TempDir,
-        file: File,
-        progress: watch::Sender<Progress>,
-        body: ProxyBody,
-    }
-
-    fn driven(size: u64, fallback: Option<Fallback>) -> Driven {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("img");
-        let file = File::create(&path).expect("create");
-        let read_side = Arc::new(File::open(&path).expect("open"));
-        let expected = Expected {
-            size,
-            md5: None,
-            os_hash: None,
-        };
-        let (fill, progress) = Fill::new("img", expected, read_side);
-        let body = reader(
-            Source::Filling(fill),
-            0..size,
-            fallback,
-            Hooks::default(),
-            None,
-        );
-        Driven {
-            _dir: dir,
-            file,
-            progress,
-            body,
-        }
-    }
-
-    /// The body's bytes until it waits, ends (`ended`) or fails (the error). "Waits" is no new
-    /// frame within 200 ms: a reader that waits for the fill has no other outward signal.
-    async fn drain(body: &mut ProxyBody) -> (Vec<u8>, bool, Option<String>) {
-        let mut got = Vec::new();
-        loop {
-            let next = tokio::time::timeout(Duration::from_millis(200), body.frame()).await;
-            match next {
-                Err(_) => return (got, false, None),
-                Ok(None) => return (got, true, None),
-                Ok(Some(Err(e))) => return (got, false, Some(e.to_string())),
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(chunk) = frame.into_data() {
-                        got.extend_from_slice(bytes::Buf::chunk(&chunk));
-                    }
-                }
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_reader_holds_back_the_last_byte_until_the_fill_is_verified() {
-        let d = data(600_000);
-        let mut r = driven(d.len() as u64, None);
-        r.file.write_all(&d).expect("write");
-        let _ = r.progress.send(Progress::Running {
-            written: d.len() as u64,
-        });
-        let (got, ended, error) = drain(&mut r.body).await;
-        assert!(got == d[..d.len() - 1], "all but the last byte");
-        assert!(!ended && error.is_none(), "waits for the verdict");
-        let _ = r.progress.send(Progress::Verified);
-        let (rest, ended, error) = drain(&mut r.body).await;
-        assert_eq!(
-            (rest.as_slice(), ended, error),
-            (&d[d.len() - 1..], true, None)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failed_verification_fails_the_reader() {
-        let d = data(300_000);
-        let mut r = driven(d.len() as u64, None);
-        r.file.write_all(&d).expect("write");
-        let _ = r.progress.send(Progress::Running {
-            written: d.len() as u64,
-        });
-        let _ = drain(&mut r.body).await;
-        let mismatch = Mismatch::Length {
-            expected: d.len() as u64,
-            actual: 1,
-        };
-        let _ = r
-            .progress
-            .send(Progress::Failed(Failure::Mismatch(mismatch)));
-        let (_, ended, error) = drain(&mut r.body).await;
-        assert!(!ended, "never a clean end");
-        assert!(error.is_some_and(|e| e.contains("failed verification")));
-    }
-
-    #[tokio::test]
-    async fn a_fill_that_lost_its_disk_hands_the_reader_to_the_fallback() {
-        let d = data(700_000);
-        let from = Arc::new(std::sync::Mutex::new(None));
-        let (asked, rest) = (Arc::clone(&from), d.clone());
-        let fallback: Fallback = Box::new(move |offset| {
-            *asked.lock().expect("lock") = Some(offset);
-            let tail = rest[offset as usize..].to_vec();
-            Box::pin(async move { Ok(body(chunked(&tail, 10_000), false)) })
-        });
-        let mut r = driven(d.len() as u64, Some(fallback));
-        r.file.write_all(&d[..300_000]).expect("write");
-        let _ = r.progress.send(Progress::Running { written: 300_000 });
-        let (head, _, _) = drain(&mut r.body).await;
-        // Readers wake for whole 64 KiB reads: what they sent is a prefix of what was written.
-        assert!(!head.is_empty() && head.len() <= 300_000 && head == d[..head.len()]);
-        let _ = r.progress.send(Progress::Failed(Failure::Disk {
-            written: 300_000,
-            fault: DiskFault::NoSpace,
-        }));
-        let (tail, ended, error) = drain(&mut r.body).await;
-        assert_eq!((ended, error), (true, None));
-        assert_eq!(*from.lock().expect("lock"), Some(head.len() as u64));
-        assert!([head, tail].concat() == d, "the whole image, in order");
     }
 }

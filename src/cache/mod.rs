@@ -2,13 +2,15 @@
 //!
 //! One mutex guards the bookkeeping (index, entry records, fills in progress); it is never
 //! held across an await or a disk write. Disk work goes through `store`, always on the
-//! blocking pool (`store::blocking`): the methods that touch the disk are `async` or hand the
-//! work off. Verification goes through `verify`, streaming through `fill`. The cache never
-//! calls Glance: a reader whose fill lost its disk gets the rest from a `fill::Fallback` its
-//! caller supplies.
+//! blocking pool (`disk::blocking`): the methods that touch the disk are `async` or hand the
+//! work off. Verification goes through `verify`, writing through `fill`, and readers follow
+//! a `read::Source` (their body is `body::follow`'s: the cache builds no body and knows no
+//! connection). The cache never calls Glance: a reader whose fill lost its disk gets the rest
+//! from a `body::follow::Fallback` its caller supplies.
 
 pub mod fill;
 pub mod index;
+pub mod read;
 pub mod scrub;
 pub mod store;
 pub mod verify;
@@ -24,11 +26,12 @@ use tokio::sync::watch;
 use crate::body::BoxError;
 use crate::config::CacheConfig;
 use crate::digest::Expected;
+use crate::disk::{self, TempFile};
 use crate::outcome::{BypassReason, FillResult, QuarantineReason};
 use crate::writable::DiskHealth;
 use fill::{Failure, Fill, Progress, Rules};
 use index::{Entry, Index, Reservation};
-use store::{unix_ms, EntryMeta, Fingerprint, Store, StoreError, TempFile};
+use store::{unix_ms, EntryMeta, Fingerprint, Store, StoreError};
 
 /// A committed entry as the cache API and hits see it.
 #[derive(Debug, Clone)]
@@ -144,17 +147,17 @@ pub struct Cache {
     pub stats: Stats,
     removed: std::sync::OnceLock<OnRemoved>,
     /// Write failures in a row (`/readyz`, `cache_writable`): fed by fills.
-    disk: Arc<DiskHealth>,
+    health: Arc<DiskHealth>,
 }
 
 impl Cache {
     /// Open the cache directory, remove leftovers and rebuild the index from disk.
-    /// `disk` learns how each fill's writes went.
-    pub fn open(config: &CacheConfig, disk: Arc<DiskHealth>) -> Result<Cache, StoreError> {
-        store::startup(|| Cache::open_here(config, disk))
+    /// `health` learns how each fill's writes went.
+    pub fn open(config: &CacheConfig, health: Arc<DiskHealth>) -> Result<Cache, StoreError> {
+        disk::startup(|| Cache::open_here(config, health))
     }
 
-    fn open_here(config: &CacheConfig, disk: Arc<DiskHealth>) -> Result<Cache, StoreError> {
+    fn open_here(config: &CacheConfig, health: Arc<DiskHealth>) -> Result<Cache, StoreError> {
         let started = std::time::Instant::now();
         let store = Store::open(&config.dir)?;
         let scan = store.scan()?;
@@ -211,7 +214,7 @@ impl Cache {
             config: config.clone(),
             stats: Stats::default(),
             removed: std::sync::OnceLock::new(),
-            disk,
+            health,
         })
     }
 
@@ -260,7 +263,7 @@ impl Cache {
             return Lookup::Miss;
         };
         let (cache, owned_id) = (Arc::clone(self), id.to_string());
-        let opened = store::blocking(move || cache.open_hit(&owned_id, print)).await;
+        let opened = disk::blocking(move || cache.open_hit(&owned_id, print)).await;
         match opened {
             Ok(Some(file)) => Lookup::Hit(Hit {
                 image_id: id.to_string(),
@@ -301,9 +304,7 @@ impl Cache {
         // the runtime to hand to another worker).
         let opening = self.servable(id, expected).map(|print| {
             let (cache, owned_id) = (Arc::clone(self), id.to_string());
-            let task = tokio::task::spawn_blocking(move || {
-                store::startup(|| cache.open_hit(&owned_id, print))
-            });
+            let task = disk::spawn(move || cache.open_hit(&owned_id, print));
             (print, task)
         });
         let (image_id, expected) = (id.to_string(), expected.clone());
@@ -351,7 +352,7 @@ impl Cache {
         detail: String,
     ) {
         let (cache, id) = (Arc::clone(self), id.to_string());
-        tokio::spawn(store::blocking(move || {
+        tokio::spawn(disk::blocking(move || {
             cache.quarantine(&id, print, reason, detail)
         }));
     }
@@ -442,8 +443,8 @@ impl Cache {
     }
 
     /// Whether the cache's writes go through (`/readyz`, `cache_writable`).
-    pub fn disk(&self) -> &Arc<DiskHealth> {
-        &self.disk
+    pub fn disk_health(&self) -> &Arc<DiskHealth> {
+        &self.health
     }
 
     /// The cache directory.
@@ -484,7 +485,7 @@ impl Cache {
     /// Remove every committed entry (fills in progress go on); returns how many.
     pub async fn clear(self: &Arc<Self>) -> usize {
         let cache = Arc::clone(self);
-        store::blocking(move || {
+        disk::blocking(move || {
             let ids: Vec<String> = cache.lock().entries.keys().cloned().collect();
             ids.iter().filter(|id| cache.remove_entry(id)).count()
         })
@@ -497,7 +498,7 @@ impl Cache {
     /// finds work only if something else grew it.
     pub async fn prune(self: &Arc<Self>) -> (u64, u64) {
         let cache = Arc::clone(self);
-        store::blocking(move || cache.prune_here())
+        disk::blocking(move || cache.prune_here())
             .await
             .unwrap_or((0, 0))
     }
@@ -551,7 +552,7 @@ impl Cache {
 
     /// Register a fill of `id`, reserving its size (evicting as needed).
     pub async fn begin_fill(self: &Arc<Self>, id: &str, expected: &Expected) -> Begin {
-        if !store::is_storable_id(id) {
+        if !disk::is_storable_id(id) {
             return Begin::Bypass(BypassReason::BadId);
         }
         if !expected.has_digest() && !self.config.cache_unverified {
@@ -561,7 +562,7 @@ impl Cache {
             return Begin::Bypass(BypassReason::Empty);
         }
         let (cache, id, expected) = (Arc::clone(self), id.to_string(), expected.clone());
-        store::blocking(move || cache.begin_fill_here(&id, &expected))
+        disk::blocking(move || cache.begin_fill_here(&id, &expected))
             .await
             .unwrap_or(Begin::Bypass(BypassReason::IoError))
     }
@@ -572,7 +573,7 @@ impl Cache {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(image_id = %id, error = %e, "cannot create a cache file");
-                self.disk
+                self.health
                     .failed(format!("creating a file for image {id}: {e}"));
                 self.stats.fills.add(e.fault().into());
                 return Begin::Bypass(e.fault().into());
@@ -625,7 +626,7 @@ impl Cache {
     /// Forget `id`: its entry, and any fill in progress (which then will not publish).
     pub async fn remove(self: &Arc<Self>, id: &str) {
         let (cache, id) = (Arc::clone(self), id.to_string());
-        let _ = store::blocking(move || cache.remove_here(&id)).await;
+        let _ = disk::blocking(move || cache.remove_here(&id)).await;
     }
 
     fn remove_here(&self, id: &str) {
@@ -661,7 +662,7 @@ impl Cache {
         if let Some(tick) = tick {
             let (cache, id) = (Arc::clone(self), id.to_string());
             let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(tick);
-            tokio::spawn(store::blocking(move || cache.store.touch(&id, when)));
+            tokio::spawn(disk::blocking(move || cache.store.touch(&id, when)));
         }
     }
 
@@ -782,7 +783,7 @@ impl Starter {
                     let _ = tx.send(Progress::Verified);
                     let c = Arc::clone(&cache);
                     let f = Arc::clone(&fill);
-                    store::blocking(move || c.publish(&f, filled))
+                    disk::blocking(move || c.publish(&f, filled))
                         .await
                         .unwrap_or_else(|e| Err(Failure::Upstream(e.to_string())))
                 }
@@ -790,7 +791,7 @@ impl Starter {
             };
             match result {
                 Ok(()) => {
-                    cache.disk.succeeded();
+                    cache.health.succeeded();
                     cache.stats.fills.add(FillResult::Committed);
                     tracing::info!(image_id = %fill.image_id, size = fill.expected.size, "cached");
                     let _ = tx.send(Progress::Committed);
@@ -800,7 +801,7 @@ impl Starter {
                     if let Failure::Disk { written, fault } = &failure {
                         // Operator action needed (disk full or failing): error level, once.
                         tracing::error!(image_id = %fill.image_id, reason = fault.as_str(), written, "cache write failed; nothing kept, readers continue from upstream");
-                        cache.disk.failed(format!(
+                        cache.health.failed(format!(
                             "writing image {} ({})",
                             fill.image_id,
                             fault.as_str()

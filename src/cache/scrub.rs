@@ -87,7 +87,7 @@ impl Scrubber {
                     }
                     Verdict::Corrupt(reason, detail) => {
                         let cache = Arc::clone(&self.cache);
-                        let _ = super::store::blocking(move || {
+                        let _ = crate::disk::blocking(move || {
                             cache.quarantine(&id, print, reason, detail)
                         })
                         .await;
@@ -119,7 +119,7 @@ impl Scrubber {
         let opened = {
             let cache = Arc::clone(&self.cache);
             let id = id.to_string();
-            super::store::blocking(move || cache.open_for_scrub(&id)).await
+            crate::disk::blocking(move || cache.open_for_scrub(&id)).await
         };
         let (file, direct) = match opened {
             Ok(Ok((file, direct, now))) if now == print => (Arc::new(file), direct),
@@ -144,7 +144,7 @@ impl Scrubber {
         let mut offset = 0u64;
         loop {
             let f = Arc::clone(&file);
-            let read = tokio::task::spawn_blocking(move || {
+            let read = crate::disk::spawn(move || {
                 let result = read_chunk(&f, &mut buf, offset, direct).map(|data| {
                     digests.update(data);
                     data.len()

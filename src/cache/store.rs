@@ -16,9 +16,11 @@
 //! only if something else writes it.
 //!
 //! Architecture invariant: no disk IO on a runtime worker thread. Every `Store` method that
-//! opens, writes, fsyncs, renames, unlinks or sets times runs inside `blocking` (the blocking
-//! pool) or before the runtime serves (`startup`); debug builds assert it
-//! (`assert_off_runtime`), so a test that reaches the disk from a runtime thread fails.
+//! opens, writes, fsyncs, renames, unlinks or sets times runs inside `disk::blocking` (the
+//! blocking pool) or in start-up work (`disk::startup`, a thread of its own); every one of
+//! them asserts it in debug builds (`disk::assert_off_runtime`), so a test that reaches the
+//! disk from a runtime thread fails. What the store creates is private (`disk`: 0700
+//! directories, 0600 files).
 
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Write};
@@ -29,74 +31,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Expected, HashAlgo};
+use crate::disk::{
+    assert_off_runtime, create_dir_all, create_file, is_storable_id, remove_file, sync_dir,
+    TempFile, META_SUFFIX,
+};
 use crate::outcome::DiskFault;
-
-thread_local! {
-    /// Set while this thread runs disk work on purpose: inside `blocking` or `startup`.
-    static OFF_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Run disk work on the blocking pool and wait for it. An error only if the work panicked.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(move || startup(work))
-        .await
-        .map_err(|e| io::Error::other(format!("disk task failed: {e}")))
-}
-
-/// Run disk work on this thread, which is not serving requests (the blocking pool, or start-up
-/// before any listener accepts).
-pub fn startup<T>(work: impl FnOnce() -> T) -> T {
-    let before = OFF_RUNTIME.with(|f| f.replace(true));
-    let result = work();
-    OFF_RUNTIME.with(|f| f.set(before));
-    result
-}
-
-/// Debug builds: panic if disk work runs on a thread of a Tokio runtime outside `blocking`.
-pub fn assert_off_runtime() {
-    debug_assert!(
-        tokio::runtime::Handle::try_current().is_err() || OFF_RUNTIME.with(|f| f.get()),
-        "disk IO on a runtime thread: wrap it in cache::store::blocking"
-    );
-}
-
-/// A temporary file that is removed when dropped, unless `keep` took it (published).
-/// Removal runs where the guard drops; in a runtime it is sent to the blocking pool (the name
-/// is unique, so removing it later cannot touch anything else).
-#[derive(Debug)]
-pub struct TempFile(Option<PathBuf>);
-
-impl TempFile {
-    pub fn path(&self) -> &Path {
-        self.0.as_deref().unwrap_or(Path::new(""))
-    }
-
-    /// The file is published (renamed away): nothing to remove.
-    pub fn keep(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let Some(path) = self.0.take() else { return };
-        let remove = move || {
-            let _ = startup(|| remove_file(&path));
-        };
-        let off_runtime = OFF_RUNTIME.with(|f| f.get());
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) if !off_runtime => drop(handle.spawn_blocking(remove)),
-            _ => remove(),
-        }
-    }
-}
 
 const IMAGES: &str = "images";
 const TMP: &str = "tmp";
 const QUARANTINE: &str = "quarantine";
-const META_SUFFIX: &str = ".meta";
 /// Threads reading entry records at start.
 const SCAN_THREADS: usize = 16;
 
@@ -228,18 +171,6 @@ pub struct Store {
     quarantine: PathBuf,
 }
 
-/// Whether an image id can name a file: Glance ids are UUIDs; anything with a path
-/// separator, a leading dot or odd characters is simply not cached.
-pub fn is_storable_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && !id.ends_with(META_SUFFIX)
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 /// The store's directories under the cache root, for the start-up probe (`writable::check`).
 pub fn dirs(root: &Path) -> [PathBuf; 3] {
     [root.join(IMAGES), root.join(TMP), root.join(QUARANTINE)]
@@ -248,14 +179,15 @@ pub fn dirs(root: &Path) -> [PathBuf; 3] {
 impl Store {
     /// Open (creating if needed) the cache directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        assert_off_runtime();
         let store = Store {
             images: dir.join(IMAGES),
             tmp: dir.join(TMP),
             quarantine: dir.join(QUARANTINE),
         };
-        fs::create_dir_all(&store.images)?;
-        fs::create_dir_all(&store.tmp)?;
-        fs::create_dir_all(&store.quarantine)?;
+        create_dir_all(&store.images)?;
+        create_dir_all(&store.tmp)?;
+        create_dir_all(&store.quarantine)?;
         Ok(store)
     }
 
@@ -269,6 +201,7 @@ impl Store {
 
     /// Remove leftovers and return the committed entries. Runs once, before serving.
     pub fn scan(&self) -> Result<Scan, StoreError> {
+        assert_off_runtime();
         let mut scan = Scan::default();
         for entry in fs::read_dir(&self.tmp)? {
             let path = entry?.path();
@@ -357,12 +290,7 @@ impl Store {
         let path = self
             .tmp
             .join(format!("{id}.{}", uuid::Uuid::new_v4().simple()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok((TempFile(Some(path)), file))
+        Ok(TempFile::create(path)?)
     }
 
     /// Open a committed entry's data file, with its fingerprint now.
@@ -391,7 +319,7 @@ impl Store {
         meta_temp.push(META_SUFFIX);
         let meta_temp = PathBuf::from(meta_temp);
         let result = (|| -> io::Result<fs::Metadata> {
-            let mut f = File::create(&meta_temp)?;
+            let mut f = create_file(&meta_temp, false)?;
             f.write_all(&serde_json::to_vec(meta).map_err(io::Error::other)?)?;
             f.sync_all()?;
             fs::rename(&meta_temp, self.meta_path(&meta.image_id))?;
@@ -439,7 +367,7 @@ impl Store {
             .quarantine
             .join(format!("{id}.{}.json", unix_ms(SystemTime::now())));
         let text = serde_json::to_vec_pretty(report).map_err(io::Error::other)?;
-        fs::write(&path, text)?;
+        create_file(&path, true)?.write_all(&text)?;
         Ok(path)
     }
 
@@ -461,18 +389,6 @@ impl Store {
             let _ = f.set_times(FileTimes::new().set_modified(when));
         }
     }
-}
-
-fn remove_file(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    // A rename is durable only once its directory is: fsync the directory itself.
-    File::open(dir)?.sync_all()
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -642,20 +558,18 @@ mod tests {
         assert_eq!(direct.metadata().expect("stat").len(), 3);
     }
 
-    #[test]
-    fn storable_ids() {
-        assert!(is_storable_id("2337d8ce-eb33-4592-b0fa-b6b639b02963"));
-        for bad in [
-            "",
-            "../x",
-            "a/b",
-            ".hidden",
-            "x.meta",
-            "a b",
-            &"x".repeat(200),
-        ] {
-            assert!(!is_storable_id(bad), "{bad}");
+    #[tokio::test]
+    async fn opening_and_scanning_assert_they_are_off_the_runtime() {
+        if !cfg!(debug_assertions) {
+            return; // the check exists in debug builds only
         }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let on_runtime = std::panic::catch_unwind(|| Store::open(dir.path()).map(drop));
+        assert!(on_runtime.is_err(), "open on a runtime thread");
+        let store = crate::disk::startup(|| Store::open(dir.path())).expect("at start-up");
+        assert!(std::panic::catch_unwind(|| store.scan().map(drop)).is_err());
+        let scanned = crate::disk::blocking(move || store.scan().map(|s| s.removed)).await;
+        assert_eq!(scanned.expect("on the pool").expect("scan"), 0);
     }
 
     #[test]

@@ -14,9 +14,8 @@
 //! the proxy starts with no grants. Only v2 grants are written (only they serve offline).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,8 +24,8 @@ use sha2::{Digest, Sha256};
 
 use super::{Grant, Key};
 use crate::auth::CallerKey;
-use crate::cache::store::is_storable_id;
 use crate::digest::{Expected, HashAlgo};
+use crate::disk::is_storable_id;
 
 /// The file's name in the cache directory.
 pub const FILE: &str = "grants";
@@ -81,21 +80,12 @@ impl Journal {
             n += 1;
         }
         text.push_str(&lines);
-        crate::cache::store::assert_off_runtime();
         // A name of this journal's own: an instance still ending cannot clobber it.
         let temp = self.path.with_extension(format!("tmp.{}", self.id));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        crate::disk::write_durably(&self.path, &temp, |file| {
+            fail::fail_point!("grants::write", |kind| Err(crate::disk::injected(kind)));
+            file.write_all(text.as_bytes())
+        })?;
         Ok(n)
     }
 }
@@ -292,6 +282,43 @@ mod tests {
             v2: true,
             noted_ms: at_ms,
         }
+    }
+
+    /// Issue 26: a write that fails after its temp file exists leaves the old file as it was
+    /// and no `grants.tmp.<id>` behind.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn a_failed_write_removes_its_temp_file() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        let (journal, _) = Journal::open(path.clone());
+        let one = |size| Expected {
+            size,
+            md5: Some("ab".repeat(16)),
+            os_hash: None,
+        };
+        let first = [(key("a", "img-1"), grant(1_000, one(1)))];
+        journal
+            .write(first.iter().map(|(k, g)| (k, g)))
+            .expect("write");
+        let before = fs::read(&path).expect("read");
+        fail::cfg("grants::write", "return(enospc)").expect("failpoint");
+        let second = [(key("b", "img-2"), grant(2_000, one(2)))];
+        let failed = journal.write(second.iter().map(|(k, g)| (k, g)));
+        fail::remove("grants::write");
+        scenario.teardown();
+        assert_eq!(failed.map_err(|e| e.raw_os_error()).err(), Some(Some(28)));
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            before,
+            "the old file stands"
+        );
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [FILE], "no temp file left");
     }
 
     #[test]

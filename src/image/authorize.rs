@@ -16,7 +16,7 @@ use http::{Response, StatusCode};
 
 use super::{denied, Ask, Served};
 use crate::body::ProxyBody;
-use crate::cache::fill::Source;
+use crate::cache::read::Source;
 use crate::cache::{Cache, Hit};
 use crate::digest::Expected;
 use crate::error::Error;

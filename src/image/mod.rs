@@ -32,8 +32,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::auth::CallerKey;
+use crate::body::follow::{follow, Fallback};
 use crate::body::{BoxError, ProxyBody};
-use crate::cache::fill::{self, Fallback, Fill, Progress, Source};
+use crate::cache::fill::{self, Fill, Progress};
+use crate::cache::read::Source;
 use crate::cache::{Begin, Cache, Hit, Lookup, Starter};
 use crate::digest::Expected;
 use crate::error::Error;
@@ -215,8 +217,8 @@ async fn respond_miss(
     match start_fill(ctx.upstream, starter, ask, expected).await? {
         Started::Fill(started, request_id, upstream) => {
             authorize::grant(ctx, ask, &allowed);
-            let body = fill::reader(
-                Source::Filling(Arc::clone(started.fill())),
+            let body = follow(
+                Source::Filling(Arc::clone(started.fill())).reader(),
                 0..expected.size,
                 Some(fallback(ctx.upstream, ask, expected.size)),
                 hooks(cache, None, false),
@@ -297,7 +299,7 @@ async fn respond_cached(
                 Source::Filling(_) => hooks(cache, None, false),
             };
             let fallback = fallback(ctx.upstream, ask, size);
-            fill::reader(source, span.clone(), Some(fallback), hooks, None)
+            follow(source.reader(), span.clone(), Some(fallback), hooks, None)
         }
     };
     let mut response = data_response(&allowed.info, &allowed.expected, request_id, body);

@@ -241,7 +241,7 @@ async fn legacy_queue(
     prefetch: &Prefetcher,
     id: &str,
 ) -> Result<Response<ProxyBody>, Error> {
-    if !crate::cache::store::is_storable_id(id) {
+    if !crate::disk::is_storable_id(id) {
         return Err(Error::BadRequest(format!("`{id}` is not an image id")));
     }
     if !cache.is_cached(id) {

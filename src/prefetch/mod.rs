@@ -86,7 +86,7 @@ impl Prefetcher {
         upstream: Arc<Upstream>,
         body_idle_timeout: Duration,
     ) -> io::Result<Prefetcher> {
-        let queue = Queue::open(cache.dir())?;
+        let queue = crate::disk::startup(|| Queue::open(cache.dir()))?;
         if !queue.is_empty() {
             tracing::info!(queued = queue.len(), "prefetch queue restored");
         }

@@ -4,13 +4,13 @@
 //! restart or `kill -9` therefore loses nothing: the markers are the queue.
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use crate::cache::store::{blocking, is_storable_id};
+use crate::disk::{self, blocking, is_storable_id};
 
 pub const QUEUE_DIR: &str = "queue";
 
@@ -22,9 +22,10 @@ pub struct Queue {
 
 impl Queue {
     /// Open (creating if needed) `<cache_dir>/queue` and read the markers left in it.
+    /// Start-up work (`disk::startup`).
     pub fn open(cache_dir: &Path) -> io::Result<Queue> {
         let dir = cache_dir.join(QUEUE_DIR);
-        fs::create_dir_all(&dir)?;
+        disk::create_dir_all(&dir)?;
         let mut found: Vec<(SystemTime, String)> = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
@@ -65,8 +66,8 @@ impl Queue {
         }
         let (dir, marker) = (self.dir.clone(), self.dir.join(id));
         blocking(move || -> io::Result<()> {
-            File::create(&marker)?.sync_all()?;
-            File::open(&dir)?.sync_all()
+            disk::create_file(&marker, false)?.sync_all()?;
+            disk::sync_dir(&dir)
         })
         .await??;
         let mut ids = self.lock();
@@ -138,7 +139,7 @@ mod tests {
     #[tokio::test]
     async fn markers_survive_reopening_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let q = Queue::open(dir.path()).expect("open");
+        let q = disk::startup(|| Queue::open(dir.path())).expect("open");
         assert!(q.push("b").await.expect("push"));
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(q.push("a").await.expect("push"));
@@ -148,25 +149,32 @@ mod tests {
         );
         assert_eq!(q.ids(), ["b", "a"]);
         drop(q);
-        let q = Queue::open(dir.path()).expect("reopen");
+        let q = disk::startup(|| Queue::open(dir.path())).expect("reopen");
         assert_eq!(q.ids(), ["b", "a"], "mtime order, not name order");
         assert!(q.remove("b").await);
         assert!(!q.remove("b").await);
         assert!(!dir.path().join(QUEUE_DIR).join("b").exists());
-        assert_eq!(Queue::open(dir.path()).expect("reopen").ids(), ["a"]);
+        assert_eq!(
+            disk::startup(|| Queue::open(dir.path()))
+                .expect("reopen")
+                .ids(),
+            ["a"]
+        );
         assert_eq!(q.clear().await, 1);
         assert!(q.is_empty());
-        assert!(Queue::open(dir.path()).expect("reopen").is_empty());
+        assert!(disk::startup(|| Queue::open(dir.path()))
+            .expect("reopen")
+            .is_empty());
     }
 
     #[tokio::test]
     async fn unusable_ids_are_refused_and_stray_files_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let q = Queue::open(dir.path()).expect("open");
+        let q = disk::startup(|| Queue::open(dir.path())).expect("open");
         assert!(q.push("../escape").await.is_err());
         assert!(q.push("").await.is_err());
         fs::write(dir.path().join(QUEUE_DIR).join(".hidden"), b"").expect("write");
-        let q = Queue::open(dir.path()).expect("reopen");
+        let q = disk::startup(|| Queue::open(dir.path())).expect("reopen");
         assert!(q.is_empty());
     }
 }

@@ -6,7 +6,8 @@
 //! hyper's queued write strategy (`http1::Builder::writev(true)`), recognises the placeholder
 //! by address and calls sendfile for the job instead of writing the zeros. `Chunk::advance`
 //! guards the contract: if hyper ever consumes placeholder bytes that sendfile did not send,
-//! the connection is poisoned and refuses every later write (see shared/design/sendfile.md).
+//! the connection is poisoned and refuses every later write (ARCHITECTURE.md, "Zero-copy never
+//! sends placeholder bytes").
 //! The client whose miss started a fill is served the same way from the growing file: its
 //! reader queues one job per span once the span's bytes are written (`Conn::file_chunk`).
 //!
@@ -15,7 +16,8 @@
 //! connection's sender resident: `cachestat` says whether the next window is cached, and if it
 //! is not (or the kernel cannot tell), a blocking-pool task reads it into the page cache
 //! (`sys::warm`, no copy to user space) while the connection waits; sendfile only ever sends
-//! what is known to be resident.
+//! what is known to be resident. What was sent and warmed is counted per proxy instance
+//! (`Counters`, shared by its connections).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -44,30 +46,43 @@ const WINDOW: u64 = 8 << 20;
 /// measured no faster and cost the sending thread more CPU per GB (bench/RESULTS.md).
 const MAX_CALL: u64 = 2 << 20;
 
-/// Bytes sent with sendfile since start, all connections (for metrics and tests).
-static SENT: AtomicU64 = AtomicU64::new(0);
-/// Bytes read into the page cache off the runtime because they were cold.
-static WARMED: AtomicU64 = AtomicU64::new(0);
-
-pub fn bytes_sent() -> u64 {
-    SENT.load(Ordering::Relaxed)
+/// What one proxy instance's connections did with sendfile, for its metrics: every
+/// connection of the instance counts into the same `Counters` (two proxies in one process
+/// count their own).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes sent with sendfile.
+    sent: AtomicU64,
+    /// Bytes read into the page cache off the runtime because they were cold.
+    warmed: AtomicU64,
 }
 
-pub fn bytes_warmed() -> u64 {
-    WARMED.load(Ordering::Relaxed)
+impl Counters {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn warmed(&self) -> u64 {
+        self.warmed.load(Ordering::Relaxed)
+    }
 }
 
 /// Per-connection state shared by its IO and the hit bodies of its responses.
-#[derive(Default)]
 pub struct Conn {
     /// Jobs in response order; hyper writes one body at a time, so the front is the current one.
     jobs: Mutex<VecDeque<Arc<SendJob>>>,
     poisoned: Arc<AtomicBool>,
+    /// The instance's counters.
+    counters: Arc<Counters>,
 }
 
 impl Conn {
-    pub fn new() -> Arc<Conn> {
-        Arc::new(Conn::default())
+    pub fn new(counters: Arc<Counters>) -> Arc<Conn> {
+        Arc::new(Conn {
+            jobs: Mutex::default(),
+            poisoned: Arc::default(),
+            counters,
+        })
     }
 
     fn front(&self) -> Option<Arc<SendJob>> {
@@ -182,7 +197,13 @@ impl Warmer {
     /// How many bytes from file offset `pos` of `job` can be sent without waiting for the
     /// disk; `Pending` while the window at `pos` is being read in. Keeps the next window
     /// checked or warming while the current one is sent.
-    fn poll_ready(&mut self, cx: &mut Context<'_>, job: &Arc<SendJob>, pos: u64) -> Poll<u64> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        job: &Arc<SendJob>,
+        pos: u64,
+        counters: &Counters,
+    ) -> Poll<u64> {
         let end = job.start + job.len;
         let same = self
             .job
@@ -202,7 +223,7 @@ impl Warmer {
                 match Pin::new(handle).poll(cx) {
                     Poll::Ready(result) => {
                         if let Ok(Ok(n)) = result {
-                            WARMED.fetch_add(n, Ordering::Relaxed);
+                            counters.warmed.fetch_add(n, Ordering::Relaxed);
                         }
                         // Failed or short: sendfile meets the same error or end of file itself.
                         self.ready = self.ready.max(*target);
@@ -298,7 +319,8 @@ impl<S: Socket> SendfileIo<S> {
             return Poll::Ready(Err(io::Error::other("sendfile: placeholder without a job")));
         };
         let sent = job.sent.load(Ordering::Acquire);
-        let resident = ready!(self.warmer.poll_ready(cx, &job, job.start + sent));
+        let counters = &self.conn.counters;
+        let resident = ready!(self.warmer.poll_ready(cx, &job, job.start + sent, counters));
         let count = (job.len - sent).min(resident).min(MAX_CALL) as usize;
         let count = count.min(max);
         loop {
@@ -321,7 +343,10 @@ impl<S: Socket> SendfileIo<S> {
                 }
                 Ok(n) => {
                     let sent = job.sent.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
-                    SENT.fetch_add(n as u64, Ordering::Relaxed);
+                    self.conn
+                        .counters
+                        .sent
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     if sent >= job.len {
                         self.cork(false); // pushes the tail out now
                     }
@@ -414,7 +439,7 @@ mod tests {
 
     /// Serve one hit of a file of 0xAB bytes through `SendfileIo` with the given write
     /// strategy; return what the client received (head and body).
-    async fn serve_once(writev: bool, len: usize, cold: bool) -> (Vec<u8>, bool) {
+    async fn serve_once(writev: bool, len: usize, cold: bool) -> (Vec<u8>, bool, u64) {
         let mut file = tempfile::tempfile().expect("tempfile");
         file.write_all(&vec![0xAB; len]).expect("write");
         if cold {
@@ -426,8 +451,8 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let conn = Conn::new();
-        let poisoned = Arc::clone(&conn.poisoned);
+        let conn = Conn::new(Arc::default());
+        let (poisoned, counters) = (Arc::clone(&conn.poisoned), Arc::clone(&conn.counters));
         tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.expect("accept");
             let io = SendfileIo::new(tcp, Arc::clone(&conn));
@@ -450,7 +475,7 @@ mod tests {
         .expect("request");
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got).await;
-        (got, poisoned.load(Ordering::Acquire))
+        (got, poisoned.load(Ordering::Acquire), counters.warmed())
     }
 
     fn body_of(raw: &[u8]) -> &[u8] {
@@ -462,7 +487,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_strategy_sends_the_file() {
-        let (raw, poisoned) = serve_once(true, 3 << 20, false).await;
+        let (raw, poisoned, _) = serve_once(true, 3 << 20, false).await;
         let body = body_of(&raw);
         assert!(!poisoned);
         assert_eq!(body.len(), 3 << 20);
@@ -476,8 +501,7 @@ mod tests {
         let can_tell = crate::sys::is_cached(&probe, 0, 1)
             .expect("cachestat")
             .is_some();
-        let before = bytes_warmed();
-        let (raw, poisoned) = serve_once(true, LEN, true).await;
+        let (raw, poisoned, warmed) = serve_once(true, LEN, true).await;
         let body = body_of(&raw);
         assert!(!poisoned);
         assert_eq!(body.len(), LEN);
@@ -485,10 +509,7 @@ mod tests {
         if can_tell {
             // The file was dropped from the page cache, so every window was warmed first
             // (after a cold window, readahead's in-flight pages must not count as cached).
-            assert!(
-                bytes_warmed() - before >= LEN as u64,
-                "not every window was warmed"
-            );
+            assert!(warmed >= LEN as u64, "not every window was warmed");
         }
     }
 
@@ -496,7 +517,7 @@ mod tests {
     async fn a_copying_strategy_trips_the_guard_instead_of_sending_zeros() {
         // hyper's flattening strategy copies body chunks into its own buffer: the guard must
         // fail the connection before any placeholder byte is written.
-        let (raw, poisoned) = serve_once(false, 3 << 20, false).await;
+        let (raw, poisoned, _) = serve_once(false, 3 << 20, false).await;
         assert!(poisoned, "the guard did not fire");
         let body = body_of(&raw);
         assert!(body.len() < 3 << 20, "the response must not complete");
@@ -505,7 +526,7 @@ mod tests {
 
     #[test]
     fn advancing_unsent_placeholder_bytes_poisons_the_connection() {
-        let conn = Conn::new();
+        let conn = Conn::new(Arc::default());
         let file = Arc::new(tempfile::tempfile().expect("tempfile"));
         let job = SendJob::new(file, 0..10, Arc::clone(&conn.poisoned), Default::default());
         let mut chunk = job.chunk(10);

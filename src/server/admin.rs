@@ -48,9 +48,9 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
 async fn ready(server: &Server) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(cache) = &server.shared.cache {
-        if cache.disk().failing().is_some() {
-            let disk = Arc::clone(cache.disk());
-            match crate::cache::store::blocking(move || disk.recheck()).await {
+        if cache.disk_health().failing().is_some() {
+            let disk = Arc::clone(cache.disk_health());
+            match crate::disk::blocking(move || disk.recheck()).await {
                 Ok(None) => {}
                 Ok(Some(why)) => problems.push(format!("cache disk not writable: {why}")),
                 Err(e) => problems.push(format!("cache disk not writable: the probe failed: {e}")),

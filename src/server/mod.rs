@@ -36,10 +36,10 @@ use crate::state::Shared;
 const BACKLOG: u32 = 4096;
 
 /// Bytes of response body hyper queues per connection before it stops asking the body for
-/// more (also the most a request head may take): one chunk of `cache::fill::reader`, so a
+/// more (also the most a request head may take): one chunk of `body::follow`, so a
 /// client that stops reading a miss holds about two chunks of the proxy's memory (bench:
 /// `benches/stalled.rs`, about 200 KiB per stalled reader in all).
-const MAX_QUEUED: usize = crate::cache::fill::READ_CHUNK;
+const MAX_QUEUED: usize = crate::body::follow::READ_CHUNK;
 
 /// Bind the API listener (`SO_REUSEADDR`, a deep accept backlog).
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
@@ -192,7 +192,7 @@ impl Accepted {
         match self.server.tls.clone() {
             // Plain HTTP/1: hits go out with sendfile.
             None => {
-                let zero_copy = sendfile::Conn::new();
+                let zero_copy = sendfile::Conn::new(Arc::clone(&self.server.shared.sendfile));
                 let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Plain);
                 let io = sendfile::SendfileIo::new(self.stream, zero_copy);
                 let conn = builder.serve_connection(send_timeout(io, send_limit), service);
@@ -201,7 +201,7 @@ impl Accepted {
             // TLS with the kernel encrypting: served like plain HTTP, with sendfile.
             #[cfg(feature = "ktls")]
             Some(tls) if tls.kernel().is_on() => {
-                let zero_copy = sendfile::Conn::new();
+                let zero_copy = sendfile::Conn::new(Arc::clone(&self.server.shared.sendfile));
                 let service = self.service(Some(Arc::clone(&zero_copy)), Transport::Ktls);
                 let io = within(timeout, ktls_accept(&tls, self.stream)).await?;
                 let io = sendfile::SendfileIo::new(io, zero_copy);

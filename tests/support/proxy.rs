@@ -208,6 +208,11 @@ impl TestProxy {
             .is_some_and(|c| c.is_cached(id))
     }
 
+    /// Bytes this proxy sent with sendfile.
+    pub fn sendfile_bytes(&self) -> u64 {
+        self.server.shared.sendfile.sent()
+    }
+
     /// Signal shutdown; returns the task so a test can wait for the drain.
     pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
         if let Some(tx) = self.shutdown.take() {

@@ -1,7 +1,7 @@
 //! Response body types shared by every path: the boxed `ProxyBody` whose data is a
 //! `sendfile::Chunk` (bytes, or a span of a cached file that the connection sends with
-//! sendfile), constructors, and `IdleTimeout`, which fails a stream that stops moving so hyper
-//! aborts the response.
+//! sendfile), constructors, `IdleTimeout`, which fails a stream that stops moving so hyper
+//! aborts the response, and `follow`: the body of a file that is still being written.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +15,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::{Instant, Sleep};
 
 pub use crate::sendfile::Chunk;
+
+pub mod follow;
 
 /// Error type carried by bodies; hyper only needs it to be boxable.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
