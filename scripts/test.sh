@@ -25,8 +25,14 @@ WATCHED=(/tmp /var/tmp /var/cache/glance-cache-proxy)
 run_start=$SECONDS
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/gcp-test-run.XXXXXX")
+trap 'rm -rf "$work"' EXIT
 logs=$work/logs
 mkdir -p "$logs" "$work/tmp"
+# The temporary directory works as /tmp does: tests run the proxy as an unprivileged user
+# (tests/unwritable.rs), which must get through to its files.
+chmod 0755 "$work"
+chmod 0700 "$logs"
+chmod 1777 "$work/tmp"
 # What exists before the run, in each watched directory (the directory itself included).
 listing() {
     local d
@@ -111,5 +117,4 @@ echo "== summary: $((SECONDS - run_start)) s in all"
 for i in "${!names[@]}"; do
     printf '  %-14s %-12s %5d s  %s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}" "${notes[$i]:-}"
 done
-rm -rf "$work"
 exit "$failed"

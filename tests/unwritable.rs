@@ -51,10 +51,23 @@ fn give_to_proxy_user(path: &Path) {
     }
 }
 
-/// A temporary directory the unprivileged proxy can enter (tempdir makes it 0700).
+/// A temporary directory the unprivileged proxy can enter (tempdir makes it 0700; the
+/// directories above it must let others through, as /tmp does).
 fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     chmod(dir.path(), 0o755);
+    if running_as_root() {
+        for up in dir.path().ancestors().skip(1) {
+            let mode = std::fs::metadata(up).expect("stat").permissions().mode();
+            assert!(
+                mode & 0o001 != 0,
+                "{} (mode {:o}) does not let others through: the proxy runs as nobody here; \
+                 set TMPDIR to a directory others may enter",
+                up.display(),
+                mode & 0o7777
+            );
+        }
+    }
     dir
 }
 
