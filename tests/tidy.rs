@@ -100,6 +100,7 @@ const PURE: &[&str] = &[
     "src/digest.rs",
     "src/outcome.rs",
     "src/serve/range.rs",
+    "src/image/decide.rs",
 ];
 
 #[test]
@@ -136,6 +137,7 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["image", "manage", "state"],
     &["prefetch", "grants"],
+    &["fetch"],
     &["cache", "upstream"],
     &["error", "metrics"],
     &["body"],
