@@ -4,8 +4,10 @@
 # cache volume, entrypoint and command), then run with podman on the host's network (as the
 # DaemonSet's hostNetwork) in front of a real Glance (scripts/glance-upstream/, noauth, its
 # own cache off): /healthz and /readyz on the metrics port (the probes), a miss, a hit from
-# the cache volume (checked on /metrics and byte for byte), then SIGTERM: exit 0. Everything
-# on 127.0.0.1, bounded in time; containers, volume, image, Glance and temp files are removed.
+# the cache volume (checked on /metrics and byte for byte), then SIGTERM: exit 0. Last, the
+# README's container block as written (its `podman run` publishing 127.0.0.1:9393 and :9394,
+# which must be free, its checks and its stop). Everything on 127.0.0.1, bounded in time;
+# containers, volumes, image tags, Glance and temp files are removed.
 #
 # podman runs with the runc runtime when crun refuses (crun 1.8 cannot set up a container on a
 # host with cgroups v1 and v2 mounted side by side, "hybrid mode", like this project's VMs), and
@@ -51,8 +53,19 @@ work=$(mktemp -d /tmp/gcp-check-image.XXXXXX)
 tag=${IMAGE:-localhost/glance-cache-proxy-check:$$}
 name=gcp-check-$$
 ctr= rootfs_ctr= proxy_pid= gdata=$work/glance
+# The README's container command (section "Container image"): what it names, made by the
+# last part of this script and removed by cleanup.
+README_IMAGE=registry.example/glance-cache-proxy:0.1.0 README_NAME=glance-cache-proxy
+README_VOLUME=glance-cache-proxy-cache
+readme_run= forward_pid=
 cleanup() {
     set +e
+    [[ -z $forward_pid ]] || { kill "$forward_pid" 2>/dev/null; wait "$forward_pid" 2>/dev/null; }
+    if [[ -n $readme_run ]]; then
+        podman rm -f -t 0 "$README_NAME" >/dev/null 2>&1
+        podman volume rm -f "$README_VOLUME" >/dev/null 2>&1
+        podman untag "$tag" "$README_IMAGE" >/dev/null 2>&1
+    fi
     [[ -z $proxy_pid ]] || { kill "$proxy_pid" 2>/dev/null; wait "$proxy_pid" 2>/dev/null; }
     [[ -z $ctr ]] || podman rm -f -t 0 "$ctr" >/dev/null 2>&1
     podman volume rm -f "$name" >/dev/null 2>&1
@@ -171,4 +184,52 @@ else
 fi
 [[ $rc == 0 ]] || { logs | tail -20; fail "exit status $rc after SIGTERM"; }
 say "SIGTERM: exit 0"
+
+# The README's container block, run as written: its `podman run` (ports 9393 and 9394
+# published on 127.0.0.1, the rlimits, the named volume), then its checks and its stop. The
+# image is the one tested above, tagged with the README's name; inside the container,
+# glance.example is 127.0.0.1 (a hosts file given to podman through CONTAINERS_CONF) where
+# scripts/netns-forward.py passes connections on to the Glance on the host's loopback.
+if [[ -n $ctr ]]; then
+    block=$(awk '/<!-- scripts\/check-image.sh runs this block -->/ {f = 1; next}
+                 f && /^```sh/ {g = 1; next} g && /^```/ {exit} g' README.md)
+    # One command per line, continuation lines joined; comments after the command dropped.
+    mapfile -t cmds < <(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' <<< "$block" | sed 's/[[:space:]]*#.*$//' | grep .)
+    [[ ${cmds[0]:-} == "podman run "* ]] || fail "README: no podman run block after the marker"
+    for what in "container $README_NAME" "volume $README_VOLUME" "image $README_IMAGE"; do
+        ! podman ${what%% *} exists "${what#* }" ||
+            fail "README command: a $what exists already here; remove it to run this check"
+    done
+    for p in 9393 9394; do
+        ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null ||
+            fail "README command: 127.0.0.1:$p is in use here (another proxy?); it publishes 9393 and 9394"
+    done
+    readme_run=1
+    podman tag "$tag" "$README_IMAGE"
+    printf '127.0.0.1 localhost\n127.0.0.1 glance.example\n' > "$work/hosts"
+    printf '[containers]\nbase_hosts_file = "%s"\n' "$work/hosts" > "$work/containers.conf"
+    say "README: ${cmds[0]}"
+    CONTAINERS_CONF=$work/containers.conf timeout 120 bash -c "${cmds[0]}" >/dev/null ||
+        fail "the README's podman run failed"
+    pid=$(podman inspect -f '{{.State.Pid}}' "$README_NAME")
+    python3 scripts/netns-forward.py "$pid" 9292 "${glance##*:}" > "$work/forward.log" 2>&1 &
+    forward_pid=$!
+    for _ in $(seq 100); do grep -q ready "$work/forward.log" && break; sleep 0.1; done
+    grep -q ready "$work/forward.log" || fail "netns-forward: $(cat "$work/forward.log")"
+    for _ in $(seq 300); do
+        [[ $(curl -s http://127.0.0.1:9394/readyz 2>/dev/null) == ready ]] && break
+        sleep 0.1
+    done
+    for cmd in "${cmds[@]:1}"; do
+        out=$(timeout 60 bash -c "$cmd" 2>&1) || { podman logs "$README_NAME" 2>&1 | tail; fail "README: \`$cmd\` failed: $out"; }
+        case $cmd in
+            *9394/healthz*) [[ $out == ok ]] || fail "README: $cmd said $out" ;;
+            *9394/readyz*) [[ $out == ready ]] || fail "README: $cmd said $out" ;;
+            *9393/versions*) grep -q '"href": *"http://127.0.0.1:9393/v2/' <<< "$out" ||
+                fail "README: $cmd said $out" ;;
+        esac
+        say "README: $cmd: OK"
+    done
+    ! podman container exists "$README_NAME" || fail "README: the container is still there after its stop"
+fi
 say "OK"

@@ -9,7 +9,8 @@
 #
 # Environment: GLANCE_VENV (default ~/.cache/glance-cache-proxy/glance-venv), PROXY_BIN
 # (a prebuilt proxy binary; default: cargo build, target/debug/glance-cache-proxy), MKCERT_BIN
-# (a prebuilt mkcert example; default: cargo build, target/debug/examples/mkcert).
+# (a prebuilt mkcert example; default: cargo build, target/debug/examples/mkcert). Temporary
+# files go under TMPDIR (default /tmp); pytest's base temp there is removed at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=${GLANCE_VENV:-$HOME/.cache/glance-cache-proxy/glance-venv}
@@ -51,7 +52,14 @@ paths=(tests/e2e)
 for arg in "$@"; do
     if [[ $arg == tests/e2e/* ]]; then paths=(); fi
 done
+# pytest's temporary directories (tmp_path) go into a directory of this run, removed at the
+# end (by default pytest keeps the last three runs' under the system temp dir,
+# pytest-of-<user>, about 90 MB).
+basetemp=$(mktemp -d "${TMPDIR:-/tmp}/gcp-e2e-pytest.XXXXXX")
+trap 'rm -rf "$basetemp"' EXIT
 # Bounded: SIGINT first (pytest then runs its teardown: Glance and the proxies are stopped),
 # SIGKILL a minute later.
-exec timeout -s INT -k 60 900 "$GLANCE_VENV/bin/python" -m pytest -p no:cacheprovider -q -rA \
-    "${paths[@]}" "$@"
+status=0
+timeout -s INT -k 60 900 "$GLANCE_VENV/bin/python" -m pytest -p no:cacheprovider -q -rA \
+    --basetemp "$basetemp/t" "${paths[@]}" "$@" || status=$?
+exit "$status"

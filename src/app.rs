@@ -12,12 +12,16 @@ use crate::cache::scrub::Scrubber;
 use crate::cache::store::StoreError;
 use crate::server::tls::Tls;
 use crate::tls::TlsError;
+use crate::writable::{DiskHealth, Unwritable};
 
 /// Why the proxy cannot start; each names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the cache directory (cache.dir): {0}")]
     Cache(#[from] StoreError),
+    /// A directory the proxy writes is not writable by its user (`main` exits 73).
+    #[error("the cache directory (cache.dir) is not writable: {0}")]
+    Unwritable(Box<Unwritable>),
     #[error("cannot load a TLS file: {0}")]
     Tls(#[from] TlsError),
 }
@@ -78,7 +82,8 @@ fn shared(
     metrics: Arc<Metrics>,
 ) -> Result<Shared, StartError> {
     let cache = if config.cache.enabled {
-        Some(Arc::new(Cache::open(&config.cache)?))
+        let disk = Arc::new(writable_dirs(&config.cache.dir)?);
+        Some(Arc::new(Cache::open(&config.cache, disk)?))
     } else {
         None
     };
@@ -123,6 +128,17 @@ fn shared(
         metrics,
         sendfile: Arc::default(),
     })
+}
+
+/// Every directory the proxy writes (the cache root: the grants journal; entries, fills and
+/// quarantine reports; the prefetch queue), each probed as the proxy's user before anything
+/// opens them: the one that cannot be written stops the start, named with its fix.
+fn writable_dirs(root: &std::path::Path) -> Result<DiskHealth, StartError> {
+    let mut dirs = vec![root.to_path_buf()];
+    dirs.extend(crate::cache::store::dirs(root));
+    dirs.push(root.join(crate::prefetch::queue::QUEUE_DIR));
+    crate::disk::startup(|| crate::writable::check(root, &dirs)).map_err(StartError::Unwritable)?;
+    Ok(DiskHealth::new(root.to_path_buf(), dirs))
 }
 
 /// Run the proxy on an already bound listener until `shutdown` resolves and the drain ends.

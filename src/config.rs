@@ -1109,11 +1109,24 @@ fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-/// A base URL: http(s), a host, no query or fragment; the trailing slash is dropped.
+/// A base URL: http(s), a host, no query or fragment; the trailing slash is dropped. A value
+/// without `://` (`127.0.0.1:9292`, `glance.example:9292`: the second parses as a URL of scheme
+/// `glance.example`) is refused with the URL to write instead.
 fn parse_base_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s.trim()).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    let t = s.trim();
+    if !t.contains("://") {
+        return Err(format!(
+            "`{s}` has no scheme: write `http://{}` (or `https://...`); a URL is `http://HOST:PORT`",
+            t.trim_start_matches('/')
+        ));
+    }
+    let url = Url::parse(t).map_err(|e| {
+        format!("`{s}` is not a URL ({e}): write it as `http://HOST:PORT` or `https://HOST:PORT`")
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("`{s}`: scheme must be http or https"));
+        return Err(format!(
+            "`{s}`: the scheme must be http or https, as in `http://HOST:PORT`"
+        ));
     }
     if url.host_str().is_none() {
         return Err(format!("`{s}`: a host is needed"));
@@ -1344,6 +1357,37 @@ mod tests {
         assert_eq!(parse_size(&RawSize::Bytes(7)), Ok(7));
         assert!(parse_size(&RawSize::Text("-1".into())).is_err());
         assert!(parse_size(&RawSize::Text("12 parsecs".into())).is_err());
+    }
+
+    #[test]
+    fn urls_without_a_scheme_say_what_to_write() {
+        // (value of upstream.urls, what the error must say)
+        let cases = [
+            ("127.0.0.1:9292", "write `http://127.0.0.1:9292`"),
+            ("glance.example:9292", "write `http://glance.example:9292`"),
+            ("glance.example", "write `http://glance.example`"),
+            ("ftp://glance.example", "as in `http://HOST:PORT`"),
+            ("http://", "`http://HOST:PORT`"),
+        ];
+        for (url, says) in cases {
+            let text = format!("[upstream]\nurls = [\"{url}\"]\n");
+            check_err(&text, &["test.toml", "upstream.urls[0]", url, says]);
+        }
+        check_err(
+            "[server]\npublic_url = \"proxy.example:9393\"\n",
+            &["server.public_url", "write `http://proxy.example:9393`"],
+        );
+        let o = Overrides {
+            upstreams: vec!["127.0.0.1:9292".into()],
+            ..Default::default()
+        };
+        let err = Config::from_toml_str_with("", "f.toml", &o)
+            .expect_err("no scheme")
+            .to_string();
+        assert!(
+            err.contains("--upstream") && err.contains("write `http://127.0.0.1:9292`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! - `body`: the response body types, the idle-timeout wrapper, and `follow` (the body of a
 //!   growing file: sendfile spans or reads).
 //! - `sendfile`: zero-copy hits: the file-span chunks, their guard, the socket wrapper.
+//! - `writable`: whether the proxy can write its directories: the start-up probe and the
+//!   running tally of cache write failures (`/readyz`).
 //! - leaves: `auth` (caller identity headers and keys), `clock` (the wall clock), `config` (TOML ->
 //!   validated `Config`), `digest` (what a record promises), `outcome` (enums of what
 //!   happened), `route` (pure classification), `sys` (the only unsafe), `tls` (PEM, roots,
@@ -51,3 +53,4 @@ pub mod state;
 pub mod sys;
 pub mod tls;
 pub mod upstream;
+pub mod writable;

@@ -11,6 +11,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// Exit status for a directory the proxy must write but cannot, as its user (EX_CANTCREAT).
+const EXIT_CANTCREAT: u8 = 73;
 
 /// A caching reverse proxy for the OpenStack Image service (Glance).
 #[derive(Debug, Parser)]
@@ -103,7 +105,12 @@ async fn run(config: Config) -> ExitCode {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(dir = %cache_dir.display(), "{e}");
-            return ExitCode::FAILURE;
+            return match e {
+                glance_cache_proxy::app::StartError::Unwritable(_) => {
+                    ExitCode::from(EXIT_CANTCREAT)
+                }
+                _ => ExitCode::FAILURE,
+            };
         }
     };
     let Some((listener, admin)) = bind_listeners(&app.config).await else {

@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub cache_entries: u64,
     pub cache_capacity_bytes: u64,
     pub cache_evictions: u64,
+    /// Whether the cache's writes go through (`writable::DiskHealth`).
+    pub cache_writable: bool,
     /// Fill results since start, by result.
     pub fills: Vec<(FillResult, u64)>,
     /// Image bytes received from Glance by fills.
@@ -459,6 +461,12 @@ fn cache_families(s: &Snapshot) -> Vec<MetricFamily> {
                 one(s.cache_capacity_bytes),
             ),
             family(
+                "cache_writable",
+                "1 while the cache directory takes writes; 0 after several cache writes failed in a row (/readyz says why), until a fill is committed or a probe of the directories passes.",
+                GAUGE,
+                one(u64::from(s.cache_writable)),
+            ),
+            family(
                 "cache_evictions_total",
                 "Entries evicted to make room (least recently used first).",
                 COUNTER,
@@ -563,6 +571,7 @@ mod tests {
         m.upstream_response(0.01);
         let snap = Snapshot {
             cache_enabled: true,
+            cache_writable: true,
             fills: vec![(FillResult::Committed, 3)],
             upstreams: vec![("http://g:9292/".into(), true)],
             ..Snapshot::default()
@@ -575,6 +584,7 @@ mod tests {
             "glance_cache_proxy_tls_hits_total{path=\"userspace\"} 1",
             "glance_cache_proxy_tls_hits_total{path=\"ktls\"} 0",
             "glance_cache_proxy_fills_total{result=\"committed\"} 3",
+            "glance_cache_proxy_cache_writable 1",
             "glance_cache_proxy_upstream_up{upstream=\"http://g:9292/\"} 1",
             "glance_cache_proxy_authorization_decisions_total{decision=\"allowed\"} 2",
             "# TYPE glance_cache_proxy_ttfb_seconds histogram",

@@ -55,6 +55,7 @@ impl Shared {
             snap.fills = cache.stats.fills.all();
             snap.fetched_bytes = cache.stats.fetched.load(Relaxed);
             snap.quarantined = cache.stats.quarantined.all();
+            snap.cache_writable = cache.disk_health().failing().is_none();
         }
         if let Some(s) = &self.scrub {
             snap.scrub_verified_bytes = s.stats.verified_bytes.load(Relaxed);

@@ -464,12 +464,17 @@ fn config_errors_name_the_key_and_file_and_exit_64() {
 async fn the_binary_serves_logs_and_exits_0_on_sigterm() {
     let glance = FakeGlance::start().await;
     let port = support::closed_port().await.port();
+    // A cache of its own: the default, /var/cache/glance-cache-proxy, is the service's (made
+    // here as root, a service started later as its user could not write it: issue 28).
+    let cache = tempfile::tempdir().expect("tempdir");
     let mut child = tokio::process::Command::new(BIN)
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--upstream",
             &glance.url,
+            "--cache-dir",
+            &cache.path().display().to_string(),
         ])
         .args(["--metrics-listen", ""])
         .env("RUST_LOG", "info")

@@ -202,6 +202,45 @@ async fn every_dashboard_expression_names_an_exported_metric() {
         }
     }
     assert!(checked > 0, "no dashboard checked");
+
+    // The alert rules too: every `expr:` (one line, or a `|` block) of deploy/prometheus.
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/alerts.yml"
+    ))
+    .expect("alerts.yml");
+    let mut alert_exprs = Vec::new();
+    let mut lines = rules.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(expr) = line.trim_start().strip_prefix("expr:") else {
+            continue;
+        };
+        let mut text = expr.trim().to_string();
+        if text == "|" {
+            let indent = line.len() - line.trim_start().len();
+            while let Some(next) = lines.peek() {
+                if next.len() - next.trim_start().len() <= indent && !next.trim().is_empty() {
+                    break;
+                }
+                text.push_str(next);
+                lines.next();
+            }
+        }
+        alert_exprs.push(text);
+    }
+    assert!(alert_exprs.len() >= 10, "{alert_exprs:?}");
+    for expr in &alert_exprs {
+        for name in metric_names(expr) {
+            assert!(
+                exported.contains(&name),
+                "alerts.yml: `{expr}` names {name}, which the proxy does not export"
+            );
+        }
+    }
+    assert!(
+        rules.contains("glance_cache_proxy_cache_writable == 0"),
+        "an alert on an unwritable cache"
+    );
 }
 
 fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {

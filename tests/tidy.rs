@@ -142,6 +142,7 @@ const LAYERS: &[&[&str]] = &[
     &["error", "metrics"],
     &["body"],
     &["sendfile"],
+    &["writable"],
     &[
         "auth", "clock", "config", "digest", "disk", "outcome", "route", "sys", "tls",
     ],

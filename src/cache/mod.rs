@@ -28,6 +28,7 @@ use crate::config::CacheConfig;
 use crate::digest::Expected;
 use crate::disk::{self, TempFile};
 use crate::outcome::{BypassReason, FillResult, QuarantineReason};
+use crate::writable::DiskHealth;
 use fill::{Failure, Fill, Progress, Rules};
 use index::{Entry, Index, Reservation};
 use store::{unix_ms, EntryMeta, Fingerprint, Store, StoreError};
@@ -145,15 +146,18 @@ pub struct Cache {
     config: CacheConfig,
     pub stats: Stats,
     removed: std::sync::OnceLock<OnRemoved>,
+    /// Write failures in a row (`/readyz`, `cache_writable`): fed by fills.
+    health: Arc<DiskHealth>,
 }
 
 impl Cache {
     /// Open the cache directory, remove leftovers and rebuild the index from disk.
-    pub fn open(config: &CacheConfig) -> Result<Cache, StoreError> {
-        disk::startup(|| Cache::open_here(config))
+    /// `health` learns how each fill's writes went.
+    pub fn open(config: &CacheConfig, health: Arc<DiskHealth>) -> Result<Cache, StoreError> {
+        disk::startup(|| Cache::open_here(config, health))
     }
 
-    fn open_here(config: &CacheConfig) -> Result<Cache, StoreError> {
+    fn open_here(config: &CacheConfig, health: Arc<DiskHealth>) -> Result<Cache, StoreError> {
         let started = std::time::Instant::now();
         let store = Store::open(&config.dir)?;
         let scan = store.scan()?;
@@ -210,6 +214,7 @@ impl Cache {
             config: config.clone(),
             stats: Stats::default(),
             removed: std::sync::OnceLock::new(),
+            health,
         })
     }
 
@@ -437,6 +442,11 @@ impl Cache {
         self.config.verify_md5
     }
 
+    /// Whether the cache's writes go through (`/readyz`, `cache_writable`).
+    pub fn disk_health(&self) -> &Arc<DiskHealth> {
+        &self.health
+    }
+
     /// The cache directory.
     pub fn dir(&self) -> &std::path::Path {
         &self.config.dir
@@ -568,6 +578,8 @@ impl Cache {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(image_id = %id, error = %e, "cannot create a cache file");
+                self.health
+                    .failed(format!("creating a file for image {id}: {e}"));
                 self.stats.fills.add(e.fault().into());
                 return Begin::Bypass(e.fault().into());
             }
@@ -820,6 +832,7 @@ impl Starter {
             };
             match result {
                 Ok(()) => {
+                    cache.health.succeeded();
                     cache.stats.fills.add(FillResult::Committed);
                     tracing::info!(image_id = %fill.image_id, size = fill.expected.size, "cached");
                     let _ = tx.send(Progress::Committed);
@@ -829,6 +842,11 @@ impl Starter {
                     if let Failure::Disk { written, fault } = &failure {
                         // Operator action needed (disk full or failing): error level, once.
                         tracing::error!(image_id = %fill.image_id, reason = fault.as_str(), written, "cache write failed; nothing kept, readers continue from upstream");
+                        cache.health.failed(format!(
+                            "writing image {} ({})",
+                            fill.image_id,
+                            fault.as_str()
+                        ));
                     } else {
                         tracing::warn!(image_id = %fill.image_id, reason = failure.result().as_str(), detail = ?failure, "fill failed; nothing kept");
                     }

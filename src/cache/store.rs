@@ -171,6 +171,11 @@ pub struct Store {
     quarantine: PathBuf,
 }
 
+/// The store's directories under the cache root, for the start-up probe (`writable::check`).
+pub fn dirs(root: &Path) -> [PathBuf; 3] {
+    [root.join(IMAGES), root.join(TMP), root.join(QUARANTINE)]
+}
+
 impl Store {
     /// Open (creating if needed) the cache directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {

@@ -1,6 +1,7 @@
 //! The operations listener (`metrics.listen`, loopback by default, apart from the API):
 //! `/metrics` (Prometheus text), `/healthz` (the process answers) and `/readyz` (the cache
-//! index is loaded, which `app::build` guarantees, and an upstream Glance answers).
+//! index is loaded, which `app::build` guarantees; the cache's writes go through, see `ready`;
+//! and an upstream Glance answers). A 503 from `/readyz` says why in its body.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,6 +42,27 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     }
 }
 
+/// What keeps the proxy from being ready, one line each; none when ready. The cache disk:
+/// while its writes fail (`writable::DiskHealth`), the directories are probed again on the
+/// blocking pool, and a pass clears the failures. Then an upstream must answer.
+async fn ready(server: &Server) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(cache) = &server.shared.cache {
+        if cache.disk_health().failing().is_some() {
+            let disk = Arc::clone(cache.disk_health());
+            match crate::disk::blocking(move || disk.recheck()).await {
+                Ok(None) => {}
+                Ok(Some(why)) => problems.push(format!("cache disk not writable: {why}")),
+                Err(e) => problems.push(format!("cache disk not writable: the probe failed: {e}")),
+            }
+        }
+    }
+    if !server.shared.upstream.reachable(READY_WAIT).await {
+        problems.push("no upstream Glance answers GET /versions".to_string());
+    }
+    problems
+}
+
 async fn answer(
     server: Arc<Server>,
     req: Request<Incoming>,
@@ -68,12 +90,13 @@ async fn answer(
         ),
         "/healthz" => text(StatusCode::OK, "ok\n".into(), PLAIN),
         "/readyz" => {
-            if server.shared.upstream.reachable(READY_WAIT).await {
+            let problems = ready(&server).await;
+            if problems.is_empty() {
                 text(StatusCode::OK, "ready\n".into(), PLAIN)
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "no upstream Glance answers GET /versions\n".into(),
+                    problems.join("\n") + "\n",
                     PLAIN,
                 )
             }

@@ -5,6 +5,7 @@ hit. With Keystone: admin allowed, member 403, bad token 401, with Glance's cach
 and the prefetcher's own Keystone credentials renewed after Glance refuses a revoked token.
 """
 import os
+import shutil
 import tempfile
 import time
 
@@ -168,6 +169,7 @@ class KeystoneSite:
         self.glance = Glance({"GLANCE_AUTH": "keystone", "KEYSTONE_PORT": str(self.kport),
                               "GLANCE_CACHE": glance_cache, "GLANCE_TOKEN_CACHE_TIME": "-1"})
         self.proxy = None
+        self.conf_dir = None
         try:
             def sess(user, password, project):
                 return session.Session(auth=v3.Password(
@@ -181,12 +183,14 @@ class KeystoneSite:
                 "member": sess("demo-member", "demo-member-pass", "demo").get_token(),
                 "bad": "gAAAAABinvalid-token",
             }
-            conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-            conf.write('[prefetch]\nauth_url = "%s"\nusername = "gcp-prefetch"\n'
-                       'password = "gcp-prefetch-pass"\nproject_name = "service"\n'
-                       'retry_initial = "1s"\nretry_max = "5s"\n' % self.auth_url)
-            conf.close()
-            self.conf = conf.name
+            # The config holds the prefetcher's password: in a 0700 directory of its own,
+            # removed by stop().
+            self.conf_dir = tempfile.mkdtemp(prefix="gcp-e2e-prefetch-")
+            self.conf = os.path.join(self.conf_dir, "proxy.toml")
+            with open(self.conf, "w") as conf:
+                conf.write('[prefetch]\nauth_url = "%s"\nusername = "gcp-prefetch"\n'
+                           'password = "gcp-prefetch-pass"\nproject_name = "service"\n'
+                           'retry_initial = "1s"\nretry_max = "5s"\n' % self.auth_url)
             self.proxy = Proxy(self.glance.url, ["--config", self.conf])
         except BaseException:
             self.stop()
@@ -218,6 +222,8 @@ class KeystoneSite:
         if self.proxy is not None:
             self.proxy.stop()
         self.glance.stop()
+        if self.conf_dir is not None:
+            shutil.rmtree(self.conf_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=["0", "1"], ids=["glance-cache-off", "glance-cache-on"])
