@@ -60,6 +60,7 @@ impl App {
             slots: Slots::new(config.server.max_connections),
             listen_url,
             last_host: std::sync::Mutex::default(),
+            access: Arc::new(crate::server::access::AccessLog::new()),
         });
         Ok(App {
             config,
