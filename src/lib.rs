@@ -20,7 +20,8 @@
 //!   growing file: sendfile spans or reads).
 //! - `sendfile`: zero-copy hits: the file-span chunks, their guard, the socket wrapper.
 //! - leaves: `auth` (caller identity headers and keys), `clock` (the wall clock), `config` (TOML ->
-//!   validated `Config`), `digest` (what a record promises), `outcome` (enums of what
+//!   validated `Config`), `digest` (what a record promises), `disk` (the blocking pool, the
+//!   off-runtime check, id validation, private and durable writes), `outcome` (enums of what
 //!   happened), `route` (pure classification), `sys` (the only unsafe), `tls` (PEM, roots,
 //!   reloadable identities).
 
