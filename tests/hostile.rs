@@ -505,3 +505,54 @@ async fn a_flood_of_long_targets_neither_slows_others_nor_grows_memory() {
         .expect("a 414's access line was written");
     assert!(cut.contains("bytes cut]") && cut.len() < 3000, "{cut}");
 }
+
+/// Issue 26: a request id that Glance echoes cannot add fields to the access line: in the
+/// text format it is one quoted, escaped value; in JSON one escaped string.
+#[tokio::test]
+async fn a_forged_request_id_stays_one_field_in_both_log_formats() {
+    let glance = FakeGlance::start().await;
+    let forged = r#"req-1 status=200 upstream=evil injected="yes""#;
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("proxy.toml");
+        std::fs::write(&config, format!("[log]\nformat = \"{format}\"\n")).expect("config");
+        let args: Vec<String> = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--upstream".into(),
+            glance.url.clone(),
+            "--cache-dir".into(),
+            dir.path().join("cache").display().to_string(),
+        ];
+        let mut proxy =
+            support::ProxyProcess::start(support::BIN, &args, dir.path().join("log")).await;
+        let got = send(
+            &format!("{}/v2/images", proxy.url),
+            "GET",
+            &[("x-openstack-request-id", forged)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::OK);
+        support::until(|| proxy.log_text().contains("/v2/images")).await;
+        let log = proxy.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("access") && l.contains("/v2/images"))
+            .unwrap_or_else(|| panic!("no access line: {log}"));
+        match format {
+            "text" => {
+                let quoted = r#"request_id="req-1 status=200 upstream=evil injected=\"yes\"""#;
+                // One value, and the next field is the proxy's own.
+                assert!(line.contains(&format!("{quoted} route=")), "{line}");
+            }
+            _ => {
+                let json: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+                assert_eq!(json["request_id"], forged, "{line}");
+                assert_eq!(json["status"], 200, "{line}");
+                assert!(json.get("injected").is_none(), "{line}");
+            }
+        }
+        proxy.kill9().await;
+    }
+}
