@@ -24,7 +24,7 @@ use crate::body::{BoxError, IdleTimeout};
 use crate::cache::store::StoreError;
 use crate::cache::verify::{Digests, Mismatch};
 use crate::digest::Expected;
-use crate::disk::{injected, TempFile};
+use crate::disk::TempFile;
 use crate::outcome::{DiskFault, FillResult};
 /// Upstream body bytes gathered into one batch before they go to the writer and the hashers:
 /// one `writev` and one wake-up of each thread per batch, not per frame (hyper hands the body
@@ -269,7 +269,7 @@ impl Writer {
             let mut written = 0u64;
             while let Some(batch) = rx.blocking_recv() {
                 fail::fail_point!("cache::write", |kind| Err((
-                    StoreError::from(injected(kind)),
+                    StoreError::from(crate::disk::injected(kind)),
                     written
                 )));
                 if let Err(e) = write_batch(&mut file, &batch) {
