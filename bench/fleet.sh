@@ -7,15 +7,18 @@
 #     CLIENTS clients on this host each pull the same image, first directly from Glance, then
 #     through one proxy (cache empty at the start): wall time and bytes over the link for both.
 #
-#   bench/fleet.sh storm [IMAGE_MIB] [NODES] [RATE]         (defaults 1024 16 1gbit)
-#     A boot storm through two tiers. NODES network namespaces ("compute nodes"), each with a
-#     node proxy and a client, all pull the same image at once. Round 1: the node proxies'
-#     upstream is one site proxy on this host; round 2 (a second image, fresh node caches):
-#     HAProxy (deploy/haproxy/haproxy.cfg, Debian's haproxy) in front of two site proxies.
-#     Before and after, one client pulls an image straight from Glance over the link: the
-#     one-transfer time the storms are compared with. Prints bytes over the Glance link,
-#     wall time vs one transfer, per-tier throughput and CPU seconds per GB of each tier
-#     (utime + stime from /proc/PID/stat).
+#   bench/fleet.sh storm [IMAGE_MIB] [NODES] [RATE] [SITES]  (defaults 1024 16 1gbit 3)
+#     A boot storm through the large-fleet layout (README "Fleet topologies"): NODES network
+#     namespaces ("compute nodes"), each with a node proxy and a client, all pull the same
+#     image at once through HAProxy -> SITES site proxies -> one parent proxy -> Glance (the
+#     site tier and the parent on this host). Round 1: HAProxy with today's plain consistent
+#     hash (deploy/haproxy/haproxy.cfg without its hash-balance-factor line); round 2 (a second
+#     image, fresh node caches, the same site proxies and parent): the shipped
+#     deploy/haproxy/haproxy.cfg, bounded loads. Before and after, one client pulls an image
+#     straight from Glance over the link: the one-transfer time the storms are compared with.
+#     Prints the bytes each tier sent (the Glance link, the parent, each site proxy: max /
+#     mean), wall time vs one transfer, and CPU seconds per GB of each tier (utime + stime from
+#     /proc/PID/stat).
 #
 # Needs root (ip netns, tc). Test hosts only: 10.211.0.1 (this host) and 10.211.0.2 (Glance's
 # namespace); for storm also 10.212.0.1 (a bridge on this host: the site tier) and
@@ -30,6 +33,7 @@ if [[ ${1:-} == storm ]]; then
     IMAGE_MIB=${1:-1024}
     NODES=${2:-16}
     RATE=${3:-1gbit}
+    SITES=${4:-3}
     RTT_MS=0
 else
     IMAGE_MIB=${1:-1024}
@@ -37,8 +41,6 @@ else
     RATE=${3:-1gbit}
     RTT_MS=${4:-10}
 fi
-NS=gcp-fleet HOST_IF=gcp-fh NS_IF=gcp-fu
-LAUNCHER=$PWD/scripts/glance-upstream/glance-upstream.sh
 NS=gcp-fleet HOST_IF=gcp-fh NS_IF=gcp-fu
 BRIDGE=gcp-br
 LAUNCHER=$PWD/scripts/glance-upstream/glance-upstream.sh
@@ -166,11 +168,9 @@ ticks() {
 }
 # cpu -> "busy iowait total" jiffies of the whole machine (/proc/stat)
 cpu() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
-# served METRICS_ADDR... -> image bytes the proxies sent (served_bytes_total, all sources)
+# served METRICS_ADDR -> image bytes the proxy sent (served_bytes_total, all sources)
 served() {
-    local a
-    for a in "$@"; do curl -sf "http://$a/metrics"; done |
-        awk '/^glance_cache_proxy_served_bytes_total/ {s += $2} END {printf "%.0f", s}'
+    curl -sf "http://$1/metrics" | awk '/^glance_cache_proxy_served_bytes_total/ {s += $2} END {printf "%.0f", s}'
 }
 ip link add "$BRIDGE" type bridge
 ip addr add 10.212.0.1/24 dev "$BRIDGE"
@@ -185,15 +185,16 @@ for i in $(seq "$NODES"); do
     ip netns exec "gcp-node$i" ip link set lo up
 done
 
-# site N -> starts site proxy N on the bridge (API and metrics); sets site_pid, site_port, site_metrics
-site() {
-    site_port=$(free_port)
-    site_metrics=10.212.0.1:$(free_port)
-    "$BIN" --listen "10.212.0.1:$site_port" --upstream "$glance" --cache-dir "$work/site$1" \
-        --cache-max-size 20GiB --metrics-listen "$site_metrics" 2> "$work/site$1.log" &
-    site_pid=$!
-    pids+=("$site_pid")
-    for _ in $(seq 100); do curl -sf -o /dev/null "http://10.212.0.1:$site_port/versions" && break; sleep 0.1; done
+# proxy NAME UPSTREAM -> a proxy on the bridge (API and metrics) with a fresh cache; sets
+# px_pid, px_port, px_metrics
+proxy() {
+    px_port=$(free_port)
+    px_metrics=10.212.0.1:$(free_port)
+    "$BIN" --listen "10.212.0.1:$px_port" --upstream "$2" --cache-dir "$work/$1" \
+        --cache-max-size 20GiB --metrics-listen "$px_metrics" 2> "$work/$1.log" &
+    px_pid=$!
+    pids+=("$px_pid")
+    for _ in $(seq 100); do curl -sf -o /dev/null "http://10.212.0.1:$px_port/versions" && break; sleep 0.1; done
 }
 # nodes UPSTREAM -> a node proxy in every node namespace (127.0.0.1:9393 there, a fresh cache);
 # sets node_pids
@@ -230,39 +231,65 @@ one() {
     [[ $got == "$2" ]] || { echo "one transfer: wrong body" >&2; exit 1; }
     elapsed "$t0"
 }
-# storm LABEL ID WANT "SITE_PIDS" "SITE_METRICS" "LB_PIDS" -> one table row
+# balancer NAME BOUNDED -> HAProxy (deploy/haproxy/haproxy.cfg with this host's addresses, no
+# syslog, no stats socket; BOUNDED=no drops its hash-balance-factor line) in front of the site
+# proxies; sets lb_pid, lb_url
+balancer() {
+    local port i servers=""
+    port=$(free_port)
+    for i in "${!site_ports[@]}"; do
+        servers+="    server site$((i + 1)) 10.212.0.1:${site_ports[$i]} port ${site_metrics[$i]##*:}"$'\n'
+    done
+    awk -v bind="10.212.0.1:$port" -v servers="$servers" -v bounded="$2" '
+        /^ *(log \/dev\/log|stats socket)/ { next }
+        /^ *hash-balance-factor / && bounded == "no" { next }
+        /^ *bind / { print "    bind " bind; next }
+        /^ *server / { if (!done) { printf "%s", servers; done = 1 } next }
+        { print }' deploy/haproxy/haproxy.cfg > "$work/$1.cfg"
+    "$HAPROXY" -db -f "$work/$1.cfg" > "$work/$1.log" 2>&1 &
+    lb_pid=$!
+    pids+=("$lb_pid")
+    lb_url=http://10.212.0.1:$port
+    for _ in $(seq 100); do curl -sf -o /dev/null "$lb_url/versions" && break; sleep 0.1; done
+    sleep 5  # every site proxy passes its first health checks (inter 2s, rise 2)
+}
+# storm LABEL ID WANT -> one table row (node_pids, lb_pid, site_*, parent_* from above)
 storm() {
-    local label=$1 id=$2 want=$3 b0 t0 t bad=0 ps=() s0 c_site c_node c_lb i sum=0 served_b
+    local label=$1 id=$2 want=$3 b0 t0 t bad=0 ps=() i s0=() p0 c_site c_node c_lb c_par sites=""
     sync
-    b0=$(link_bytes); s0=$(served $5)
-    c_site=$(ticks $4); c_node=$(ticks "${node_pids[@]}"); c_lb=$(ticks $6)
+    b0=$(link_bytes); p0=$(served "$parent_metrics")
+    for i in "${!site_metrics[@]}"; do s0+=("$(served "${site_metrics[$i]}")"); done
+    c_site=$(ticks "${site_pids[@]}"); c_node=$(ticks "${node_pids[@]}"); c_lb=$(ticks "$lb_pid")
+    c_par=$(ticks "$parent_pid")
     read -r m_busy m_wait m_all < <(cpu)
     t0=$(date +%s.%N)
     for i in $(seq "$NODES"); do
         (timeout 3600 ip netns exec "gcp-node$i" curl -sf -H 'X-Auth-Token: noauth' \
-            "http://127.0.0.1:9393/v2/images/$id/file" | cksum > "$work/out.$i"
-         elapsed "$t0" > "$work/end.$i") &
+            "http://127.0.0.1:9393/v2/images/$id/file" | cksum > "$work/out.$i") &
         ps+=($!)
     done
     for p in "${ps[@]}"; do wait "$p"; done
     t=$(elapsed "$t0")
     read -r m_busy2 m_wait2 m_all2 < <(cpu)
-    c_site=$(( $(ticks $4) - c_site )); c_node=$(( $(ticks "${node_pids[@]}") - c_node ))
-    c_lb=$(( $(ticks $6) - c_lb ))
-    served_b=$(( $(served $5) - s0 ))
-    for i in $(seq "$NODES"); do
-        [[ $(cat "$work/out.$i") == "$want" ]] || bad=$((bad + 1))
-        sum=$(awk -v a="$sum" -v b="$(cat "$work/end.$i")" 'BEGIN{print a + b}')
-    done
+    c_site=$(( $(ticks "${site_pids[@]}") - c_site )); c_node=$(( $(ticks "${node_pids[@]}") - c_node ))
+    c_lb=$(( $(ticks "$lb_pid") - c_lb )); c_par=$(( $(ticks "$parent_pid") - c_par ))
+    sleep 1  # the proxies count a response's bytes when it ends
+    for i in "${!site_metrics[@]}"; do sites+="$(( $(served "${site_metrics[$i]}") - s0[i] )) "; done
+    for i in $(seq "$NODES"); do [[ $(cat "$work/out.$i") == "$want" ]] || bad=$((bad + 1)); done
     awk -v l="$label" -v n="$NODES" -v t="$t" -v one="$one_t" -v lb="$(( $(link_bytes) - b0 ))" \
-        -v img="$((IMAGE_MIB << 20))" -v sb="$served_b" -v mean="$sum" -v hz="$HZ" \
-        -v cs="$c_site" -v cn="$c_node" -v cl="$c_lb" -v bad="$bad" -v haslb="$6" -v busy="$((m_busy2 - m_busy))" \
-        -v iow="$((m_wait2 - m_wait))" -v all="$((m_all2 - m_all))" 'BEGIN {
+        -v img="$((IMAGE_MIB << 20))" -v sites="$sites" -v par="$(( $(served "$parent_metrics") - p0 ))" \
+        -v hz="$HZ" -v cs="$c_site" -v cn="$c_node" -v cl="$c_lb" -v cp="$c_par" -v bad="$bad" \
+        -v busy="$((m_busy2 - m_busy))" -v iow="$((m_wait2 - m_wait))" -v all="$((m_all2 - m_all))" 'BEGIN {
         gb = img / 1e9
-        printf "| %s | %d | %.1f | %.2fx | %.0f (%.2f images) | %.2f | %.2f | %.1f | %.3f | %.3f | %s | %.3f | %.0f %% / %.0f %% | %d |\n",
-            l, n, t, t / one, lb, lb / img, sb / 1e9 / t, n * gb / t, mean / n,
-            cs / hz / (sb / 1e9), cs / hz / gb, (haslb == "" ? "-" : sprintf("%.3f", cl / hz / (sb / 1e9))),
-            cn / hz / (n * gb), 100 * busy / all, 100 * iow / all, bad
+        k = split(sites, sb, " "); sum = 0; max = 0; each = ""
+        for (i = 1; i <= k; i++) {
+            sum += sb[i]; if (sb[i] > max) max = sb[i]
+            each = each (i > 1 ? " / " : "") sprintf("%.2f", sb[i] / 1e9)
+        }
+        printf "| %s | %d | %.1f | %.2fx | %.0f (%.2f images) | %.2f (%.2f images) | %s | %.2f | %.3f | %.3f | %.3f | %.3f | %.0f %% / %.0f %% | %d |\n",
+            l, n, t, t / one, lb, lb / img, par / 1e9, par / img, each, max / (sum / k),
+            cp / hz / (par / 1e9), cs / hz / (sum / 1e9), cl / hz / (sum / 1e9), cn / hz / (n * gb),
+            100 * busy / all, 100 * iow / all, bad
     }'
 }
 
@@ -271,39 +298,33 @@ read -r id2 want2 < <(upload storm-2)
 one_a=$(one "$id1" "$want1")
 one_t=$one_a
 
-site 1
-site1_pid=$site_pid site1_port=$site_port site1_metrics=$site_metrics
-nodes "http://10.212.0.1:$site1_port"
-row1=$(storm "node -> site -> Glance" "$id1" "$want1" "$site1_pid" "$site1_metrics" "")
-stop_nodes
+proxy parent "$glance"
+parent_pid=$px_pid parent_metrics=$px_metrics parent_url=http://10.212.0.1:$px_port
+site_pids=() site_ports=() site_metrics=()
+for i in $(seq "$SITES"); do
+    proxy "site$i" "$parent_url"
+    site_pids+=("$px_pid"); site_ports+=("$px_port"); site_metrics+=("$px_metrics")
+done
 
-site 2
-site2_pid=$site_pid site2_port=$site_port site2_metrics=$site_metrics
-hport=$(free_port)
-# deploy/haproxy/haproxy.cfg with this host's addresses; no syslog, no stats socket.
-awk -v bind="10.212.0.1:$hport" -v s1="10.212.0.1:$site1_port port ${site1_metrics##*:}" \
-    -v s2="10.212.0.1:$site2_port port ${site2_metrics##*:}" '
-    /^ *(log \/dev\/log|stats socket)/ { next }
-    /^ *bind / { print "    bind " bind; next }
-    /^ *server / { if (!done) { print "    server site1 " s1; print "    server site2 " s2; done = 1 } next }
-    { print }' deploy/haproxy/haproxy.cfg > "$work/haproxy.cfg"
-"$HAPROXY" -db -f "$work/haproxy.cfg" > "$work/haproxy.log" 2>&1 &
-lb_pid=$!
-pids+=("$lb_pid")
-for _ in $(seq 100); do curl -sf -o /dev/null "http://10.212.0.1:$hport/versions" && break; sleep 0.1; done
-sleep 5  # both site proxies pass their first health checks (inter 2s, rise 2)
-nodes "http://10.212.0.1:$hport"
-row2=$(storm "node -> HAProxy -> 2 sites -> Glance" "$id2" "$want2" "$site1_pid $site2_pid" \
-    "$site1_metrics $site2_metrics" "$lb_pid")
+balancer plain no
+nodes "$lb_url"
+row1=$(storm "plain hash (hash-balance-factor 0)" "$id1" "$want1")
+stop_nodes
+kill "$lb_pid"; wait "$lb_pid" || true
+
+balancer bounded yes
+nodes "$lb_url"
+row2=$(storm "bounded loads ($(awk '/^ *hash-balance-factor/ {print $2}' deploy/haproxy/haproxy.cfg))" "$id2" "$want2")
 stop_nodes
 one_b=$(one "$id2" "$want2")
 
 echo
-echo "Boot storm: $NODES nodes (network namespaces, a node proxy and a client each) x ${IMAGE_MIB} MiB image, all at once;"
-echo "Glance behind a shaped link: $link; site tier on this host; $(nproc) cores; load before: $load0"
+echo "Boot storm: $NODES nodes (network namespaces, a node proxy and a client each) x ${IMAGE_MIB} MiB image, all at once,"
+echo "through HAProxy -> $SITES site proxies -> one parent proxy -> Glance (site tier and parent on this host);"
+echo "Glance behind a shaped link: $link; $(nproc) cores; load before: $load0"
 echo "One transfer straight from Glance over the link: ${one_a} s before the storms, ${one_b} s after (the storms are compared with the first)"
 echo
-echo "| topology | nodes | wall (s) | vs one transfer | bytes over the Glance link | site tier out (GB/s) | node tier out (GB/s, all nodes) | mean per-node time (s) | site CPU-s per GB sent | site CPU-s per GB of image | HAProxy CPU-s per GB | node CPU-s per GB served | machine CPU busy / iowait | wrong bodies |"
+echo "| HAProxy | nodes | wall (s) | vs one transfer | bytes over the Glance link | parent sent (GB) | each site proxy sent (GB) | site max / mean | parent CPU-s per GB sent | site CPU-s per GB sent | HAProxy CPU-s per GB | node CPU-s per GB served | machine CPU busy / iowait | wrong bodies |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 echo "$row1"
 echo "$row2"

@@ -3,12 +3,13 @@
 # install run in a private mount namespace: scripts/check-systemd-install.sh), the Kubernetes
 # manifests (kubernetes-validate --strict, from PyPI; the ServiceMonitor is a CRD it has no
 # schema for, so it only warns there), the alert rules (promtool check rules, from Debian's
-# prometheus package), the HAProxy configuration of a sharded site tier (haproxy -c, Debian's
-# haproxy) and the dashboard's JSON. Installs what it needs (apt as root; a venv
-# under ~/.cache/glance-cache-proxy/tools-venv). A metrics scrape is checked with
-# `promtool check metrics` by the end-to-end suite (tests/e2e/test_ops.py). Then the container
-# image: built offline from the debug binary with buildah and run with podman in front of a real
-# Glance (scripts/check-image.sh; it says so when buildah cannot build here).
+# prometheus package), the HAProxy configuration of the site tier (haproxy -c, Debian's
+# haproxy), the parent tier's proxy configuration (--check-config) and the dashboard's JSON.
+# Installs what it needs (apt as root; a venv under ~/.cache/glance-cache-proxy/tools-venv).
+# A metrics scrape is checked with `promtool check metrics` by the end-to-end suite
+# (tests/e2e/test_ops.py). Then the container image: built offline from the debug binary with
+# buildah and run with podman in front of a real Glance (scripts/check-image.sh; it says so
+# when buildah cannot build here).
 #
 #   scripts/check-deploy.sh
 set -euo pipefail
@@ -51,6 +52,9 @@ promtool check rules deploy/prometheus/alerts.yml
 
 echo "== haproxy -c -f deploy/haproxy/haproxy.cfg"
 PATH=$PATH:/usr/sbin haproxy -c -q -f deploy/haproxy/haproxy.cfg
+
+echo "== glance-cache-proxy --check-config: deploy/parent/glance-cache-proxy.toml"
+target/debug/glance-cache-proxy --config deploy/parent/glance-cache-proxy.toml --check-config >/dev/null
 
 echo "== grafana/*.json parse"
 for f in grafana/*.json; do python3 -m json.tool "$f" >/dev/null; done

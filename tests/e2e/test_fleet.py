@@ -5,13 +5,16 @@
   that node, and a node whose site proxy is down fails over to Glance; the differential
   authorization table of test_authz.py (noauth and a real Keystone) passes through both
   tiers, each asking Glance with the caller's own credentials.
-- a sharded site tier: node proxies -> HAProxy (Debian's, with deploy/haproxy/haproxy.cfg,
-  addresses replaced by loopback ports) -> two site proxies -> Glance (through a throttled
-  relay, so a transfer lasts long enough to be cut). Clients on all nodes at once make one
-  Glance download per image; a site proxy SIGKILLed mid-transfer makes every client's
-  transfer abort (never a complete wrong body), the retry succeeds through the other site
-  proxy, and no node caches a wrong byte; a site proxy drained through HAProxy's runtime API
-  finishes its transfer, gets no new request and stops cleanly (the upgrade procedure).
+- the large-fleet layout: six node proxies -> HAProxy (Debian's, with deploy/haproxy/haproxy.cfg,
+  addresses replaced by loopback ports: bounded-load consistent hashing) -> three site proxies
+  -> a parent proxy -> Glance (through a throttled relay, so a transfer lasts long enough to
+  overlap others or be cut). One image pulled by every node at once is served by several site
+  proxies while Glance sends it once; images pulled one after another stay on their site
+  proxies; clients on all nodes at once make one Glance download per image; a site proxy
+  SIGKILLed mid-transfer makes its clients' transfers abort (never a complete wrong body), the
+  retry succeeds through another site proxy, and no node caches a wrong byte; a site proxy
+  drained through HAProxy's runtime API finishes its transfer, gets no new request and stops
+  cleanly (the upgrade procedure).
 """
 import concurrent.futures
 import hashlib
@@ -40,7 +43,7 @@ T = 60
 MIB = 1 << 20
 HAPROXY_CFG = os.path.join(ROOT, "deploy", "haproxy", "haproxy.cfg")
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-# Glance -> site proxies in the sharded tier: bytes per second per connection.
+# Glance -> the parent proxy in the large-fleet layout: bytes per second per connection.
 RELAY_RATE = 16 * MIB
 
 
@@ -63,6 +66,11 @@ def glance_serves(glance, image_id, size):
     pattern = r'"GET [^"]*%s/file HTTP/1\.1" 200 %d ' % (image_id, size)
     time.sleep(0.3)
     return len(re.findall(pattern, glance.access_log()))
+
+
+def full_sends(proxy, image_id, size):
+    """How many times the proxy sent this image's whole data (its access log)."""
+    return sum(" status=200 bytes=%d " % size in l for l in proxy.access_lines(image_id + "/file"))
 
 
 def glance_calls(glance, image_id):
@@ -266,7 +274,7 @@ def test_deleted_image_is_404_and_evicted_at_both_tiers(world):
     assert not holds(world.proxy, image_id) and not holds(world.site, image_id)
 
 
-# -- a sharded site tier: nodes -> HAProxy -> two site proxies ------------------------------
+# -- the large-fleet layout: nodes -> HAProxy -> site proxies -> parent -> Glance ------------
 
 class ThrottledRelay(Relay):
     """conftest's recording relay, sending upstream -> client at most RELAY_RATE bytes per
@@ -319,22 +327,24 @@ def haproxy_config(port, sites, admin_sock):
 
 
 class Sharded:
-    """Glance -> throttled relay -> two site proxies -> HAProxy -> three node proxies."""
+    """Glance -> throttled relay -> a parent proxy -> `sites` site proxies -> HAProxy (the
+    shipped haproxy.cfg) -> `nodes` node proxies."""
 
-    def __init__(self, glance, nodes=3):
+    def __init__(self, glance, nodes=6, sites=3):
         self.relay = ThrottledRelay(glance.port)
-        self.sites, self.nodes, self.killed = [], [], set()
+        self.parent, self.sites, self.nodes, self.killed = None, [], [], set()
         self.dir = tempfile.mkdtemp(prefix="gcp-e2e-haproxy-")
         self.haproxy = self.log = None
         try:
-            self._start(nodes)
+            self._start(nodes, sites)
         except BaseException:
             self.stop()  # what did start
             raise
 
-    def _start(self, nodes):
-        for _ in range(2):
-            self.sites.append(Proxy(self.relay.url, metrics=True))
+    def _start(self, nodes, sites):
+        self.parent = Proxy(self.relay.url, metrics=True)
+        for _ in range(sites):
+            self.sites.append(Proxy(self.parent.url, metrics=True))
         port = free_port()
         cfg = os.path.join(self.dir, "haproxy.cfg")
         self.admin_sock = os.path.join(self.dir, "admin.sock")
@@ -377,6 +387,8 @@ class Sharded:
         if self.log is not None:
             self.log.close()
         codes.update({url: code for url, code in stop_all(self.sites).items() if url not in self.killed})
+        if self.parent is not None:
+            codes.update(stop_all([self.parent]))
         self.relay.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         return codes
@@ -406,8 +418,61 @@ def test_sharded_site_tier_one_glance_download_per_image(glance, sharded):
     for image_id, data in images.items():
         assert glance_serves(glance, image_id, len(data)) == 1
         wait_held(sharded.nodes, image_id)
-        # Each image lives on one site proxy (the hash of its path).
-        assert sum(holds(s, image_id) for s in sharded.sites) == 1, image_id
+        # The site proxies that took the image (its own, and its ring neighbours while that
+        # one was loaded) each fetched it once from the parent.
+        takers = [s for s in sharded.sites if full_sends(s, image_id, len(data))]
+        assert takers and full_sends(sharded.parent, image_id, len(data)) == len(takers)
+
+
+def test_one_image_to_every_node_at_once_spreads_over_the_site_tier(glance, sharded):
+    """Issue 27: a storm of one image goes to several site proxies (HAProxy's bounded loads)
+    and still crosses Glance once (the parent)."""
+    data = os.urandom(32 * MIB)  # 2 s through the throttled relay: the downloads overlap
+    image_id = new_image(glance, data)
+    served = [metric(s, "glance_cache_proxy_served_bytes_total") for s in sharded.sites]
+    assert all_at_once(sharded.nodes, image_id) == [(200, data)] * len(sharded.nodes)
+    assert glance_serves(glance, image_id, len(data)) == 1
+    # Whole copies each site proxy sent (its access log, waited for), and its image bytes.
+    sends = [full_sends(s, image_id, len(data)) for s in sharded.sites]
+    served = [metric(s, "glance_cache_proxy_served_bytes_total") - b for s, b in zip(sharded.sites, served)]
+    assert sum(sends) == len(sharded.nodes), sends
+    assert served == [n * len(data) for n in sends], (served, sends)
+    takers = sum(n > 0 for n in sends)
+    assert takers >= 2, sends
+    # Each of them fetched it once from the parent, which fetched it once from Glance.
+    assert full_sends(sharded.parent, image_id, len(data)) == takers
+
+
+def test_images_one_after_another_stay_on_their_site_proxies(glance, sharded):
+    """Issue 27: without overlapping transfers every image goes to the site proxy it hashes
+    to, so a second node's pulls are that site proxy's hits: no new download from the
+    parent."""
+    images = {}
+    for _ in range(6):
+        data = os.urandom(2 * MIB)
+        images[new_image(glance, data)] = data
+    first, second = sharded.nodes[0], sharded.nodes[1]
+    for image_id, data in images.items():
+        assert download(first, image_id) == (200, data)
+    owners = {}
+    deadline = time.monotonic() + 30
+    for image_id in images:
+        while not [s for s in sharded.sites if holds(s, image_id)]:
+            assert time.monotonic() < deadline, "no site proxy holds " + image_id
+            time.sleep(0.05)
+        held = [s for s in sharded.sites if holds(s, image_id)]
+        assert len(held) == 1, (image_id, [s.url for s in held])
+        owners[image_id] = held[0]
+    parent_bytes = metric(sharded.parent, "glance_cache_proxy_served_bytes_total")
+    for image_id, data in images.items():
+        assert download(second, image_id) == (200, data)
+        assert 'cache="hit"' in owners[image_id].access_lines(image_id + "/file")[-1]
+    # The parent sent only the site proxies' one-byte probes.
+    assert metric(sharded.parent, "glance_cache_proxy_served_bytes_total") - parent_bytes < 1024
+    for image_id, data in images.items():
+        assert [s for s in sharded.sites if holds(s, image_id)] == [owners[image_id]]
+        assert full_sends(sharded.parent, image_id, len(data)) == 1
+        assert glance_serves(glance, image_id, len(data)) == 1
 
 
 def test_drain_a_site_proxy_for_an_upgrade(glance):
@@ -430,7 +495,7 @@ def test_drain_a_site_proxy_for_an_upgrade(glance):
             name = "site%d" % (s.sites.index(filling[0]) + 1)
             assert s.admin("set server glance_sites/%s state drain" % name).strip() == ""
             assert first.result() == (200, data)
-        drained, other = filling[0], [p for p in s.sites if p is not filling[0]][0]
+        drained, others = filling[0], [p for p in s.sites if p is not filling[0]]
         deadline = time.monotonic() + 10
         while not drained.access_lines(image_id + "/file"):  # written as the body ends
             assert time.monotonic() < deadline, drained.tail()
@@ -438,7 +503,7 @@ def test_drain_a_site_proxy_for_an_upgrade(glance):
         before = len(drained.access_lines(image_id))
         assert download(s.nodes[1], image_id) == (200, data)
         assert len(drained.access_lines(image_id)) == before, "a drained site proxy got a request"
-        assert other.access_lines(image_id + "/file")
+        assert any(p.access_lines(image_id + "/file") for p in others)
         assert drained.stop() == 0
         s.killed.add(drained.url)  # stopped already
         for n in s.nodes:
@@ -458,12 +523,13 @@ def test_site_proxy_killed_mid_transfer(glance, sharded):
                               stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for n, out in zip(sharded.nodes, outs)]
     try:
-        # The site proxy that fills the image, once every client has some of it.
+        # A site proxy that fills the image (bounded loads spread the six over several),
+        # once every client has some of it.
         deadline = time.monotonic() + 30
         while True:
             filling = [s for s in sharded.sites if os.listdir(os.path.join(s.cache, "c", "tmp"))]
             sizes = [os.path.getsize(o) if os.path.exists(o) else 0 for o in outs]
-            if len(filling) == 1 and min(sizes) >= 2 * MIB:
+            if filling and min(sizes) >= 2 * MIB:
                 break
             assert time.monotonic() < deadline, (filling, sizes)
             time.sleep(0.05)
@@ -474,12 +540,18 @@ def test_site_proxy_killed_mid_transfer(glance, sharded):
             if c.poll() is None:
                 c.kill()
                 c.wait()
-    # Aborted (curl 18: partial file; 56: receive failure), never complete.
-    assert all(code in (18, 56) for code in codes), codes
-    assert all(os.path.getsize(o) < len(data) for o in outs)
-    # The cut fills were not published at any node.
-    assert not [n.url for n in sharded.nodes if holds(n, image_id)]
-    # The retry goes to the other site proxy (HAProxy redispatches the refused connection,
+    # The killed site proxy's clients: aborted (curl 18: partial file; 56: receive failure),
+    # never complete; the other site proxies' clients: complete and byte-exact.
+    assert set(codes) <= {0, 18, 56} and {18, 56} & set(codes), codes
+    for code, out, n in zip(codes, outs, sharded.nodes):
+        if code:
+            assert os.path.getsize(out) < len(data)
+            # The cut fill was not published at that node.
+            assert not holds(n, image_id), n.url
+        else:
+            with open(out, "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == digest, "wrong body through " + n.url
+    # The retry goes to another site proxy (HAProxy redispatches the refused connection,
     # then marks the dead one down), and every node ends up with the right bytes cached.
     for n in sharded.nodes:
         assert download(n, image_id) == (200, data), n.tail()
@@ -489,4 +561,4 @@ def test_site_proxy_killed_mid_transfer(glance, sharded):
             assert hashlib.sha256(f.read()).hexdigest() == digest, "wrong bytes cached at " + n.url
         assert metric(n, 'glance_cache_proxy_fills_total{result="hash_mismatch"}') == 0
     alive = [s for s in sharded.sites if s.url not in sharded.killed]
-    assert holds(alive[0], image_id)
+    assert any(holds(s, image_id) for s in alive)
