@@ -50,7 +50,8 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let _ = crate::sys::dev_null(); // held for the process's life: open it now
         let upstream = Upstream::new(&config.upstream, Arc::clone(&metrics))?
-            .with_trusted_proxies(config.server.trusted_proxies.clone());
+            .with_trusted_proxies(config.server.trusted_proxies.clone())
+            .with_client_body_timeout(config.server.client_body_timeout);
         let upstream = Arc::new(upstream);
         let shared = shared(&config, Arc::clone(&upstream), metrics)?;
         let server = Arc::new(Server {
@@ -84,13 +85,8 @@ fn shared(
     };
     let prefetch = match &cache {
         Some(cache) => Some(Arc::new(
-            Prefetcher::open(
-                &config.prefetch,
-                Arc::clone(cache),
-                Arc::clone(&upstream),
-                config.upstream.body_idle_timeout,
-            )
-            .map_err(StoreError::from)?,
+            Prefetcher::open(&config.prefetch, Arc::clone(cache), Arc::clone(&upstream))
+                .map_err(StoreError::from)?,
         )),
         None => None,
     };

@@ -8,40 +8,70 @@
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-/// Headers that identify a caller to Glance: tokens, and the identity headers a no-auth
-/// Glance (or a trusted front) reads into its request context (oslo.context's
-/// `from_environ`: user, project, domains, roles, scope). Anything else in the request does not
-/// change who it is. The proxy's own questions to Glance carry these and nothing else of the
-/// client's (`side_headers`), and the caller's key is their hash (`CallerKey`).
-const IDENTITY_HEADERS: [&str; 27] = [
-    "x-auth-token",
-    "x-service-token",
-    "x-subject-token",
+/// Headers that identify a caller to Glance: every header oslo.context's `from_environ`
+/// (6.5: `_ENVIRON_HEADERS`, roles, service roles, `is_admin_project`) and keystonemiddleware's
+/// auth_token (13.0: `_all_auth_headers`, the token headers, `OpenStack-System-Scope`) read,
+/// what Glance's context middleware reads besides (`X-Identity-Status`, `X-Service-Catalog`),
+/// and a few that a front or an older release may read (`Authorization`, `Cookie`,
+/// `X-Subject-Token`, `X-System-Scope`).
+/// Anything else in the request does not change who it is. The proxy's own questions to
+/// Glance carry these and nothing else of the client's (`side_headers`), and the caller's key
+/// is their hash (`CallerKey`). A WSGI server may hand Glance `X_User_Id` as `HTTP_X_USER_ID`,
+/// so names are compared with `_` read as `-` (`identity_name`).
+/// `tests/e2e/test_decision.py` checks the list against the installed oslo.context and
+/// keystonemiddleware.
+pub const IDENTITY_HEADERS: [&str; 39] = [
     "authorization",
     "cookie",
-    "x-user-id",
-    "x-user",
-    "x-user-name",
-    "x-user-domain-id",
-    "x-user-domain-name",
-    "x-project-id",
-    "x-project-name",
-    "x-project-domain-id",
-    "x-project-domain-name",
-    "x-tenant-id",
-    "x-tenant",
-    "x-tenant-name",
+    "openstack-system-scope",
+    "x-auth-token",
     "x-domain-id",
     "x-domain-name",
-    "x-roles",
-    "x-service-roles",
-    "x-service-user-id",
-    "x-service-project-id",
-    "x-system-scope",
-    "x-is-admin-project",
     "x-identity-status",
+    "x-is-admin-project",
+    "x-project-domain-id",
+    "x-project-domain-name",
+    "x-project-id",
+    "x-project-name",
+    "x-role",
+    "x-roles",
+    "x-service-catalog",
+    "x-service-domain-id",
+    "x-service-domain-name",
     "x-service-identity-status",
+    "x-service-project-domain-id",
+    "x-service-project-domain-name",
+    "x-service-project-id",
+    "x-service-project-name",
+    "x-service-roles",
+    "x-service-token",
+    "x-service-user-domain-id",
+    "x-service-user-domain-name",
+    "x-service-user-id",
+    "x-service-user-name",
+    "x-storage-token",
+    "x-subject-token",
+    "x-system-scope",
+    "x-tenant",
+    "x-tenant-id",
+    "x-tenant-name",
+    "x-user",
+    "x-user-domain-id",
+    "x-user-domain-name",
+    "x-user-id",
+    "x-user-name",
 ];
+
+/// The identity header `name` stands for, if any (`_` read as `-`, as a WSGI server's
+/// environ makes them one).
+fn identity_name(name: &str) -> Option<&'static str> {
+    if name.contains('_') {
+        let dashed = name.replace('_', "-");
+        IDENTITY_HEADERS.iter().copied().find(|h| *h == dashed)
+    } else {
+        IDENTITY_HEADERS.iter().copied().find(|h| *h == name)
+    }
+}
 
 /// What the proxy adds about the request itself (set by `upstream::headers`, never the
 /// client's own copies): kept on side requests so Glance logs and links see the same.
@@ -58,9 +88,9 @@ const CONTEXT_HEADERS: [&str; 4] = [
 /// version, a `Range`, conditionals...), so a side request means the same for every client.
 pub fn side_headers(caller: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
-    for name in IDENTITY_HEADERS.iter().chain(CONTEXT_HEADERS.iter()) {
-        for value in caller.get_all(*name) {
-            out.append(*name, value.clone());
+    for (name, value) in caller {
+        if identity_name(name.as_str()).is_some() || CONTEXT_HEADERS.contains(&name.as_str()) {
+            out.append(name.clone(), value.clone());
         }
     }
     out
@@ -72,14 +102,19 @@ pub struct CallerKey([u8; 32]);
 
 impl CallerKey {
     pub fn of(headers: &HeaderMap) -> CallerKey {
+        // By identity name (whatever order or spelling the client sent them in), values in
+        // the order sent.
+        let mut identity: Vec<(&'static str, &[u8])> = headers
+            .iter()
+            .filter_map(|(name, value)| Some((identity_name(name.as_str())?, value.as_bytes())))
+            .collect();
+        identity.sort_by_key(|(name, _)| *name);
         let mut h = Sha256::new();
-        for name in IDENTITY_HEADERS {
-            for value in headers.get_all(name) {
-                h.update(name.as_bytes());
-                h.update([0]);
-                h.update(value.as_bytes());
-                h.update([0]);
-            }
+        for (name, value) in identity {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(value);
+            h.update([0]);
         }
         CallerKey(h.finalize().into())
     }
@@ -143,6 +178,125 @@ mod tests {
         assert_eq!(names, ["x-auth-token", "x-roles", "x-forwarded-for"]);
         assert_eq!(side.get_all("x-roles").iter().count(), 2);
         assert_eq!(CallerKey::of(&side), CallerKey::of(&caller));
+    }
+
+    /// The headers oslo.context 6.5 (`_ENVIRON_HEADERS`, roles, service roles,
+    /// `is_admin_project`) and keystonemiddleware 13.0 (`_all_auth_headers`, the tokens,
+    /// `OpenStack-System-Scope`) read, as their source names them (WSGI environ keys and
+    /// header names). `tests/e2e/test_decision.py` reads the installed packages themselves.
+    const OSLO_CONTEXT_ENVIRON: [&str; 30] = [
+        "HTTP_X_AUTH_TOKEN",
+        "HTTP_X_STORAGE_TOKEN",
+        "HTTP_X_USER_ID",
+        "HTTP_X_USER",
+        "HTTP_X_PROJECT_ID",
+        "HTTP_X_TENANT_ID",
+        "HTTP_X_TENANT",
+        "HTTP_X_DOMAIN_ID",
+        "HTTP_X_DOMAIN_NAME",
+        "HTTP_OPENSTACK_SYSTEM_SCOPE",
+        "HTTP_X_USER_DOMAIN_ID",
+        "HTTP_X_PROJECT_DOMAIN_ID",
+        "HTTP_X_USER_NAME",
+        "HTTP_X_PROJECT_NAME",
+        "HTTP_X_TENANT_NAME",
+        "HTTP_X_USER_DOMAIN_NAME",
+        "HTTP_X_PROJECT_DOMAIN_NAME",
+        "HTTP_X_SERVICE_TOKEN",
+        "HTTP_X_SERVICE_USER_ID",
+        "HTTP_X_SERVICE_USER_NAME",
+        "HTTP_X_SERVICE_USER_DOMAIN_ID",
+        "HTTP_X_SERVICE_USER_DOMAIN_NAME",
+        "HTTP_X_SERVICE_PROJECT_ID",
+        "HTTP_X_SERVICE_PROJECT_NAME",
+        "HTTP_X_SERVICE_PROJECT_DOMAIN_ID",
+        "HTTP_X_SERVICE_PROJECT_DOMAIN_NAME",
+        "HTTP_X_ROLES",
+        "HTTP_X_ROLE",
+        "HTTP_X_SERVICE_ROLES",
+        "HTTP_X_IS_ADMIN_PROJECT",
+    ];
+    const KEYSTONEMIDDLEWARE: [&str; 34] = [
+        "X-Service-Catalog",
+        "X-Identity-Status",
+        "X-Service-Identity-Status",
+        "X-Is-Admin-Project",
+        "OpenStack-System-Scope",
+        "X-Auth-Token",
+        "X-Storage-Token",
+        "X-Service-Token",
+        "X-Role",
+        "X-User",
+        "X-Tenant-Id",
+        "X-Tenant-Name",
+        "X-Tenant",
+        "X-Domain-Id",
+        "X-Domain-Name",
+        "X-Project-Id",
+        "X-Project-Name",
+        "X-Project-Domain-Id",
+        "X-Project-Domain-Name",
+        "X-User-Id",
+        "X-User-Name",
+        "X-User-Domain-Id",
+        "X-User-Domain-Name",
+        "X-Service-Domain-Id",
+        "X-Service-Domain-Name",
+        "X-Service-Project-Id",
+        "X-Service-Project-Name",
+        "X-Service-Project-Domain-Id",
+        "X-Service-Project-Domain-Name",
+        "X-Service-User-Id",
+        "X-Service-User-Name",
+        "X-Service-User-Domain-Id",
+        "X-Service-User-Domain-Name",
+        "X-Roles",
+    ];
+
+    #[test]
+    fn every_header_oslo_context_and_keystonemiddleware_read_is_identity() {
+        for environ in OSLO_CONTEXT_ENVIRON {
+            let Some(name) = environ.strip_prefix("HTTP_") else {
+                panic!("{environ} is not a header");
+            };
+            let header = name.to_ascii_lowercase().replace('_', "-");
+            assert!(identity_name(&header).is_some(), "{environ} missing");
+        }
+        for header in KEYSTONEMIDDLEWARE {
+            let lower = header.to_ascii_lowercase();
+            assert!(identity_name(&lower).is_some(), "{header} missing");
+        }
+        // Each listed once, in lower case.
+        let mut sorted = IDENTITY_HEADERS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), IDENTITY_HEADERS.len());
+        assert!(IDENTITY_HEADERS
+            .iter()
+            .all(|h| *h == h.to_ascii_lowercase()));
+    }
+
+    #[test]
+    fn system_scope_and_storage_token_are_part_of_the_key_and_the_side_headers() {
+        let base = headers(&[("x-auth-token", "t1")]);
+        for extra in [
+            "openstack-system-scope",
+            "x-storage-token",
+            "x-service-catalog",
+        ] {
+            let mut h = base.clone();
+            h.insert(extra, HeaderValue::from_static("all"));
+            assert_ne!(CallerKey::of(&h), CallerKey::of(&base), "{extra}");
+            assert!(side_headers(&h).contains_key(extra), "{extra}");
+        }
+        // `X_Roles` reaches Glance as HTTP_X_ROLES: the same identity as `X-Roles`.
+        let dashed = headers(&[("x-auth-token", "t1"), ("x-roles", "admin")]);
+        let underscored = headers(&[("x-auth-token", "t1"), ("x_roles", "admin")]);
+        assert_eq!(CallerKey::of(&dashed), CallerKey::of(&underscored));
+        assert!(side_headers(&underscored).contains_key("x_roles"));
+        // Order of the headers does not matter; order of one header's values does.
+        let swapped = headers(&[("x-roles", "admin"), ("x-auth-token", "t1")]);
+        assert_eq!(CallerKey::of(&dashed), CallerKey::of(&swapped));
     }
 
     #[test]

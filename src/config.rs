@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// reading gives its connection slot back).
     pub send_timeout: Duration,
     pub drain_timeout: Duration,
+    /// A request body that sends nothing for this long is a 408 (nginx's
+    /// `client_body_timeout`): small bodies are read whole before they go upstream, so a
+    /// stalled one never reaches Glance.
+    pub client_body_timeout: Duration,
     /// HTTPS: PEM certificate chain and private key files (both or neither).
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Kernel TLS for hits over HTTPS where available.
@@ -154,6 +158,12 @@ pub struct UpstreamConfig {
     pub failure_backoff: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Request bodies streamed to each upstream at once (image uploads, and any body too
+    /// large to read whole first); more wait in the proxy. 0: no bound.
+    pub max_uploads: usize,
+    /// Sent as `Cache-Control: max-age` on the proxy's own questions (when the upstream is a
+    /// site proxy: the oldest grant it may answer on; `0s` makes it ask Glance).
+    pub max_age: Option<Duration>,
     /// PEM CA bundle that `https://` upstreams' certificates must chain to; `None`: the
     /// system's trust store.
     pub ca_file: Option<PathBuf>,
@@ -293,6 +303,7 @@ pub struct RawServer {
     pub header_read_timeout: String,
     pub send_timeout: String,
     pub drain_timeout: String,
+    pub client_body_timeout: String,
     pub tls_cert_file: String,
     pub tls_key_file: String,
     pub ktls: KtlsMode,
@@ -308,6 +319,7 @@ impl Default for RawServer {
             header_read_timeout: "30s".into(),
             send_timeout: "60s".into(),
             drain_timeout: "60s".into(),
+            client_body_timeout: "60s".into(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             ktls: KtlsMode::Auto,
@@ -327,6 +339,8 @@ pub struct RawUpstream {
     pub failure_backoff: String,
     pub pool_idle_timeout: String,
     pub pool_max_idle_per_host: usize,
+    pub max_uploads: usize,
+    pub max_age: String,
     pub ca_file: String,
     pub client_cert_file: String,
     pub client_key_file: String,
@@ -343,6 +357,8 @@ impl Default for RawUpstream {
             failure_backoff: "10s".into(),
             pool_idle_timeout: "1s".into(),
             pool_max_idle_per_host: 64,
+            max_uploads: 4,
+            max_age: String::new(),
             ca_file: String::new(),
             client_cert_file: String::new(),
             client_key_file: String::new(),
@@ -531,6 +547,7 @@ impl Config {
                 header_read_timeout: fmt_duration(self.server.header_read_timeout),
                 send_timeout: fmt_duration(self.server.send_timeout),
                 drain_timeout: fmt_duration(self.server.drain_timeout),
+                client_body_timeout: fmt_duration(self.server.client_body_timeout),
                 tls_cert_file: shown(&self.server.tls, |(c, _)| c),
                 tls_key_file: shown(&self.server.tls, |(_, k)| k),
                 ktls: self.server.ktls,
@@ -555,6 +572,8 @@ impl Config {
                 failure_backoff: fmt_duration(self.upstream.failure_backoff),
                 pool_idle_timeout: fmt_duration(self.upstream.pool_idle_timeout),
                 pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
+                max_uploads: self.upstream.max_uploads,
+                max_age: self.upstream.max_age.map(fmt_duration).unwrap_or_default(),
                 ca_file: shown(&self.upstream.ca_file, |f| f),
                 client_cert_file: shown(&self.upstream.client_identity, |(c, _)| c),
                 client_key_file: shown(&self.upstream.client_identity, |(_, k)| k),
@@ -704,6 +723,11 @@ impl RawServer {
             )?,
             send_timeout: positive_duration(bad, "server.send_timeout", &self.send_timeout)?,
             drain_timeout: duration(bad, "server.drain_timeout", &self.drain_timeout)?,
+            client_body_timeout: positive_duration(
+                bad,
+                "server.client_body_timeout",
+                &self.client_body_timeout,
+            )?,
             tls: file_pair(
                 ("server.tls_cert_file", &self.tls_cert_file),
                 ("server.tls_key_file", &self.tls_key_file),
@@ -756,6 +780,12 @@ impl RawUpstream {
                 &self.pool_idle_timeout,
             )?,
             pool_max_idle_per_host: self.pool_max_idle_per_host,
+            max_uploads: self.max_uploads,
+            max_age: if self.max_age.trim().is_empty() {
+                None
+            } else {
+                Some(duration(bad, "upstream.max_age", &self.max_age)?)
+            },
             ca_file: non_empty_path(&self.ca_file),
             client_identity: file_pair(
                 ("upstream.client_cert_file", &self.client_cert_file),

@@ -45,6 +45,9 @@ pub enum Error {
     /// The client's request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The client stopped sending its request body (`server.client_body_timeout`).
+    #[error("{0}")]
+    ClientTimeout(String),
     /// What the request names does not exist (for this caller).
     #[error("{0}")]
     NotFound(String),
@@ -64,6 +67,7 @@ impl Error {
         match self {
             Error::Unreachable(_) | Error::Timeout(_) | Error::BadUpstream(_) => Side::Upstream,
             Error::BadRequest(_)
+            | Error::ClientTimeout(_)
             | Error::NotFound(_)
             | Error::Forbidden(_)
             | Error::MethodNotAllowed { .. } => Side::Downstream,
@@ -78,6 +82,7 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::BadUpstream(_) => "bad_upstream",
             Error::BadRequest(_) => "bad_request",
+            Error::ClientTimeout(_) => "client_timeout",
             Error::NotFound(_) => "not_found",
             Error::Forbidden(_) => "forbidden",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
@@ -90,6 +95,7 @@ impl Error {
             Error::Unreachable(_) | Error::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -143,6 +149,7 @@ mod tests {
             (Error::Timeout(Duration::from_secs(1)), 504, Side::Upstream),
             (Error::BadUpstream("x".into()), 502, Side::Upstream),
             (Error::BadRequest("x".into()), 400, Side::Downstream),
+            (Error::ClientTimeout("x".into()), 408, Side::Downstream),
             (Error::NotFound("x".into()), 404, Side::Downstream),
             (Error::Forbidden("x".into()), 403, Side::Downstream),
             (

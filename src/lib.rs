@@ -11,6 +11,8 @@
 //! - `prefetch`: the persistent queue and the worker that fills the cache from it.
 //! - `grants`: Glance's recent decisions (who may download what), bounded, for the windows
 //!   `auth.grant_ttl` and `auth.offline_grace`, persisted for the grace.
+//! - `fetch`: getting an image into the cache, for a miss and the prefetcher: plan (hit, join,
+//!   or a registered fill) and start (Glance's download; room made after its 200).
 //! - `cache`: the image cache: index, store, fills (the write side) and readers (the read
 //!   side), verification, scrubber.
 //! - `upstream`: the only outbound HTTP: pool, failover, timeouts, header rules, link rewriting.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod digest;
 pub mod disk;
 pub mod error;
+pub mod fetch;
 pub mod grants;
 pub mod image;
 pub mod manage;

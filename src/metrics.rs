@@ -61,6 +61,9 @@ pub struct Snapshot {
     /// Per configured upstream: (URL, healthy).
     pub upstreams: Vec<(String, bool)>,
     pub failovers: u64,
+    /// Uploads that waited for one of `upstream.max_uploads`, and those waiting now.
+    pub upload_waits: u64,
+    pub uploads_waiting: u64,
     /// Entries taken out of service, by reason.
     pub quarantined: Vec<(QuarantineReason, u64)>,
     pub scrub_verified_bytes: u64,
@@ -361,6 +364,18 @@ fn listener_families(s: &Snapshot) -> Vec<MetricFamily> {
             "Requests moved to the next upstream after a refused connection or a 502/503.",
             COUNTER,
             one(s.failovers),
+        ),
+        family(
+            "upstream_upload_waits_total",
+            "Request bodies streamed upstream (uploads) that waited for one of upstream.max_uploads.",
+            COUNTER,
+            one(s.upload_waits),
+        ),
+        family(
+            "upstream_uploads_waiting",
+            "Uploads waiting now for one of upstream.max_uploads.",
+            GAUGE,
+            one(s.uploads_waiting),
         ),
         family(
             "connections_open",

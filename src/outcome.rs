@@ -80,8 +80,9 @@ labels! {
         Disabled => "disabled",
         /// A Range the cache cannot answer (not cached), or `If-Range`/`Content-Range`.
         Range => "range",
-        /// v1: Glance refused the record; it answers the GET itself.
-        V1Refused => "v1_refused",
+        /// Glance refused the caller the record: it answers the download itself (a member
+        /// without the reader role may download what it cannot read).
+        RecordRefused => "record_refused",
         /// The image is not `active`.
         NotActive => "not_active",
         /// The record could not be read.

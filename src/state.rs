@@ -36,6 +36,8 @@ impl Shared {
         let mut snap = Snapshot {
             upstreams: self.upstream.health(),
             failovers: self.upstream.failovers(),
+            upload_waits: self.upstream.upload_waits().0,
+            uploads_waiting: self.upstream.upload_waits().1,
             sendfile_bytes: self.sendfile.sent(),
             cold_read_bytes: self.sendfile.warmed(),
             ..Snapshot::default()

@@ -100,6 +100,7 @@ const PURE: &[&str] = &[
     "src/image/range.rs",
     "src/digest.rs",
     "src/outcome.rs",
+    "src/image/decide.rs",
 ];
 
 /// The listed paths that do not exist under `root`.
@@ -195,6 +196,7 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["image", "manage", "state"],
     &["prefetch", "grants"],
+    &["fetch"],
     &["cache", "upstream"],
     &["error", "metrics"],
     &["body"],

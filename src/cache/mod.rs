@@ -385,7 +385,9 @@ impl Cache {
         st.entries.contains_key(id) || st.fills.contains_key(id)
     }
 
-    /// Register a fill of `id`, reserving its size (evicting as needed).
+    /// Register a fill of `id` (so that others join it), without room yet: room is made only
+    /// when Glance has answered the download with the image (`Starter::start`), so that a
+    /// refused, failed or missing download evicts nothing.
     pub async fn begin_fill(self: &Arc<Self>, id: &str, expected: &Expected) -> Begin {
         if !disk::is_storable_id(id) {
             return Begin::Bypass(BypassReason::BadId);
@@ -395,6 +397,9 @@ impl Cache {
         }
         if expected.size == 0 {
             return Begin::Bypass(BypassReason::Empty);
+        }
+        if expected.size > self.lock().index.max_size() {
+            return Begin::Bypass(BypassReason::TooLarge);
         }
         let (cache, id, expected) = (Arc::clone(self), id.to_string(), expected.clone());
         disk::blocking(move || cache.begin_fill_here(&id, &expected))
@@ -420,7 +425,7 @@ impl Cache {
             }
         };
         // Every early return drops `temp`, which removes the file.
-        let (victims, fill, tx) = {
+        let (fill, tx) = {
             let mut st = self.lock();
             if let Some(fill) = st.fills.get(id) {
                 return Begin::Joined(Arc::clone(fill));
@@ -428,17 +433,41 @@ impl Cache {
             if st.entries.get(id).is_some_and(|c| c.suspect) {
                 return Begin::Bypass(BypassReason::Unverified);
             }
-            let victims = match st.index.reserve(expected.size) {
+            let (fill, tx) = Fill::new(id, expected.clone(), read_side);
+            st.fills.insert(id.to_string(), Arc::clone(&fill));
+            (fill, tx)
+        };
+        Begin::Started(Starter {
+            cache: Arc::clone(self),
+            fill,
+            tx: Some(tx),
+            temp: Some(temp),
+            file: Some(file),
+        })
+    }
+
+    /// Reserve room for a registered fill (evicting least recently used entries as needed);
+    /// the victims' files are deleted here. On the blocking pool.
+    fn make_room(&self, fill: &Arc<Fill>) -> Result<(), BypassReason> {
+        let victims = {
+            let mut st = self.lock();
+            if !st
+                .fills
+                .get(&fill.image_id)
+                .is_some_and(|f| Arc::ptr_eq(f, fill))
+            {
+                // Removed (a DELETE) while Glance was asked: nothing to fill.
+                return Err(BypassReason::FillFailed);
+            }
+            let victims = match st.index.reserve(fill.expected.size) {
                 Reservation::Granted { victims } => victims,
-                Reservation::TooLarge => return Begin::Bypass(BypassReason::TooLarge),
-                Reservation::NoRoom => return Begin::Bypass(BypassReason::NoRoom),
+                Reservation::TooLarge => return Err(BypassReason::TooLarge),
+                Reservation::NoRoom => return Err(BypassReason::NoRoom),
             };
             for v in &victims {
                 st.entries.remove(v);
             }
-            let (fill, tx) = Fill::new(id, expected.clone(), read_side);
-            st.fills.insert(id.to_string(), Arc::clone(&fill));
-            (victims, fill, tx)
+            victims
         };
         for v in victims {
             tracing::info!(image_id = %v, "evicted to make room");
@@ -447,13 +476,7 @@ impl Cache {
                 tracing::warn!(image_id = %v, error = %e, "cannot delete an evicted entry");
             }
         }
-        Begin::Started(Starter {
-            cache: Arc::clone(self),
-            fill,
-            tx: Some(tx),
-            temp: Some(temp),
-            file: Some(file),
-        })
+        Ok(())
     }
 
     /// Forget `id`: its entry, and any fill in progress (which then will not publish).
@@ -562,8 +585,9 @@ impl Cache {
         Ok(())
     }
 
-    /// Undo a fill's registration and reservation (its temporary file goes with its guard).
-    fn abandon(&self, fill: &Arc<Fill>) {
+    /// Undo a fill's registration and, when it had room (`reserved`), its reservation (its
+    /// temporary file goes with its guard).
+    fn abandon(&self, fill: &Arc<Fill>, reserved: bool) {
         let mut st = self.lock();
         if st
             .fills
@@ -572,7 +596,9 @@ impl Cache {
         {
             st.fills.remove(&fill.image_id);
         }
-        st.index.release(fill.expected.size);
+        if reserved {
+            st.index.release(fill.expected.size);
+        }
     }
 }
 
@@ -590,19 +616,34 @@ impl Starter {
         &self.fill
     }
 
-    /// Glance answered 200: stream `body` into the cache in a task of its own, which outlives
-    /// the client that started it (see `Rules`). Returns the starter's own reader registration,
-    /// taken before the task runs, so a fill that stops for want of readers cannot stop before
-    /// the starting client's reader exists: hold it until that reader does.
-    pub fn start<B>(mut self, body: B, idle_timeout: std::time::Duration) -> fill::Keep
+    /// Glance answered 200: make room for the image (evicting least recently used entries;
+    /// only now, so that a refused download evicts nothing), then stream `body` into the
+    /// cache in a task of its own, which outlives the client that started it (see `Rules`).
+    /// Returns the starter's own reader registration, taken before the task runs, so a fill
+    /// that stops for want of readers cannot stop before the starting client's reader exists:
+    /// hold it until that reader does. Without room, `body` comes back with the reason, to be
+    /// streamed to the client uncached (joiners then go to Glance themselves).
+    pub async fn start<B>(
+        mut self,
+        body: B,
+        idle_timeout: std::time::Duration,
+    ) -> Result<fill::Keep, (BypassReason, B)>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let (cache, fill) = (Arc::clone(&self.cache), Arc::clone(&self.fill));
+        let room = disk::blocking(move || cache.make_room(&fill))
+            .await
+            .unwrap_or(Err(BypassReason::IoError));
+        if let Err(reason) = room {
+            tracing::info!(image_id = %self.fill.image_id, reason = reason.as_str(), "no room for the image; streamed uncached");
+            return Err((reason, body));
+        }
         let (Some(tx), Some(file), Some(temp)) =
             (self.tx.take(), self.file.take(), self.temp.take())
         else {
-            return self.fill.keep();
+            return Ok(self.fill.keep());
         };
         let keep = self.fill.keep();
         let cache = Arc::clone(&self.cache);
@@ -636,12 +677,12 @@ impl Starter {
                     } else {
                         tracing::warn!(image_id = %fill.image_id, reason = failure.result().as_str(), detail = ?failure, "fill failed; nothing kept");
                     }
-                    cache.abandon(&fill);
+                    cache.abandon(&fill, true);
                     let _ = tx.send(Progress::Failed(failure));
                 }
             }
         });
-        keep
+        Ok(keep)
     }
 }
 
@@ -649,7 +690,7 @@ impl Drop for Starter {
     /// Dropped without `start`: Glance refused or the request failed; undo the registration.
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            self.cache.abandon(&self.fill);
+            self.cache.abandon(&self.fill, false);
             let _ = tx.send(Progress::Failed(Failure::Rejected));
         }
     }

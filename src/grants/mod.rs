@@ -103,6 +103,19 @@ pub struct Asked<'a> {
     pub v2: bool,
 }
 
+/// A caller's grant for an image as the image path's decision reads it (`Grants::standing`).
+#[derive(Debug, Clone, Default)]
+pub struct Standing {
+    /// Glance let this caller download the image (the 404 rule).
+    pub named: bool,
+    /// Within `auth.grant_ttl`: the record it came with.
+    pub fresh: Option<Arc<Expected>>,
+    /// Within `auth.offline_grace`: the record it came with, and its age.
+    pub offline: Option<(Arc<Expected>, Duration)>,
+    /// The grace wants the record's JSON with Glance's next "yes" (`wants_record`).
+    pub wants_record: bool,
+}
+
 type Key = (CallerKey, String);
 
 #[derive(Clone)]
@@ -383,10 +396,14 @@ impl Grants {
     }
 
     fn wants_record_at(&self, caller: CallerKey, id: &str, now: u64) -> bool {
+        self.wants_record_of(self.grant(caller, id).as_ref(), now)
+    }
+
+    fn wants_record_of(&self, grant: Option<&Grant>, now: u64) -> bool {
         let grace = self.inner.windows.offline_grace;
         let refresh = (grace / 100).clamp(Duration::from_secs(60), Duration::from_secs(3600));
         !grace.is_zero()
-            && self.grant(caller, id).is_none_or(|g| {
+            && grant.is_none_or(|g| {
                 g.record.is_none()
                     || Duration::from_millis(now.saturating_sub(g.record_ms)) >= refresh
             })
@@ -430,6 +447,32 @@ impl Grants {
         match self.inner.seen.get(&(caller, id.to_string()))? {
             Memory::Granted(g) if !self.forgotten_since(id, g.seq) => Some(g),
             _ => None,
+        }
+    }
+
+    /// Everything the image path's decision needs of `caller`'s grant for `id`, read once:
+    /// whether there is one, its record if it is within `auth.grant_ttl` (and younger than
+    /// `max_age`, the request's `Cache-Control: max-age`, when it says one), its record and age
+    /// if within `auth.offline_grace`, and whether the grace wants the record's JSON anew.
+    pub fn standing(&self, caller: CallerKey, id: &str, max_age: Option<Duration>) -> Standing {
+        let now = now_ms();
+        let Some(grant) = self.grant(caller, id) else {
+            return Standing {
+                wants_record: !self.inner.windows.offline_grace.is_zero(),
+                ..Standing::default()
+            };
+        };
+        let young = |window: Duration| grant.v2 && grant.within(window, now);
+        let ttl = self.inner.windows.grant_ttl;
+        let fresh_window = max_age.map_or(ttl, |m| ttl.min(m + Duration::from_millis(1)));
+        let grace = self.inner.windows.offline_grace;
+        Standing {
+            named: true,
+            fresh: young(fresh_window).then(|| Arc::clone(&grant.expected)),
+            offline: young(grace)
+                .then(|| grant.age(now).map(|age| (Arc::clone(&grant.expected), age)))
+                .flatten(),
+            wants_record: self.wants_record_of(Some(&grant), now),
         }
     }
 

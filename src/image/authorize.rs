@@ -1,188 +1,225 @@
-//! The authorize phase of an image-data request: may this caller have this image, on whose
-//! word, and what is it? Glance decides, asked with the caller's own headers: for a v2 hit on
-//! a verified entry, the download probe alone (its head names the entry's size and md5);
-//! otherwise the record (and the probe at the same time when the image is probably cached). Within
-//! `auth.grant_ttl` of Glance's last "yes" to this caller for a cached image nothing is asked
-//! (`Verdict::Cached`); when no upstream answers the record (and the probe, if asked, found
-//! none either), a "yes" within `auth.offline_grace` stands for a verified entry
-//! (`Authorized::Offline`). Every answer Glance gives teaches `grants`: a "yes" is granted
-//! (dated by the question), a refusal ends the caller's grant, a 404 to a caller Glance had
-//! allowed means the image is gone.
+//! The IO edge of the image path's authorization (`decide` is its pure core): the facts are
+//! gathered here (the caller's grant, what the cache has, Glance's answers, asked with the
+//! caller's own headers and classified by `Reply::of`), the effects `decide` returns are
+//! applied here in one place (`apply`: grants written or ended, evictions), and the answers
+//! are kept so that the step `decide` takes can send Glance's answer back as it came.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::StatusCode;
 
-use super::{denied, Ask, Served};
-use crate::body::ProxyBody;
-use crate::cache::read::Source;
+use super::decide::{Answered, Basis, Effects, Entry, Facts, Grant, Reply};
+use super::Ask;
 use crate::cache::{Cache, Hit};
 use crate::digest::Expected;
 use crate::error::Error;
-use crate::grants::Asked;
-use crate::outcome::{BypassReason, Decision};
+use crate::grants::{Asked, Standing};
 use crate::upstream::glance::{Api, ImageInfo, Small};
-use crate::upstream::{is_unanswered, is_unavailable};
 
 use super::Context;
 
-/// Glance's answer to "may this caller have this image, and what is it?".
-pub(super) enum Authorized {
-    Allowed(Box<Allowed>),
-    /// No upstream answered (what goes back unless a verified entry is served); a grant
-    /// within `auth.offline_grace` stands.
-    Offline(Box<Allowed>, Result<Small, Error>),
-    /// Glance refused (its answer, from upstream `usize`): it goes back unchanged.
-    Refused(Response<ProxyBody>, usize),
-    /// Glance allowed the record, but the image cannot be served from the cache.
-    Bypass(BypassReason),
+/// The facts of one image-data request and the answers behind them.
+pub(super) struct Gathered {
+    pub facts: Facts,
+    /// The caller's grant as it stood when the request came.
+    pub standing: Standing,
+    /// The record of the verified entry, when the cache has one.
+    pub entry: Option<Expected>,
+    /// Glance's answer to the record, as it came.
+    pub record: Option<Result<Small, Error>>,
+    /// The record's content, when Glance answered 200 and it parsed.
+    pub info: Option<ImageInfo>,
+    /// Glance's answer to the download probe, as it came.
+    pub probe: Option<Result<Small, Error>>,
+    /// The entry's file, opened while the probe was asked (`Cache::peek`).
+    pub opening: Option<Opening>,
 }
 
-/// An image record Glance gave this caller (or that a standing grant kept).
-pub(super) struct Allowed {
-    pub info: ImageInfo,
-    pub expected: Expected,
-    pub verdict: Verdict,
-    /// The v2 record's JSON as Glance sent it (kept with the grant, for the grace).
-    pub json: Option<Bytes>,
-    /// The entry, opened while Glance was asked (a hit on the probe alone).
-    pub opened: Option<Hit>,
+type Opening = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Hit>> + Send>>;
+
+impl Gathered {
+    /// What is known before Glance is asked: the grant, and what the cache has.
+    pub fn new(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Gathered {
+        let standing = ctx.grants.standing(ask.who, ask.image_id, ask.max_age);
+        let entry = cache.entry_expected(ask.image_id);
+        let state = match &entry {
+            Some(e) => Entry::Verified {
+                md5: e.md5.is_some(),
+            },
+            None if cache.holds(ask.image_id) => Entry::Filling,
+            None => Entry::None,
+        };
+        let facts = Facts {
+            plain_v2: ask.api == Api::V2 && ask.query.is_none(),
+            grant: Grant {
+                named: standing.named,
+                fresh: standing.fresh.is_some(),
+                offline: standing.offline.is_some(),
+            },
+            wants_record: standing.wants_record,
+            entry: state,
+            planned: false,
+            record: None,
+            probe: None,
+            download: None,
+        };
+        Gathered {
+            facts,
+            standing,
+            entry,
+            record: None,
+            info: None,
+            probe: None,
+            opening: None,
+        }
+    }
+
+    /// Ask Glance the record, the probe, or both at once; on a probe alone for a verified
+    /// entry, its file is opened meanwhile (no eviction, no fill), off the path of the hit's
+    /// first byte.
+    pub async fn ask(
+        &mut self,
+        ctx: &Context<'_>,
+        cache: &Arc<Cache>,
+        ask: &Ask<'_>,
+        record: bool,
+        probe: bool,
+    ) {
+        let upstream = ctx.upstream;
+        let record_q = async {
+            if record {
+                Some(
+                    upstream
+                        .image_record(ask.api, &ask.caller, ask.image_id)
+                        .await,
+                )
+            } else {
+                None
+            }
+        };
+        let probe_q = async {
+            if probe {
+                Some(
+                    upstream
+                        .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
+                        .await,
+                )
+            } else {
+                None
+            }
+        };
+        if probe && !record && !self.facts.planned {
+            if let Some(entry) = &self.entry {
+                self.opening = Some(Box::pin(cache.peek(ask.image_id, entry)));
+            }
+        }
+        let (record_a, probe_a) = tokio::join!(record_q, probe_q);
+        let held_down = upstream.all_held_down();
+        if let Some(answer) = record_a {
+            let info = match &answer {
+                Ok(small) if small.status == StatusCode::OK => ImageInfo::parse(ask.api, small),
+                _ => None,
+            };
+            let reply = Reply::of(answered(&answer), held_down, || match &info {
+                Some(info) => info.cacheable().map(|_| ()),
+                None => Err(crate::outcome::BypassReason::BadRecord),
+            });
+            self.facts.record = Some(reply);
+            self.info = info;
+            self.record = Some(answer);
+        }
+        if let Some(answer) = probe_a {
+            let entry = self.entry.as_ref();
+            let reply = Reply::of(answered(&answer), held_down, || match (&answer, entry) {
+                (Ok(p), Some(e)) => describes(p, e),
+                _ => false,
+            });
+            self.facts.probe = Some(reply);
+            self.probe = Some(answer);
+        }
+    }
+
+    /// The record the cache is looked up with, on the basis `decide` named.
+    pub fn expected(&self, basis: Basis) -> Option<Expected> {
+        match basis {
+            Basis::Record => self.info.as_ref()?.cacheable().ok().cloned(),
+            Basis::Entry => self.entry.clone(),
+            Basis::Grant => self.standing.fresh.as_deref().cloned(),
+        }
+    }
+
+    /// The image as the response describes it: Glance's record when it was asked, else the
+    /// record `expected` stands for (an active v2 image).
+    pub fn info(&self, expected: &Expected) -> ImageInfo {
+        match &self.info {
+            Some(info) if info.expected.as_ref() == Some(expected) => info.clone(),
+            _ => ImageInfo::remembered(expected),
+        }
+    }
+
+    /// The record's JSON as Glance sent it (v2), kept with a grant for the grace.
+    pub fn json(&self, ask: &Ask<'_>) -> Option<Bytes> {
+        match &self.record {
+            Some(Ok(small)) if ask.api == Api::V2 && small.status == StatusCode::OK => {
+                Some(small.body.clone())
+            }
+            _ => None,
+        }
+    }
 }
 
-/// On whose word a cached copy may go to this caller.
-pub(super) enum Verdict {
-    /// Glance's: the download probe, when it was asked already (alone, or with the record
-    /// when the image was cached); else it is asked before a hit or a join is served.
-    Glance(Option<Result<Small, Error>>),
-    /// Glance allowed this caller this image within `auth.grant_ttl`: nothing was asked.
-    Cached,
-    /// No upstream answered; Glance allowed this caller this image within
-    /// `auth.offline_grace`.
-    Offline,
+/// What came back, before it is classified.
+pub(super) fn answered(answer: &Result<Small, Error>) -> Answered {
+    match answer {
+        Ok(small) => Answered::Status(small.status),
+        Err(e) => answered_error(e),
+    }
 }
 
-pub(super) async fn authorize(
+/// An error in place of an answer: no upstream reachable, no answer in time, or another
+/// failure.
+pub(super) fn answered_error(e: &Error) -> Answered {
+    match e {
+        Error::Unreachable(_) => Answered::Unreachable,
+        Error::Timeout(_) => Answered::Timeout,
+        _ => Answered::Broken,
+    }
+}
+
+/// Apply what a step teaches: Glance's "yes" granted (dated by the question; `expected` and
+/// `json` are what it said about the image), a refusal ending the caller's grant, an image
+/// gone evicted (and with it every caller's grant: `Cache::on_removed`).
+pub(super) async fn apply(
     ctx: &Context<'_>,
     cache: &Arc<Cache>,
     ask: &Ask<'_>,
-) -> Result<Authorized, Error> {
-    if let Some(allowed) = remembered(ctx, cache, ask) {
-        return Ok(Authorized::Allowed(Box::new(allowed)));
+    effects: Effects,
+    granted: Option<(&Expected, Option<&Bytes>)>,
+) {
+    if effects.evict {
+        tracing::info!(image_id = ask.image_id, "image gone from Glance; evicting");
+        cache.remove(ask.image_id).await;
     }
-    let upstream = ctx.upstream;
-    let (record, mut probe) = if let Some(entry) = probe_will_do(ctx, cache, ask) {
-        // A hit on a verified entry: Glance's answer to the download itself, while the
-        // entry's file is opened (`Cache::peek`: no eviction, no fill) off the critical path of the
-        // hit's first byte, and waited for only if Glance allows.
-        let opening = cache.peek(ask.image_id, &entry);
-        let probe = upstream
-            .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
-            .await;
-        match &probe {
-            Ok(p) if describes(p, &entry) => {
-                return Ok(Authorized::Allowed(Box::new(Allowed {
-                    info: ImageInfo::remembered(&entry),
-                    expected: entry,
-                    verdict: Verdict::Glance(Some(probe)),
-                    json: None,
-                    opened: opening.await,
-                })));
-            }
-            // Allowed, but the entry may not be the image Glance has now: the record decides.
-            Ok(p) if is_allowed(p.status) => (
-                upstream
-                    .image_record(ask.api, &ask.caller, ask.image_id)
-                    .await,
-                Some(probe),
-            ),
-            // Refused, or no upstream answered: that is Glance's answer, as a record's would be.
-            _ => (probe, None),
-        }
-    } else if cache.holds(ask.image_id) {
-        // Probably a hit: ask Glance both questions at once.
-        let (record, probe) = tokio::join!(
-            upstream.image_record(ask.api, &ask.caller, ask.image_id),
-            upstream.download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
-        );
-        (record, Some(probe))
-    } else {
-        let record = upstream
-            .image_record(ask.api, &ask.caller, ask.image_id)
-            .await;
-        (record, None)
-    };
-    if is_outage(&record) {
-        // The probe found Glance, and it refuses: that is Glance's answer (the refusal ends
-        // the grant, the 404 rule applies), as when the probe was asked alone.
-        if let Some(refusal) = probe.take_if(|p| matches!(p, Ok(p) if is_refusal(p.status))) {
-            return glance_says(ctx, cache, ask, refusal).await;
-        }
-        match &probe {
-            // The probe found Glance and allows: the record's failure goes back.
-            Some(Ok(p)) if !is_unavailable(p.status) => {}
-            _ if cache.is_cached(ask.image_id) => {
-                if let Some(expected) = offline_grant(ctx, ask) {
-                    let allowed = Allowed {
-                        info: ImageInfo::remembered(&expected),
-                        expected,
-                        verdict: Verdict::Offline,
-                        json: None,
-                        opened: None,
-                    };
-                    return Ok(Authorized::Offline(Box::new(allowed), record));
-                }
-            }
-            _ => {}
-        }
+    if effects.refuse {
+        ctx.grants.refused(ask.who, ask.image_id);
     }
-    match glance_says(ctx, cache, ask, record).await? {
-        Authorized::Allowed(mut allowed) => {
-            allowed.verdict = Verdict::Glance(probe);
-            Ok(Authorized::Allowed(allowed))
-        }
-        other => Ok(other),
+    if let (true, Some((expected, json))) = (effects.grant, granted) {
+        let asked = Asked {
+            at_ms: ask.asked_ms,
+            seq: ask.ticket,
+            expected,
+            json,
+            v2: ask.api == Api::V2,
+        };
+        ctx.grants.granted(ask.who, ask.image_id, asked);
     }
-}
-
-/// Within `auth.grant_ttl` of Glance's last "yes" to this caller for an image the cache
-/// holds: allowed, with the record of that "yes", and Glance is not asked. v2 without a query
-/// only (v1 answers carry the record's headers; a query may change Glance's answer).
-fn remembered(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Allowed> {
-    if ask.api != Api::V2 || ask.query.is_some() || !cache.holds(ask.image_id) {
-        return None;
-    }
-    let expected = Expected::clone(&*ctx.grants.fresh(ask.who, ask.image_id)?);
-    Some(Allowed {
-        info: ImageInfo::remembered(&expected),
-        expected,
-        verdict: Verdict::Cached,
-        json: None,
-        opened: None,
-    })
-}
-
-/// The record of the verified entry a v2 hit would serve, when the download probe alone can
-/// decide: Glance's answer to the download states the image's size (`Content-Range`) and md5
-/// (`Content-MD5`, Glance's `checksum`), which must match the entry's. Glance's image data
-/// never changes once active, so those settle that the entry is the image Glance would send,
-/// and a hit asks Glance one question, not two. The record is asked as well (at once) when the
-/// entry has no md5, for a request with a query, or when the caller's grant must keep a
-/// (fresh) record for `auth.offline_grace`.
-fn probe_will_do(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Option<Expected> {
-    // A query (`?prefer=`) goes with the probe but not the record: the record still decides
-    // what a 404 means.
-    if ask.api != Api::V2 || ask.query.is_some() || ctx.grants.wants_record(ask.who, ask.image_id) {
-        return None;
-    }
-    cache
-        .entry_expected(ask.image_id)
-        .filter(|e| e.md5.is_some())
 }
 
 /// Whether an allowing download probe describes the image `entry` holds: its size (the total
 /// of `Content-Range`, or the `Content-Length` of a 200 when Glance ignored the range) and
-/// its `Content-MD5`.
+/// its `Content-MD5`. Glance's image data never changes once active, so those settle that
+/// the entry is the image Glance would send.
 fn describes(probe: &Small, entry: &Expected) -> bool {
     let header = |name: &str| probe.headers.get(name).and_then(|v| v.to_str().ok());
     let size = match probe.status {
@@ -202,151 +239,13 @@ fn describes(probe: &Small, entry: &Expected) -> bool {
         })
 }
 
-/// A 2xx with a body: Glance lets the caller download the image.
-fn is_allowed(status: StatusCode) -> bool {
-    status.is_success() && status != StatusCode::NO_CONTENT
-}
-
-/// No upstream answered: refused or timed-out connections, or 502/503/504 from every one
-/// (`Upstream::send` fails over through all of them first).
-pub(super) fn is_outage(answer: &Result<Small, Error>) -> bool {
-    match answer {
-        Ok(small) => is_unavailable(small.status),
-        Err(e) => is_unanswered(e),
-    }
-}
-
-/// An answer that refuses the caller (not one that says Glance could not answer).
-fn is_refusal(status: StatusCode) -> bool {
-    !is_allowed(status) && !is_unavailable(status)
-}
-
-/// The record of this caller's v2 grant for the image within `auth.offline_grace`, if any.
-/// Requests with a query always need Glance.
-fn offline_grant(ctx: &Context<'_>, ask: &Ask<'_>) -> Option<Expected> {
-    if ask.api != Api::V2 || ask.query.is_some() {
-        return None;
-    }
-    let (expected, _) = ctx.grants.offline(ask.who, ask.image_id)?;
-    Some(Expected::clone(&expected))
-}
-
 /// The warning each hit served while Glance cannot answer logs.
-pub(super) fn warn_offline(ctx: &Context<'_>, ask: &Ask<'_>) {
-    let age = ctx
-        .grants
-        .offline(ask.who, ask.image_id)
-        .map(|(_, age)| age);
+pub(super) fn warn_offline(ask: &Ask<'_>, age: std::time::Duration) {
     tracing::warn!(
         image_id = ask.image_id,
-        grant_age_s = age.map_or(0, |a| a.as_secs()),
+        grant_age_s = age.as_secs(),
         "no upstream Glance answers; serving a cached image on a grant within auth.offline_grace"
     );
-}
-
-/// Glance's answer to the record: allowed (the record), refused (its answer goes back), or
-/// not from the cache. Refusals end the caller's grant; a 404 to a caller Glance had let
-/// download the image means it is gone (evicted, and with it every grant), while a 404 to
-/// anyone else may only mean they cannot see it, and must not evict.
-pub(super) async fn glance_says(
-    ctx: &Context<'_>,
-    cache: &Arc<Cache>,
-    ask: &Ask<'_>,
-    record: Result<Small, Error>,
-) -> Result<Authorized, Error> {
-    let record = record?;
-    if record.status != StatusCode::OK {
-        let gone =
-            record.status == StatusCode::NOT_FOUND && ctx.grants.was_granted(ask.who, ask.image_id);
-        if gone {
-            // The removal forgets every caller's grant too (`Cache::on_removed`).
-            tracing::info!(image_id = ask.image_id, "image gone from Glance; evicting");
-            cache.remove(ask.image_id).await;
-        } else if is_refusal(record.status) {
-            ctx.grants.refused(ask.who, ask.image_id);
-        }
-        return Ok(match ask.api {
-            Api::V2 => {
-                let index = record.upstream;
-                Authorized::Refused(record.into_response(), index)
-            }
-            // A HEAD answer has no body: let Glance answer the GET itself.
-            Api::V1 => Authorized::Bypass(BypassReason::V1Refused),
-        });
-    }
-    let info = match ImageInfo::parse(ask.api, &record) {
-        Some(info) if info.status == "active" => info,
-        Some(_) => {
-            // Deactivated (or not yet active): Glance answers the download; no grant stands.
-            ctx.grants.refused(ask.who, ask.image_id);
-            return Ok(Authorized::Bypass(BypassReason::NotActive));
-        }
-        None => return Ok(Authorized::Bypass(BypassReason::BadRecord)),
-    };
-    let Some(expected) = info.expected.clone() else {
-        return Ok(Authorized::Bypass(BypassReason::NoSize));
-    };
-    let json = (ask.api == Api::V2).then(|| record.body.clone());
-    Ok(Authorized::Allowed(Box::new(Allowed {
-        info,
-        expected,
-        verdict: Verdict::Glance(None),
-        json,
-        opened: None,
-    })))
-}
-
-/// Tell the grants that Glance let this caller download the image (the question's time,
-/// the record, its JSON).
-pub(super) fn grant(ctx: &Context<'_>, ask: &Ask<'_>, allowed: &Allowed) {
-    let asked = Asked {
-        at_ms: ask.asked_ms,
-        seq: ask.ticket,
-        expected: &allowed.expected,
-        json: allowed.json.as_ref(),
-        v2: ask.api == Api::V2,
-    };
-    ctx.grants.granted(ask.who, ask.image_id, asked);
-}
-
-/// Whether this caller may have the cached copy now, and on whose word: Glance's download
-/// probe (a 2xx; its answer is kept for the response's request id), or a grant that stands.
-/// A refusal comes back as `Err`, Glance's answer unchanged. When the probe finds no upstream
-/// and the copy is a verified entry, an offline grant stands in for it.
-pub(super) async fn may_download(
-    ctx: &Context<'_>,
-    ask: &Ask<'_>,
-    allowed: &mut Allowed,
-    source: &Source,
-) -> Result<Result<(Decision, Option<Small>), Served>, Error> {
-    let early = match std::mem::replace(&mut allowed.verdict, Verdict::Cached) {
-        Verdict::Cached => return Ok(Ok((Decision::Cached, None))),
-        Verdict::Offline => return Ok(Ok((Decision::Offline, None))),
-        Verdict::Glance(early) => early,
-    };
-    let probe = match early {
-        Some(probe) => probe,
-        None => {
-            ctx.upstream
-                .download_probe(ask.api, &ask.caller, ask.image_id, ask.query.as_deref())
-                .await
-        }
-    };
-    let verified = matches!(source, Source::Entry(_));
-    if is_outage(&probe) && verified && offline_grant(ctx, ask).is_some() {
-        warn_offline(ctx, ask);
-        return Ok(Ok((Decision::Offline, None)));
-    }
-    let probe = probe?;
-    if !is_allowed(probe.status) {
-        if is_refusal(probe.status) {
-            ctx.grants.refused(ask.who, ask.image_id);
-        }
-        let index = probe.upstream;
-        return Ok(Err(denied(probe.into_response(), index)));
-    }
-    grant(ctx, ask, allowed);
-    Ok(Ok((Decision::Allowed, Some(probe))))
 }
 
 #[cfg(test)]
@@ -403,5 +302,23 @@ mod tests {
         // Any other status says nothing about the image.
         let other = probe(203, &[("content-length", "16777216"), ("content-md5", MD5)]);
         assert!(!describes(&other, &e));
+    }
+
+    #[test]
+    fn errors_are_classified_by_kind() {
+        let d = std::time::Duration::from_secs(1);
+        assert_eq!(
+            answered_error(&Error::Unreachable("x".into())),
+            Answered::Unreachable
+        );
+        assert_eq!(answered_error(&Error::Timeout(d)), Answered::Timeout);
+        assert_eq!(
+            answered_error(&Error::BadUpstream("x".into())),
+            Answered::Broken
+        );
+        assert_eq!(
+            answered(&Ok(probe(403, &[]))),
+            Answered::Status(StatusCode::FORBIDDEN)
+        );
     }
 }

@@ -20,12 +20,14 @@
 //! operator set.
 
 mod authorize;
+pub mod decide;
 pub mod range;
 mod record;
 
 pub use record::record;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -35,17 +37,18 @@ use hyper::body::Incoming;
 use crate::auth::CallerKey;
 use crate::body::follow::{follow, Fallback};
 use crate::body::{BoxError, ProxyBody};
-use crate::cache::fill::{self, Fill, Progress};
 use crate::cache::read::Source;
-use crate::cache::{Begin, Cache, Hit, Lookup, Starter};
+use crate::cache::{Cache, Hit};
 use crate::digest::Expected;
 use crate::error::Error;
+use crate::fetch::{self, Plan, Started};
 use crate::grants::Grants;
 use crate::outcome::{BypassReason, Decision, Outcome, QuarantineReason};
 use crate::sendfile::{self, Hooks};
-use crate::upstream::glance::{is_full_download, warn_if_md5_differs, Api, ImageInfo, Small};
+use crate::upstream::glance::{Api, ImageInfo, Small};
 use crate::upstream::{Downstream, Forwarded, Upstream};
-use authorize::{authorize, glance_says, may_download, Allowed, Authorized};
+use authorize::Gathered;
+use decide::{decide, Answered, Entry, Reply, Step, Which, Word};
 use range::RangeAnswer;
 
 /// What the image path needs of the shared state.
@@ -81,8 +84,22 @@ struct Ask<'a> {
     /// `?prefer=` and friends: on a miss with the download, on a hit with the probe (so a
     /// query Glance refuses is refused on a hit too).
     query: Option<String>,
+    /// The request's `Cache-Control: max-age`: the oldest grant it accepts.
+    max_age: Option<Duration>,
     /// A hit may be answered on this connection with sendfile.
     zero_copy: Option<&'a Arc<sendfile::Conn>>,
+}
+
+impl Ask<'_> {
+    /// The download a miss asks Glance for.
+    fn download(&self) -> fetch::Download<'_> {
+        fetch::Download {
+            api: self.api,
+            caller: &self.caller,
+            image_id: self.image_id,
+            query: self.query.as_deref(),
+        }
+    }
 }
 
 /// Serve one image-data request.
@@ -110,6 +127,7 @@ pub async fn serve(
             .get(RANGE)
             .map(|v| v.to_str().map(str::to_string).unwrap_or_default()),
         query: req.uri().query().map(str::to_string),
+        max_age: max_age(headers),
         zero_copy,
     };
     // Legacy `Content-Range` and `If-Range` always go upstream; a Range only for an image
@@ -120,146 +138,256 @@ pub async fn serve(
     {
         return bypass(ctx, req, down, BypassReason::Range).await;
     }
-    let mut allowed = match authorize(ctx, cache, &ask).await? {
-        Authorized::Allowed(allowed) => *allowed,
-        Authorized::Offline(allowed, unanswered) => {
-            return respond_offline(ctx, cache, &ask, *allowed, unanswered, req, down).await;
+    let mut got = Gathered::new(ctx, cache, &ask);
+    let mut planned: Option<(Plan, Expected)> = None;
+    let mut started: Option<Result<Started, Error>> = None;
+    loop {
+        let (step, effects) = decide(&got.facts);
+        let granted = planned.as_ref().map(|(_, e)| e);
+        let json = got.json(&ask);
+        authorize::apply(
+            ctx,
+            cache,
+            &ask,
+            effects,
+            granted.map(|e| (e, json.as_ref())),
+        )
+        .await;
+        match step {
+            Step::Ask { record, probe } => got.ask(ctx, cache, &ask, record, probe).await,
+            Step::Plan(basis) => planned = Some(plan_step(cache, &ask, &mut got, basis).await?),
+            Step::Fill => {
+                let Some((Plan::Fill(starter), expected)) = planned.take() else {
+                    return Err(Error::Internal("decided to fill without a fill".into()));
+                };
+                started = Some(fill_step(ctx, &ask, &mut got, starter, &expected).await);
+                // The grant names what the download was asked for.
+                planned = Some((Plan::Bypass(BypassReason::UpstreamAnswer), expected));
+            }
+            Step::Serve(word) => {
+                let Some((plan, expected)) = planned.take() else {
+                    return Err(Error::Internal("decided to serve without a plan".into()));
+                };
+                let source = match plan {
+                    Plan::Hit(hit) => Source::Entry(hit),
+                    Plan::Join(fill) => Source::Filling(fill),
+                    Plan::Fill(_) | Plan::Bypass(_) => {
+                        return bypass(ctx, req, down, BypassReason::FillFailed).await;
+                    }
+                };
+                let (decision, probe) = match word {
+                    Word::Glance => (Decision::Allowed, got.probe.take().and_then(Result::ok)),
+                    Word::Grant => (Decision::Cached, None),
+                };
+                let info = got.info(&expected);
+                return respond_cached(ctx, cache, &ask, (info, expected), source, decision, probe);
+            }
+            Step::Stream => {
+                let (Some(Ok(answer)), Some((_, expected))) = (started.take(), planned.take())
+                else {
+                    return Err(Error::Internal(
+                        "decided to stream without a download".into(),
+                    ));
+                };
+                let info = got.info(&expected);
+                return Ok(respond_miss(ctx, cache, &ask, (info, expected), answer));
+            }
+            Step::Offline => return respond_offline(ctx, cache, &ask, got).await,
+            Step::Refuse(which) | Step::Fail(which) => {
+                let refused = matches!(step, Step::Refuse(_));
+                return glance_answers(ctx, &mut got, which, started.take(), refused);
+            }
+            Step::Pass(reason) => return bypass(ctx, req, down, reason).await,
         }
-        Authorized::Refused(resp, upstream) => return Ok(denied(resp, upstream)),
-        Authorized::Bypass(reason) => return bypass(ctx, req, down, reason).await,
+    }
+}
+
+/// `Step::Plan`: look the image up with the record `decide` named (the entry opened while
+/// Glance was asked, if it was), and tell the facts what the plan found.
+async fn plan_step(
+    cache: &Arc<Cache>,
+    ask: &Ask<'_>,
+    got: &mut Gathered,
+    basis: decide::Basis,
+) -> Result<(Plan, Expected), Error> {
+    let Some(expected) = got.expected(basis) else {
+        return Err(Error::Internal("decided to plan without a record".into()));
     };
-    let opened = allowed.opened.take();
-    match plan(cache, &ask, &allowed.expected, opened).await {
-        Plan::Bypass(reason) => bypass(ctx, req, down, reason).await,
-        Plan::Fill(starter) => respond_miss(ctx, cache, &ask, allowed, starter).await,
-        Plan::Hit(hit) => respond_cached(ctx, cache, &ask, allowed, Source::Entry(hit)).await,
-        Plan::Join(fill) => match fill.started().await {
-            Progress::Running { .. } | Progress::Verified | Progress::Committed => {
-                respond_cached(ctx, cache, &ask, allowed, Source::Filling(fill)).await
-            }
-            // The fill failed before it began: Glance answers, as for anyone.
-            Progress::Starting | Progress::Failed(_) => {
-                bypass(ctx, req, down, BypassReason::FillFailed).await
-            }
+    let opened = match got.opening.take() {
+        Some(opening) => opening.await,
+        None => None,
+    };
+    let plan = fetch::plan(cache, ask.image_id, &expected, ask.range.is_some(), opened).await;
+    got.facts.planned = true;
+    got.facts.entry = match &plan {
+        Plan::Hit(hit) => Entry::Verified {
+            md5: hit.expected.md5.is_some(),
         },
-    }
+        Plan::Join(_) => Entry::Filling,
+        Plan::Fill(_) => Entry::None,
+        Plan::Bypass(reason) => Entry::Uncacheable(*reason),
+    };
+    Ok((plan, expected))
 }
 
-// === plan ===
-
-/// How the cache will serve an image Glance allowed.
-enum Plan {
-    /// A verified entry on disk.
-    Hit(Hit),
-    /// A fill in progress, started by another request.
-    Join(Arc<Fill>),
-    /// This request fills: the starter waits for Glance's download.
-    Fill(Starter),
-    /// Not from the cache.
-    Bypass(BypassReason),
+/// `Step::Fill`: Glance's download of the miss (it starts the fill, room made on its 200),
+/// and what it said, for the facts.
+async fn fill_step(
+    ctx: &Context<'_>,
+    ask: &Ask<'_>,
+    got: &mut Gathered,
+    starter: crate::cache::Starter,
+    expected: &Expected,
+) -> Result<Started, Error> {
+    let answer = fetch::start(ctx.upstream, starter, &ask.download(), expected).await;
+    let held_down = ctx.upstream.all_held_down();
+    got.facts.download = Some(match &answer {
+        Ok(Started::Fill(..) | Started::NoRoom(..)) => Reply::Yes(()),
+        Ok(Started::Refused(resp, _)) => {
+            Reply::of(Answered::Status(resp.status()), held_down, || ())
+        }
+        Err(e) => Reply::of(authorize::answered_error(e), held_down, || ()),
+    });
+    answer
 }
 
-/// `opened`: the entry, already opened while Glance was asked.
-async fn plan(cache: &Arc<Cache>, ask: &Ask<'_>, expected: &Expected, opened: Option<Hit>) -> Plan {
-    if let Some(hit) = opened.filter(|hit| cache.is_current(hit)) {
-        return Plan::Hit(hit);
-    }
-    let ranged = ask.range.is_some();
-    match cache.lookup(ask.image_id, expected).await {
-        Lookup::Hit(hit) => Plan::Hit(hit),
-        // A range is answered only from a whole entry.
-        Lookup::Filling(_) | Lookup::Miss if ranged => Plan::Bypass(BypassReason::Range),
-        Lookup::Filling(fill) => Plan::Join(fill),
-        Lookup::Miss => match cache.begin_fill(ask.image_id, expected).await {
-            Begin::Started(starter) => Plan::Fill(starter),
-            Begin::Joined(fill) => Plan::Join(fill),
-            Begin::Bypass(reason) => Plan::Bypass(reason),
-        },
+/// The request's `Cache-Control: max-age=N`, the oldest grant it accepts (a node proxy asks
+/// its site proxy with `max-age=0` so that the site asks Glance: README "Fleet topologies").
+fn max_age(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|d| d.trim().strip_prefix("max-age="))
+        .filter_map(|n| n.trim_matches('"').parse::<u64>().ok())
+        .min()
+        .map(Duration::from_secs)
+}
+
+/// Glance's answer (`refused`: a refusal) or failure goes back as it came: the record's or
+/// the probe's read into memory, or the download's head and body.
+fn glance_answers(
+    ctx: &Context<'_>,
+    got: &mut Gathered,
+    which: Which,
+    started: Option<Result<Started, Error>>,
+    refused: bool,
+) -> Result<Served, Error> {
+    let answer = match which {
+        Which::Record => got.record.take(),
+        Which::Probe => got.probe.take(),
+        Which::Download => {
+            return match started {
+                Some(Ok(Started::Refused(resp, upstream))) => Ok(Served {
+                    forwarded: Forwarded::new(ctx.upstream.relay(resp), upstream),
+                    outcome: Outcome::Bypass(BypassReason::UpstreamAnswer),
+                    decision: None,
+                }),
+                Some(Err(e)) => Err(e),
+                _ => Err(Error::Unreachable("no answer to the download".into())),
+            };
+        }
+    };
+    match answer {
+        Some(Ok(small)) => {
+            let index = small.upstream;
+            let served = denied(small.into_response(), index);
+            Ok(if refused {
+                served
+            } else {
+                Served {
+                    decision: None,
+                    ..served
+                }
+            })
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(Error::Unreachable("no answer from Glance".into())),
     }
 }
 
 // === respond ===
 
-/// No upstream answered, and a grant within `auth.offline_grace` stands: a verified entry is
-/// served, found without changing the cache (no fill, no eviction); anything else gets
-/// Glance's failure as it came.
+/// No upstream answers, and a grant within `auth.offline_grace` stands: a verified entry is
+/// served, found without changing the cache (no fill, no eviction); else the failure goes
+/// back as it came.
 async fn respond_offline(
     ctx: &Context<'_>,
     cache: &Arc<Cache>,
     ask: &Ask<'_>,
-    allowed: Allowed,
-    unanswered: Result<Small, Error>,
-    req: Request<Incoming>,
-    down: &Downstream<'_>,
+    mut got: Gathered,
 ) -> Result<Served, Error> {
-    if let Some(hit) = cache.peek(ask.image_id, &allowed.expected).await {
-        authorize::warn_offline(ctx, ask);
-        return respond_cached(ctx, cache, ask, allowed, Source::Entry(hit)).await;
-    }
-    match glance_says(ctx, cache, ask, unanswered).await? {
-        Authorized::Refused(resp, upstream) => Ok(denied(resp, upstream)),
-        Authorized::Bypass(reason) => bypass(ctx, req, down, reason).await,
-        Authorized::Allowed(_) | Authorized::Offline(..) => {
-            Err(Error::Unreachable("no upstream answered".into()))
+    if let Some((expected, age)) = got.standing.offline.clone() {
+        if let Some(hit) = cache.peek(ask.image_id, &expected).await {
+            authorize::warn_offline(ask, age);
+            let allowed = (ImageInfo::remembered(&expected), Expected::clone(&expected));
+            let source = Source::Entry(hit);
+            return respond_cached(ctx, cache, ask, allowed, source, Decision::Offline, None);
         }
     }
+    let which = if got.probe.is_some() {
+        Which::Probe
+    } else {
+        Which::Record
+    };
+    glance_answers(ctx, &mut got, which, None, false)
 }
 
 /// A miss: Glance's download (with the caller's credentials, which is the authorization)
-/// starts the fill, and this client reads it like any other.
-async fn respond_miss(
+/// started the fill, and this client reads it like any other; without room in the cache,
+/// the download streams to this client uncached.
+fn respond_miss(
     ctx: &Context<'_>,
     cache: &Arc<Cache>,
     ask: &Ask<'_>,
-    allowed: Allowed,
-    starter: Starter,
-) -> Result<Served, Error> {
-    let expected = &allowed.expected;
-    match start_fill(ctx.upstream, starter, ask, expected).await? {
-        Started::Fill(started, request_id, upstream) => {
-            authorize::grant(ctx, ask, &allowed);
+    allowed: (ImageInfo, Expected),
+    started: Started,
+) -> Served {
+    let (info, expected) = allowed;
+    match started {
+        Started::Fill(keep, request_id, upstream) => {
             let body = follow(
-                Source::Filling(Arc::clone(started.fill())).reader(),
+                Source::Filling(Arc::clone(keep.fill())).reader(),
                 0..expected.size,
                 Some(fallback(ctx.upstream, ask, expected.size)),
                 hooks(cache, None, false),
                 ask.zero_copy.cloned(),
             );
             // The reader holds its own registration now.
-            drop(started);
-            let response = data_response(&allowed.info, expected, request_id, body);
-            Ok(Served {
+            drop(keep);
+            let response = data_response(&info, &expected, request_id, body);
+            Served {
                 forwarded: Forwarded::new(response, upstream),
                 outcome: Outcome::Miss,
                 decision: None,
-            })
-        }
-        Started::Refused(resp, upstream) => {
-            // Glance refused the download itself: no grant stands.
-            if !crate::upstream::is_unavailable(resp.status()) {
-                ctx.grants.refused(ask.who, ask.image_id);
             }
-            Ok(Served {
-                forwarded: Forwarded::new(ctx.upstream.relay(resp), upstream),
-                outcome: Outcome::Bypass(BypassReason::UpstreamAnswer),
-                decision: None,
-            })
         }
+        Started::NoRoom(resp, upstream, reason) => Served {
+            forwarded: Forwarded::new(ctx.upstream.relay(resp), upstream),
+            outcome: Outcome::Bypass(reason),
+            decision: None,
+        },
+        Started::Refused(resp, upstream) => Served {
+            forwarded: Forwarded::new(ctx.upstream.relay(resp), upstream),
+            outcome: Outcome::Bypass(BypassReason::UpstreamAnswer),
+            decision: None,
+        },
     }
 }
 
-/// A hit or a join: served once Glance has said this caller may download the image.
-async fn respond_cached(
+/// A hit or a join, once Glance has said this caller may download the image (its probe's
+/// answer kept for the response's request id), or a grant stands.
+fn respond_cached(
     ctx: &Context<'_>,
     cache: &Arc<Cache>,
     ask: &Ask<'_>,
-    mut allowed: Allowed,
+    allowed: (ImageInfo, Expected),
     source: Source,
+    decision: Decision,
+    probe: Option<Small>,
 ) -> Result<Served, Error> {
-    let (decision, probe) = match may_download(ctx, ask, &mut allowed, &source).await? {
-        Ok(judged) => judged,
-        Err(refused) => return Ok(refused),
-    };
+    let (info, expected) = allowed;
     // Glance's request id when it was asked; one of the proxy's own when a grant stood.
     let upstream = probe.as_ref().map(|p| p.upstream);
     let request_id = match probe.as_ref().and_then(Small::request_id) {
@@ -270,7 +398,7 @@ async fn respond_cached(
         Source::Entry(_) => Outcome::Hit,
         Source::Filling(_) => Outcome::Coalesced,
     };
-    let size = allowed.expected.size;
+    let size = expected.size;
     let answer = ask
         .range
         .as_deref()
@@ -303,7 +431,7 @@ async fn respond_cached(
             follow(source.reader(), span.clone(), Some(fallback), hooks, None)
         }
     };
-    let mut response = data_response(&allowed.info, &allowed.expected, request_id, body);
+    let mut response = data_response(&info, &expected, request_id, body);
     if let (false, Some(content_range)) = (whole, answer.content_range(size)) {
         // 206: this part's length; Content-MD5 stays the whole image's, as Glance sends it.
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -318,52 +446,6 @@ async fn respond_cached(
         outcome,
         decision: Some(decision),
     })
-}
-
-/// What became of a miss's download request.
-enum Started {
-    /// Glance sent the image: the fill runs; its `x-openstack-request-id`, and which upstream.
-    Fill(fill::Keep, Option<HeaderValue>, usize),
-    /// Glance answered something else: it goes back to the client as is.
-    Refused(Response<Incoming>, usize),
-}
-
-/// Request the image and start the fill in a task of its own, so that the fill goes on (and
-/// serves later requests) even if the client that started it hangs up before Glance answers.
-async fn start_fill(
-    upstream: &Arc<Upstream>,
-    starter: Starter,
-    ask: &Ask<'_>,
-    expected: &Expected,
-) -> Result<Started, Error> {
-    let upstream = Arc::clone(upstream);
-    let expected = expected.clone();
-    let (api, caller, query) = (ask.api, ask.caller.clone(), ask.query.clone());
-    let image_id = ask.image_id.to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let started = match upstream
-            .download(api, &caller, &image_id, query.as_deref())
-            .await
-        {
-            Ok((resp, index)) if is_full_download(&resp, &expected) => {
-                warn_if_md5_differs(&image_id, &resp, &expected);
-                let request_id = resp.headers().get("x-openstack-request-id").cloned();
-                let idle = upstream.body_idle_timeout;
-                Ok(Started::Fill(
-                    starter.start(resp.into_body(), idle),
-                    request_id,
-                    index,
-                ))
-            }
-            // Dropping the starter undoes the registration (joiners then pass through).
-            Ok((resp, index)) => Ok(Started::Refused(resp, index)),
-            Err(e) => Err(e),
-        };
-        let _ = tx.send(started);
-    });
-    rx.await
-        .map_err(|_| Error::Unreachable("fill task ended without an answer".into()))?
 }
 
 /// Where a reader gets the rest of the image when the cache's disk fails: Glance, with the

@@ -1,22 +1,23 @@
-//! `GET /v2/images/{id}`, the image record: passed through to Glance, and learnt from. A
-//! refusal ends the caller's grant (a 404 to a caller Glance had let download the image: the
-//! image is gone and leaves the cache); with `auth.offline_grace`, an allowed caller's record
+//! `GET /v2/images/{id}`, the image record: passed through to Glance, and learnt from
+//! (`decide::record_teaches`): a refusal ends the caller's grant but never evicts (only the
+//! download says an image is gone); with `auth.offline_grace`, an allowed caller's record
 //! (small, so read whole) refreshes the JSON kept with the grant, or ends the grant when the
-//! image is no longer active. While no upstream answers, a caller with a grant within the grace
-//! for a cached image gets that JSON (clients such as nova and openstacksdk read the record
-//! before the data), with a warning.
+//! image is no longer active. While no upstream answers (an outage as `decide::Reply::of`
+//! tells it), a caller with a grant within the grace for a cached image gets that JSON
+//! (clients such as nova and openstacksdk read the record before the data), with a warning.
 
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::decide::{record_teaches, Answered, Reply};
 use super::Context;
 use crate::auth::CallerKey;
 use crate::error::Error;
 use crate::outcome::Decision;
-use crate::upstream::glance::ImageRecord;
-use crate::upstream::{is_unanswered, is_unavailable, Downstream, Forwarded};
+use crate::upstream::glance::{ImageRecord, ImageStatus};
+use crate::upstream::{Downstream, Forwarded};
 
 /// The largest record read whole to learn from (Glance's are a few KiB).
 const MAX_RECORD: u64 = 256 << 10;
@@ -30,10 +31,11 @@ pub async fn record(
 ) -> Result<(Forwarded, Option<Decision>), Error> {
     let who = CallerKey::of(&ctx.upstream.caller_headers(req.headers(), down));
     let answer = ctx.upstream.forward(req, down).await;
-    let outage = match &answer {
-        Ok(forwarded) => is_unavailable(forwarded.response.status()),
-        Err(e) => is_unanswered(e),
+    let answered = match &answer {
+        Ok(forwarded) => Answered::Status(forwarded.response.status()),
+        Err(e) => super::authorize::answered_error(e),
     };
+    let outage = Reply::of(answered, ctx.upstream.all_held_down(), || ()) == Reply::Outage;
     if !outage {
         return Ok((learn(ctx, who, image_id, answer?).await?, None));
     }
@@ -67,17 +69,9 @@ async fn learn(
 ) -> Result<Forwarded, Error> {
     let grants = ctx.grants;
     let status = forwarded.response.status();
-    if matches!(
-        status,
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
-    ) {
-        match ctx.cache {
-            Some(cache) if status == StatusCode::NOT_FOUND && grants.was_granted(who, id) => {
-                // Gone: it leaves the cache, and every grant for it with it.
-                tracing::info!(image_id = id, "image gone from Glance; evicting");
-                cache.remove(id).await;
-            }
-            _ => grants.refused(who, id),
+    if status != StatusCode::OK {
+        if record_teaches(Reply::No(status)).refuse {
+            grants.refused(who, id);
         }
         return Ok(forwarded);
     }
@@ -88,7 +82,7 @@ async fn learn(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .is_some_and(|n| n <= MAX_RECORD);
     let keeps = !grants.windows().offline_grace.is_zero() && grants.was_granted(who, id);
-    if status != StatusCode::OK || !small || !keeps {
+    if !small || !keeps {
         return Ok(forwarded);
     }
     let upstream = forwarded.upstream;
@@ -98,9 +92,11 @@ async fn learn(
         .await
         .map_err(|e| Error::BadUpstream(format!("the image record's body broke: {e}")))?
         .to_bytes();
-    match ImageRecord::parse(&json) {
-        Some(r) if r.status == "active" => grants.seen_record(who, id, &json),
-        _ => grants.refused(who, id),
+    let active = ImageRecord::parse(&json).is_some_and(|r| r.status == ImageStatus::Active);
+    if record_teaches(Reply::Yes(active)).refuse {
+        grants.refused(who, id);
+    } else {
+        grants.seen_record(who, id, &json);
     }
     let resp = Response::from_parts(parts, crate::body::full(json));
     Ok(Forwarded::new(resp, upstream))

@@ -23,7 +23,7 @@ use crate::cache::Cache;
 use crate::error::Error;
 use crate::prefetch::Prefetcher;
 use crate::route::CacheOp;
-use crate::upstream::glance::{Api, ImageInfo, ImageRecord, Small};
+use crate::upstream::glance::{Api, ImageInfo, ImageRecord, ImageStatus, Small};
 use crate::upstream::{Downstream, Forwarded, Upstream};
 
 /// Glance's explanation when its cache is off; also the proxy's when `cache.enabled` is false.
@@ -199,7 +199,7 @@ async fn queue(
     let Some(record) = record else {
         return Err(Error::Internal("image record missing".into()));
     };
-    let active = ImageInfo::parse(Api::V2, record).is_some_and(|i| i.status == "active");
+    let active = ImageInfo::parse(Api::V2, record).is_some_and(|i| i.status == ImageStatus::Active);
     if !active {
         return Err(Error::BadRequest(
             "Only images with status active can be targeted for queueing".into(),

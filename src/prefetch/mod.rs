@@ -1,8 +1,9 @@
 //! The prefetcher: drains the persistent queue (`queue`) into the cache, a bounded number of
 //! images at a time, with the proxy's own credentials (`credentials`).
 //!
-//! Each image goes through the same path as a client's miss: the record, then a verified
-//! fill (`Cache::begin_fill`), joining a fill that a client started already. An image that is
+//! Each image goes through the same path as a client's miss: the record (`ImageInfo::cacheable`),
+//! then the image path's plan and fill start (`fetch`), joining a fill that a client started
+//! already. An image that is
 //! gone (404) or not active leaves the queue; any other failure is retried with exponential
 //! backoff. A queued image leaves the queue only once it is cached, so a restart (or a
 //! `kill -9`) mid-fetch starts it again.
@@ -20,10 +21,11 @@ use http::StatusCode;
 use tokio::sync::Notify;
 
 use crate::cache::fill::{Keep, Progress};
-use crate::cache::{Begin, Cache, Lookup};
+use crate::cache::Cache;
 use crate::config::PrefetchConfig;
+use crate::fetch::{self, Plan, Started};
 use crate::outcome::BypassReason;
-use crate::upstream::glance::{is_full_download, warn_if_md5_differs, Api, ImageInfo};
+use crate::upstream::glance::{Api, ImageInfo};
 use crate::upstream::Upstream;
 use credentials::Credentials;
 use queue::Queue;
@@ -74,7 +76,6 @@ pub struct Prefetcher {
     upstream: Arc<Upstream>,
     credentials: Credentials,
     config: PrefetchConfig,
-    body_idle_timeout: Duration,
     failures: AtomicU64,
 }
 
@@ -84,7 +85,6 @@ impl Prefetcher {
         config: &PrefetchConfig,
         cache: Arc<Cache>,
         upstream: Arc<Upstream>,
-        body_idle_timeout: Duration,
     ) -> io::Result<Prefetcher> {
         let queue = crate::disk::startup(|| Queue::open(cache.dir()))?;
         if !queue.is_empty() {
@@ -99,7 +99,6 @@ impl Prefetcher {
             upstream,
             credentials,
             config: config.clone(),
-            body_idle_timeout,
             failures: AtomicU64::new(0),
         })
     }
@@ -250,43 +249,48 @@ impl Prefetcher {
         let Some(info) = ImageInfo::parse(Api::V2, &record) else {
             return Attempt::Failed("unreadable image record".into());
         };
-        if info.status != "active" {
-            return Attempt::Skipped(Skip::Uncacheable(BypassReason::NotActive));
+        let expected = match info.cacheable() {
+            Ok(expected) => expected.clone(),
+            Err(reason) => return Attempt::Skipped(Skip::Uncacheable(reason)),
+        };
+        // The image path's own plan and fill start (`fetch`), with the proxy's credentials.
+        let download = fetch::Download {
+            api: Api::V2,
+            caller: &headers,
+            image_id: id,
+            query: None,
+        };
+        match fetch::plan(&self.cache, id, &expected, false, None).await {
+            Plan::Hit(_) => Attempt::Cached,
+            Plan::Join(fill) => outcome(fill.keep()).await,
+            // Another request's fill failed before it began: try again later.
+            Plan::Bypass(BypassReason::FillFailed) => {
+                Attempt::Failed("a fill of the image failed before it began".into())
+            }
+            Plan::Bypass(reason) if reason.is_transient() => {
+                Attempt::Failed(format!("cache: {reason}"))
+            }
+            Plan::Bypass(reason) => Attempt::Skipped(Skip::Uncacheable(reason)),
+            Plan::Fill(starter) => {
+                match fetch::start(&self.upstream, starter, &download, &expected).await {
+                    Ok(Started::Fill(keep, ..)) => outcome(keep).await,
+                    Ok(Started::NoRoom(_, _, reason)) if !reason.is_transient() => {
+                        Attempt::Skipped(Skip::Uncacheable(reason))
+                    }
+                    Ok(Started::NoRoom(_, _, reason)) => {
+                        Attempt::Failed(format!("cache: {reason}"))
+                    }
+                    Ok(Started::Refused(resp, _)) if resp.status() == StatusCode::UNAUTHORIZED => {
+                        Attempt::Unauthorized
+                    }
+                    Ok(Started::Refused(resp, _)) => Attempt::Failed(format!(
+                        "Glance answered the download with {}",
+                        resp.status()
+                    )),
+                    Err(e) => Attempt::Failed(format!("download: {e}")),
+                }
+            }
         }
-        let Some(expected) = info.expected else {
-            return Attempt::Skipped(Skip::Uncacheable(BypassReason::NoSize));
-        };
-        let fill = match self.cache.lookup(id, &expected).await {
-            Lookup::Hit(_) => return Attempt::Cached,
-            Lookup::Filling(fill) => fill,
-            Lookup::Miss => match self.cache.begin_fill(id, &expected).await {
-                Begin::Joined(fill) => fill,
-                Begin::Bypass(reason) if reason.is_transient() => {
-                    return Attempt::Failed(format!("cache: {reason}"))
-                }
-                Begin::Bypass(reason) => return Attempt::Skipped(Skip::Uncacheable(reason)),
-                Begin::Started(starter) => {
-                    let _keep = starter.fill().keep();
-                    let resp = match self.upstream.download(Api::V2, &headers, id, None).await {
-                        Ok((r, _)) => r,
-                        Err(e) => return Attempt::Failed(format!("download: {e}")),
-                    };
-                    if resp.status() == StatusCode::UNAUTHORIZED {
-                        return Attempt::Unauthorized;
-                    }
-                    if !is_full_download(&resp, &expected) {
-                        return Attempt::Failed(format!(
-                            "Glance answered the download with {}",
-                            resp.status()
-                        ));
-                    }
-                    warn_if_md5_differs(id, &resp, &expected);
-                    let keep = starter.start(resp.into_body(), self.body_idle_timeout);
-                    return outcome(keep).await;
-                }
-            },
-        };
-        outcome(fill.keep()).await
     }
 }
 

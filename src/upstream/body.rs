@@ -38,6 +38,8 @@ struct Progress {
     failed: OnceLock<String>,
     /// The last poll of the client's body found no data yet.
     waiting: AtomicBool,
+    /// The client's body failed because it sent nothing for `server.client_body_timeout`.
+    stalled: AtomicBool,
 }
 
 impl<B: Body> BodySlot<B> {
@@ -81,6 +83,10 @@ impl<B: Body> BodySlot<B> {
 
     /// Whether the proxy is waiting for the client's next body bytes (the upstream is not
     /// holding the upload up): a stall now is the client's.
+    pub fn client_stalled(&self) -> bool {
+        self.progress.stalled.load(Ordering::Relaxed)
+    }
+
     pub fn waiting_for_client(&self) -> bool {
         self.progress.waiting.load(Ordering::Relaxed)
     }
@@ -142,6 +148,9 @@ where
             }
             Poll::Ready(Some(Err(e))) => {
                 let e: BoxError = e.into();
+                if e.is::<crate::body::BodyStalled>() {
+                    progress.stalled.store(true, Ordering::Relaxed);
+                }
                 let _ = progress.failed.set(super::error_chain(&*e));
                 Poll::Ready(Some(Err(e)))
             }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::auth::side_headers;
 use crate::digest::{Expected, HashAlgo};
 use crate::error::Error;
+use crate::outcome::BypassReason;
 use crate::upstream::Upstream;
 
 /// Image records are a few KB; a larger one is not a record.
@@ -50,11 +51,32 @@ impl Api {
     }
 }
 
+/// An image's status as Glance's record states it (parsed once; code decides on the variant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageStatus {
+    /// Its data may be downloaded (and cached).
+    Active,
+    /// Any other: queued, saving, uploading, importing, deactivated, killed, deleted,
+    /// pending_delete, or one this proxy does not know. Glance answers the download itself.
+    #[serde(other)]
+    Other,
+}
+
+impl ImageStatus {
+    fn parse(text: &str) -> ImageStatus {
+        match text {
+            "active" => ImageStatus::Active,
+            _ => ImageStatus::Other,
+        }
+    }
+}
+
 /// An image as a record says it is: its status, the bytes it promises, and (v1) the
 /// `x-image-meta-*` headers Glance puts on every response about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
-    pub status: String,
+    pub status: ImageStatus,
     pub expected: Option<Expected>,
     pub meta_headers: HeaderMap,
 }
@@ -64,7 +86,7 @@ impl ImageInfo {
     /// active image with no extra headers.
     pub fn remembered(expected: &Expected) -> ImageInfo {
         ImageInfo {
-            status: "active".into(),
+            status: ImageStatus::Active,
             expected: Some(expected.clone()),
             meta_headers: HeaderMap::new(),
         }
@@ -98,7 +120,7 @@ impl ImageInfo {
                     }
                 }
                 Some(ImageInfo {
-                    status,
+                    status: ImageStatus::parse(&status),
                     expected: size.map(|size| Expected {
                         size,
                         md5,
@@ -111,11 +133,23 @@ impl ImageInfo {
     }
 }
 
+impl ImageInfo {
+    /// Whether the cache may hold this image, and as what: an active image whose record
+    /// states its size. The one test of the image path and the prefetcher; the cache's own
+    /// conditions (digests, size, room) follow in `Cache::begin_fill`.
+    pub fn cacheable(&self) -> Result<&Expected, BypassReason> {
+        if self.status != ImageStatus::Active {
+            return Err(BypassReason::NotActive);
+        }
+        self.expected.as_ref().ok_or(BypassReason::NoSize)
+    }
+}
+
 /// What the proxy needs from Glance's image record.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ImageRecord {
     pub id: String,
-    pub status: String,
+    pub status: ImageStatus,
     #[serde(default)]
     pub size: Option<u64>,
     #[serde(default)]
@@ -330,6 +364,7 @@ impl Upstream {
         if let Some(range) = range {
             headers.insert(RANGE, range);
         }
+        self.ask_max_age(&mut headers);
         let mut req = Request::new(Empty::<Bytes>::new());
         *req.method_mut() = method;
         *req.uri_mut() = path
@@ -440,7 +475,7 @@ mod tests {
             "checksum": "96B258E58FBB34826FF84D86376C3609", "os_hash_algo": "sha512",
             "os_hash_value": "8374fc3c", "id": "786e1a48-8ce4-4310-9a23-4dbd46a8bdb9"}"#;
         let r = ImageRecord::parse(body).expect("record");
-        assert_eq!(r.status, "active");
+        assert_eq!(r.status, ImageStatus::Active);
         let e = r.expected().expect("expected");
         assert_eq!(e.size, 5_000_000);
         assert_eq!(e.md5.as_deref(), Some("96b258e58fbb34826ff84d86376c3609"));

@@ -48,6 +48,16 @@ impl Health {
         }
     }
 
+    /// Whether every upstream is in its backoff period at `now`: health tracking holds them
+    /// all down across requests (a timeout then is part of an outage, not one slow answer).
+    pub fn all_down(&self, now: Instant) -> bool {
+        !self.failed_until.is_empty()
+            && self
+                .failed_until
+                .iter()
+                .all(|until| until.is_some_and(|t| t > now))
+    }
+
     /// Whether `index` is outside its backoff period at `now`.
     pub fn is_healthy(&self, index: usize, now: Instant) -> bool {
         self.failed_until
@@ -82,5 +92,20 @@ mod tests {
         h.succeeded(2);
         assert_eq!(h.order(t0 + 4 * s), vec![2, 0, 1]);
         h.failed(99, t0); // out of range: ignored
+    }
+
+    #[test]
+    fn all_down_only_while_every_upstream_is_in_backoff() {
+        let t0 = Instant::now();
+        let mut h = Health::new(2, Duration::from_secs(10));
+        assert!(!h.all_down(t0));
+        h.failed(0, t0);
+        assert!(!h.all_down(t0), "one still answers");
+        h.failed(1, t0);
+        assert!(h.all_down(t0 + Duration::from_secs(5)));
+        assert!(!h.all_down(t0 + Duration::from_secs(11)), "backoff over");
+        h.succeeded(0);
+        assert!(!h.all_down(t0));
+        assert!(!Health::new(0, Duration::from_secs(1)).all_down(t0));
     }
 }

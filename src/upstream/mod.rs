@@ -41,6 +41,11 @@ use rewrite::LinkRewriter;
 /// Version documents are small (about 2 KB); anything far larger is not one.
 const MAX_REWRITTEN_BODY: usize = 1 << 20;
 
+/// Request bodies up to this size (with a `Content-Length`) are read whole before the
+/// request goes upstream: JSON creates, updates, tasks. Larger ones, and those without a
+/// length, stream as uploads (bounded per upstream by `upstream.max_uploads`).
+pub const MAX_BUFFERED_BODY: u64 = 64 << 10;
+
 type OutBody = crate::body::BytesBody;
 
 /// The connector: TCP, TLS for `https`, and a request count on each connection.
@@ -52,6 +57,8 @@ struct Target {
     base: Url,
     /// `Host` header value for requests to it.
     host: HeaderValue,
+    /// Uploads streaming to it (`upstream.max_uploads`); `None`: no bound.
+    uploads: Option<tokio::sync::Semaphore>,
 }
 
 /// What `forward` needs to know about the client side of a request.
@@ -101,6 +108,13 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     /// Requests moved on to the next upstream (for metrics).
     failovers: AtomicU64,
+    /// `server.client_body_timeout`: the longest a client's body may send nothing.
+    client_body_timeout: Duration,
+    /// `upstream.max_age`, as the `Cache-Control` value sent with the proxy's questions.
+    max_age: Option<HeaderValue>,
+    /// Uploads that had to wait for one of `upstream.max_uploads`, and those waiting now.
+    upload_waits: AtomicU64,
+    uploads_waiting: AtomicU64,
 }
 
 /// Why one attempt failed.
@@ -109,9 +123,9 @@ enum AttemptError {
     Connect(String),
     /// No response head within `response_timeout` of the last request byte.
     Timeout,
-    /// The client's part failed (its body broke, or it stopped sending it): a 400, and the
-    /// upstream's health unchanged.
-    Client(String),
+    /// The client's part failed (its body broke: a 400; or it stopped sending it: a 408),
+    /// and the upstream's health unchanged.
+    Client(Error),
     /// The connection broke before a response head; `reused`: it had carried a request
     /// before (so it may just have been closed by the upstream while idle).
     Broken { error: String, reused: bool },
@@ -300,7 +314,79 @@ pub fn is_unanswered(e: &Error) -> bool {
     matches!(e, Error::Unreachable(_) | Error::Timeout(_))
 }
 
+/// How a client's request body goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestBody {
+    /// None at all.
+    None,
+    /// Up to `MAX_BUFFERED_BODY` with a `Content-Length`: read whole first.
+    Small,
+    /// Larger, or of unknown length (image data): streamed, one of `upstream.max_uploads`.
+    Upload,
+}
+
+fn request_body<B: Body>(parts: &request::Parts, body: &B) -> RequestBody {
+    if body.is_end_stream() {
+        return RequestBody::None;
+    }
+    let length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or(body.size_hint().exact());
+    match length {
+        Some(0) => RequestBody::None,
+        Some(n) if n <= MAX_BUFFERED_BODY => RequestBody::Small,
+        _ => RequestBody::Upload,
+    }
+}
+
+/// A small request body, read whole: `timeout` between pieces (a 408 past it), at most
+/// `MAX_BUFFERED_BODY` (what `Content-Length` said).
+async fn read_whole<B>(body: B, timeout: Duration) -> Result<Bytes, Error>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let limited = Limited::new(IdleTimeout::new(body, timeout), MAX_BUFFERED_BODY as usize);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<crate::body::BodyStalled>() => Err(Error::ClientTimeout(format!(
+            "request body: no data for {timeout:?}"
+        ))),
+        Err(e) => Err(Error::BadRequest(format!(
+            "request body: {}",
+            error_chain(&*e)
+        ))),
+    }
+}
+
 impl Upstream {
+    /// One of an upstream's upload slots, waiting for it if all are taken (counted).
+    async fn upload_permit<'s>(
+        &self,
+        uploads: &'s tokio::sync::Semaphore,
+    ) -> Result<tokio::sync::SemaphorePermit<'s>, Error> {
+        if let Ok(permit) = uploads.try_acquire() {
+            return Ok(permit);
+        }
+        /// Counts a waiting upload while it waits (a client that leaves stops waiting).
+        struct Waiting<'a>(&'a AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.upload_waits.fetch_add(1, Ordering::Relaxed);
+        self.uploads_waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.uploads_waiting);
+        uploads
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("upload slots closed".into()))
+    }
+
     /// Fails only on the TLS settings: a CA bundle or client certificate that does not load.
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
         let (connector, identity) = connector(cfg)?;
@@ -328,6 +414,8 @@ impl Upstream {
                 Some(Target {
                     base: url.clone(),
                     host: HeaderValue::from_str(&value).ok()?,
+                    uploads: (cfg.max_uploads > 0)
+                        .then(|| tokio::sync::Semaphore::new(cfg.max_uploads)),
                 })
             })
             .collect();
@@ -343,7 +431,37 @@ impl Upstream {
             body_idle_timeout: cfg.body_idle_timeout,
             metrics,
             failovers: AtomicU64::new(0),
+            client_body_timeout: Duration::from_secs(60),
+            max_age: cfg
+                .max_age
+                .and_then(|a| HeaderValue::from_str(&format!("max-age={}", a.as_secs())).ok()),
+            upload_waits: AtomicU64::new(0),
+            uploads_waiting: AtomicU64::new(0),
         })
+    }
+
+    /// `server.client_body_timeout` (default 60 s).
+    pub fn with_client_body_timeout(mut self, timeout: Duration) -> Self {
+        self.client_body_timeout = timeout;
+        self
+    }
+
+    /// Uploads that waited for a slot (`upstream.max_uploads`), and how many wait now.
+    pub fn upload_waits(&self) -> (u64, u64) {
+        (
+            self.upload_waits.load(Ordering::Relaxed),
+            self.uploads_waiting.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Put `upstream.max_age` on the proxy's own question (unless the client's own
+    /// `Cache-Control` asks for something already).
+    pub(crate) fn ask_max_age(&self, headers: &mut http::HeaderMap) {
+        if let Some(v) = &self.max_age {
+            if !headers.contains_key(http::header::CACHE_CONTROL) {
+                headers.insert(http::header::CACHE_CONTROL, v.clone());
+            }
+        }
     }
 
     /// Believe the `X-Forwarded-For` of these peers (`server.trusted_proxies`); by default no
@@ -400,6 +518,11 @@ impl Upstream {
         false
     }
 
+    /// Whether health tracking holds every upstream down (each failed, and in backoff).
+    pub fn all_held_down(&self) -> bool {
+        self.lock_health().all_down(Instant::now())
+    }
+
     /// The label of upstream `index` for logs ("-" for none).
     pub fn label(&self, index: impl Into<Option<usize>>) -> &str {
         index
@@ -421,7 +544,21 @@ impl Upstream {
     {
         let (mut parts, body) = req.into_parts();
         parts.headers = self.caller_headers(&parts.headers, down);
-        let (response, upstream) = self.send(parts, body).await?;
+        self.ask_max_age(&mut parts.headers);
+        let (response, upstream) = match request_body(&parts, &body) {
+            RequestBody::None => self.send(parts, body).await?,
+            RequestBody::Small => {
+                // Read whole first: a client that stalls mid-body never reaches Glance.
+                let bytes = read_whole(body, self.client_body_timeout).await?;
+                let body = http_body_util::Full::new(bytes)
+                    .map_err(|never| -> BoxError { match never {} });
+                self.send(parts, body).await?
+            }
+            RequestBody::Upload => {
+                let body = Box::pin(IdleTimeout::new(body, self.client_body_timeout));
+                self.send_body(parts, body, true).await?
+            }
+        };
         let response = self.prepare_response(response, down).await?;
         Ok(Forwarded::new(response, upstream))
     }
@@ -469,6 +606,22 @@ impl Upstream {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        self.send_body(parts, body, false).await
+    }
+
+    /// `send`; an `upload` holds one of the upstream's `upstream.max_uploads` slots while it
+    /// is sent (waiting in the proxy for one, counted), so that slow uploaders cannot hold
+    /// every one of Glance's worker threads.
+    async fn send_body<B>(
+        &self,
+        parts: request::Parts,
+        body: B,
+        upload: bool,
+    ) -> Result<(Response<Incoming>, usize), Error>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let slot = BodySlot::new(body);
         let order = self.lock_health().order(Instant::now());
         let failover_safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -478,6 +631,10 @@ impl Upstream {
                 continue;
             };
             let more = n + 1 < order.len();
+            let _permit = match (&target.uploads, upload) {
+                (Some(uploads), true) => Some(self.upload_permit(uploads).await?),
+                _ => None,
+            };
             match self.try_target(target, &parts, &slot).await {
                 Ok(resp) => {
                     let status = resp.status();
@@ -522,7 +679,7 @@ impl Upstream {
                     );
                     self.failovers.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(AttemptError::Client(why)) => return Err(Error::BadRequest(why)),
+                Err(AttemptError::Client(e)) => return Err(e),
                 Err(AttemptError::Request(e)) => return Err(e),
                 Err(AttemptError::Broken { error, reused }) => {
                     // A reused connection that broke says little about the upstream: it may
@@ -628,7 +785,12 @@ impl Upstream {
                 Ok(Err(e)) => {
                     let reused = reused(&captured);
                     return Err(match slot.client_error() {
-                        Some(why) => AttemptError::Client(format!("request body: {why}")),
+                        Some(why) if slot.client_stalled() => AttemptError::Client(
+                            Error::ClientTimeout(format!("request body: {why}")),
+                        ),
+                        Some(why) => {
+                            AttemptError::Client(Error::BadRequest(format!("request body: {why}")))
+                        }
                         None if e.is_connect() => AttemptError::Connect(error_chain(&e)),
                         None => AttemptError::Broken {
                             error: error_chain(&e),
@@ -640,10 +802,10 @@ impl Upstream {
                     let now = slot.bytes_sent();
                     if now == seen {
                         if slot.waiting_for_client() {
-                            return Err(AttemptError::Client(format!(
+                            return Err(AttemptError::Client(Error::ClientTimeout(format!(
                                 "request body: no data for {:?}",
                                 self.response_timeout
-                            )));
+                            ))));
                         }
                         return Err(AttemptError::Timeout);
                     }

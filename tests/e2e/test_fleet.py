@@ -1,6 +1,7 @@
 """Fleet topologies end to end (README "Fleet topologies"), a real Glance on 127.0.0.1:
 
-- two tiers: three node proxies -> one site proxy -> Glance. Each image crosses Glance once,
+- two tiers: three node proxies -> one site proxy -> Glance. A chain's revocation bound is the
+  sum of its windows, or the node's own with `upstream.max_age = "0s"`. Each image crosses Glance once,
   a second round is served from the nodes' own caches, the cache API at a node answers for
   that node, and a node whose site proxy is down fails over to Glance; the differential
   authorization table of test_authz.py (noauth and a real Keystone) passes through both
@@ -223,6 +224,61 @@ def test_a_node_goes_to_glance_while_its_site_proxy_is_down(glance):
 
 
 # -- the authorization table through two tiers ----------------------------------------------
+
+def test_a_chains_revocation_bound_is_one_window_with_max_age_0(glance):
+    """The windows of a chain add up (a node's grant on a site's answer that was itself a
+    grant), unless the node says `upstream.max_age = "0s"`: then the site asks Glance for the
+    node's questions, and a revocation reaches the node within its own grant_ttl."""
+    owner = dict(NOAUTH, **{"X-Project-Id": "noauth-project", "X-User-Id": "o",
+                            "X-Roles": "member,reader"})
+    member = dict(NOAUTH, **{"X-Project-Id": "fleet-other", "X-User-Id": "m",
+                             "X-Roles": "member,reader"})
+    r = requests.post(glance.url + "/v2/images", headers=owner, timeout=T,
+                      json={"name": "revoked", "disk_format": "raw", "container_format": "bare"})
+    assert r.status_code == 201, r.text
+    image_id = r.json()["id"]
+    data = os.urandom(MIB)
+    r = requests.put("%s/v2/images/%s/file" % (glance.url, image_id), data=data, timeout=T,
+                     headers=dict(owner, **{"Content-Type": "application/octet-stream"}))
+    assert r.status_code == 204, r.text
+    r = requests.post("%s/v2/images/%s/members" % (glance.url, image_id), headers=owner,
+                      timeout=T, json={"member": "fleet-other"})
+    assert r.status_code == 200, r.text
+    r = requests.put("%s/v2/images/%s/members/fleet-other" % (glance.url, image_id),
+                     headers=member, timeout=T, json={"status": "accepted"})
+    assert r.status_code == 200, r.text
+    confs = tempfile.mkdtemp(prefix="gcp-e2e-maxage-")
+    started = []
+    try:
+        def proxy(upstream, text):
+            path = os.path.join(confs, "%d.toml" % len(started))
+            with open(path, "w") as f:
+                f.write(text)
+            p = Proxy(upstream, extra_args=["--config", path])
+            started.append(p)
+            return p
+        site = proxy(glance.url, '[auth]\ngrant_ttl = "60s"\n')
+        plain = proxy(site.url, '[auth]\ngrant_ttl = "2s"\n')
+        fresh = proxy(site.url, '[auth]\ngrant_ttl = "2s"\n[upstream]\nmax_age = "0s"\n')
+        for node in (plain, fresh):
+            assert download(node, image_id, member) == (200, data)
+            wait_held([node], image_id)
+        r = requests.delete("%s/v2/images/%s/members/fleet-other" % (glance.url, image_id),
+                            headers=owner, timeout=T)
+        assert r.status_code == 204, r.text
+        assert requests.get("%s/v2/images/%s/file" % (glance.url, image_id), headers=member,
+                            timeout=T).status_code == 404
+        time.sleep(2.5)  # past the nodes' grant_ttl, well within the site's
+        # The windows add up: the plain node asks the site, which answers on its own grant.
+        assert download(plain, image_id, member) == (200, data)
+        # max-age=0: the site asks Glance for this node's question, and Glance's 404 comes back.
+        status, body = download(fresh, image_id, member)
+        assert status == 404 and data[:4096] not in body
+    finally:
+        codes = stop_all(started)
+        shutil.rmtree(confs, ignore_errors=True)
+        assert set(codes.values()) <= {0}, codes
+
 
 class TwoTierWorld(World):
     """test_authz's World with `proxy` a node proxy in front of `site`: an image counts as

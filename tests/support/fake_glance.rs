@@ -97,6 +97,8 @@ struct State {
     /// replaced image is recognised).
     digests: Mutex<HashMap<String, (Bytes, String, String)>>,
     next_id: AtomicUsize,
+    /// Requests whose head arrived, by method (those whose body never ends included).
+    heads: Mutex<HashMap<String, usize>>,
 }
 
 impl State {
@@ -248,6 +250,12 @@ impl FakeGlance {
         self.state.seen.lock().expect("seen lock").clone()
     }
 
+    /// Requests of `method` whose head arrived (whether or not their body ever ended).
+    pub fn heads(&self, method: &str) -> usize {
+        let heads = self.state.heads.lock().expect("heads lock");
+        heads.get(method).copied().unwrap_or(0)
+    }
+
     pub fn requests(&self) -> usize {
         self.state.seen.lock().expect("seen lock").len()
     }
@@ -280,6 +288,12 @@ async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<FakeBody>, Infallible> {
     let (parts, body) = req.into_parts();
+    *state
+        .heads
+        .lock()
+        .expect("heads lock")
+        .entry(parts.method.to_string())
+        .or_default() += 1;
     let faults = state.faults.lock().expect("faults lock").clone();
     let path = parts.uri.path().to_string();
     let mut seen = Seen {
