@@ -68,7 +68,7 @@ const RULES: &[(&str, &[&str], &str)] = &[
     ("toml::", &["src/config.rs"], "only config parses TOML"),
     (
         "client::legacy",
-        &["src/upstream/mod.rs"],
+        &["src/upstream/mod.rs", "src/upstream/connect.rs"],
         "only upstream builds an HTTP client",
     ),
     (
