@@ -16,8 +16,10 @@ use sha2::{Digest, Sha256};
 /// `X-Subject-Token`, `X-System-Scope`).
 /// Anything else in the request does not change who it is. The proxy's own questions to
 /// Glance carry these and nothing else of the client's (`side_headers`), and the caller's key
-/// is their hash (`CallerKey`). A WSGI server may hand Glance `X_User_Id` as `HTTP_X_USER_ID`,
-/// so names are compared with `_` read as `-` (`identity_name`).
+/// is their hash (`CallerKey`). Names are matched exactly: a spelling with `_` (`X_Auth_Token`)
+/// never reaches Glance (`is_identity_alias`, dropped by `upstream::headers`), since a WSGI
+/// server may drop it (gunicorn 22 and later, Apache) or read it as the header itself
+/// (`HTTP_X_AUTH_TOKEN`), and the proxy cannot know which.
 /// `tests/e2e/test_decision.py` checks the list against the installed oslo.context and
 /// keystonemiddleware.
 pub const IDENTITY_HEADERS: [&str; 39] = [
@@ -62,15 +64,17 @@ pub const IDENTITY_HEADERS: [&str; 39] = [
     "x-user-name",
 ];
 
-/// The identity header `name` stands for, if any (`_` read as `-`, as a WSGI server's
-/// environ makes them one).
-fn identity_name(name: &str) -> Option<&'static str> {
-    if name.contains('_') {
-        let dashed = name.replace('_', "-");
-        IDENTITY_HEADERS.iter().copied().find(|h| *h == dashed)
-    } else {
-        IDENTITY_HEADERS.iter().copied().find(|h| *h == name)
-    }
+/// Whether `name` (lower case) is one of the identity headers.
+fn is_identity(name: &str) -> bool {
+    IDENTITY_HEADERS.binary_search(&name).is_ok()
+}
+
+/// Whether `name` (lower case) is an identity header spelled with `_` for `-`
+/// (`x_auth_token`): such a header is dropped from every request before it goes upstream, as
+/// nginx does by default (`underscores_in_headers off`), so that Glance and the caller's key
+/// never disagree on who is asking.
+pub fn is_identity_alias(name: &str) -> bool {
+    name.contains('_') && is_identity(&name.replace('_', "-"))
 }
 
 /// What the proxy adds about the request itself (set by `upstream::headers`, never the
@@ -89,7 +93,7 @@ const CONTEXT_HEADERS: [&str; 4] = [
 pub fn side_headers(caller: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (name, value) in caller {
-        if identity_name(name.as_str()).is_some() || CONTEXT_HEADERS.contains(&name.as_str()) {
+        if is_identity(name.as_str()) || CONTEXT_HEADERS.contains(&name.as_str()) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -102,19 +106,14 @@ pub struct CallerKey([u8; 32]);
 
 impl CallerKey {
     pub fn of(headers: &HeaderMap) -> CallerKey {
-        // By identity name (whatever order or spelling the client sent them in), values in
-        // the order sent.
-        let mut identity: Vec<(&'static str, &[u8])> = headers
-            .iter()
-            .filter_map(|(name, value)| Some((identity_name(name.as_str())?, value.as_bytes())))
-            .collect();
-        identity.sort_by_key(|(name, _)| *name);
         let mut h = Sha256::new();
-        for (name, value) in identity {
-            h.update(name.as_bytes());
-            h.update([0]);
-            h.update(value);
-            h.update([0]);
+        for name in IDENTITY_HEADERS {
+            for value in headers.get_all(name) {
+                h.update(name.as_bytes());
+                h.update([0]);
+                h.update(value.as_bytes());
+                h.update([0]);
+            }
         }
         CallerKey(h.finalize().into())
     }
@@ -260,17 +259,17 @@ mod tests {
                 panic!("{environ} is not a header");
             };
             let header = name.to_ascii_lowercase().replace('_', "-");
-            assert!(identity_name(&header).is_some(), "{environ} missing");
+            assert!(is_identity(&header), "{environ} missing");
         }
         for header in KEYSTONEMIDDLEWARE {
             let lower = header.to_ascii_lowercase();
-            assert!(identity_name(&lower).is_some(), "{header} missing");
+            assert!(is_identity(&lower), "{header} missing");
         }
-        // Each listed once, in lower case.
+        // Each listed once, in lower case, sorted (for the binary search).
         let mut sorted = IDENTITY_HEADERS.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted.len(), IDENTITY_HEADERS.len());
+        assert_eq!(sorted, IDENTITY_HEADERS);
         assert!(IDENTITY_HEADERS
             .iter()
             .all(|h| *h == h.to_ascii_lowercase()));
@@ -289,14 +288,16 @@ mod tests {
             assert_ne!(CallerKey::of(&h), CallerKey::of(&base), "{extra}");
             assert!(side_headers(&h).contains_key(extra), "{extra}");
         }
-        // `X_Roles` reaches Glance as HTTP_X_ROLES: the same identity as `X-Roles`.
+        // `X_Roles` is an alias (dropped before anything goes upstream), not an identity.
+        assert!(is_identity_alias("x_roles") && is_identity_alias("x_auth_token"));
+        assert!(!is_identity_alias("x-roles") && !is_identity_alias("x_custom"));
         let dashed = headers(&[("x-auth-token", "t1"), ("x-roles", "admin")]);
-        let underscored = headers(&[("x-auth-token", "t1"), ("x_roles", "admin")]);
-        assert_eq!(CallerKey::of(&dashed), CallerKey::of(&underscored));
-        assert!(side_headers(&underscored).contains_key("x_roles"));
-        // Order of the headers does not matter; order of one header's values does.
         let swapped = headers(&[("x-roles", "admin"), ("x-auth-token", "t1")]);
-        assert_eq!(CallerKey::of(&dashed), CallerKey::of(&swapped));
+        assert_eq!(
+            CallerKey::of(&dashed),
+            CallerKey::of(&swapped),
+            "order of headers"
+        );
     }
 
     #[test]

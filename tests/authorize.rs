@@ -29,13 +29,7 @@ async fn get_as(proxy: &TestProxy, id: &str, headers: &[(&str, &str)]) -> Got {
 
 /// Wait (bounded) until `id` is a committed entry.
 async fn cached(proxy: &TestProxy, id: &str) {
-    for _ in 0..500 {
-        if proxy.is_cached(id) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{id} was never cached");
+    support::until(|| proxy.is_cached(id)).await;
 }
 
 #[tokio::test]
@@ -95,7 +89,9 @@ async fn a_fill_without_room_still_streams_to_its_client() {
     let (slow, other) = (pattern(2 << 20, 4), pattern(2 << 20, 5));
     glance.add_image("slow", slow.clone());
     glance.add_image("other", other.clone());
-    let proxy = TestProxy::start(config(&[&glance.url], "[cache]\nmax_size = \"3MiB\"")).await;
+    let proxy =
+        TestProxy::start_with_admin(config(&[&glance.url], "[cache]\nmax_size = \"3MiB\"")).await;
+    let admin = proxy.admin_url.clone().expect("admin listener");
     glance.set_faults(Faults {
         drip: Some(Duration::from_millis(40)),
         ..Faults::default()
@@ -105,7 +101,12 @@ async fn a_fill_without_room_still_streams_to_its_client() {
         let url = file_url(&proxy, "slow");
         async move { send(&url, "GET", &[("x-auth-token", ALICE)], Bytes::new()).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_metric(
+        &admin,
+        "glance_cache_proxy_cache_reserved_bytes",
+        (2 << 20) as f64,
+    )
+    .await;
     let got = get_as(&proxy, "other", &[("x-auth-token", ALICE)]).await;
     assert_eq!(got.status, 200);
     assert!(got.body_error.is_none() && got.body == other, "byte-exact");
@@ -340,4 +341,63 @@ async fn a_requests_max_age_bounds_the_grant_and_a_node_sends_its_own() {
         401,
         "through the node: Glance's"
     );
+}
+
+#[tokio::test]
+async fn an_identity_header_spelled_with_underscores_never_reaches_glance_nor_a_grant() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(1 << 20, 9);
+    glance.add_image("img", data.clone());
+    let proxy = TestProxy::start(config(&[&glance.url], "[auth]\ngrant_ttl = \"60s\"")).await;
+    assert!(get_as(&proxy, "img", &[("x-auth-token", ALICE)]).await.body == data);
+    cached(&proxy, "img").await;
+    let before = glance.seen().len();
+    // Alice's token spelled `X_Auth_Token` (a WSGI server may drop it, or read it as
+    // X-Auth-Token): it is not Alice, and Glance never sees it.
+    let _ = get_as(&proxy, "img", &[("x_auth_token", ALICE)]).await;
+    let _ = get_as(
+        &proxy,
+        "img",
+        &[("x_auth_token", ALICE), ("x-auth-token", READER)],
+    )
+    .await;
+    let seen = glance.seen();
+    assert!(seen.len() > before, "not answered on Alice's grant");
+    assert!(
+        seen.iter().all(|s| !s.headers.contains_key("x_auth_token")),
+        "the underscore spelling never reaches Glance"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_glance_behind_a_site_proxy_is_no_outage_at_the_node() {
+    let glance = FakeGlance::start().await;
+    let data = pattern(1 << 20, 10);
+    glance.add_image("img", data.clone());
+    let site = TestProxy::start(config(
+        &[&glance.url],
+        "[upstream]\nresponse_timeout = \"500ms\"",
+    ))
+    .await;
+    let node = TestProxy::start(config(
+        &[&site.url],
+        "[auth]\noffline_grace = \"1h\"\n[upstream]\nresponse_timeout = \"5s\"",
+    ))
+    .await;
+    let alice = [("x-auth-token", ALICE)];
+    assert!(get_as(&node, "img", &alice).await.body == data);
+    cached(&node, "img").await;
+    // Glance slow: the site's own question times out and it answers the node 504. That is a
+    // slow answer, not an outage: the node does not serve on Alice's grace.
+    glance.set_faults(Faults {
+        stall_head: Some(Duration::from_secs(2)),
+        ..Faults::default()
+    });
+    assert_eq!(get_as(&node, "img", &alice).await.status, 504);
+    // Glance stopped: the site answers 502 (no upstream reachable), an outage at the node.
+    glance.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = get_as(&node, "img", &alice).await;
+    assert_eq!(got.status, 200, "served on the grace");
+    assert!(got.body == data);
 }

@@ -31,13 +31,7 @@ async fn get_as(proxy: &TestProxy, id: &str, token: &str) -> Got {
 
 /// Wait (bounded) until `id` is a committed entry.
 async fn cached(proxy: &TestProxy, id: &str) {
-    for _ in 0..500 {
-        if proxy.is_cached(id) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{id} was never cached");
+    support::until(|| proxy.is_cached(id)).await;
 }
 
 /// Requests Glance saw for image `id` from `token` (records, probes, downloads).

@@ -106,14 +106,19 @@ pub struct Asked<'a> {
 /// A caller's grant for an image as the image path's decision reads it (`Grants::standing`).
 #[derive(Debug, Clone, Default)]
 pub struct Standing {
-    /// Glance let this caller download the image (the 404 rule).
-    pub named: bool,
-    /// Within `auth.grant_ttl`: the record it came with.
-    pub fresh: Option<Arc<Expected>>,
-    /// Within `auth.offline_grace`: the record it came with, and its age.
-    pub offline: Option<(Arc<Expected>, Duration)>,
+    /// The grant, when one stands (not refused or forgotten since).
+    pub held: Option<Held>,
     /// The grace wants the record's JSON with Glance's next "yes" (`wants_record`).
     pub wants_record: bool,
+}
+
+/// A standing grant: how old (`None`: dated in the future, the clock went back), asked
+/// through v2 (only those serve the windows), and the record it came with.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub age: Option<Duration>,
+    pub v2: bool,
+    pub expected: Arc<Expected>,
 }
 
 type Key = (CallerKey, String);
@@ -450,11 +455,10 @@ impl Grants {
         }
     }
 
-    /// Everything the image path's decision needs of `caller`'s grant for `id`, read once:
-    /// whether there is one, its record if it is within `auth.grant_ttl` (and younger than
-    /// `max_age`, the request's `Cache-Control: max-age`, when it says one), its record and age
-    /// if within `auth.offline_grace`, and whether the grace wants the record's JSON anew.
-    pub fn standing(&self, caller: CallerKey, id: &str, max_age: Option<Duration>) -> Standing {
+    /// What the image path's decision needs of `caller`'s grant for `id`, read once: its age
+    /// and record (the windows are applied by `image::decide::Grant::of`), and whether the
+    /// grace wants the record's JSON anew.
+    pub fn standing(&self, caller: CallerKey, id: &str) -> Standing {
         let now = now_ms();
         let Some(grant) = self.grant(caller, id) else {
             return Standing {
@@ -462,16 +466,12 @@ impl Grants {
                 ..Standing::default()
             };
         };
-        let young = |window: Duration| grant.v2 && grant.within(window, now);
-        let ttl = self.inner.windows.grant_ttl;
-        let fresh_window = max_age.map_or(ttl, |m| ttl.min(m + Duration::from_millis(1)));
-        let grace = self.inner.windows.offline_grace;
         Standing {
-            named: true,
-            fresh: young(fresh_window).then(|| Arc::clone(&grant.expected)),
-            offline: young(grace)
-                .then(|| grant.age(now).map(|age| (Arc::clone(&grant.expected), age)))
-                .flatten(),
+            held: Some(Held {
+                age: grant.age(now),
+                v2: grant.v2,
+                expected: Arc::clone(&grant.expected),
+            }),
             wants_record: self.wants_record_of(Some(&grant), now),
         }
     }

@@ -41,7 +41,9 @@ type Opening = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Hit>> +
 impl Gathered {
     /// What is known before Glance is asked: the grant, and what the cache has.
     pub fn new(ctx: &Context<'_>, cache: &Cache, ask: &Ask<'_>) -> Gathered {
-        let standing = ctx.grants.standing(ask.who, ask.image_id, ask.max_age);
+        let standing = ctx.grants.standing(ask.who, ask.image_id);
+        let held = standing.held.as_ref().map(|h| (h.age, h.v2));
+        let grant = Grant::of(held, &ctx.grants.windows(), ask.max_age);
         let entry = cache.entry_expected(ask.image_id);
         let state = match &entry {
             Some(e) => Entry::Verified {
@@ -52,11 +54,7 @@ impl Gathered {
         };
         let facts = Facts {
             plain_v2: ask.api == Api::V2 && ask.query.is_none(),
-            grant: Grant {
-                named: standing.named,
-                fresh: standing.fresh.is_some(),
-                offline: standing.offline.is_some(),
-            },
+            grant,
             wants_record: standing.wants_record,
             entry: state,
             planned: false,
@@ -145,8 +143,25 @@ impl Gathered {
         match basis {
             Basis::Record => self.info.as_ref()?.cacheable().ok().cloned(),
             Basis::Entry => self.entry.clone(),
-            Basis::Grant => self.standing.fresh.as_deref().cloned(),
+            Basis::Grant => self.grant_record(),
         }
+    }
+
+    /// The record kept with the caller's grant (the decision uses it only within a window).
+    pub fn grant_record(&self) -> Option<Expected> {
+        self.standing
+            .held
+            .as_ref()
+            .map(|h| Expected::clone(&h.expected))
+    }
+
+    /// The grant's age, for the warning each offline hit logs.
+    pub fn grant_age(&self) -> std::time::Duration {
+        self.standing
+            .held
+            .as_ref()
+            .and_then(|h| h.age)
+            .unwrap_or_default()
     }
 
     /// The image as the response describes it: Glance's record when it was asked, else the

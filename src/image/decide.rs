@@ -16,18 +16,22 @@
 //!   (a member without the reader role may still download): Glance answers the download.
 //! - Within `auth.grant_ttl` of Glance's "yes" to this very caller, a held image is served
 //!   without asking (and never older than the request's `Cache-Control: max-age`).
-//! - An outage (`Reply::Outage`: refused or reset connections, 502/503/504 from every
-//!   upstream, or a timeout while health tracking holds every upstream down) lets a verified
-//!   entry go to a caller with a grant within `auth.offline_grace`. One slow answer is not an
-//!   outage: it is that caller's 504.
+//! - An outage (`Reply::Outage`: refused or reset connections, 502/503 from every upstream,
+//!   or a timeout while health tracking holds every upstream down) lets a verified entry go to
+//!   a caller with a grant within `auth.offline_grace`. One slow answer is not an outage: it
+//!   is that caller's 504, and so is a 504 from upstream (a site proxy's or a load balancer's
+//!   own timeout: a chain of proxies must not turn Glance's slowness into an outage).
 //! - Room in the cache is made only after Glance answered the download with the image (the
 //!   plan registers a fill; `Starter::start` reserves).
 //! - A 404 to the download evicts only when the caller's grant names the image (Glance had let
 //!   this very caller download it: the image is gone); any other refusal ends the caller's
 //!   grant, and nothing else.
 
+use std::time::Duration;
+
 use http::StatusCode;
 
+use crate::config::AuthConfig;
 use crate::outcome::BypassReason;
 
 /// How Glance answered one question.
@@ -53,6 +57,7 @@ impl<T> Reply<T> {
     pub fn of(answer: Answered, held_down: bool, yes: impl FnOnce() -> T) -> Reply<T> {
         match answer {
             Answered::Status(s) if is_unavailable(s) => Reply::Outage,
+            Answered::Status(StatusCode::GATEWAY_TIMEOUT) => Reply::Failed,
             Answered::Status(s) if s.is_success() && s != StatusCode::NO_CONTENT => {
                 Reply::Yes(yes())
             }
@@ -76,11 +81,14 @@ pub enum Answered {
     Broken,
 }
 
-/// 502, 503 and 504: after failover through every upstream, none answered.
+/// 502 and 503: after failover through every upstream, none could answer (a gateway with no
+/// server to reach, or a server that says it is unavailable). A 504 is a gateway's word for a
+/// slow answer (a site proxy or a load balancer whose own question to Glance timed out): like
+/// the proxy's own timeout, not an outage.
 pub fn is_unavailable(status: StatusCode) -> bool {
     matches!(
         status,
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
     )
 }
 
@@ -94,6 +102,30 @@ pub struct Grant {
     pub fresh: bool,
     /// Within `auth.offline_grace`, v2.
     pub offline: bool,
+}
+
+impl Grant {
+    /// The facts of a caller's grant (`held`: its age, `None` when dated in the future, and
+    /// whether it was asked through v2; `None`: no grant stands, or it was refused or
+    /// forgotten) under the operator's `windows` and the request's `Cache-Control: max-age`.
+    /// Only v2 grants serve the windows; a window of 0 is off.
+    pub fn of(
+        held: Option<(Option<Duration>, bool)>,
+        windows: &AuthConfig,
+        max_age: Option<Duration>,
+    ) -> Grant {
+        let Some((age, v2)) = held else {
+            return Grant::default();
+        };
+        let within = |window: Duration| v2 && !window.is_zero() && age.is_some_and(|a| a < window);
+        let ttl = windows.grant_ttl;
+        let fresh = max_age.map_or(ttl, |m| ttl.min(m.saturating_add(Duration::from_millis(1))));
+        Grant {
+            named: true,
+            fresh: within(fresh),
+            offline: within(windows.offline_grace),
+        }
+    }
 }
 
 /// What the cache has for the image.
@@ -180,7 +212,7 @@ pub enum Step {
     Offline,
     /// Glance's answer goes back as it came.
     Refuse(Which),
-    /// The failure goes back (an error, or Glance's 502/503/504).
+    /// The failure goes back (an error, or the 502/503/504 that came).
     Fail(Which),
     /// Pass the request to Glance, which answers it itself.
     Pass(BypassReason),
@@ -513,41 +545,37 @@ mod tests {
     const S404: StatusCode = StatusCode::NOT_FOUND;
     const S500: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
 
-    fn grants() -> Vec<(&'static str, Grant)> {
-        let named = Grant {
-            named: true,
-            ..Grant::default()
-        };
-        vec![
-            ("none", Grant::default()),
-            // A refusal's tombstone: no grant stands (as `grants` reports it).
-            ("refused", Grant::default()),
-            (
-                "valid",
-                Grant {
-                    named: true,
-                    fresh: true,
-                    offline: true,
-                },
-            ),
-            (
-                "valid, no grace",
-                Grant {
-                    named: true,
-                    fresh: true,
-                    offline: false,
-                },
-            ),
-            (
-                "grace only",
-                Grant {
-                    named: true,
-                    fresh: false,
-                    offline: true,
-                },
-            ),
-            ("expired", named),
-        ]
+    /// Grants as `Grant::of` makes them: none (or refused: no grant stands), a young and an
+    /// old v2 grant, a young v1 grant, each under the windows off, `grant_ttl` only,
+    /// `offline_grace` only, and both.
+    fn grants() -> Vec<(String, Grant)> {
+        let s = Duration::from_secs;
+        let helds = [
+            ("none", None),
+            ("young v2", Some((Some(s(1)), true))),
+            ("old v2", Some((Some(s(7200)), true))),
+            ("young v1", Some((Some(s(1)), false))),
+            ("from the future", Some((None, true))),
+        ];
+        let windows = [
+            (s(0), s(0)),
+            (s(60), s(0)),
+            (s(0), s(86400)),
+            (s(60), s(86400)),
+        ];
+        let mut out = Vec::new();
+        for (name, held) in helds {
+            for (ttl, grace) in windows {
+                let w = AuthConfig {
+                    grant_ttl: ttl,
+                    offline_grace: grace,
+                    ..AuthConfig::default()
+                };
+                let label = format!("{name}, ttl {ttl:?}, grace {grace:?}");
+                out.push((label, Grant::of(held, &w, None)));
+            }
+        }
+        out
     }
 
     fn entries() -> Vec<Entry> {
@@ -565,6 +593,7 @@ mod tests {
             Reply::Yes(Err(BypassReason::NotActive)),
             Reply::No(S403),
             Reply::No(S404),
+            Reply::No(S500),
             Reply::Outage,
             Reply::Failed,
         ]
@@ -582,16 +611,18 @@ mod tests {
         ]
     }
 
-    /// Every combination that matters: grant none / valid / expired / refused (and with or
-    /// without a grace), entry none / filling / verified (with and without an md5), record
-    /// 200 / inactive / 403 / 404 / outage (5xx, refused) / failed (timeout), download (probe
-    /// 200 or 206, and the download itself) 200 / 401 / 403 / 404 / 500 / outage / failed,
-    /// v2 or not (windows apply to plain v2 only), the probe's head describing the entry or
-    /// not. The expected answer is Glance's own to the download, windows aside.
+    /// Every combination that matters: grant none (or refused) / young / old / v1 / dated in
+    /// the future, x windows 0 / grant_ttl / offline_grace / both, entry none / filling /
+    /// verified (with and without an md5), record 200 / inactive / 403 / 404 / 500 / outage
+    /// (502-504, refused) / failed (timeout), download (probe 200 or 206, and the download
+    /// itself) 200 / 401 / 403 / 404 / 500 / outage / failed, v2 or not (windows apply to plain
+    /// v2 only), the probe's head describing the entry or not. The expected answer is Glance's
+    /// own to the download, windows aside.
     #[test]
     fn every_combination_gets_glances_own_answer() {
         let mut rows = 0;
         for (grant_name, grant) in grants() {
+            let grant_name = grant_name.as_str();
             for entry in entries() {
                 for record in records() {
                     for download in downloads() {
@@ -614,7 +645,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(rows, 6 * 4 * 6 * 7 * 2 * 2);
+        assert_eq!(rows, 20 * 4 * 7 * 7 * 2 * 2);
     }
 
     fn check_row(
@@ -772,6 +803,38 @@ mod tests {
     }
 
     #[test]
+    fn grants_count_within_their_windows_and_the_requests_max_age() {
+        let s = Duration::from_secs;
+        let w = AuthConfig {
+            grant_ttl: s(60),
+            offline_grace: s(3600),
+            ..AuthConfig::default()
+        };
+        let young = Some((Some(s(10)), true));
+        let g = Grant::of(young, &w, None);
+        assert!(g.named && g.fresh && g.offline);
+        // The request accepts nothing older than 5 s (or 0 s): not fresh; the grace stands.
+        for m in [s(5), s(0)] {
+            let g = Grant::of(young, &w, Some(m));
+            assert!(g.named && !g.fresh && g.offline);
+        }
+        assert!(Grant::of(young, &w, Some(s(30))).fresh);
+        assert!(
+            Grant::of(young, &w, Some(Duration::MAX)).fresh,
+            "no overflow"
+        );
+        let old = Grant::of(Some((Some(s(120)), true)), &w, None);
+        assert!(old.named && !old.fresh && old.offline);
+        let v1 = Grant::of(Some((Some(s(10)), false)), &w, None);
+        assert!(v1.named && !v1.fresh && !v1.offline);
+        let future = Grant::of(Some((None, true)), &w, None);
+        assert!(future.named && !future.fresh && !future.offline);
+        assert_eq!(Grant::of(None, &w, None), Grant::default());
+        let off = Grant::of(young, &AuthConfig::default(), None);
+        assert!(off.named && !off.fresh && !off.offline);
+    }
+
+    #[test]
     fn the_record_route_ends_grants_on_refusals_and_never_evicts() {
         for s in [S401, S403, S404] {
             assert_eq!(record_teaches(Reply::No(s)), REFUSE);
@@ -822,10 +885,13 @@ mod tests {
     #[test]
     fn outages_are_refused_connections_unavailable_answers_and_held_down_timeouts() {
         let of = |a, held| Reply::of(a, held, || ());
-        for s in [502, 503, 504] {
+        for s in [502, 503] {
             let status = StatusCode::from_u16(s).expect("status");
             assert_eq!(of(Answered::Status(status), false), Reply::Outage);
         }
+        // A gateway's timeout (a site proxy's own 504) is a slow answer, as the proxy's own.
+        let slow = Answered::Status(StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(of(slow, false), Reply::Failed);
         assert_eq!(of(Answered::Unreachable, false), Reply::Outage);
         assert_eq!(of(Answered::Timeout, false), Reply::Failed);
         assert_eq!(of(Answered::Timeout, true), Reply::Outage);

@@ -259,8 +259,11 @@ fn max_age(headers: &HeaderMap) -> Option<Duration> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|d| d.trim().strip_prefix("max-age="))
-        .filter_map(|n| n.trim_matches('"').parse::<u64>().ok())
+        .filter_map(|d| {
+            let (name, value) = d.split_once('=')?;
+            name.trim().eq_ignore_ascii_case("max-age").then_some(value)
+        })
+        .filter_map(|n| n.trim().trim_matches('"').parse::<u64>().ok())
         .min()
         .map(Duration::from_secs)
 }
@@ -318,10 +321,10 @@ async fn respond_offline(
     ask: &Ask<'_>,
     mut got: Gathered,
 ) -> Result<Served, Error> {
-    if let Some((expected, age)) = got.standing.offline.clone() {
+    if let Some(expected) = got.grant_record() {
         if let Some(hit) = cache.peek(ask.image_id, &expected).await {
-            authorize::warn_offline(ask, age);
-            let allowed = (ImageInfo::remembered(&expected), Expected::clone(&expected));
+            authorize::warn_offline(ask, got.grant_age());
+            let allowed = (ImageInfo::remembered(&expected), expected);
             let source = Source::Entry(hit);
             return respond_cached(ctx, cache, ask, allowed, source, Decision::Offline, None);
         }
@@ -560,4 +563,35 @@ async fn bypass(
         outcome: Outcome::Bypass(reason),
         decision: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cc(values: &[&str]) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        max_age(&h)
+    }
+
+    #[test]
+    fn a_requests_max_age_is_read_as_rfc_9111_writes_it() {
+        let s = Duration::from_secs;
+        assert_eq!(cc(&[]), None);
+        assert_eq!(cc(&["max-age=0"]), Some(s(0)));
+        assert_eq!(cc(&["no-cache, MAX-AGE = 30"]), Some(s(30)));
+        assert_eq!(cc(&["max-age=\"5\""]), Some(s(5)));
+        // Several: the smallest (the strictest) counts.
+        assert_eq!(cc(&["max-age=60", "max-age=10"]), Some(s(10)));
+        // Not a number of seconds: ignored.
+        assert_eq!(cc(&["max-age=-1", "max-age=x"]), None);
+        assert_eq!(cc(&["max-stale=5", "s-maxage=1"]), None);
+        assert_eq!(cc(&["max-age=99999999999999999999"]), None);
+    }
 }

@@ -55,9 +55,24 @@ pub struct ForwardedFor<'a> {
 /// Glance learns of the original request (`forwarding`).
 pub fn prepare_request(headers: &mut HeaderMap, upstream_host: &HeaderValue, fwd: &ForwardedFor) {
     strip_hop_by_hop(headers);
+    strip_identity_aliases(headers);
     headers.remove(EXPECT);
     headers.insert(HOST, upstream_host.clone());
     forwarding(headers, fwd);
+}
+
+/// Identity headers spelled with `_` (`X_Auth_Token`) go: a WSGI server may drop them or read
+/// them as the header itself, so Glance and the caller's key (`auth::CallerKey`) could
+/// disagree on who is asking (nginx drops them by default too).
+fn strip_identity_aliases(headers: &mut HeaderMap) {
+    let aliases: Vec<_> = headers
+        .keys()
+        .filter(|name| crate::auth::is_identity_alias(name.as_str()))
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
+    }
 }
 
 /// The forwarding headers as Glance sees them, none of them the client's word alone.
@@ -148,6 +163,21 @@ mod tests {
                 "x-openstack-request-id"
             ]
         );
+    }
+
+    #[test]
+    fn identity_headers_spelled_with_underscores_go() {
+        let mut h = map(&[
+            ("x_auth_token", "other"),
+            ("x_project_id", "p"),
+            ("openstack_system_scope", "all"),
+            ("x-auth-token", "tok"),
+            ("x_custom_thing", "kept"),
+        ]);
+        strip_identity_aliases(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["x-auth-token", "x_custom_thing"]);
     }
 
     /// The forwarding headers Glance gets for a request from `peer` with client headers

@@ -139,21 +139,6 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// A status that says the upstream could not answer (not a decision about the caller). After
-/// `Upstream::send`'s failover, none of the upstreams could.
-pub fn is_unavailable(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-    )
-}
-
-/// An error that says no upstream answered: refused or broken connections, no response head in
-/// time (after `Upstream::send`'s failover through all of them).
-pub fn is_unanswered(e: &Error) -> bool {
-    matches!(e, Error::Unreachable(_) | Error::Timeout(_))
-}
-
 impl Upstream {
     /// One of an upstream's upload slots, waiting for it if all are taken (counted).
     async fn upload_permit<'s>(
@@ -385,8 +370,8 @@ impl Upstream {
     /// upstream while the request can still be replayed (no body, or body not yet sent); so
     /// do, for GET, HEAD and OPTIONS, no answer within `response_timeout` and a 504 (which
     /// say nothing about whether another upstream can answer, and leave health as it was).
-    /// An error or a 502/503/504 therefore means no upstream answered the request
-    /// (`is_unavailable`).
+    /// An error or a 502/503/504 therefore means no upstream answered the request in time;
+    /// which of those is an outage is `image::decide::Reply::of`'s call.
     /// A failure of the client's own (its body) is a 400 and leaves every upstream's health
     /// as it was.
     pub async fn send<B>(
