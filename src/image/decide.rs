@@ -569,7 +569,6 @@ mod tests {
                 let w = AuthConfig {
                     grant_ttl: ttl,
                     offline_grace: grace,
-                    ..AuthConfig::default()
                 };
                 let label = format!("{name}, ttl {ttl:?}, grace {grace:?}");
                 out.push((label, Grant::of(held, &w, None)));
@@ -808,7 +807,6 @@ mod tests {
         let w = AuthConfig {
             grant_ttl: s(60),
             offline_grace: s(3600),
-            ..AuthConfig::default()
         };
         let young = Some((Some(s(10)), true));
         let g = Grant::of(young, &w, None);
