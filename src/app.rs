@@ -1,6 +1,6 @@
 //! The composition root: builds every component from the `Config` (the shared state, the
 //! server around it) and runs the listeners until shutdown. The only module that names them
-//! all; nothing imports it but `main`.
+//! all; nothing in the crate imports it (`main` and the tests' `TestProxy` call it).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,6 +65,7 @@ impl App {
             slots: Slots::new(config.server.max_connections),
             listen_url,
             last_host: std::sync::Mutex::default(),
+            access: Arc::new(crate::server::access::AccessLog::new()),
         });
         Ok(App {
             config,
@@ -139,30 +140,6 @@ fn writable_dirs(root: &std::path::Path) -> Result<DiskHealth, StartError> {
     dirs.push(root.join(crate::prefetch::queue::QUEUE_DIR));
     crate::disk::startup(|| crate::writable::check(root, &dirs)).map_err(StartError::Unwritable)?;
     Ok(DiskHealth::new(root.to_path_buf(), dirs))
-}
-
-/// Run the proxy on an already bound listener until `shutdown` resolves and the drain ends.
-/// Fails only if the cache directory cannot be opened.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), StartError> {
-    let listen_url = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| {
-            let scheme = if config.server.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            Url::parse(&format!("{scheme}://{a}")).ok()
-        })
-        .unwrap_or_else(|| Url::parse("http://127.0.0.1/").expect("literal URL is valid"));
-    let app = App::new(config, listen_url)?;
-    serve(app, listener, None, shutdown).await;
-    Ok(())
 }
 
 /// Build the components for `config` (scanning the cache directory), before any listener

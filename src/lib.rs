@@ -25,7 +25,8 @@
 //! - `writable`: whether the proxy can write its directories: the start-up probe and the
 //!   running tally of cache write failures (`/readyz`).
 //! - leaves: `auth` (caller identity headers and keys), `clock` (the wall clock), `config` (TOML ->
-//!   validated `Config`), `digest` (what a record promises), `outcome` (enums of what
+//!   validated `Config`), `digest` (what a record promises), `disk` (the blocking pool, the
+//!   off-runtime check, id validation, private and durable writes), `outcome` (enums of what
 //!   happened), `route` (pure classification), `sys` (the only unsafe), `tls` (PEM, roots,
 //!   reloadable identities).
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use glance_cache_proxy::config::{Config, LogFormat, Overrides};
+use glance_cache_proxy::server::access::AccessLog;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -83,10 +84,13 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(runtime) => {
-            let code = runtime.block_on(run(config));
+            let access = std::sync::OnceLock::new();
+            let code = runtime.block_on(run(config, &access));
             // Requests still held by the runtime end (and log) here; then their lines out.
             drop(runtime);
-            glance_cache_proxy::server::access::flush();
+            if let Some(access) = access.get() {
+                access.flush();
+            }
             code
         }
         Err(e) => {
@@ -96,8 +100,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Open the cache, bind the listeners, serve until SIGTERM/SIGINT and the drain end.
-async fn run(config: Config) -> ExitCode {
+/// Open the cache, bind the listeners, serve until SIGTERM/SIGINT and the drain end. The
+/// access log is handed out through `access`, to be flushed once the runtime has stopped.
+async fn run(config: Config, access: &std::sync::OnceLock<std::sync::Arc<AccessLog>>) -> ExitCode {
     // The cache first: the port opens only once the index is rebuilt and leftovers of
     // interrupted fills are gone, so "accepting connections" means ready.
     let cache_dir = config.cache.dir.clone();
@@ -113,6 +118,7 @@ async fn run(config: Config) -> ExitCode {
             };
         }
     };
+    let _ = access.set(std::sync::Arc::clone(&app.server.access));
     let Some((listener, admin)) = bind_listeners(&app.config).await else {
         return ExitCode::FAILURE;
     };

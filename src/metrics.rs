@@ -73,6 +73,8 @@ pub struct Snapshot {
     pub scrub_corruptions: u64,
     pub connections_open: u64,
     pub connections_shed: u64,
+    /// Access-log lines dropped because the log could not keep up.
+    pub access_log_dropped: u64,
 }
 
 /// The results of `identity_resolutions_total`.
@@ -420,6 +422,12 @@ fn listener_families(s: &Snapshot) -> Vec<MetricFamily> {
             "Idle client connections closed to make room for a new one (server.max_connections reached).",
             COUNTER,
             one(s.connections_shed),
+        ),
+        family(
+            "access_log_dropped_total",
+            "Access-log lines dropped because the log could not keep up (its queue, bounded by lines and bytes, was full); a warning is logged at most every 10 s.",
+            COUNTER,
+            one(s.access_log_dropped),
         ),
         family(
             "sendfile_bytes_total",

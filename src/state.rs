@@ -1,6 +1,6 @@
 //! The shared state of the request path: the components every handler may draw on, built
 //! once by `app`. It names components (upstream, cache, prefetcher, scrubber, grants,
-//! metrics) and never the layers that use it (`server`, `image`, `manage`); each handler gets
+//! metrics, sendfile counters) and never the layers that use it (`server`, `image`, `manage`); each handler gets
 //! a narrow context made from it (`image::Context`, `manage::Context`).
 
 use std::sync::atomic::Ordering::Relaxed;

@@ -221,8 +221,8 @@ async fn a_slow_but_moving_body_is_not_cut() {
 
 /// The access line for `method path` number `nth` (0-based) in a text log.
 fn access_line<'a>(log: &'a str, method: &str, path: &str, nth: usize) -> &'a str {
-    let method = format!("method={method}");
-    let path = format!("path={path} ");
+    let method = format!("method=\"{method}\"");
+    let path = format!("path=\"{path}\" ");
     log.lines()
         .filter(|l| l.contains(" access:") && l.contains(&method) && l.contains(&path))
         .nth(nth)

@@ -2,7 +2,8 @@
 //! anyone else. A broken or abandoned upload is the client's fault (400 or a closed
 //! connection, never 502, every upstream's health unchanged); the forwarding headers Glance
 //! sees are the proxy's, not the client's; no request target picks where the proxy connects;
-//! and Glance closing idle keep-alive connections costs no request.
+//! Glance closing idle keep-alive connections costs no request; and a flood of long request
+//! targets neither slows anyone else nor grows the process (the access log is bounded).
 
 mod support;
 
@@ -367,4 +368,199 @@ async fn glance_closing_keep_alive_connections_costs_no_request() {
         "the reused connections broke"
     );
     assert_upstreams_healthy(&proxy, "after broken keep-alive connections").await;
+}
+
+/// Issue 26: the access log cannot be flooded. 16 clients send 60 KB request targets as fast
+/// as they can to the real binary, whose stderr is read slowly; each gets 414 (a
+/// request line over 8 KiB), the lines that are written carry the target cut to 2 KiB, lines
+/// the log cannot take are dropped and counted, and meanwhile another client's
+/// `GET /versions` answers in normal time and the process's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_long_targets_neither_slows_others_nor_grows_memory() {
+    let glance = FakeGlance::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, admin_port) = (
+        support::closed_port().await.port(),
+        support::closed_port().await.port(),
+    );
+    let mut child = tokio::process::Command::new(support::BIN)
+        .args(["--upstream", &glance.url, "--cache-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{admin_port}")])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn proxy");
+    let pid = child.id().expect("pid");
+    // stderr read slowly: 2 KiB every 16 ms (about 125 KB/s, a log shipper that lags);
+    // what was read is kept.
+    let mut stderr = child.stderr.take().expect("stderr");
+    let read = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let read = Arc::clone(&read);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2 << 10];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                read.lock().expect("lock").extend_from_slice(&buf[..n]);
+                tokio::time::sleep(Duration::from_millis(16)).await;
+            }
+        })
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    for _ in 0..400 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+
+    let flood_for = Duration::from_secs(5);
+    let target = format!("/v2/images/{}", "a".repeat(60_000));
+    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let refused = Arc::new(AtomicUsize::new(0));
+    let floods: Vec<_> = (0..16)
+        .map(|_| {
+            let (request, refused) = (request.clone(), Arc::clone(&refused));
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                while started.elapsed() < flood_for {
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+                        continue;
+                    };
+                    for _ in 0..50 {
+                        if s.write_all(request.as_bytes()).await.is_err() {
+                            break;
+                        }
+                        let mut head = vec![0u8; 4096];
+                        let n = tokio::time::timeout(LIMIT, s.read(&mut head)).await;
+                        match n {
+                            Ok(Ok(n)) if n >= 12 && head.starts_with(b"HTTP/1.1 414") => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                // The JSON body is small and comes with the head or next.
+                                let body = String::from_utf8_lossy(&head[..n]).to_string();
+                                if !body.contains("\"code\"") {
+                                    let _ = tokio::time::timeout(LIMIT, s.read(&mut head)).await;
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Meanwhile another client's metadata requests answer in normal time.
+    let mut slowest = Duration::ZERO;
+    let mut peak = before;
+    let started = std::time::Instant::now();
+    while started.elapsed() < flood_for {
+        let asked = std::time::Instant::now();
+        let got = tokio::time::timeout(LIMIT, get(&format!("{url}/versions"))).await;
+        let took = asked.elapsed();
+        assert!(
+            got.is_ok_and(|g| g.status == 200),
+            "/versions during the flood"
+        );
+        slowest = slowest.max(took);
+        peak = peak.max(rss());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for f in floods {
+        f.await.expect("flood task");
+    }
+    peak = peak.max(rss());
+    let dropped = support::metric(&admin, "glance_cache_proxy_access_log_dropped_total").await;
+    child.kill().await.expect("kill");
+    let _ = tokio::time::timeout(LIMIT, reader).await;
+    let refused = refused.load(Ordering::Relaxed);
+    let text = String::from_utf8_lossy(&read.lock().expect("lock")).to_string();
+    println!(
+        "flood: {refused} requests refused (414), {dropped} access lines dropped, \
+         slowest /versions {slowest:?}, RSS {before} -> peak {peak} kB"
+    );
+    assert!(refused > 1000, "the flood ran: {refused}");
+    assert!(
+        dropped > 0.0,
+        "the log could not keep up, so lines were dropped"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/versions took {slowest:?} during the flood"
+    );
+    assert!(
+        peak < before + 64 * 1024,
+        "RSS grew from {before} to {peak} kB"
+    );
+    let cut = text
+        .lines()
+        .find(|l| l.contains(" access:") && l.contains("status=414"))
+        .expect("a 414's access line was written");
+    assert!(cut.contains("bytes cut]") && cut.len() < 3000, "{cut}");
+}
+
+/// Issue 26: a request id that Glance echoes cannot add fields to the access line: in the
+/// text format it is one quoted, escaped value; in JSON one escaped string.
+#[tokio::test]
+async fn a_forged_request_id_stays_one_field_in_both_log_formats() {
+    let glance = FakeGlance::start().await;
+    let forged = r#"req-1 status=200 upstream=evil injected="yes""#;
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("proxy.toml");
+        std::fs::write(&config, format!("[log]\nformat = \"{format}\"\n")).expect("config");
+        let args: Vec<String> = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--upstream".into(),
+            glance.url.clone(),
+            "--cache-dir".into(),
+            dir.path().join("cache").display().to_string(),
+        ];
+        let mut proxy =
+            support::ProxyProcess::start(support::BIN, &args, dir.path().join("log")).await;
+        let got = send(
+            &format!("{}/v2/images", proxy.url),
+            "GET",
+            &[("x-openstack-request-id", forged)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::OK);
+        support::until(|| proxy.log_text().contains("/v2/images")).await;
+        let log = proxy.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("access") && l.contains("/v2/images"))
+            .unwrap_or_else(|| panic!("no access line: {log}"));
+        match format {
+            "text" => {
+                let quoted = r#"request_id="req-1 status=200 upstream=evil injected=\"yes\"""#;
+                // One value, and the next field is the proxy's own.
+                assert!(line.contains(&format!("{quoted} route=")), "{line}");
+            }
+            _ => {
+                let json: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+                assert_eq!(json["request_id"], forged, "{line}");
+                assert_eq!(json["status"], 200, "{line}");
+                assert!(json.get("injected").is_none(), "{line}");
+            }
+        }
+        proxy.kill9().await;
+    }
 }

@@ -515,15 +515,15 @@ async fn the_binary_serves_logs_and_exits_0_on_sigterm() {
         .expect("read stderr");
     let access = stderr
         .lines()
-        .find(|l| l.contains("access") && l.contains("path=/v2/images"))
+        .find(|l| l.contains("access") && l.contains("path=\"/v2/images"))
         .unwrap_or_else(|| panic!("no access line in: {stderr}"));
     for field in [
-        "method=GET",
+        "method=\"GET\"",
         "status=200",
         "bytes=",
         "duration_ms=",
         "upstream=http://127.0.0.1:",
-        "request_id=req-",
+        "request_id=\"req-",
     ] {
         assert!(access.contains(field), "{field} missing from {access}");
     }

@@ -176,7 +176,7 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
     // Each request's access line is logged when its body ends.
     support::until(|| {
         let log = proxy.log_text();
-        let done = |l: &&str| l.contains("access") && l.contains("path=/v2/images/img/file");
+        let done = |l: &&str| l.contains("access") && l.contains("path=\"/v2/images/img/file\"");
         log.lines().filter(done).count() >= 3
     })
     .await;

@@ -10,7 +10,8 @@
 //!    stands for a verified entry (`Verdict::Offline`). See `grants`.
 //! 2. **plan** (`plan`): from the record and the cache, `Plan::Hit`, `Join` (a fill in
 //!    progress), `Fill` (this request starts one) or `Bypass` (pass through, with a reason).
-//! 3. **respond** (`respond`): a hit or a join is served only after Glance answered the probe
+//! 3. **respond** (`respond_cached`, `respond_miss`, `respond_offline`): a hit or a join is
+//!    served only after Glance answered the probe
 //!    with a 2xx for this caller (or a grant stands, above); a fill's own download is its
 //!    authorization. Ranges become
 //!    206/416; hits on a zero-copy connection go out with sendfile.

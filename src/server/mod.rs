@@ -74,6 +74,8 @@ pub struct Server {
     /// The last `Host` seen and its public URL: clients name the proxy one way, and parsing
     /// the URL anew cost each request more than the rest of its routing.
     pub last_host: std::sync::Mutex<Option<(String, Url)>>,
+    /// This instance's access log (its queue and writer thread).
+    pub access: Arc<access::AccessLog>,
 }
 
 impl Server {
@@ -82,6 +84,7 @@ impl Server {
         Snapshot {
             connections_open: self.slots.open() as u64,
             connections_shed: self.slots.shed(),
+            access_log_dropped: self.access.dropped(),
             ..self.shared.snapshot()
         }
     }

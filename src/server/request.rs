@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use url::Url;
 
+use super::access::{capped, AccessLog, Line, MAX_FIELD, MAX_TARGET};
 use super::kernel_tls::Transport;
 use super::Server;
 use crate::body::{BoxError, Chunk, ProxyBody};
@@ -26,6 +27,20 @@ use crate::upstream::{Downstream, Forwarded};
 use crate::{error, image, manage};
 
 const REQUEST_ID: &str = "x-openstack-request-id";
+
+/// The longest request line served (nginx's default `large_client_header_buffers`; Glance's
+/// own limit is lower): a longer one gets 414, within the head's bound
+/// (`server::MAX_QUEUED`).
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// The length of the request line as the client sent it: method, target, version.
+fn request_line_len(req: &Request<Incoming>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    req.method().as_str().len() + 1 + target + " HTTP/1.1".len()
+}
 
 /// What a request knows of its connection.
 pub struct Connection {
@@ -55,6 +70,24 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok());
     let route = route::classify(req.method(), req.uri().path(), accept);
     let mut record = AccessRecord::start(&server, &req, &route, conn);
+    if request_line_len(&req) > MAX_REQUEST_LINE {
+        // Glance refuses long request lines (414) before it reads anything else.
+        let request_id = format!("req-{}", uuid::Uuid::new_v4());
+        let response = error::error_response(
+            StatusCode::URI_TOO_LONG,
+            "The request line is too long.",
+            &request_id,
+        );
+        record.request_id = request_id;
+        record.responded(&response);
+        return Ok(response.map(|body| {
+            Logged {
+                inner: body,
+                record,
+            }
+            .boxed_unsync()
+        }));
+    }
     let public_url = public_url(&server, req.headers());
     let down = Downstream {
         client_ip: record.peer.ip(),
@@ -245,6 +278,8 @@ struct AccessRecord {
     /// How hits on this connection are encrypted (`None` for plain HTTP).
     tls: Option<TlsPath>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Where the line goes: this instance's access log.
+    access: Arc<AccessLog>,
     /// The connection counts as busy (not closable to make room) until this record drops.
     _busy: super::slots::Busy,
 }
@@ -252,15 +287,17 @@ struct AccessRecord {
 impl AccessRecord {
     fn start(server: &Server, req: &Request<Incoming>, route: &Route, conn: Connection) -> Self {
         AccessRecord {
-            method: req.method().to_string(),
-            path: req.uri().path().to_string(),
+            method: capped(req.method().as_str(), MAX_FIELD),
+            path: capped(req.uri().path(), MAX_TARGET),
             peer: conn.peer,
             route: route.as_str(),
             cache_api: matches!(route, Route::Cache(_)),
             status: 0,
             bytes: 0,
             upstream: String::from("-"),
-            request_id: header_str(req.headers(), REQUEST_ID).unwrap_or_default(),
+            request_id: header_str(req.headers(), REQUEST_ID)
+                .map(|id| capped(&id, MAX_FIELD))
+                .unwrap_or_default(),
             error: None,
             complete: false,
             expected_len: None,
@@ -270,6 +307,7 @@ impl AccessRecord {
             ttfb: 0.0,
             tls: conn.transport.tls_path(),
             metrics: Arc::clone(&server.shared.metrics),
+            access: Arc::clone(&server.access),
             _busy: conn.busy,
         }
     }
@@ -277,7 +315,7 @@ impl AccessRecord {
     /// The response head is ready: its status, length and request id.
     fn responded(&mut self, response: &Response<ProxyBody>) {
         if let Some(id) = header_str(response.headers(), REQUEST_ID) {
-            self.request_id = id;
+            self.request_id = capped(&id, MAX_FIELD);
         }
         self.status = response.status().as_u16();
         self.ttfb = self.started.elapsed().as_secs_f64();
@@ -310,7 +348,7 @@ impl Drop for AccessRecord {
             tls: self.tls,
         });
         let outcome = self.outcome;
-        super::access::log(super::access::Line {
+        self.access.log(Line {
             method: std::mem::take(&mut self.method),
             path: std::mem::take(&mut self.path),
             status: self.status,
@@ -324,7 +362,7 @@ impl Drop for AccessRecord {
             authorized: self.decision.map_or("", Decision::as_str),
             tls: self.tls.map_or("", TlsPath::as_str),
             complete: self.complete,
-            error: self.error.take(),
+            error: self.error.take().map(|e| capped(&e, MAX_TARGET)),
         });
     }
 }

@@ -1,4 +1,5 @@
-//! The request body as sent upstream: one `BodySlot` per client request, one `AttemptBody`
+//! The request body as sent upstream: how it goes (`request_body`: none, small and read whole
+//! first by `read_whole`, or an upload), one `BodySlot` per client request, one `AttemptBody`
 //! per upstream attempt.
 //!
 //! The client's body is taken from the slot only when an attempt first polls it. If an attempt
@@ -15,10 +16,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use std::time::Duration;
 
-use crate::body::BoxError;
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::request;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+
+use super::{error_chain, MAX_BUFFERED_BODY};
+use crate::body::{BoxError, IdleTimeout};
+use crate::error::Error;
 
 /// Holds the client's request body until an attempt claims it.
 pub struct BodySlot<B> {
@@ -165,6 +173,54 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.hint
+    }
+}
+
+/// How a client's request body goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestBody {
+    /// None at all.
+    None,
+    /// Up to `MAX_BUFFERED_BODY` with a `Content-Length`: read whole first.
+    Small,
+    /// Larger, or of unknown length (image data): streamed, one of `upstream.max_uploads`.
+    Upload,
+}
+
+pub(super) fn request_body<B: Body>(parts: &request::Parts, body: &B) -> RequestBody {
+    if body.is_end_stream() {
+        return RequestBody::None;
+    }
+    let length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or(body.size_hint().exact());
+    match length {
+        Some(0) => RequestBody::None,
+        Some(n) if n <= MAX_BUFFERED_BODY => RequestBody::Small,
+        _ => RequestBody::Upload,
+    }
+}
+
+/// A small request body, read whole: `timeout` between pieces (a 408 past it), at most
+/// `MAX_BUFFERED_BODY` (what `Content-Length` said).
+pub(super) async fn read_whole<B>(body: B, timeout: Duration) -> Result<Bytes, Error>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let limited = Limited::new(IdleTimeout::new(body, timeout), MAX_BUFFERED_BODY as usize);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<crate::body::BodyStalled>() => Err(Error::ClientTimeout(format!(
+            "request body: no data for {timeout:?}"
+        ))),
+        Err(e) => Err(Error::BadRequest(format!(
+            "request body: {}",
+            error_chain(&*e)
+        ))),
     }
 }
 

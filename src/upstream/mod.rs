@@ -4,10 +4,12 @@
 //! response post-processing (hop-by-hop headers, link rewriting, body idle timeout).
 
 pub mod body;
+mod connect;
 pub mod glance;
 pub mod headers;
 pub mod health;
 pub mod rewrite;
+mod uri;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +18,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{request, Method, Request, Response, StatusCode, Uri};
+use http::{request, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{
-    capture_connection, CaptureConnection, Connected, Connection, HttpConnector,
-};
+use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
@@ -32,11 +31,13 @@ use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::{Cidr, UpstreamConfig};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::tls::{Identity, Keys, TlsError};
-use body::BodySlot;
+use crate::tls::{Identity, TlsError};
+use body::{read_whole, request_body, BodySlot, RequestBody};
+use connect::{connector, reused, Connector};
 use headers::ForwardedFor;
 use health::Health;
 use rewrite::LinkRewriter;
+use uri::build_request;
 
 /// Version documents are small (about 2 KB); anything far larger is not one.
 const MAX_REWRITTEN_BODY: usize = 1 << 20;
@@ -47,9 +48,6 @@ const MAX_REWRITTEN_BODY: usize = 1 << 20;
 pub const MAX_BUFFERED_BODY: u64 = 64 << 10;
 
 type OutBody = crate::body::BytesBody;
-
-/// The connector: TCP, TLS for `https`, and a request count on each connection.
-type Connector = Counting<HttpsConnector<HttpConnector>>;
 
 /// One configured Glance endpoint.
 #[derive(Debug)]
@@ -139,212 +137,6 @@ fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
-}
-
-/// How many requests a connection has carried, kept in its `Connected` extras (each checkout
-/// of a pooled connection sees the same counter).
-#[derive(Clone, Default)]
-struct Uses(Arc<AtomicU64>);
-
-/// Counts one more request on the connection `captured` was sent on; whether it had
-/// carried one before (a reused keep-alive connection).
-fn reused(captured: &CaptureConnection) -> bool {
-    let meta = captured.connection_metadata();
-    let Some(connected) = meta.as_ref() else {
-        return false;
-    };
-    let mut extras = http::Extensions::new();
-    connected.get_extras(&mut extras);
-    extras
-        .get::<Uses>()
-        .is_some_and(|uses| uses.0.fetch_add(1, Ordering::Relaxed) > 0)
-}
-
-/// A connector whose connections carry a `Uses` counter: hyper-util's errors do not say
-/// whether the connection that broke was a reused one.
-#[derive(Clone)]
-struct Counting<C>(C);
-
-impl<C> tower_service::Service<Uri> for Counting<C>
-where
-    C: tower_service::Service<Uri>,
-    C::Future: Send + 'static,
-{
-    type Response = Counted<C::Response>;
-    type Error = C::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, C::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), C::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move {
-            Ok(Counted {
-                io: connecting.await?,
-                uses: Uses::default(),
-            })
-        })
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A connection and its request count.
-    struct Counted<T> {
-        #[pin]
-        io: T,
-        uses: Uses,
-    }
-}
-
-impl<T: Connection> Connection for Counted<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected().extra(self.uses.clone())
-    }
-}
-
-impl<T: hyper::rt::Read> hyper::rt::Read for Counted<T> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write> hyper::rt::Write for Counted<T> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-}
-
-/// TCP with the connect timeout, then TLS for `https` URLs: rustls with the safe default
-/// protocol versions, server certificates verified (never optional) against `upstream.ca_file`
-/// or the system's roots, and the client certificate when one is configured.
-fn connector(cfg: &UpstreamConfig) -> Result<(Connector, Option<Arc<Identity>>), TlsError> {
-    const CA: &str = "upstream.ca_file";
-    let mut tcp = HttpConnector::new();
-    tcp.set_connect_timeout(Some(cfg.connect_timeout));
-    tcp.set_nodelay(true);
-    tcp.enforce_http(false);
-    let any_https = cfg.urls.iter().any(|u| u.scheme() == "https");
-    let roots = match crate::tls::roots(cfg.ca_file.as_deref(), CA) {
-        Ok(roots) => roots,
-        // Plain-http upstreams need no roots (a Keystone behind https would then fail
-        // verification, naming the certificate).
-        Err(_) if cfg.ca_file.is_none() && !any_https => rustls::RootCertStore::empty(),
-        Err(e) => return Err(e),
-    };
-    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::new(CA, std::path::Path::new("-"), e))?
-        .with_root_certificates(roots);
-    let identity = match &cfg.client_identity {
-        Some((cert, key)) => Some(Identity::load(
-            cert,
-            key,
-            Keys {
-                cert: "upstream.client_cert_file",
-                key: "upstream.client_key_file",
-            },
-        )?),
-        None => None,
-    };
-    let tls = match &identity {
-        Some(id) => builder.with_client_cert_resolver(Arc::clone(id) as _),
-        None => builder.with_no_client_auth(),
-    };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp);
-    Ok((Counting(https), identity))
-}
-
-/// How a client's request body goes upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RequestBody {
-    /// None at all.
-    None,
-    /// Up to `MAX_BUFFERED_BODY` with a `Content-Length`: read whole first.
-    Small,
-    /// Larger, or of unknown length (image data): streamed, one of `upstream.max_uploads`.
-    Upload,
-}
-
-fn request_body<B: Body>(parts: &request::Parts, body: &B) -> RequestBody {
-    if body.is_end_stream() {
-        return RequestBody::None;
-    }
-    let length = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .or(body.size_hint().exact());
-    match length {
-        Some(0) => RequestBody::None,
-        Some(n) if n <= MAX_BUFFERED_BODY => RequestBody::Small,
-        _ => RequestBody::Upload,
-    }
-}
-
-/// A small request body, read whole: `timeout` between pieces (a 408 past it), at most
-/// `MAX_BUFFERED_BODY` (what `Content-Length` said).
-async fn read_whole<B>(body: B, timeout: Duration) -> Result<Bytes, Error>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    let limited = Limited::new(IdleTimeout::new(body, timeout), MAX_BUFFERED_BODY as usize);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<crate::body::BodyStalled>() => Err(Error::ClientTimeout(format!(
-            "request body: no data for {timeout:?}"
-        ))),
-        Err(e) => Err(Error::BadRequest(format!(
-            "request body: {}",
-            error_chain(&*e)
-        ))),
-    }
 }
 
 impl Upstream {
@@ -874,55 +666,6 @@ impl Upstream {
     }
 }
 
-/// The request for one attempt at `target`, its URI from `upstream_uri`; `Host` names the
-/// upstream.
-fn build_request(
-    target: &Target,
-    parts: &request::Parts,
-    body: OutBody,
-) -> Result<Request<OutBody>, Error> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = upstream_uri(&target.base, &parts.uri)?;
-    *req.headers_mut() = parts.headers.clone();
-    req.headers_mut()
-        .insert(http::header::HOST, target.host.clone());
-    Ok(req)
-}
-
-/// The upstream URI for a client's request target, built from parts: the upstream's scheme
-/// and authority, its base path, then the target's path and query. Only an origin-form target
-/// (a path starting with `/`; the path and query of an absolute-form one) is forwarded, so
-/// no target can choose where the proxy connects: `*` (asterisk form) and authority form
-/// are the client's error, answered without naming the upstream.
-fn upstream_uri(base: &Url, target: &Uri) -> Result<Uri, Error> {
-    let path = target.path();
-    if !path.starts_with('/') {
-        return Err(Error::BadRequest(
-            "the request target must be a path starting with '/'".into(),
-        ));
-    }
-    // The path goes as the client sent it: Glance negotiates its version itself (the proxy's
-    // cache API, which it answers under /v2.14-/v2.18 too, never goes upstream).
-    let mut path_and_query = base.path().trim_end_matches('/').to_string();
-    path_and_query.push_str(path);
-    if let Some(query) = target.query() {
-        path_and_query.push('?');
-        path_and_query.push_str(query);
-    }
-    let authority = match (base.host_str(), base.port()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_string(),
-        (None, _) => String::new(),
-    };
-    Uri::builder()
-        .scheme(base.scheme())
-        .authority(authority)
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| Error::BadRequest(format!("cannot forward the request target: {e}")))
-}
-
 /// "outer: inner: innermost", for logs.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -933,72 +676,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The URI a request target goes upstream as, or `None` when it is refused.
-    fn check(base: &str, target: &str, expected: Option<&str>) {
-        let base = Url::parse(base).expect("base URL");
-        let target: Uri = target.parse().expect("request target");
-        let got = upstream_uri(&base, &target).ok().map(|u| u.to_string());
-        assert_eq!(got.as_deref(), expected, "{base} + {target}");
-    }
-
-    #[test]
-    fn request_targets_never_change_the_upstream() {
-        let glance = "http://127.0.0.1:9700/";
-        check(
-            glance,
-            "/v2/images?limit=1",
-            Some("http://127.0.0.1:9700/v2/images?limit=1"),
-        );
-        check(glance, "/", Some("http://127.0.0.1:9700/"));
-        // Version prefixes go as sent: Glance negotiates them itself.
-        check(
-            glance,
-            "/v2.16/images",
-            Some("http://127.0.0.1:9700/v2.16/images"),
-        );
-        check(
-            glance,
-            "/v2.99/x?a=b",
-            Some("http://127.0.0.1:9700/v2.99/x?a=b"),
-        );
-        check(
-            "https://ctl/image/",
-            "/v2/images",
-            Some("https://ctl/image/v2/images"),
-        );
-        check(
-            "http://[::1]:9292",
-            "/versions",
-            Some("http://[::1]:9292/versions"),
-        );
-        // A path that looks like an authority stays a path on the configured upstream.
-        check(
-            glance,
-            "//evil.example/x",
-            Some("http://127.0.0.1:9700//evil.example/x"),
-        );
-        // Absolute form: only its path and query go on, to the configured upstream.
-        check(
-            glance,
-            "http://evil.example:80/v2/images?x",
-            Some("http://127.0.0.1:9700/v2/images?x"),
-        );
-        // Asterisk form and authority form are refused.
-        check(glance, "*", None);
-        check(glance, "evil.example:443", None);
-    }
-
-    #[test]
-    fn a_refused_target_does_not_name_the_upstream() {
-        let base = Url::parse("http://127.0.0.1:9700/").expect("base URL");
-        let err = upstream_uri(&base, &"*".parse().expect("asterisk")).expect_err("refused");
-        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
-        assert!(!err.to_string().contains("9700"), "{err}");
-    }
 }

@@ -295,7 +295,7 @@ def test_version_accept_cannot_evict_and_accept_form_is_image_data(world):
                                label="GET /images/{id}/file Accept:v2.1")
         if who in ("member", "admin"):
             assert (g, p) == (200, 200) and body == DATA
-    hit_lines = [l for l in w.proxy.access_lines("path=/images/%s/file " % image_id)
+    hit_lines = [l for l in w.proxy.access_lines('path="/images/%s/file" ' % image_id)
                  if " status=200 " in l]
     assert hit_lines and all('cache="hit"' in l for l in hit_lines), hit_lines
     w.check_cached_bytes(image_id)
@@ -451,7 +451,7 @@ def test_asterisk_and_authority_targets_are_answered_by_the_proxy(world):
         if is_own:
             assert raw_status(p) == 400, "%r: %r" % (line, p)
         w.assert_upstream_up(line)
-    lines = [l for l in w.proxy.access_lines() if " path=* " in l]
+    lines = [l for l in w.proxy.access_lines() if ' path="*" ' in l]
     assert len(lines) >= 6 and all(" upstream=- " in l for l in lines), lines
     status, _, _ = send(w.proxy.url, "GET", "/v2/images", CALLERS["admin"])
     assert status == 200

@@ -225,7 +225,7 @@ def check_miss_then_one_fetch(proxy, nginx, image_id):
     """Two GETs of the image's data through the proxy: a miss whose fill was verified and
     published, then a hit; nginx saw one whole download (200, every byte) and otherwise only
     the hit's one-byte probe (206, Range: bytes=0-0), all with the proxy's client certificate."""
-    gets = [l for l in proxy.access_lines(image_id + "/file") if "method=GET" in l]
+    gets = [l for l in proxy.access_lines(image_id + "/file") if 'method="GET"' in l]
     assert len(gets) == 2, gets
     assert 'cache="miss"' in gets[0] and "status=200" in gets[0], gets[0]
     assert 'cache="hit"' in gets[1] and "status=200" in gets[1], gets[1]

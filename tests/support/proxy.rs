@@ -149,8 +149,8 @@ impl TestProxy {
         TestProxy::launch(config.into(), true).await
     }
 
-    /// Build the proxy here (a start error fails the test at once), then serve it in a task,
-    /// as `app::run` does.
+    /// Build the proxy here (`App::new`: a start error fails the test at once), then serve it
+    /// in a task (`app::serve`), as `main` does.
     async fn launch(config: TestConfig, with_admin: bool) -> TestProxy {
         let TestConfig { config, dir } = config;
         // Logs show with `RUST_LOG=info cargo test -- --nocapture`.

@@ -1,15 +1,22 @@
 //! Configuration: TOML text -> `RawConfig` (serde, unknown keys rejected) -> `validate` -> typed `Config`.
 //!
-//! `Config::from_toml_str` is the pure unit tests call; `Config::load` is the thin IO wrapper.
+//! `Config::from_toml_str` is the pure unit tests call; `Config::load` is the thin IO wrapper;
+//! the serde form and its validation are `raw`, the value parsers `values`.
 //! Every error names the key (and the file, when there is one) so an operator can fix it
 //! without reading code. Components receive only their own section.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
+
+mod raw;
+mod values;
+
+pub use raw::*;
+use values::*;
 
 /// A configuration problem, always naming where it is.
 #[derive(Debug, thiserror::Error)]
@@ -296,212 +303,6 @@ pub struct Overrides {
     pub metrics_listen: Option<String>,
 }
 
-// === raw (serde) form ===
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawConfig {
-    pub server: RawServer,
-    pub upstream: RawUpstream,
-    pub cache: RawCache,
-    pub auth: RawAuth,
-    pub prefetch: RawPrefetch,
-    pub metrics: RawMetrics,
-    pub log: RawLog,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawServer {
-    pub listen: String,
-    pub public_url: String,
-    pub max_connections: usize,
-    pub header_read_timeout: String,
-    pub send_timeout: String,
-    pub drain_timeout: String,
-    pub client_body_timeout: String,
-    pub tls_cert_file: String,
-    pub tls_key_file: String,
-    pub ktls: KtlsMode,
-    pub trusted_proxies: Vec<String>,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        RawServer {
-            listen: "127.0.0.1:9393".into(),
-            public_url: String::new(),
-            max_connections: 4096,
-            header_read_timeout: "30s".into(),
-            send_timeout: "60s".into(),
-            drain_timeout: "60s".into(),
-            client_body_timeout: "60s".into(),
-            tls_cert_file: String::new(),
-            tls_key_file: String::new(),
-            ktls: KtlsMode::Auto,
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawUpstream {
-    pub urls: Vec<String>,
-    pub rewrite_origins: Vec<String>,
-    pub connect_timeout: String,
-    pub response_timeout: String,
-    pub body_idle_timeout: String,
-    pub failure_backoff: String,
-    pub pool_idle_timeout: String,
-    pub pool_max_idle_per_host: usize,
-    pub max_uploads: usize,
-    pub max_age: String,
-    pub ca_file: String,
-    pub client_cert_file: String,
-    pub client_key_file: String,
-}
-
-impl Default for RawUpstream {
-    fn default() -> Self {
-        RawUpstream {
-            urls: vec!["http://127.0.0.1:9292".into()],
-            rewrite_origins: Vec::new(),
-            connect_timeout: "5s".into(),
-            response_timeout: "5m".into(),
-            body_idle_timeout: "5m".into(),
-            failure_backoff: "10s".into(),
-            pool_idle_timeout: "1s".into(),
-            pool_max_idle_per_host: 64,
-            max_uploads: 4,
-            max_age: String::new(),
-            ca_file: String::new(),
-            client_cert_file: String::new(),
-            client_key_file: String::new(),
-        }
-    }
-}
-
-/// A byte size written either as an integer or as a string such as `500MiB`, `10GiB`, `2GB`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum RawSize {
-    Bytes(u64),
-    Text(String),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawCache {
-    pub enabled: bool,
-    pub dir: String,
-    pub max_size: RawSize,
-    pub cache_unverified: bool,
-    pub verify_md5: bool,
-    pub finish_abandoned_fills: bool,
-    pub abandoned_fill_timeout: String,
-    pub scrub_rate: RawSize,
-    pub scrub_interval: String,
-}
-
-impl Default for RawCache {
-    fn default() -> Self {
-        RawCache {
-            enabled: true,
-            dir: "/var/cache/glance-cache-proxy".into(),
-            max_size: RawSize::Text("10GiB".into()),
-            cache_unverified: false,
-            verify_md5: false,
-            finish_abandoned_fills: true,
-            abandoned_fill_timeout: "10m".into(),
-            scrub_rate: RawSize::Text("32MiB".into()),
-            scrub_interval: "24h".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawAuth {
-    pub grant_ttl: String,
-    pub offline_grace: String,
-    pub keystone_url: String,
-    pub identity_cache_ttl: String,
-}
-
-impl Default for RawAuth {
-    fn default() -> Self {
-        RawAuth {
-            grant_ttl: "0s".into(),
-            offline_grace: "0s".into(),
-            keystone_url: String::new(),
-            identity_cache_ttl: "5m".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawPrefetch {
-    pub concurrency: usize,
-    pub retry_initial: String,
-    pub retry_max: String,
-    pub token: String,
-    pub auth_url: String,
-    pub username: String,
-    pub password: String,
-    pub user_domain_name: String,
-    pub project_name: String,
-    pub project_domain_name: String,
-}
-
-impl Default for RawPrefetch {
-    fn default() -> Self {
-        RawPrefetch {
-            concurrency: 2,
-            retry_initial: "10s".into(),
-            retry_max: "10m".into(),
-            token: String::new(),
-            auth_url: String::new(),
-            username: String::new(),
-            password: String::new(),
-            user_domain_name: "Default".into(),
-            project_name: String::new(),
-            project_domain_name: "Default".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawMetrics {
-    pub listen: String,
-}
-
-impl Default for RawMetrics {
-    fn default() -> Self {
-        RawMetrics {
-            listen: "127.0.0.1:9394".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawLog {
-    pub level: String,
-    pub format: LogFormat,
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        RawLog {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
 // === impl Config ===
 
 impl Default for Config {
@@ -660,504 +461,6 @@ impl Config {
     }
 }
 
-// === impl RawConfig ===
-
-impl RawConfig {
-    fn apply(&mut self, o: &Overrides) {
-        if let Some(v) = &o.listen {
-            self.server.listen = v.clone();
-        }
-        if !o.upstreams.is_empty() {
-            self.upstream.urls = o.upstreams.clone();
-        }
-        if let Some(v) = &o.public_url {
-            self.server.public_url = v.clone();
-        }
-        if let Some(v) = &o.cache_dir {
-            self.cache.dir = v.clone();
-        }
-        if let Some(v) = &o.cache_max_size {
-            self.cache.max_size = RawSize::Text(v.clone());
-        }
-        if let Some(v) = &o.metrics_listen {
-            self.metrics.listen = v.clone();
-        }
-    }
-
-    /// Validate after overrides; an error in an overridden key names the flag too.
-    fn validate_with_flags(self, origin: &str, o: &Overrides) -> Result<Config, ConfigError> {
-        self.validate(origin).map_err(|e| match e {
-            ConfigError::Invalid {
-                origin,
-                key,
-                message,
-            } => {
-                let flag = flag_for_key(&key, o);
-                let origin = match flag {
-                    Some(flag) => format!("command line {flag}"),
-                    None => origin,
-                };
-                ConfigError::Invalid {
-                    origin,
-                    key,
-                    message,
-                }
-            }
-            other => other,
-        })
-    }
-
-    /// Turn the raw strings into typed values, naming the key of the first bad one.
-    pub fn validate(self, origin: &str) -> Result<Config, ConfigError> {
-        let bad = |key: &str, message: String| ConfigError::Invalid {
-            origin: origin.to_string(),
-            key: key.to_string(),
-            message,
-        };
-        let identity = self.auth.identity(&bad)?;
-        Ok(Config {
-            identity,
-            server: self.server.validate(&bad)?,
-            upstream: self.upstream.validate(&bad)?,
-            cache: self.cache.validate(&bad)?,
-            auth: self.auth.validate(&bad)?,
-            prefetch: self.prefetch.validate(&bad)?,
-            metrics: self.metrics.validate(&bad)?,
-            log: self.log.validate(&bad)?,
-        })
-    }
-}
-
-/// Builds the error for a key (`RawConfig::validate` supplies the origin).
-type Bad<'a> = &'a dyn Fn(&str, String) -> ConfigError;
-
-impl RawServer {
-    fn validate(self, bad: Bad) -> Result<ServerConfig, ConfigError> {
-        let listen = parse_addr(&self.listen).map_err(|m| bad("server.listen", m))?;
-        let public_url = if self.public_url.trim().is_empty() {
-            None
-        } else {
-            Some(parse_base_url(&self.public_url).map_err(|m| bad("server.public_url", m))?)
-        };
-        if self.max_connections == 0 {
-            return Err(bad("server.max_connections", "must be at least 1".into()));
-        }
-        Ok(ServerConfig {
-            listen,
-            public_url,
-            max_connections: self.max_connections,
-            header_read_timeout: positive_duration(
-                bad,
-                "server.header_read_timeout",
-                &self.header_read_timeout,
-            )?,
-            send_timeout: positive_duration(bad, "server.send_timeout", &self.send_timeout)?,
-            drain_timeout: duration(bad, "server.drain_timeout", &self.drain_timeout)?,
-            client_body_timeout: positive_duration(
-                bad,
-                "server.client_body_timeout",
-                &self.client_body_timeout,
-            )?,
-            tls: file_pair(
-                ("server.tls_cert_file", &self.tls_cert_file),
-                ("server.tls_key_file", &self.tls_key_file),
-            )
-            .map_err(|(key, m)| bad(key, m))?,
-            ktls: self.ktls,
-            trusted_proxies: self
-                .trusted_proxies
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    p.parse()
-                        .map_err(|m| bad(&format!("server.trusted_proxies[{i}]"), m))
-                })
-                .collect::<Result<_, _>>()?,
-        })
-    }
-}
-
-impl RawUpstream {
-    fn validate(self, bad: Bad) -> Result<UpstreamConfig, ConfigError> {
-        if self.urls.is_empty() {
-            return Err(bad(
-                "upstream.urls",
-                "at least one upstream URL is needed".into(),
-            ));
-        }
-        Ok(UpstreamConfig {
-            urls: base_urls(bad, "upstream.urls", &self.urls)?,
-            rewrite_origins: base_urls(bad, "upstream.rewrite_origins", &self.rewrite_origins)?,
-            connect_timeout: positive_duration(
-                bad,
-                "upstream.connect_timeout",
-                &self.connect_timeout,
-            )?,
-            response_timeout: positive_duration(
-                bad,
-                "upstream.response_timeout",
-                &self.response_timeout,
-            )?,
-            body_idle_timeout: positive_duration(
-                bad,
-                "upstream.body_idle_timeout",
-                &self.body_idle_timeout,
-            )?,
-            failure_backoff: duration(bad, "upstream.failure_backoff", &self.failure_backoff)?,
-            pool_idle_timeout: duration(
-                bad,
-                "upstream.pool_idle_timeout",
-                &self.pool_idle_timeout,
-            )?,
-            pool_max_idle_per_host: self.pool_max_idle_per_host,
-            max_uploads: self.max_uploads,
-            max_age: if self.max_age.trim().is_empty() {
-                None
-            } else {
-                Some(duration(bad, "upstream.max_age", &self.max_age)?)
-            },
-            ca_file: non_empty_path(&self.ca_file),
-            client_identity: file_pair(
-                ("upstream.client_cert_file", &self.client_cert_file),
-                ("upstream.client_key_file", &self.client_key_file),
-            )
-            .map_err(|(key, m)| bad(key, m))?,
-        })
-    }
-}
-
-/// Longest `auth.grant_ttl`: a day (a decision older than that is no decision).
-const MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Longest `auth.offline_grace`: thirty days.
-const MAX_OFFLINE_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// Longest `auth.identity_cache_ttl`: an hour (Keystone's default token life; a revoked
-/// token is served at most this long while Keystone answers).
-const MAX_IDENTITY_CACHE_TTL: Duration = Duration::from_secs(3600);
-
-impl RawAuth {
-    fn identity(&self, bad: Bad) -> Result<IdentityConfig, ConfigError> {
-        let keystone_url = match self.keystone_url.trim() {
-            "" => None,
-            url => Some(parse_base_url(url).map_err(|m| bad("auth.keystone_url", m))?),
-        };
-        let cache_ttl = duration(bad, "auth.identity_cache_ttl", &self.identity_cache_ttl)?;
-        if cache_ttl > MAX_IDENTITY_CACHE_TTL {
-            return Err(bad("auth.identity_cache_ttl", "must be at most 1h".into()));
-        }
-        Ok(IdentityConfig {
-            keystone_url,
-            cache_ttl,
-        })
-    }
-
-    fn validate(self, bad: Bad) -> Result<AuthConfig, ConfigError> {
-        let grant_ttl = duration(bad, "auth.grant_ttl", &self.grant_ttl)?;
-        if grant_ttl > MAX_GRANT_TTL {
-            return Err(bad("auth.grant_ttl", "must be at most 24h".into()));
-        }
-        let offline_grace = duration(bad, "auth.offline_grace", &self.offline_grace)?;
-        if offline_grace > MAX_OFFLINE_GRACE {
-            return Err(bad("auth.offline_grace", "must be at most 30d".into()));
-        }
-        Ok(AuthConfig {
-            grant_ttl,
-            offline_grace,
-        })
-    }
-}
-
-impl RawCache {
-    fn validate(self, bad: Bad) -> Result<CacheConfig, ConfigError> {
-        if self.dir.trim().is_empty() {
-            return Err(bad("cache.dir", "must not be empty".into()));
-        }
-        let max_size = parse_size(&self.max_size).map_err(|m| bad("cache.max_size", m))?;
-        let abandoned_fill_timeout = duration(
-            bad,
-            "cache.abandoned_fill_timeout",
-            &self.abandoned_fill_timeout,
-        )?;
-        let scrub_rate = parse_size(&self.scrub_rate).map_err(|m| bad("cache.scrub_rate", m))?;
-        let scrub_interval = duration(bad, "cache.scrub_interval", &self.scrub_interval)?;
-        if scrub_interval < Duration::from_secs(1) {
-            return Err(bad("cache.scrub_interval", "must be at least 1s".into()));
-        }
-        Ok(CacheConfig {
-            enabled: self.enabled,
-            dir: PathBuf::from(self.dir),
-            max_size,
-            cache_unverified: self.cache_unverified,
-            verify_md5: self.verify_md5,
-            finish_abandoned_fills: self.finish_abandoned_fills,
-            abandoned_fill_timeout,
-            scrub_rate,
-            scrub_interval,
-        })
-    }
-}
-
-impl RawPrefetch {
-    fn validate(self, bad: Bad) -> Result<PrefetchConfig, ConfigError> {
-        if self.concurrency == 0 {
-            return Err(bad("prefetch.concurrency", "must be at least 1".into()));
-        }
-        let retry_initial = positive_duration(bad, "prefetch.retry_initial", &self.retry_initial)?;
-        let retry_max = duration(bad, "prefetch.retry_max", &self.retry_max)?;
-        if retry_max < retry_initial {
-            return Err(bad(
-                "prefetch.retry_max",
-                "must not be less than prefetch.retry_initial".into(),
-            ));
-        }
-        Ok(PrefetchConfig {
-            concurrency: self.concurrency,
-            retry_initial,
-            retry_max,
-            credentials: self.credentials(bad)?,
-        })
-    }
-
-    /// None, a fixed token, or Keystone (with `auth_url`); stray settings are errors.
-    fn credentials(self, bad: Bad) -> Result<ServiceCredentials, ConfigError> {
-        let token = self.token.trim();
-        if !self.auth_url.trim().is_empty() {
-            if !token.is_empty() {
-                return Err(bad(
-                    "prefetch.token",
-                    "set either prefetch.token or prefetch.auth_url, not both".into(),
-                ));
-            }
-            return self.keystone(bad).map(ServiceCredentials::Keystone);
-        }
-        for (key, v) in [
-            ("prefetch.username", &self.username),
-            ("prefetch.password", &self.password),
-            ("prefetch.project_name", &self.project_name),
-        ] {
-            if !v.is_empty() {
-                return Err(bad(key, "is used only with prefetch.auth_url".into()));
-            }
-        }
-        Ok(if token.is_empty() {
-            ServiceCredentials::None
-        } else {
-            ServiceCredentials::Token(token.to_string())
-        })
-    }
-
-    fn keystone(self, bad: Bad) -> Result<KeystoneAuth, ConfigError> {
-        let auth_url = parse_base_url(&self.auth_url).map_err(|m| bad("prefetch.auth_url", m))?;
-        if auth_url.scheme() != "http" {
-            return Err(bad(
-                "prefetch.auth_url",
-                "only http:// for now (TLS comes with the hardening release)".into(),
-            ));
-        }
-        for (key, v) in [
-            ("prefetch.username", &self.username),
-            ("prefetch.password", &self.password),
-            ("prefetch.project_name", &self.project_name),
-            ("prefetch.user_domain_name", &self.user_domain_name),
-            ("prefetch.project_domain_name", &self.project_domain_name),
-        ] {
-            if v.trim().is_empty() {
-                return Err(bad(key, "is needed with prefetch.auth_url".into()));
-            }
-        }
-        Ok(KeystoneAuth {
-            auth_url,
-            username: self.username,
-            password: self.password,
-            user_domain_name: self.user_domain_name,
-            project_name: self.project_name,
-            project_domain_name: self.project_domain_name,
-        })
-    }
-}
-
-impl RawMetrics {
-    fn validate(self, bad: Bad) -> Result<MetricsConfig, ConfigError> {
-        let listen = if self.listen.trim().is_empty() {
-            None
-        } else {
-            Some(parse_addr(&self.listen).map_err(|m| bad("metrics.listen", m))?)
-        };
-        Ok(MetricsConfig { listen })
-    }
-}
-
-impl RawLog {
-    fn validate(self, bad: Bad) -> Result<LogConfig, ConfigError> {
-        if self.level.trim().is_empty() {
-            return Err(bad("log.level", "must not be empty".into()));
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.level)
-            .map_err(|e| bad("log.level", format!("invalid filter `{}`: {e}", self.level)))?;
-        Ok(LogConfig {
-            level: self.level,
-            format: self.format,
-        })
-    }
-}
-
-/// `key[i]` for each of `urls`, parsed as base URLs.
-fn base_urls(bad: Bad, key: &str, urls: &[String]) -> Result<Vec<Url>, ConfigError> {
-    urls.iter()
-        .enumerate()
-        .map(|(i, u)| parse_base_url(u).map_err(|m| bad(&format!("{key}[{i}]"), m)))
-        .collect()
-}
-
-fn duration(bad: Bad, key: &str, value: &str) -> Result<Duration, ConfigError> {
-    parse_duration(value).map_err(|m| bad(key, m))
-}
-
-fn positive_duration(bad: Bad, key: &str, value: &str) -> Result<Duration, ConfigError> {
-    let d = duration(bad, key, value)?;
-    if d.is_zero() {
-        return Err(bad(key, "must be greater than zero".into()));
-    }
-    Ok(d)
-}
-
-fn flag_for_key(key: &str, o: &Overrides) -> Option<&'static str> {
-    match key {
-        "server.listen" if o.listen.is_some() => Some("--listen"),
-        "server.public_url" if o.public_url.is_some() => Some("--public-url"),
-        "cache.dir" if o.cache_dir.is_some() => Some("--cache-dir"),
-        "cache.max_size" if o.cache_max_size.is_some() => Some("--cache-max-size"),
-        "metrics.listen" if o.metrics_listen.is_some() => Some("--metrics-listen"),
-        k if k.starts_with("upstream.urls") && !o.upstreams.is_empty() => Some("--upstream"),
-        _ => None,
-    }
-}
-
-// === value parsers (pure) ===
-
-/// A listen address: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`. A host name is resolved here,
-/// once, by the system resolver (getaddrinfo, as upstream URLs' hosts are), and the first
-/// address it returns is the one bound: its order follows /etc/hosts and /etc/gai.conf (so
-/// `localhost` may give `127.0.0.1` or `::1`). Write an IP address to choose.
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    let t = s.trim();
-    if let Ok(addr) = t.parse() {
-        return Ok(addr);
-    }
-    let (host, port) = match t.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() => (host, port),
-        _ => {
-            return Err(format!(
-                "`{s}` has no port: write ADDR:PORT or HOST:PORT (e.g. 127.0.0.1:9393, \
-                 [::1]:9393, localhost:9393)"
-            ))
-        }
-    };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{s}`: `{port}` is not a port number (0-65535)"))?;
-    if host.is_empty() {
-        return Err(format!(
-            "`{s}` has no host (e.g. 0.0.0.0:{port} for every address)"
-        ));
-    }
-    if host.contains([':', '[', ']']) {
-        return Err(format!(
-            "`{s}` is not an ADDR:PORT socket address (an IPv6 address goes in brackets: [::1]:{port})"
-        ));
-    }
-    let first = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("`{s}`: cannot resolve `{host}`: {e}"))?
-        .next();
-    first.ok_or_else(|| format!("`{s}`: `{host}` resolves to no address"))
-}
-
-/// The file `pick` chooses from an optional setting, as written in the file ("" for none):
-/// the inverse of `non_empty_path` and `file_pair`.
-fn shown<T>(value: &Option<T>, pick: impl Fn(&T) -> &PathBuf) -> String {
-    value
-        .as_ref()
-        .map(|v| pick(v).display().to_string())
-        .unwrap_or_default()
-}
-
-fn non_empty_path(s: &str) -> Option<PathBuf> {
-    let s = s.trim();
-    (!s.is_empty()).then(|| PathBuf::from(s))
-}
-
-/// A certificate file and its key file: both set or neither; the error names the unset key.
-fn file_pair(
-    (cert_key, cert): (&'static str, &str),
-    (key_key, key): (&'static str, &str),
-) -> Result<Option<(PathBuf, PathBuf)>, (&'static str, String)> {
-    match (non_empty_path(cert), non_empty_path(key)) {
-        (None, None) => Ok(None),
-        (None, Some(_)) => Err((cert_key, format!("must be set with {key_key}"))),
-        (Some(_), None) => Err((key_key, format!("must be set with {cert_key}"))),
-        (Some(c), Some(k)) => Ok(Some((c, k))),
-    }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration such as 30s, 5m or 1h: {e}"))
-}
-
-fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-/// A base URL: http(s), a host, no query or fragment; the trailing slash is dropped. A value
-/// without `://` (`127.0.0.1:9292`, `glance.example:9292`: the second parses as a URL of scheme
-/// `glance.example`) is refused with the URL to write instead.
-fn parse_base_url(s: &str) -> Result<Url, String> {
-    let t = s.trim();
-    if !t.contains("://") {
-        return Err(format!(
-            "`{s}` has no scheme: write `http://{}` (or `https://...`); a URL is `http://HOST:PORT`",
-            t.trim_start_matches('/')
-        ));
-    }
-    let url = Url::parse(t).map_err(|e| {
-        format!("`{s}` is not a URL ({e}): write it as `http://HOST:PORT` or `https://HOST:PORT`")
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "`{s}`: the scheme must be http or https, as in `http://HOST:PORT`"
-        ));
-    }
-    if url.host_str().is_none() {
-        return Err(format!("`{s}`: a host is needed"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{s}`: no query or fragment allowed"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("`{s}`: no credentials allowed in the URL"));
-    }
-    Ok(url)
-}
-
-/// Sizes: a byte count, or a number with a unit: `500MiB`, `10GiB`, `2GB` (decimal), `1.5 TiB`.
-pub fn parse_size(raw: &RawSize) -> Result<u64, String> {
-    match raw {
-        RawSize::Bytes(n) => Ok(*n),
-        RawSize::Text(s) => {
-            let t = s.trim();
-            if let Ok(n) = t.parse::<u64>() {
-                return Ok(n);
-            }
-            t.parse::<bytesize::ByteSize>()
-                .map(|b| b.as_u64())
-                .map_err(|e| {
-                    format!("`{s}` is not a size such as 1073741824, 500MiB, 10GiB or 2GB: {e}")
-                })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1182,7 +485,7 @@ mod tests {
 
     #[test]
     fn example_file_parses_and_matches_defaults() {
-        let text = include_str!("../config/glance-cache-proxy.toml");
+        let text = include_str!("../../config/glance-cache-proxy.toml");
         let c = Config::from_toml_str(text, "config/glance-cache-proxy.toml")
             .unwrap_or_else(|e| panic!("example config: {e}"));
         assert_eq!(
@@ -1194,7 +497,7 @@ mod tests {
 
     #[test]
     fn example_file_documents_every_key() {
-        let text = include_str!("../config/glance-cache-proxy.toml");
+        let text = include_str!("../../config/glance-cache-proxy.toml");
         let printed = Config::default().to_toml();
         let mut section = String::new();
         for line in printed.lines() {
@@ -1245,6 +548,37 @@ mod tests {
         check_err(
             "[auth]\nidentity_cache_ttl = \"2h\"\n",
             &["auth.identity_cache_ttl", "at most 1h"],
+        );
+    }
+
+    #[test]
+    fn urls_without_a_scheme_say_what_to_write() {
+        // (value of upstream.urls, what the error must say)
+        let cases = [
+            ("127.0.0.1:9292", "write `http://127.0.0.1:9292`"),
+            ("glance.example:9292", "write `http://glance.example:9292`"),
+            ("glance.example", "write `http://glance.example`"),
+            ("ftp://glance.example", "as in `http://HOST:PORT`"),
+            ("http://", "`http://HOST:PORT`"),
+        ];
+        for (url, says) in cases {
+            let text = format!("[upstream]\nurls = [\"{url}\"]\n");
+            check_err(&text, &["test.toml", "upstream.urls[0]", url, says]);
+        }
+        check_err(
+            "[server]\npublic_url = \"proxy.example:9393\"\n",
+            &["server.public_url", "write `http://proxy.example:9393`"],
+        );
+        let o = Overrides {
+            upstreams: vec!["127.0.0.1:9292".into()],
+            ..Default::default()
+        };
+        let err = Config::from_toml_str_with("", "f.toml", &o)
+            .expect_err("no scheme")
+            .to_string();
+        assert!(
+            err.contains("--upstream") && err.contains("write `http://127.0.0.1:9292`"),
+            "{err}"
         );
     }
 
@@ -1357,37 +691,6 @@ mod tests {
         assert_eq!(parse_size(&RawSize::Bytes(7)), Ok(7));
         assert!(parse_size(&RawSize::Text("-1".into())).is_err());
         assert!(parse_size(&RawSize::Text("12 parsecs".into())).is_err());
-    }
-
-    #[test]
-    fn urls_without_a_scheme_say_what_to_write() {
-        // (value of upstream.urls, what the error must say)
-        let cases = [
-            ("127.0.0.1:9292", "write `http://127.0.0.1:9292`"),
-            ("glance.example:9292", "write `http://glance.example:9292`"),
-            ("glance.example", "write `http://glance.example`"),
-            ("ftp://glance.example", "as in `http://HOST:PORT`"),
-            ("http://", "`http://HOST:PORT`"),
-        ];
-        for (url, says) in cases {
-            let text = format!("[upstream]\nurls = [\"{url}\"]\n");
-            check_err(&text, &["test.toml", "upstream.urls[0]", url, says]);
-        }
-        check_err(
-            "[server]\npublic_url = \"proxy.example:9393\"\n",
-            &["server.public_url", "write `http://proxy.example:9393`"],
-        );
-        let o = Overrides {
-            upstreams: vec!["127.0.0.1:9292".into()],
-            ..Default::default()
-        };
-        let err = Config::from_toml_str_with("", "f.toml", &o)
-            .expect_err("no scheme")
-            .to_string();
-        assert!(
-            err.contains("--upstream") && err.contains("write `http://127.0.0.1:9292`"),
-            "{err}"
-        );
     }
 
     #[test]
