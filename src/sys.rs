@@ -1,6 +1,6 @@
 //! The only module with `unsafe` code: safe wrappers over the Linux calls the proxy needs
 //! that std does not offer (`sendfile(2)`, `posix_fadvise(2)`, `cachestat(2)`,
-//! `fallocate(2)`, glibc's `mallopt(3)`).
+//! `fallocate(2)`, glibc's `mallopt(3)`, the `FIONREAD` ioctl).
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -161,6 +161,21 @@ pub fn keep_freed_memory(mmap_below: usize, trim_above: usize) -> bool {
     }
 }
 
+/// Bytes received on socket `fd` that nobody has read yet (`FIONREAD`): whether a client's
+/// request is waiting on a connection the proxy thinks idle. Pass a descriptor the caller
+/// keeps open for the call (a closed or reused number answers for another file, or fails);
+/// whatever the number, the call writes only its own counter.
+pub fn unread_bytes(fd: std::os::fd::RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`, exclusively
+    // borrowed for the call; any descriptor number is memory-safe (a bad one is EBADF).
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 fn page_size() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
     *PAGE.get_or_init(|| {
@@ -207,6 +222,26 @@ pub fn warm(file: &impl AsFd, offset: u64, len: u64) -> io::Result<u64> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn unread_bytes_counts_what_arrived_and_was_not_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        assert_eq!(unread_bytes(server.as_raw_fd()).expect("ioctl"), 0);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        // Loopback delivers within the write; wait for it all the same, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while unread_bytes(server.as_raw_fd()).expect("ioctl") < 18 {
+            assert!(std::time::Instant::now() < deadline, "never arrived");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut buf = [0u8; 10];
+        server.read_exact(&mut buf).expect("read");
+        assert_eq!(unread_bytes(server.as_raw_fd()).expect("ioctl"), 8);
+        assert!(unread_bytes(-1).is_err());
+    }
 
     #[test]
     fn sendfile_moves_file_bytes_to_a_socket() {

@@ -193,6 +193,120 @@ async fn slow_and_idle_connections_cannot_lock_clients_out() {
         .all(|r| !r.path_and_query.starts_with("/v2/images")));
 }
 
+/// Send `request` on blocking socket `s`: written before the proxy's tasks run again (these
+/// tests run on Tokio's one-thread test runtime, which the proxy shares), so what the proxy
+/// does next finds the bytes in its socket, unread.
+fn send_now(s: &mut std::net::TcpStream, request: &str) {
+    use std::io::Write;
+    s.write_all(request.as_bytes()).expect("write");
+}
+
+/// The runtime's view of blocking socket `s` (the same socket, read while the proxy runs).
+fn on_runtime(s: &std::net::TcpStream) -> TcpStream {
+    let clone = s.try_clone().expect("clone");
+    clone.set_nonblocking(true).expect("nonblocking");
+    TcpStream::from_std(clone).expect("tokio stream")
+}
+
+/// Read one whole response (its head, then `Content-Length` bytes): its head, lower-cased,
+/// or what came before the connection ended. Bounded.
+async fn answer(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return Some(head);
+                }
+            }
+        }
+    };
+    let got = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("an answer or a closed connection within 5 s");
+    got.unwrap_or_else(|| format!("no whole answer: {:?}", String::from_utf8_lossy(&buf)))
+}
+
+/// Whether the proxy ends connection `s` within 5 s (nothing more sent on it).
+async fn ends(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+/// Issue 30: a connection closed to make room while its client's request had reached the
+/// proxy (here: a new connection whose request was not read yet when the next client came)
+/// must answer that request, say `Connection: close`, and only then close.
+#[tokio::test]
+async fn a_request_that_reached_a_connection_closed_to_make_room_is_answered() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "[server]\nmax_connections = 1\n")).await;
+    // Both connect and send before the proxy runs: it accepts the first, then the second
+    // finds the house full while the first one's request waits unread.
+    let mut first = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    send_now(&mut first, "GET /v2/first HTTP/1.1\r\nHost: p\r\n\r\n");
+    let mut second = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    send_now(&mut second, "GET /v2/second HTTP/1.1\r\nHost: p\r\n\r\n");
+    let mut first = on_runtime(&first);
+    let head = answer(&mut first).await;
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "the first request was cut: {head}"
+    );
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        ends(&mut first).await,
+        "the connection closes after that answer"
+    );
+    let head = answer(&mut on_runtime(&second)).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+}
+
+/// Issue 30: a kept-alive connection that had been idle, chosen to make room just as its
+/// client's next request arrived: that request is answered (`Connection: close`), not cut.
+#[tokio::test]
+async fn a_keep_alive_request_on_its_way_when_its_connection_is_chosen_is_answered() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "[server]\nmax_connections = 1\n")).await;
+    let mut kept = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    send_now(&mut kept, "GET /v2/one HTTP/1.1\r\nHost: p\r\n\r\n");
+    let mut on = on_runtime(&kept);
+    let head = answer(&mut on).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    // Answered: the connection is idle. A newcomer connects, and then the kept connection's
+    // next request arrives: the proxy learns of them in that order (one epoll batch), so it
+    // chooses the kept connection to make room as its request waits unread.
+    kept.set_nonblocking(false).expect("blocking");
+    let mut newcomer = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    send_now(&mut kept, "GET /v2/two HTTP/1.1\r\nHost: p\r\n\r\n");
+    send_now(&mut newcomer, "GET /v2/three HTTP/1.1\r\nHost: p\r\n\r\n");
+    let head = answer(&mut on).await;
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "the request on its way was cut: {head}"
+    );
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        ends(&mut on).await,
+        "the connection closes after that answer"
+    );
+    let head = answer(&mut on_runtime(&newcomer)).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     let glance = FakeGlance::start().await;

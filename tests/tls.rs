@@ -257,6 +257,35 @@ async fn https_serves_passthrough_and_hits_and_reloads_on_sighup() {
     assert!(connect(&proxy.url, &ca2).await.is_ok());
 }
 
+/// A connection stalled in its TLS handshake holds no slot against a newcomer: it is closed
+/// to make room as a slowloris one is (no request can be on its way before the handshake).
+#[tokio::test]
+async fn a_stalled_tls_handshake_makes_room_for_a_newcomer() {
+    let glance = FakeGlance::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca1, issuer1) = ca("room CA");
+    write_named(dir.path(), "cert", &leaf(&issuer1));
+    let proxy = TestProxy::start(config(
+        &[&glance.url],
+        &format!(
+            "[server]\nmax_connections = 1\nheader_read_timeout = \"60s\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            dir.path().join("cert.pem").display(),
+            dir.path().join("cert-key.pem").display()
+        ),
+    ))
+    .await;
+    let stalled = TcpStream::connect(proxy.addr).await.expect("connect");
+    let url = format!("http://{}", proxy.addr);
+    let served = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut conn = connect(&url, &ca1).await.expect("TLS");
+        fetch(&mut conn, "/versions").await.0
+    })
+    .await
+    .expect("served while the other connection's handshake stalls");
+    assert_eq!(served, 200);
+    drop(stalled);
+}
+
 /// A plain-HTTP request to `url`: Err when the other side does not speak HTTP.
 async fn plain_http(url: &str) -> Result<u16, String> {
     let addr = url.trim_start_matches("http://");

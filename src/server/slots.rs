@@ -5,8 +5,14 @@
 //! idle longest. Clients that hold connections without using them (slowloris, pools
 //! of forgotten keep-alives) can delay others by one accept, never lock them out; only
 //! connections busy with requests make a newcomer wait.
+//!
+//! A connection told to close is closed only between requests (`server::serve_until_closed`):
+//! a request that reached the proxy before the close is answered, with `Connection: close`,
+//! and the connection ends after that answer. Such a connection is busy again, so the
+//! newcomer that asked closes another idle one (`Slot::busy`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -41,7 +47,8 @@ struct ConnState {
     idle_key: Option<IdleKey>,
     /// Kept while busy, so the connection can be made idle (and closable) again.
     close: Option<oneshot::Sender<()>>,
-    /// Told to close to make room.
+    /// Told to close to make room, and counted in `Inner::closing` (until it ends, or turns
+    /// out to have a request on its way: then it is busy, and the newcomer looks again).
     closing: bool,
 }
 
@@ -49,6 +56,11 @@ struct ConnState {
 pub struct Slot {
     slots: Arc<Slots>,
     id: u64,
+    /// Set by the connection's task once it has been told to close (to make room, or the
+    /// drain): every response from then on says `Connection: close`.
+    closing: AtomicBool,
+    /// A request has been handled on this connection (so a response may still be going out).
+    served: AtomicBool,
 }
 
 /// A request in progress on a connection; the connection is idle again when every one of
@@ -101,6 +113,8 @@ impl Slots {
                         Slot {
                             slots: Arc::clone(self),
                             id,
+                            closing: AtomicBool::new(false),
+                            served: AtomicBool::new(false),
                         },
                         rx,
                     );
@@ -135,20 +149,57 @@ impl Slots {
 }
 
 impl Slot {
-    /// Mark a request in progress on this connection (not closable until it is done).
+    /// Mark a request in progress on this connection (not closable until it is done). A
+    /// connection told to close whose request was on its way is not freeing its slot soon:
+    /// the newcomer that chose it is woken to close another.
     pub fn busy(&self) -> Busy {
+        self.served.store(true, Ordering::Relaxed);
         let mut guard = self.slots.lock();
         let inner = &mut *guard;
+        let mut wake = false;
         if let Some(c) = inner.conns.get_mut(&self.id) {
             c.busy += 1;
             if let Some(key) = c.idle_key.take() {
                 c.close = inner.idle.remove(&key);
             }
+            if c.closing {
+                c.closing = false;
+                inner.closing = inner.closing.saturating_sub(1);
+                wake = true;
+            }
+        }
+        drop(guard);
+        if wake {
+            self.slots.freed.notify_waiters();
         }
         Busy {
             slots: Arc::clone(&self.slots),
             id: self.id,
         }
+    }
+
+    /// A request is in progress on this connection.
+    pub fn is_busy(&self) -> bool {
+        self.slots
+            .lock()
+            .conns
+            .get(&self.id)
+            .is_some_and(|c| c.busy > 0)
+    }
+
+    /// A request has been handled on this connection.
+    pub fn has_served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// From now on, every response on this connection says `Connection: close`.
+    pub fn close_after_response(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether responses on this connection must say `Connection: close`.
+    pub fn must_close(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
     }
 }
 
@@ -292,6 +343,36 @@ mod tests {
             .expect("a slot")
             .expect("task");
         drop((b, c));
+    }
+
+    #[tokio::test]
+    async fn a_connection_told_to_close_that_gets_a_request_lets_the_newcomer_close_another() {
+        let slots = Slots::new(2);
+        let (a, mut a_close) = slots.acquire().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (b, mut b_close) = slots.acquire().await;
+        let newcomer = newcomer(&slots);
+        tokio::time::timeout(Duration::from_secs(2), &mut a_close)
+            .await
+            .expect("a told to close")
+            .expect("signal");
+        // a's request had reached it: a is busy and answers before it closes, so the
+        // newcomer closes b instead of waiting for that answer.
+        let a_busy = a.busy();
+        tokio::time::timeout(Duration::from_secs(2), &mut b_close)
+            .await
+            .expect("b told to close")
+            .expect("signal");
+        assert_eq!(slots.shed(), 2);
+        drop(b);
+        let _ = tokio::time::timeout(Duration::from_secs(2), newcomer)
+            .await
+            .expect("a slot")
+            .expect("task");
+        // a, once answered, is not offered to the next newcomer again (it is closing).
+        drop(a_busy);
+        assert!(slots.lock().idle.is_empty());
+        drop(a);
     }
 
     #[tokio::test]
