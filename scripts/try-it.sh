@@ -67,7 +67,7 @@ for outcome in miss hit; do
 done
 grep -q '| cached ' "$work/try.log" || fail "glance cache-list shows no cached image"
 # The access lines of the two downloads, in order: a miss, then a hit.
-seen=$(grep -E 'access: method=GET path=/v2/images/[^ ]+/file status=200' "$work/run.log" |
+seen=$(grep -E 'access: method="?GET"? path="?/v2/images/[^ "]+/file"? status=200' "$work/run.log" |
     grep -oE 'cache="[a-z]*"' | tr '\n' ' ')
 [[ $seen == 'cache="miss" cache="hit" '* ]] || fail "run.sh's log shows the downloads as: $seen"
 say "the block ran: a miss then a hit in run.sh's log and on /metrics, the cache API answered"
