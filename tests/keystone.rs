@@ -34,13 +34,7 @@ fn asked(glance: &FakeGlance, id: &str, token: &str) -> usize {
 }
 
 async fn cached(proxy: &TestProxy, id: &str) {
-    for _ in 0..500 {
-        if proxy.is_cached(id) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{id} was never cached");
+    support::until(|| proxy.is_cached(id)).await;
 }
 
 /// Glance, Keystone (alice's two tokens, bob's in another project) and a proxy with these

@@ -108,7 +108,7 @@ pub struct Asked<'a> {
 pub struct Standing {
     /// The grant, when one stands (not refused or forgotten since).
     pub held: Option<Held>,
-    /// The grace wants the record's JSON with Glance's next "yes" (`wants_record`).
+    /// The grace wants the record's JSON with Glance's next "yes" (`wants_record_of`).
     pub wants_record: bool,
 }
 
@@ -409,19 +409,15 @@ impl Grants {
         }
     }
 
-    /// Whether Glance's next "yes" to `caller` for `id` should come with the record's JSON:
-    /// with `offline_grace`, while the caller's grant keeps none or an old one (the record
-    /// answered while Glance is down is the one Glance gave this caller).
-    /// A kept record is refreshed once it is older than a hundredth of the grace (between a
-    /// minute and an hour).
-    pub fn wants_record(&self, caller: CallerKey, id: &str) -> bool {
-        self.wants_record_at(caller, id, now_ms())
-    }
-
+    #[cfg(test)]
     fn wants_record_at(&self, caller: CallerKey, id: &str, now: u64) -> bool {
         self.wants_record_of(self.grant(caller, id).as_ref(), now)
     }
 
+    /// Whether Glance's next "yes" for this grant should come with the record's JSON: with
+    /// `offline_grace`, while the caller's grant keeps none or an old one (the record answered
+    /// while Glance is down is the one Glance gave this caller). A kept record is refreshed
+    /// once it is older than a hundredth of the grace (between a minute and an hour).
     fn wants_record_of(&self, grant: Option<&Grant>, now: u64) -> bool {
         let grace = self.inner.windows.offline_grace;
         let refresh = (grace / 100).clamp(Duration::from_secs(60), Duration::from_secs(3600));
@@ -499,24 +495,17 @@ impl Grants {
         self.grant(caller, id).is_some()
     }
 
-    /// The record of `caller`'s v2 grant for `id`, if it is younger than `grant_ttl`.
-    pub fn fresh(&self, caller: CallerKey, id: &str) -> Option<Arc<Expected>> {
-        self.fresh_at(caller, id, now_ms())
-    }
-
+    /// The record of `caller`'s v2 grant for `id`, if it is younger than `grant_ttl` (the
+    /// image path applies the windows with `image::decide::Grant::of`; this is the tests'
+    /// view of the same rule).
+    #[cfg(test)]
     fn fresh_at(&self, caller: CallerKey, id: &str, now: u64) -> Option<Arc<Expected>> {
         let window = self.inner.windows.grant_ttl;
         let grant = self.grant(caller, id)?;
         (grant.v2 && grant.within(window, now)).then_some(grant.expected)
     }
 
-    /// The record and age of `caller`'s v2 grant for `id`, if it is younger than
-    /// `offline_grace` (asked only when no upstream answers).
-    pub fn offline(&self, caller: CallerKey, id: &str) -> Option<(Arc<Expected>, Duration)> {
-        self.offline_at(caller, id, now_ms())
-            .map(|(g, age)| (g.expected, age))
-    }
-
+    /// `caller`'s v2 grant for `id` and its age, if it is younger than `offline_grace`.
     fn offline_at(&self, caller: CallerKey, id: &str, now: u64) -> Option<(Grant, Duration)> {
         let window = self.inner.windows.offline_grace;
         let grant = self.grant(caller, id)?;
