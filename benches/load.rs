@@ -5,6 +5,8 @@
 //! attacker holds as many connections as it can, trickling header bytes.
 //!
 //!   cargo bench --bench load -- [CONNECTIONS] [SECONDS]      (defaults 1000 60)
+//!   PROXY_BIN=path/to/older/glance-cache-proxy cargo bench --bench load   the same clients
+//!                                                          against another build
 //!
 //! The proxy runs with its default upstream pool (what operators run). Clients resend a
 //! request only when they know it was not sent (the connection was seen closed before it
@@ -104,7 +106,10 @@ async fn start_proxy(upstream: &str, max_connections: usize) -> Proxy {
     );
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, config).expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_glance-cache-proxy"))
+    // PROXY_BIN runs another build under the same clients (a same-run A/B with an older one).
+    let bin = std::env::var_os("PROXY_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_glance-cache-proxy").into());
+    let child = Command::new(bin)
         .arg("--config")
         .arg(&path)
         .stdout(Stdio::null())

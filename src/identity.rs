@@ -31,6 +31,9 @@ const MAX_ANSWER: usize = 1 << 20;
 /// The cache's bound: some 50,000 tokens of a few hundred bytes of identity each.
 const MAX_CACHE_BYTES: u64 = 16 << 20;
 
+/// The headers that carry a token to Keystone's validation.
+const TOKEN_HEADERS: [&str; 3] = ["x-auth-token", "x-storage-token", "x-service-token"];
+
 /// Whose grants a request may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
@@ -67,6 +70,12 @@ pub fn interpret(status: StatusCode, body: &[u8]) -> Answer {
             None => Answer::Unavailable,
         },
         StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED => Answer::Refused,
+        // A policy that forbids a token validating itself is the deployment's, not the
+        // caller's: Keystone cannot say, as when it is down (and the alert should fire).
+        StatusCode::FORBIDDEN => Answer::Unavailable,
+        // Any other refusal of the request (400, 413, 414, 431: a token Keystone will not
+        // even read) is the caller's own doing: no grant, and no "Keystone unreachable".
+        s if s.is_client_error() => Answer::Refused,
         _ => Answer::Unavailable,
     }
 }
@@ -208,6 +217,15 @@ impl Resolver {
 
     /// `resolve` with Keystone, and whether every answer was cached.
     async fn resolve_with(&self, keystone: &Keystone, caller: &HeaderMap) -> (Resolved, bool) {
+        // Two values of a token header reach Glance joined into one (which it refuses);
+        // resolving either one alone would be another caller's answer. The exact
+        // credentials (every value) key such a request.
+        if TOKEN_HEADERS
+            .iter()
+            .any(|name| caller.get_all(*name).iter().nth(1).is_some())
+        {
+            return (Resolved::Exact, false);
+        }
         let Some(token) = caller
             .get("x-auth-token")
             .or_else(|| caller.get("x-storage-token"))
@@ -378,6 +396,13 @@ mod tests {
         );
         assert_eq!(interpret(StatusCode::NOT_FOUND, b""), Answer::Refused);
         assert_eq!(interpret(StatusCode::UNAUTHORIZED, b"{}"), Answer::Refused);
+        for status in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ] {
+            assert_eq!(interpret(status, b""), Answer::Refused, "{status}");
+        }
         for status in [
             StatusCode::FORBIDDEN,
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -43,6 +43,7 @@ pub mod fetch;
 pub mod grants;
 pub mod identity;
 pub mod image;
+pub mod logging;
 pub mod manage;
 pub mod metrics;
 pub mod outcome;

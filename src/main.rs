@@ -1,14 +1,12 @@
 //! The `glance-cache-proxy` binary: command line, config check, logging, signals.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use glance_cache_proxy::config::{Config, LogFormat, Overrides};
+use glance_cache_proxy::config::{Config, Overrides};
 use glance_cache_proxy::server::access::AccessLog;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -71,7 +69,8 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config);
+    // Kept to the end: dropping it writes the events still queued.
+    let _log = glance_cache_proxy::logging::init(&config);
     // Before any other thread: a fill's buffers are reused, not faulted in afresh (sys).
     if !glance_cache_proxy::sys::keep_freed_memory(4 << 20, 32 << 20) {
         tracing::debug!("malloc parameters left as they were");
@@ -192,20 +191,6 @@ async fn reload_on_sighup(identities: Vec<std::sync::Arc<glance_cache_proxy::tls
                 Err(e) => tracing::error!("SIGHUP: {e}; keeping the current certificate"),
             }
         }
-    }
-}
-
-/// `RUST_LOG`, when set, wins over `log.level`.
-fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Snapshot {
     pub connections_shed: u64,
     /// Access-log lines dropped because the log could not keep up.
     pub access_log_dropped: u64,
+    /// Log events (not access lines) dropped because the event queue was full.
+    pub log_events_dropped: u64,
 }
 
 /// The results of `identity_resolutions_total`.
@@ -428,6 +430,12 @@ fn listener_families(s: &Snapshot) -> Vec<MetricFamily> {
             "Access-log lines dropped because the log could not keep up (its queue, bounded by lines and bytes, was full); a warning is logged at most every 10 s.",
             COUNTER,
             one(s.access_log_dropped),
+        ),
+        family(
+            "log_events_dropped_total",
+            "Log events (warnings, errors; not access lines) dropped because stderr could not keep up and their queue (8192 lines) was full.",
+            COUNTER,
+            one(s.log_events_dropped),
         ),
         family(
             "sendfile_bytes_total",

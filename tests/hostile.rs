@@ -514,6 +514,65 @@ async fn a_flood_of_long_targets_neither_slows_others_nor_grows_memory() {
     assert!(cut.contains("bytes cut]") && cut.len() < 3000, "{cut}");
 }
 
+/// Issue 26: a stderr nobody reads never stops requests. With Glance unreachable every
+/// request logs a warning ("upstream connection failed") on the runtime thread serving it;
+/// with the pipe full, a warning written inline would block that thread (and, through
+/// stderr's lock, every other that logs). Events go to their own writer thread instead:
+/// beyond its backlog they are dropped and counted, and requests keep being answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stderr_nobody_reads_never_stops_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let glance = support::closed_port().await;
+    let (port, admin_port) = (
+        support::closed_port().await.port(),
+        support::closed_port().await.port(),
+    );
+    let mut child = tokio::process::Command::new(support::BIN)
+        .args(["--upstream", &format!("http://{glance}"), "--cache-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{admin_port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn proxy");
+    // Held open and never read: the pipe (64 KiB) fills within some hundreds of warnings,
+    // the event queue (`logging::EVENT_LINES`, 8192) within 10,000 requests.
+    let _stderr = child.stderr.take().expect("stderr");
+    for _ in 0..400 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/v2/images");
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                for _ in 0..1250 {
+                    let got = tokio::time::timeout(LIMIT, get(&url)).await;
+                    assert!(
+                        got.is_ok_and(|g| g.status == 502),
+                        "answered with stderr unread (Glance unreachable: 502)"
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let dropped = support::metric(&admin, "glance_cache_proxy_log_events_dropped_total").await;
+    child.kill().await.expect("kill");
+    assert!(
+        dropped > 0.0,
+        "events beyond the backlog were dropped and counted"
+    );
+}
+
 /// Issue 26: a request id that Glance echoes cannot add fields to the access line: in the
 /// text format it is one quoted, escaped value; in JSON one escaped string.
 #[tokio::test]

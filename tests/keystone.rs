@@ -161,3 +161,22 @@ async fn keystone_failing_or_unreachable_falls_back_to_the_exact_credentials() {
     assert!(asked(&glance, "img", "bob-1") > 0);
     assert!(resolutions(&proxy, "fallback").await >= 3.0);
 }
+
+/// Two values of a token header reach Glance joined into one (which Glance refuses): the
+/// request uses neither token's grant; Glance is asked, as for any caller without one.
+#[tokio::test]
+async fn two_tokens_in_one_request_use_no_identity_grant() {
+    let (glance, keystone, proxy, _) = setup("grant_ttl = \"60s\"\n").await;
+    let about = |g: &FakeGlance| {
+        g.seen()
+            .iter()
+            .filter(|s| s.path_and_query.starts_with("/v2/images/img"))
+            .count()
+    };
+    let before = about(&glance);
+    let url = format!("{}/v2/images/img/file", proxy.url);
+    let two = [("x-auth-token", "alice-1"), ("x-auth-token", "junk")];
+    let _ = send(&url, "GET", &two, Bytes::new()).await;
+    assert!(about(&glance) > before, "Glance asked: no grant used");
+    assert_eq!(keystone.asked("junk"), 0, "neither token resolved alone");
+}

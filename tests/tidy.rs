@@ -201,7 +201,7 @@ const LAYERS: &[&[&str]] = &[
     &["error", "metrics"],
     &["body"],
     &["sendfile"],
-    &["writable"],
+    &["writable", "logging"],
     &[
         "auth", "clock", "config", "digest", "disk", "outcome", "route", "sys", "tls",
     ],

@@ -85,6 +85,7 @@ impl Server {
             connections_open: self.slots.open() as u64,
             connections_shed: self.slots.shed(),
             access_log_dropped: self.access.dropped(),
+            log_events_dropped: crate::logging::events_dropped(),
             ..self.shared.snapshot()
         }
     }
