@@ -231,3 +231,53 @@ async fn keystone_failing_or_unreachable_falls_back_to_the_exact_credentials() {
     assert!(asked(&glance, "img", "bob-1") > 0);
     assert!(resolutions(&proxy, "fallback").await >= 3.0);
 }
+
+#[tokio::test]
+async fn concurrent_requests_with_a_new_token_validate_it_once() {
+    let (_glance, keystone, proxy, image) = setup("grant_ttl = \"60s\"\n").await;
+    keystone.issue("alice-9", "alice", "p1", &["member", "reader"]);
+    keystone.delay(Duration::from_millis(300));
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = format!("{}/v2/images/img/file", proxy.url);
+        requests.spawn(async move {
+            send(&url, "GET", &[("x-auth-token", "alice-9")], Bytes::new()).await
+        });
+    }
+    while let Some(got) = requests.join_next().await {
+        let got = got.expect("request task");
+        assert!(got.status == 200 && got.body == image, "{}", got.status);
+    }
+    assert_eq!(keystone.asked("alice-9"), 1, "one validation for all eight");
+    assert!(
+        resolutions(&proxy, "cached").await >= 7.0,
+        "the others waited for it"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_keystone_is_not_asked_by_every_request() {
+    let (glance, keystone, proxy, _) = setup("grant_ttl = \"60s\"\n").await;
+    keystone.fail(true);
+    assert_eq!(get_as(&proxy, "img", "alice-2").await.status, 200);
+    assert_eq!(keystone.asked("alice-2"), 1);
+    // Within glance_cache_proxy::identity::RETRY_AFTER: not asked, the exact credentials at once.
+    assert_eq!(get_as(&proxy, "img", "bob-1").await.status, 200);
+    assert_eq!(keystone.asked("bob-1"), 0, "Keystone asked again at once");
+    assert!(
+        asked(&glance, "img", "bob-1") > 0,
+        "no widening: Glance asked"
+    );
+    assert!(resolutions(&proxy, "fallback").await >= 2.0);
+    // Asked again after it.
+    keystone.fail(false);
+    let started = tokio::time::Instant::now();
+    while keystone.asked("bob-1") == 0 {
+        assert!(
+            started.elapsed() < glance_cache_proxy::identity::RETRY_AFTER + Duration::from_secs(2),
+            "Keystone not asked again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get_as(&proxy, "img", "bob-1").await.status, 200);
+    }
+}
