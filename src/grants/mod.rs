@@ -743,6 +743,57 @@ mod tests {
     }
 
     #[test]
+    fn an_identitys_grant_is_kept_under_both_keys_and_a_refusal_ends_both() {
+        let g = Grants::new(windows(60, 3600));
+        let t = now_ms() - 10;
+        let (identity, exact, other) = (caller("alice"), caller("t1"), caller("t2"));
+        let alice = Who::Identity { identity, exact };
+        g.granted(alice, "img", asked(t, g.ticket(), &record(1)));
+        assert!(
+            g.fresh_at(identity, "img", t + 1).is_some(),
+            "the identity's"
+        );
+        assert!(g.fresh_at(exact, "img", t + 1).is_some(), "the token's own");
+        let renewed = Who::Identity {
+            identity,
+            exact: other,
+        };
+        assert!(
+            g.was_granted(renewed, "img"),
+            "a renewed token reads the identity's"
+        );
+        assert!(!g.was_granted(Who::Exact(other), "img"), "its own: none");
+        g.refused(renewed, "img");
+        assert!(g.fresh_at(identity, "img", t + 1).is_none());
+        assert!(
+            g.fresh_at(exact, "img", t + 1).is_some(),
+            "another token's own stays"
+        );
+        // A token Keystone refuses reads no grant, and ends its own credentials' one.
+        g.granted(alice, "img", asked(t, g.ticket(), &record(1)));
+        assert!(g.standing(Who::Refused { exact }, "img").held.is_none());
+        assert!(g.fresh_at(exact, "img", t + 1).is_none());
+        assert!(
+            g.fresh_at(identity, "img", t + 1).is_some(),
+            "the identity's stays"
+        );
+        g.granted(
+            Who::Refused { exact },
+            "img",
+            asked(t, g.ticket(), &record(1)),
+        );
+        assert!(
+            g.fresh_at(exact, "img", t + 1).is_none(),
+            "nothing kept for it"
+        );
+        // A removal from the cache ends every key's.
+        g.granted(alice, "img", asked(t, g.ticket(), &record(1)));
+        g.forget("img");
+        assert!(!g.was_granted(alice, "img"));
+        assert!(!g.was_granted(Who::Exact(exact), "img"));
+    }
+
+    #[test]
     fn fresh_only_within_the_ttl_and_for_the_same_caller() {
         let g = Grants::new(windows(30, 0));
         let (a, b, t) = (caller("a"), caller("b"), now_ms());
