@@ -173,14 +173,6 @@ impl CallerKey {
         CallerKey::from_tag(h.sign())
     }
 
-    /// A key no grant is or will be kept under (a caller Keystone refused): drawn afresh.
-    pub fn nobody() -> CallerKey {
-        let mut key = [0u8; 32];
-        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        CallerKey(key)
-    }
-
     fn from_tag(tag: hmac::Tag) -> CallerKey {
         let mut key = [0u8; 32];
         key.copy_from_slice(tag.as_ref());

@@ -13,7 +13,13 @@
 //! (`X-Service-Token`), it is resolved too and is part of the identity.
 //! `Resolved::Exact` (no URL, no token, or Keystone unavailable) keys grants by the exact
 //! credentials, as without a URL: never wider.
+//!
+//! Concurrent requests with a token not yet resolved wait for one validation (`Keystone::board`:
+//! a boot storm sends one token for every instance). Keystone unreachable or failing (5xx) is
+//! not asked again for `RETRY_AFTER`: meanwhile unresolved tokens fall back at once.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +34,10 @@ use crate::upstream::Upstream;
 
 /// The most of Keystone's answer read (a token without its catalog is a few KiB).
 const MAX_ANSWER: usize = 1 << 20;
+/// How long Keystone is not asked again after it could not be reached or failed (no answer,
+/// a 5xx): meanwhile a token not yet resolved is keyed by its exact credentials at once (a
+/// `fallback`), rather than every request waiting on Keystone's connect or timeout.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The cache's bound: some 50,000 tokens of a few hundred bytes of identity each.
 const MAX_CACHE_BYTES: u64 = 16 << 20;
 
@@ -154,6 +164,30 @@ struct Keystone {
     upstream: Arc<Upstream>,
     ttl: Duration,
     cache: moka::sync::Cache<[u8; 32], Entry>,
+    /// Validations under way, by token hash: concurrent requests with the same token wait for
+    /// one answer (a boot storm sends one token for every instance). An entry goes when its
+    /// answer is in (then in `cache`, when it says something) or nobody waits for it any more.
+    flights: std::sync::Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+    /// Until when (unix ms) Keystone is not asked: it could not be reached or failed
+    /// (`RETRY_AFTER`).
+    down_until_ms: AtomicU64,
+}
+
+/// One validation under way: its answer, once in.
+type Flight = tokio::sync::OnceCell<Answer>;
+
+/// A request's hold on a validation under way (`Keystone::board`); dropped, it leaves the
+/// board when nobody needs it any more (`Keystone::land`), also when the request went away.
+struct Boarding<'a> {
+    keystone: &'a Keystone,
+    key: [u8; 32],
+    flight: Arc<Flight>,
+}
+
+impl Drop for Boarding<'_> {
+    fn drop(&mut self) {
+        self.keystone.land(&self.key, &self.flight);
+    }
 }
 
 impl Resolver {
@@ -180,6 +214,8 @@ impl Resolver {
                     })
                     .time_to_live(config.cache_ttl.max(Duration::from_millis(1)))
                     .build(),
+                flights: std::sync::Mutex::new(HashMap::new()),
+                down_until_ms: AtomicU64::new(0),
             }
         });
         Resolver {
@@ -262,54 +298,108 @@ impl Resolver {
 }
 
 impl Keystone {
-    /// The token's identity: cached, or Keystone's answer (cached when it says); whether it
-    /// was cached.
+    /// The token's identity: cached, or Keystone's answer (cached when it says), asked once
+    /// for every request with this token meanwhile; whether this request did not ask.
     async fn identity(&self, token: &HeaderValue) -> (Answer, bool) {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = now_ms();
-        if let Some(entry) = self.cache.get(&key) {
-            if now < entry.until_ms {
-                let answer = match entry.identity {
-                    Some(identity) => Answer::Valid {
-                        identity: identity.to_string(),
-                        expires_ms: Some(entry.until_ms),
-                    },
-                    None => Answer::Refused,
-                };
-                return (answer, true);
-            }
-            self.cache.invalidate(&key);
+        if let Some(answer) = self.cached(&key) {
+            return (answer, true);
         }
-        let answer = self.ask(token).await;
-        let ttl_until = now.saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
-        match &answer {
+        if now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
+            return (Answer::Unavailable, true);
+        }
+        let boarding = self.board(key);
+        let mut asked = false;
+        let answer = boarding
+            .flight
+            .get_or_init(|| async {
+                asked = true;
+                let (answer, down) = self.ask(token).await;
+                if down {
+                    let until = now_ms().saturating_add(millis(RETRY_AFTER));
+                    self.down_until_ms.fetch_max(until, Ordering::Relaxed);
+                }
+                self.remember(key, &answer);
+                answer
+            })
+            .await
+            .clone();
+        drop(boarding);
+        (answer, !asked)
+    }
+
+    /// The answer cached for this token hash, while it stands.
+    fn cached(&self, key: &[u8; 32]) -> Option<Answer> {
+        let entry = self.cache.get(key)?;
+        if now_ms() >= entry.until_ms {
+            self.cache.invalidate(key);
+            return None;
+        }
+        Some(match entry.identity {
+            Some(identity) => Answer::Valid {
+                identity: identity.to_string(),
+                expires_ms: Some(entry.until_ms),
+            },
+            None => Answer::Refused,
+        })
+    }
+
+    /// The validation of this token hash under way, joined (or begun: the first to call
+    /// `get_or_init` asks; if it goes away before the answer, the next waiting asks). The
+    /// hold ends when the `Boarding` is dropped, answered or not.
+    fn board(&self, key: [u8; 32]) -> Boarding<'_> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let flight = Arc::clone(flights.entry(key).or_default());
+        Boarding {
+            keystone: self,
+            key,
+            flight,
+        }
+    }
+
+    /// A request is done with `flight`: it goes from the board when its answer is in, or
+    /// when nobody else holds it (the last request waiting for it went away).
+    fn land(&self, key: &[u8; 32], flight: &Arc<Flight>) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight));
+        // Under the lock no one else can take a new hold: the board's and ours are the last.
+        if ours && (flight.initialized() || Arc::strong_count(flight) <= 2) {
+            flights.remove(key);
+        }
+    }
+
+    #[cfg(test)]
+    fn boarded(&self) -> usize {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Cache an answer that says something: an identity until `identity_cache_ttl` or its
+    /// `expires_at`, whichever is first; a refusal for `identity_cache_ttl`.
+    fn remember(&self, key: [u8; 32], answer: &Answer) {
+        let now = now_ms();
+        let ttl_until = now.saturating_add(millis(self.ttl));
+        let entry = match answer {
             Answer::Valid {
                 identity,
                 expires_ms,
-            } => {
-                let until_ms = expires_ms.map_or(ttl_until, |e| e.min(ttl_until));
-                if until_ms > now {
-                    let identity = Some(Arc::from(identity.as_str()));
-                    self.cache.insert(key, Entry { identity, until_ms });
-                }
-            }
-            Answer::Refused if ttl_until > now => {
-                let until_ms = ttl_until;
-                self.cache.insert(
-                    key,
-                    Entry {
-                        identity: None,
-                        until_ms,
-                    },
-                );
-            }
-            _ => {}
+            } => Entry {
+                identity: Some(Arc::from(identity.as_str())),
+                until_ms: expires_ms.map_or(ttl_until, |e| e.min(ttl_until)),
+            },
+            Answer::Refused => Entry {
+                identity: None,
+                until_ms: ttl_until,
+            },
+            Answer::Unavailable => return,
+        };
+        if entry.until_ms > now {
+            self.cache.insert(key, entry);
         }
-        (answer, false)
     }
 
-    /// Keystone's answer about `token`, validating itself.
-    async fn ask(&self, token: &HeaderValue) -> Answer {
+    /// Keystone's answer about `token`, validating itself; whether Keystone is down (no
+    /// answer, or a 5xx: not asked again for `RETRY_AFTER`).
+    async fn ask(&self, token: &HeaderValue) -> (Answer, bool) {
         let req = match Request::builder()
             .method(Method::GET)
             .uri(&self.tokens_url)
@@ -320,7 +410,7 @@ impl Keystone {
             Ok(req) => req,
             Err(e) => {
                 tracing::warn!(url = %self.tokens_url, error = %e, "cannot ask Keystone about a token");
-                return Answer::Unavailable;
+                return (Answer::Unavailable, false);
             }
         };
         match self.upstream.call_service(req, MAX_ANSWER).await {
@@ -329,14 +419,18 @@ impl Keystone {
                 if answer == Answer::Unavailable {
                     tracing::warn!(url = %self.tokens_url, %status, "Keystone did not say who a token is; grants keyed by the exact credentials");
                 }
-                answer
+                (answer, status.is_server_error())
             }
             Err(e) => {
-                tracing::warn!(url = %self.tokens_url, error = %e, "Keystone unreachable; grants keyed by the exact credentials");
-                Answer::Unavailable
+                tracing::warn!(url = %self.tokens_url, error = %e, retry_after_s = RETRY_AFTER.as_secs(), "Keystone unreachable; grants keyed by the exact credentials");
+                (Answer::Unavailable, true)
             }
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn now_ms() -> u64 {
@@ -368,6 +462,51 @@ mod tests {
             Answer::Valid { identity, .. } => identity,
             other => panic!("not valid: {other:?}"),
         }
+    }
+
+    /// A resolver whose Keystone accepts connections and never answers.
+    async fn silent_keystone() -> (Resolver, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let text = format!(
+            "[upstream]\nurls = [\"http://127.0.0.1:9\"]\n[auth]\nkeystone_url = \"http://{addr}/v3\"\n"
+        );
+        let config = crate::config::Config::from_toml_str(&text, "test").expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let upstream = Upstream::new(&config.upstream, Arc::clone(&metrics)).expect("upstream");
+        let resolver = Resolver::new(&config.identity, Arc::new(upstream), metrics);
+        (resolver, listener)
+    }
+
+    #[tokio::test]
+    async fn a_validation_nobody_waits_for_any_more_leaves_the_board() {
+        let (resolver, _listener) = silent_keystone().await;
+        let resolver = Arc::new(resolver);
+        let mut caller = HeaderMap::new();
+        caller.insert("x-auth-token", HeaderValue::from_static("t1"));
+        let keystone = || resolver.keystone.as_ref().expect("keystone");
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            let (resolver, caller) = (Arc::clone(&resolver), caller.clone());
+            waiting.push(tokio::spawn(async move { resolver.resolve(&caller).await }));
+        }
+        let started = std::time::Instant::now();
+        while keystone().boarded() == 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "never boarded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(keystone().boarded(), 1, "one validation for the three");
+        let last = waiting.pop().expect("three");
+        for request in waiting {
+            request.abort();
+            let _ = request.await;
+        }
+        assert_eq!(keystone().boarded(), 1, "one still waits");
+        last.abort();
+        let _ = last.await;
+        assert_eq!(keystone().boarded(), 0, "nobody waits: gone");
     }
 
     #[test]

@@ -136,6 +136,76 @@ async fn a_revoked_token_stops_being_served_within_the_identity_cache_ttl() {
     }
     let got = get_as(&proxy, "img", "alice-2").await;
     assert_eq!(got.status, 200, "the same identity's other token still is");
+    // Keystone's refusal ended the revoked token's own credentials' grant too: once Keystone
+    // cannot be asked either, it is not served on it.
+    keystone.stop();
+    until_refused(&proxy, "alice-2").await;
+    assert_eq!(get_as(&proxy, "img", "alice-1").await.status, 502);
+}
+
+/// Wait (at most 3 s) until `token`'s cached identity has expired with Keystone stopped: its
+/// request for `img`, which only its identity's grant serves, is refused.
+async fn until_refused(proxy: &TestProxy, token: &str) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let status = get_as(proxy, "img", token).await.status;
+        if status == 502 {
+            return;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{token} still served {:?} after Keystone stopped",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_keystone_down_too_the_granted_token_is_served_on_its_own_credentials() {
+    let auth = "grant_ttl = \"60s\"\noffline_grace = \"1h\"\nidentity_cache_ttl = \"300ms\"\n";
+    let (glance, keystone, proxy, image) = setup(auth).await;
+    // alice-2 is served on the identity's grant, never granted by Glance itself.
+    assert_eq!(get_as(&proxy, "img", "alice-2").await.status, 200);
+    assert_eq!(asked(&glance, "img", "alice-2"), 0);
+    glance.stop();
+    keystone.stop();
+    until_refused(&proxy, "alice-2").await;
+    let got = get_as(&proxy, "img", "alice-1").await;
+    assert!(
+        got.status == 200 && got.body == image,
+        "the granted token itself: {}",
+        got.status
+    );
+    assert_eq!(get_as(&proxy, "img", "bob-1").await.status, 502);
+    assert_eq!(get_as(&proxy, "img", "made-up").await.status, 502);
+    assert!(resolutions(&proxy, "fallback").await >= 3.0);
+}
+
+#[tokio::test]
+async fn a_refusal_ends_the_grant_under_the_identity_and_the_exact_credentials() {
+    let auth = "offline_grace = \"1h\"\nidentity_cache_ttl = \"300ms\"\n";
+    let (glance, keystone, proxy, _) = setup(auth).await;
+    glance.set_faults(support::Faults {
+        deny_download: Some(403),
+        ..Default::default()
+    });
+    assert_eq!(get_as(&proxy, "img", "alice-1").await.status, 403);
+    glance.stop();
+    assert_eq!(
+        get_as(&proxy, "img", "alice-1").await.status,
+        502,
+        "the identity's grant ended"
+    );
+    keystone.stop();
+    tokio::time::sleep(Duration::from_millis(400)).await; // the identity cache's ttl
+    assert_eq!(
+        get_as(&proxy, "img", "alice-1").await.status,
+        502,
+        "and the exact credentials' grant"
+    );
+    assert!(resolutions(&proxy, "fallback").await >= 1.0);
 }
 
 #[tokio::test]
@@ -160,6 +230,56 @@ async fn keystone_failing_or_unreachable_falls_back_to_the_exact_credentials() {
     assert_eq!(got.status, 200);
     assert!(asked(&glance, "img", "bob-1") > 0);
     assert!(resolutions(&proxy, "fallback").await >= 3.0);
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_a_new_token_validate_it_once() {
+    let (_glance, keystone, proxy, image) = setup("grant_ttl = \"60s\"\n").await;
+    keystone.issue("alice-9", "alice", "p1", &["member", "reader"]);
+    keystone.delay(Duration::from_millis(300));
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = format!("{}/v2/images/img/file", proxy.url);
+        requests.spawn(async move {
+            send(&url, "GET", &[("x-auth-token", "alice-9")], Bytes::new()).await
+        });
+    }
+    while let Some(got) = requests.join_next().await {
+        let got = got.expect("request task");
+        assert!(got.status == 200 && got.body == image, "{}", got.status);
+    }
+    assert_eq!(keystone.asked("alice-9"), 1, "one validation for all eight");
+    assert!(
+        resolutions(&proxy, "cached").await >= 7.0,
+        "the others waited for it"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_keystone_is_not_asked_by_every_request() {
+    let (glance, keystone, proxy, _) = setup("grant_ttl = \"60s\"\n").await;
+    keystone.fail(true);
+    assert_eq!(get_as(&proxy, "img", "alice-2").await.status, 200);
+    assert_eq!(keystone.asked("alice-2"), 1);
+    // Within glance_cache_proxy::identity::RETRY_AFTER: not asked, the exact credentials at once.
+    assert_eq!(get_as(&proxy, "img", "bob-1").await.status, 200);
+    assert_eq!(keystone.asked("bob-1"), 0, "Keystone asked again at once");
+    assert!(
+        asked(&glance, "img", "bob-1") > 0,
+        "no widening: Glance asked"
+    );
+    assert!(resolutions(&proxy, "fallback").await >= 2.0);
+    // Asked again after it.
+    keystone.fail(false);
+    let started = tokio::time::Instant::now();
+    while keystone.asked("bob-1") == 0 {
+        assert!(
+            started.elapsed() < glance_cache_proxy::identity::RETRY_AFTER + Duration::from_secs(2),
+            "Keystone not asked again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get_as(&proxy, "img", "bob-1").await.status, 200);
+    }
 }
 
 /// Two values of a token header reach Glance joined into one (which Glance refuses): the

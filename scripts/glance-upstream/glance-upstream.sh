@@ -4,7 +4,8 @@
 # kit (shared/glance-upstream/), so that tests, CI and scripts/run.sh work on a
 # fresh machine. Differences from the kit: the default venv is
 # $HOME/.cache/glance-cache-proxy/glance-venv; the default install also has
-# python-openstackclient and pytest; GLANCE_BIND_ADDR.
+# python-openstackclient and pytest; GLANCE_BIND_ADDR; stop-glance and
+# stop-keystone (outages of one service).
 #
 # No Keystone (every request is an admin of one fixed project), SQLite
 # database, `file` store, image cache + /v2/cache API, glance-direct import,
@@ -16,6 +17,9 @@
 #                                              #   openstackclient, pytest (+ keystone if GLANCE_AUTH=keystone)
 #   glance-upstream.sh start [PORT] [DATADIR]  # prints "PID URL" once the API answers
 #   glance-upstream.sh stop DATADIR            # stops Glance (and its Keystone, if any)
+#   glance-upstream.sh stop-glance DATADIR     # stops Glance only (its Keystone keeps running)
+#   glance-upstream.sh stop-keystone DATADIR   # stops Keystone only (an outage of the identity
+#                                              #   service; `stop` still stops Glance later)
 #   glance-upstream.sh status DATADIR          # "PID URL" (+ "keystone PID URL")
 #
 # Environment:
@@ -533,6 +537,17 @@ cmd_stop() {
     [[ -z $kstop ]] || wait "$kstop"
 }
 
+# stop-glance DATADIR / stop-keystone DATADIR: one of the two only (an outage of
+# that service while the other keeps answering).
+cmd_stop_one() {
+    local which=$1 dir=${2:?usage: stop-$1 DATADIR}
+    dir=$(cd "$dir" 2>/dev/null && pwd) || { log "no such dir: $2"; return 0; }
+    case $which in
+        glance) stop_gunicorn "$dir" ;;
+        keystone) stop_gunicorn "$dir/keystone" keystone ;;
+    esac
+}
+
 cmd_status() {
     local dir=${1:?usage: status DATADIR} pid kpid rc=0
     dir=$(cd "$dir" 2>/dev/null && pwd) || die "no such dir: $1"
@@ -554,6 +569,8 @@ case ${1:-} in
     install) shift; cmd_install "$@" ;;
     start)   shift; cmd_start "$@" ;;
     stop)    shift; cmd_stop "$@" ;;
+    stop-glance)   shift; cmd_stop_one glance "$@" ;;
+    stop-keystone) shift; cmd_stop_one keystone "$@" ;;
     status)  shift; cmd_status "$@" ;;
-    *) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

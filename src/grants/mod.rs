@@ -20,6 +20,9 @@
 //! bounded in bytes (moka, least recently used out first).
 
 pub mod journal;
+mod who;
+
+pub use who::Who;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +95,7 @@ enum Memory {
 }
 
 /// What Glance asked for a grant: when, and what it said about the image.
+#[derive(Clone, Copy)]
 pub struct Asked<'a> {
     /// When Glance was asked (unix ms; `now_ms()` before the question).
     pub at_ms: u64,
@@ -259,9 +263,17 @@ impl Grants {
         self.inner.windows
     }
 
-    /// Glance let `caller` download `id`, when asked as `asked` says. Ignored if Glance
-    /// refused this caller, or the image was forgotten, after that question.
-    pub fn granted(&self, caller: CallerKey, id: &str, asked: Asked<'_>) {
+    /// Glance let `who` download `id`, when asked as `asked` says: kept under every key
+    /// `who` keeps (`Who::keeps`: with a Keystone identity, under the token's exact
+    /// credentials too). Ignored for a key Glance refused, or if the image was forgotten,
+    /// after that question.
+    pub fn granted(&self, who: Who, id: &str, asked: Asked<'_>) {
+        for caller in who.keeps() {
+            self.granted_to(caller, id, asked);
+        }
+    }
+
+    fn granted_to(&self, caller: CallerKey, id: &str, asked: Asked<'_>) {
         if self.forgotten_since(id, asked.seq) || self.still_renewed(caller, id, &asked) {
             return;
         }
@@ -380,13 +392,19 @@ impl Grants {
         }
     }
 
-    /// `GET /v2/images/{id}` answered `caller` this record JSON: keep it with the caller's
-    /// grant, if any, as the freshest (the grant's date does not move: a record is not a
-    /// download).
-    pub fn seen_record(&self, caller: CallerKey, id: &str, json: &Bytes) {
+    /// `GET /v2/images/{id}` answered `who` this record JSON: keep it with its grants (under
+    /// every key it keeps), if any, as the freshest (the grant's date does not move: a
+    /// record is not a download).
+    pub fn seen_record(&self, who: Who, id: &str, json: &Bytes) {
         if self.inner.windows.offline_grace.is_zero() {
             return;
         }
+        for caller in who.keeps() {
+            self.seen_record_by(caller, id, json);
+        }
+    }
+
+    fn seen_record_by(&self, caller: CallerKey, id: &str, json: &Bytes) {
         let mut news = false;
         self.inner
             .seen
@@ -428,9 +446,15 @@ impl Grants {
             })
     }
 
-    /// Glance refused `caller` `id` (or did not let it through): no grant stands, and no
-    /// "yes" asked before now counts.
-    pub fn refused(&self, caller: CallerKey, id: &str) {
+    /// Glance refused `who` `id` (or did not let it through): no grant stands under any key
+    /// `who` ends (`Who::ends`), and no "yes" asked before now counts.
+    pub fn refused(&self, who: Who, id: &str) {
+        for caller in who.ends() {
+            self.refused_to(caller, id);
+        }
+    }
+
+    fn refused_to(&self, caller: CallerKey, id: &str) {
         let key = (caller, id.to_string());
         let had = matches!(self.inner.seen.get(&key), Some(Memory::Granted(_)));
         self.inner.seen.insert(key, Memory::Refused(self.ticket()));
@@ -469,12 +493,19 @@ impl Grants {
         }
     }
 
-    /// What the image path's decision needs of `caller`'s grant for `id`, read once: its age
+    /// What the image path's decision needs of `who`'s grant for `id`, read once: its age
     /// and record (the windows are applied by `image::decide::Grant::of`), and whether the
-    /// grace wants the record's JSON anew.
-    pub fn standing(&self, caller: CallerKey, id: &str) -> Standing {
+    /// grace wants the record's JSON anew. A token Keystone refused has none, and ends its
+    /// exact credentials' grant (`Who::Refused`): else it would be served again on it once
+    /// Keystone could not be asked.
+    pub fn standing(&self, who: Who, id: &str) -> Standing {
         let now = now_ms();
-        let Some(grant) = self.grant(caller, id) else {
+        if let Who::Refused { exact } = who {
+            if self.grant(exact, id).is_some() {
+                self.refused_to(exact, id);
+            }
+        }
+        let Some(grant) = who.reads().and_then(|caller| self.grant(caller, id)) else {
             return Standing {
                 wants_record: !self.inner.windows.offline_grace.is_zero(),
                 ..Standing::default()
@@ -490,9 +521,10 @@ impl Grants {
         }
     }
 
-    /// Whether Glance let `caller` download `id` (within the last day, or the grace).
-    pub fn was_granted(&self, caller: CallerKey, id: &str) -> bool {
-        self.grant(caller, id).is_some()
+    /// Whether Glance let `who` download `id` (within the last day, or the grace).
+    pub fn was_granted(&self, who: Who, id: &str) -> bool {
+        who.reads()
+            .is_some_and(|caller| self.grant(caller, id).is_some())
     }
 
     /// The record of `caller`'s v2 grant for `id`, if it is younger than `grant_ttl` (the
@@ -513,10 +545,10 @@ impl Grants {
         (grant.v2 && grant.within(window, now)).then_some((grant, age))
     }
 
-    /// The v2 record JSON kept with `caller`'s grant for `id` within `offline_grace`, and
+    /// The v2 record JSON kept with `who`'s grant for `id` within `offline_grace`, and
     /// the grant's age (asked only when no upstream answers `GET /v2/images/{id}`).
-    pub fn offline_record(&self, caller: CallerKey, id: &str) -> Option<(Bytes, Duration)> {
-        let (grant, age) = self.offline_at(caller, id, now_ms())?;
+    pub fn offline_record(&self, who: Who, id: &str) -> Option<(Bytes, Duration)> {
+        let (grant, age) = self.offline_at(who.reads()?, id, now_ms())?;
         grant.record.map(|r| (Bytes::clone(&r), age))
     }
 
@@ -648,7 +680,7 @@ mod tests {
     }
 
     fn give(g: &Grants, who: CallerKey, id: &str, expected: &Expected, at_ms: u64) {
-        g.granted(who, id, asked(at_ms, g.ticket(), expected));
+        g.granted(Who::Exact(who), id, asked(at_ms, g.ticket(), expected));
     }
 
     fn windows(ttl: u64, grace: u64) -> AuthConfig {
@@ -691,14 +723,74 @@ mod tests {
         // After a forget, a newer grant is always written.
         g.forget("img");
         give(&g, a, "img", &record(5), t + 1001);
-        assert!(g.was_granted(a, "img"), "asked after the forget: kept");
+        assert!(
+            g.was_granted(Who::Exact(a), "img"),
+            "asked after the forget: kept"
+        );
         // A refusal: a "yes" asked before it is never written, one asked after it is.
         let before = g.ticket();
-        g.refused(a, "img");
-        g.granted(a, "img", asked(t + 1002, before, &record(5)));
-        assert!(!g.was_granted(a, "img"), "asked before the refusal");
+        g.refused(Who::Exact(a), "img");
+        g.granted(Who::Exact(a), "img", asked(t + 1002, before, &record(5)));
+        assert!(
+            !g.was_granted(Who::Exact(a), "img"),
+            "asked before the refusal"
+        );
         give(&g, a, "img", &record(5), t + 1003);
-        assert!(g.was_granted(a, "img"), "asked after the refusal");
+        assert!(
+            g.was_granted(Who::Exact(a), "img"),
+            "asked after the refusal"
+        );
+    }
+
+    #[test]
+    fn an_identitys_grant_is_kept_under_both_keys_and_a_refusal_ends_both() {
+        let g = Grants::new(windows(60, 3600));
+        let t = now_ms() - 10;
+        let (identity, exact, other) = (caller("alice"), caller("t1"), caller("t2"));
+        let alice = Who::Identity { identity, exact };
+        g.granted(alice, "img", asked(t, g.ticket(), &record(1)));
+        assert!(
+            g.fresh_at(identity, "img", t + 1).is_some(),
+            "the identity's"
+        );
+        assert!(g.fresh_at(exact, "img", t + 1).is_some(), "the token's own");
+        let renewed = Who::Identity {
+            identity,
+            exact: other,
+        };
+        assert!(
+            g.was_granted(renewed, "img"),
+            "a renewed token reads the identity's"
+        );
+        assert!(!g.was_granted(Who::Exact(other), "img"), "its own: none");
+        g.refused(renewed, "img");
+        assert!(g.fresh_at(identity, "img", t + 1).is_none());
+        assert!(
+            g.fresh_at(exact, "img", t + 1).is_some(),
+            "another token's own stays"
+        );
+        // A token Keystone refuses reads no grant, and ends its own credentials' one.
+        g.granted(alice, "img", asked(t, g.ticket(), &record(1)));
+        assert!(g.standing(Who::Refused { exact }, "img").held.is_none());
+        assert!(g.fresh_at(exact, "img", t + 1).is_none());
+        assert!(
+            g.fresh_at(identity, "img", t + 1).is_some(),
+            "the identity's stays"
+        );
+        g.granted(
+            Who::Refused { exact },
+            "img",
+            asked(t, g.ticket(), &record(1)),
+        );
+        assert!(
+            g.fresh_at(exact, "img", t + 1).is_none(),
+            "nothing kept for it"
+        );
+        // A removal from the cache ends every key's.
+        g.granted(alice, "img", asked(t, g.ticket(), &record(1)));
+        g.forget("img");
+        assert!(!g.was_granted(alice, "img"));
+        assert!(!g.was_granted(Who::Exact(exact), "img"));
     }
 
     #[test]
@@ -727,15 +819,18 @@ mod tests {
         let (a, t) = (caller("a"), now_ms());
         give(&g, a, "img", &record(5), t);
         assert!(g.fresh_at(a, "img", t).is_none());
-        assert!(g.was_granted(a, "img"), "still known for the 404 rule");
+        assert!(
+            g.was_granted(Who::Exact(a), "img"),
+            "still known for the 404 rule"
+        );
         let g = Grants::new(windows(60, 3600));
         let five = record(5);
         let v1 = Asked {
             v2: false,
             ..asked(t, g.ticket(), &five)
         };
-        g.granted(a, "img", v1);
-        assert!(g.was_granted(a, "img"));
+        g.granted(Who::Exact(a), "img", v1);
+        assert!(g.was_granted(Who::Exact(a), "img"));
         assert!(
             g.fresh_at(a, "img", t + 1).is_none(),
             "v1 records have no os_hash"
@@ -768,7 +863,7 @@ mod tests {
             give(&g, who, "keep", &one, t);
         }
         let early = g.ticket(); // a question asked before the refusal, answered after it
-        g.refused(a, "img");
+        g.refused(Who::Exact(a), "img");
         assert!(
             g.fresh_at(a, "img", t + 1).is_none(),
             "a refusal drops the caller's"
@@ -777,7 +872,7 @@ mod tests {
             g.fresh_at(b, "img", t + 1).is_some(),
             "and only the caller's"
         );
-        g.granted(a, "img", asked(t, early, &one));
+        g.granted(Who::Exact(a), "img", asked(t, early, &one));
         assert!(
             g.fresh_at(a, "img", t + 1).is_none(),
             "a late yes is ignored"
@@ -787,9 +882,12 @@ mod tests {
             g.fresh_at(b, "img", t + 1).is_none(),
             "forget drops every caller's"
         );
-        assert!(!g.was_granted(b, "img"));
-        g.granted(b, "img", asked(t, early, &one));
-        assert!(!g.was_granted(b, "img"), "asked before the forget: ignored");
+        assert!(!g.was_granted(Who::Exact(b), "img"));
+        g.granted(Who::Exact(b), "img", asked(t, early, &one));
+        assert!(
+            !g.was_granted(Who::Exact(b), "img"),
+            "asked before the forget: ignored"
+        );
         assert!(g.fresh_at(a, "keep", t + 1).is_some(), "other images stay");
         // Asked after the refusal and the forget (even in the same millisecond): counts.
         give(&g, a, "img", &one, t);
@@ -813,7 +911,7 @@ mod tests {
         give(&g, a, "img", &five, t);
         assert!(g.wants_record_at(a, "img", t), "a grant without a record");
         g.granted(
-            a,
+            Who::Exact(a),
             "img",
             Asked {
                 seq: g.ticket(),
@@ -825,12 +923,12 @@ mod tests {
             g.wants_record_at(a, "img", t + 60_000),
             "a minute old (grace/100 < 1 min)"
         );
-        g.seen_record(a, "img", &json);
+        g.seen_record(Who::Exact(a), "img", &json);
         assert!(
             !g.wants_record_at(a, "img", now_ms()),
             "refreshed by a record read"
         );
-        g.refused(a, "img");
+        g.refused(Who::Exact(a), "img");
         assert!(g.wants_record_at(a, "img", now_ms()), "refused: no grant");
     }
 
@@ -842,7 +940,7 @@ mod tests {
         let late = g.ticket(); // asked first, answered last
         give(&g, a, "img", &one, t);
         give(&g, a, "img", &two, t + 500);
-        g.granted(a, "img", asked(t + 400, late, &three));
+        g.granted(Who::Exact(a), "img", asked(t + 400, late, &three));
         assert_eq!(g.fresh_at(a, "img", t + 600).map(|e| e.size), Some(2));
     }
 
@@ -877,7 +975,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-auth-token", HeaderValue::from(n - 1));
         assert!(
-            g.was_granted(CallerKey::of(&test_secret(), &h), "img"),
+            g.was_granted(Who::Exact(CallerKey::of(&test_secret(), &h)), "img"),
             "the newest is kept (LRU)"
         );
     }
@@ -894,37 +992,40 @@ mod tests {
                 json: Some(&json),
                 ..asked(t, g.ticket(), &one)
             };
-            g.granted(who, "img", with_json);
+            g.granted(Who::Exact(who), "img", with_json);
         }
         let (ra, rb) = (g.grant(a, "img"), g.grant(b, "img"));
         let (ra, rb) = (ra.and_then(|g| g.record), rb.and_then(|g| g.record));
         let shared = ra.as_ref().zip(rb.as_ref());
         assert!(shared.is_some_and(|(x, y)| Arc::ptr_eq(x, y)), "one copy");
         assert_eq!(
-            g.offline_record(a, "img").map(|(j, _)| j),
+            g.offline_record(Who::Exact(a), "img").map(|(j, _)| j),
             Some(json.clone())
         );
-        assert!(g.offline_record(caller("c"), "img").is_none());
+        assert!(g.offline_record(Who::Exact(caller("c")), "img").is_none());
         // A renewal without JSON (a step later) keeps it; a newer record replaces it, not
         // the date.
         give(&g, a, "img", &record(1), t + 1000);
         assert_eq!(
-            g.offline_record(a, "img").map(|(j, _)| j),
+            g.offline_record(Who::Exact(a), "img").map(|(j, _)| j),
             Some(json.clone())
         );
         let newer = Bytes::from_static(b"{\"id\": \"img\", \"name\": \"x\"}");
-        g.seen_record(a, "img", &newer);
-        assert_eq!(g.offline_record(a, "img").map(|(j, _)| j), Some(newer));
+        g.seen_record(Who::Exact(a), "img", &newer);
+        assert_eq!(
+            g.offline_record(Who::Exact(a), "img").map(|(j, _)| j),
+            Some(newer)
+        );
         assert_eq!(g.grant(a, "img").map(|g| g.at_ms), Some(t + 1000));
         g.forget("img");
-        assert!(g.offline_record(a, "img").is_none());
+        assert!(g.offline_record(Who::Exact(a), "img").is_none());
         // Without a grace no record is kept.
         let g = Grants::new(windows(60, 0));
         let with_json = Asked {
             json: Some(&json),
             ..asked(t, g.ticket(), &one)
         };
-        g.granted(a, "img", with_json);
+        g.granted(Who::Exact(a), "img", with_json);
         assert!(g.grant(a, "img").and_then(|g| g.record).is_none());
     }
 

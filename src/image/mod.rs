@@ -34,7 +34,6 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::auth::CallerKey;
 use crate::body::follow::{follow, Fallback};
 use crate::body::{BoxError, ProxyBody};
 use crate::cache::read::Source;
@@ -42,7 +41,7 @@ use crate::cache::{Cache, Hit};
 use crate::digest::Expected;
 use crate::error::Error;
 use crate::fetch::{self, Plan, Started};
-use crate::grants::Grants;
+use crate::grants::{Grants, Who};
 use crate::identity::Resolved;
 use crate::outcome::{BypassReason, Decision, Outcome, QuarantineReason};
 use crate::sendfile::{self, Hooks};
@@ -63,14 +62,18 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// The key the grants of a caller sending these headers (as they go to Glance) are
-    /// kept under: its Keystone identity when `auth.keystone_url` resolves it, else its exact
-    /// identity headers; nobody's when Keystone refuses the token.
-    pub async fn who(&self, caller: &HeaderMap) -> CallerKey {
+    /// Whose grants a caller sending these headers (as they go to Glance) reads and writes:
+    /// its Keystone identity (and its exact identity headers) when `auth.keystone_url`
+    /// resolves it, else its exact identity headers; none when Keystone refuses the token.
+    pub async fn who(&self, caller: &HeaderMap) -> Who {
+        let exact = self.grants.caller(caller);
         match self.identity.resolve(caller).await {
-            Resolved::Identity(identity) => self.grants.caller_identity(&identity),
-            Resolved::Refused => CallerKey::nobody(),
-            Resolved::Exact => self.grants.caller(caller),
+            Resolved::Identity(identity) => Who::Identity {
+                identity: self.grants.caller_identity(&identity),
+                exact,
+            },
+            Resolved::Refused => Who::Refused { exact },
+            Resolved::Exact => Who::Exact(exact),
         }
     }
 }
@@ -89,8 +92,8 @@ struct Ask<'a> {
     image_id: &'a str,
     /// The caller's headers as they go to Glance (identity, `X-Forwarded-*`).
     caller: HeaderMap,
-    /// Their identity's key (what grants are remembered by).
-    who: CallerKey,
+    /// Whose grants it reads and writes.
+    who: Who,
     /// When Glance is asked about this request (unix ms): what a grant from it is dated by.
     asked_ms: u64,
     /// Its ticket (`Grants::ticket`): a refusal or forget recorded after it outranks its "yes".

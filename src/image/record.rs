@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 
 use super::decide::{record_teaches, Answered, Reply};
 use super::Context;
-use crate::auth::CallerKey;
 use crate::error::Error;
+use crate::grants::Who;
 use crate::outcome::Decision;
 use crate::upstream::glance::{ImageRecord, ImageStatus};
 use crate::upstream::{Downstream, Forwarded};
@@ -65,7 +65,7 @@ pub async fn record(
 /// What Glance's answer to the record tells the grants; the answer goes back unchanged.
 async fn learn(
     ctx: &Context<'_>,
-    who: CallerKey,
+    who: Who,
     id: &str,
     forwarded: Forwarded,
 ) -> Result<Forwarded, Error> {

@@ -1,7 +1,7 @@
 //! A Keystone stand-in for token validation (`GET /v3/auth/tokens`, the token as its own
 //! subject, as Keystone 30 answers it): known tokens are 200 with their user, project and
-//! roles, an unknown subject 404, a revoked token 401; `fail` makes every answer 503, `stop`
-//! refuses connections. Counts the validations per token.
+//! roles, an unknown subject 404, a revoked token 401; `fail` makes every answer 503, `delay`
+//! slows every answer, `stop` refuses connections. Counts the validations per token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,8 @@ struct State {
     tokens: HashMap<String, (String, String, Vec<String>)>,
     revoked: Vec<String>,
     failing: bool,
+    /// Wait this long before each answer.
+    delay: std::time::Duration,
     /// Validations asked, per subject token.
     asked: HashMap<String, usize>,
 }
@@ -51,7 +53,11 @@ impl FakeKeystone {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let st = Arc::clone(&st);
-                        async move { Ok::<_, std::convert::Infallible>(answer(&st, &req)) }
+                        async move {
+                            let delay = st.lock().expect("lock").delay;
+                            tokio::time::sleep(delay).await;
+                            Ok::<_, std::convert::Infallible>(answer(&st, &req))
+                        }
                     });
                     tokio::select! {
                         _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc) => {}
@@ -91,6 +97,11 @@ impl FakeKeystone {
     /// Every answer a 503 (`true`), or back to normal.
     pub fn fail(&self, failing: bool) {
         self.state.lock().expect("lock").failing = failing;
+    }
+
+    /// Every answer after this long (a slow Keystone).
+    pub fn delay(&self, delay: std::time::Duration) {
+        self.state.lock().expect("lock").delay = delay;
     }
 
     /// How often `token` was validated.
