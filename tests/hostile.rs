@@ -25,6 +25,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// Every network wait in this file is bounded by this.
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// Held by the tests that load the machine on purpose (floods), so that they do not run at
+/// once and starve each other's measured clients.
+static FLOOD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What came back on a raw connection: the response (head and body) or nothing.
 struct Answer {
     text: String,
@@ -377,6 +381,7 @@ async fn glance_closing_keep_alive_connections_costs_no_request() {
 /// `GET /versions` answers in normal time and the process's memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_long_targets_neither_slows_others_nor_grows_memory() {
+    let _alone = FLOOD.lock().await;
     let glance = FakeGlance::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, admin_port) = (
@@ -521,6 +526,7 @@ async fn a_flood_of_long_targets_neither_slows_others_nor_grows_memory() {
 /// beyond its backlog they are dropped and counted, and requests keep being answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stderr_nobody_reads_never_stops_requests() {
+    let _alone = FLOOD.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let glance = support::closed_port().await;
     let (port, admin_port) = (
