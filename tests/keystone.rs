@@ -374,3 +374,37 @@ async fn a_hung_keystone_holds_a_request_up_for_keystone_timeout_only() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(keystone.asked("bob-1"), 0);
 }
+
+/// Issue 29, hostile probe A: Glance says yes to a token whose identity is cached and Keystone,
+/// asked again, cannot say: the grant is kept under the token's exact credentials alone, so
+/// another token of that identity, which Glance refuses, is not served from it.
+#[tokio::test]
+async fn a_cached_identity_keystone_cannot_confirm_keeps_the_grant_on_the_exact_credentials() {
+    let (glance, keystone, proxy, _) = setup("grant_ttl = \"60s\"\n").await;
+    let deny = |status| Faults {
+        deny_download: status,
+        ..Faults::default()
+    };
+    keystone.issue("dave-1", "dave", "p1", &["member", "reader"]);
+    glance.set_faults(deny(Some(403)));
+    assert_eq!(get_as(&proxy, "img", "dave-1").await.status, 403);
+    keystone.fail(true);
+    glance.set_faults(deny(None));
+    assert_eq!(get_as(&proxy, "img", "dave-1").await.status, 200);
+    assert_eq!(
+        keystone.asked("dave-1"),
+        2,
+        "asked again after Glance's yes"
+    );
+    keystone.fail(false);
+    tokio::time::sleep(glance_cache_proxy::identity::RETRY_AFTER + Duration::from_millis(100))
+        .await;
+    keystone.issue("dave-2", "dave", "p1", &["member", "reader"]);
+    glance.set_faults(deny(Some(403)));
+    assert_eq!(
+        get_as(&proxy, "img", "dave-2").await.status,
+        403,
+        "served on a grant Keystone did not confirm"
+    );
+    assert_eq!(keystone.asked("dave-2"), 1);
+}
