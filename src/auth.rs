@@ -139,6 +139,28 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// The MAC of one line of the grants journal (hex; an HMAC under its own prefix, never
+    /// equal to a caller key or the fingerprint): a line copied from a journal of another
+    /// install, or edited, does not verify.
+    pub fn line_mac(&self, line: &str) -> String {
+        hex::encode(hmac::sign(&self.0, &Secret::line_data(line)).as_ref())
+    }
+
+    /// Whether `mac` (hex) is `line_mac(line)`, compared in constant time.
+    pub fn verifies_line(&self, line: &str, mac: &str) -> bool {
+        let mut tag = [0u8; 32];
+        hex::decode_to_slice(mac, &mut tag).is_ok()
+            && hmac::verify(&self.0, &Secret::line_data(line), &tag).is_ok()
+    }
+
+    fn line_data(line: &str) -> Vec<u8> {
+        let mut data = b"grants journal line\0".to_vec();
+        data.extend_from_slice(line.as_bytes());
+        data
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")

@@ -15,8 +15,15 @@
 //! credentials, as without a URL: never wider.
 //!
 //! Concurrent requests with a token not yet resolved wait for one validation (`Keystone::board`:
-//! a boot storm sends one token for every instance). Keystone unreachable or failing (5xx) is
-//! not asked again for `RETRY_AFTER`: meanwhile unresolved tokens fall back at once.
+//! a boot storm sends one token for every instance). Keystone unreachable, failing (5xx) or
+//! silent past `[auth] keystone_timeout` is not asked again for `RETRY_AFTER`: meanwhile
+//! unresolved tokens fall back at once.
+//!
+//! An identity says whether Keystone gave it during this request (`fresh`) or it came from
+//! the cache (up to `identity_cache_ttl` old, while Glance decides with its own fresh
+//! validation): a grant is kept under an identity only when fresh (`grants::Who::keeps`);
+//! `revalidate` asks Keystone again, bypassing (and updating) the cache, when Glance said yes
+//! to a cached one (`image::Context::confirm`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +54,9 @@ const TOKEN_HEADERS: [&str; 3] = ["x-auth-token", "x-storage-token", "x-service-
 /// Whose grants a request may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
-    /// Keystone says the token is this identity (canonical text, for `Grants::caller_identity`).
-    Identity(Arc<str>),
+    /// Keystone says the token is this identity (canonical text, for `Grants::caller_identity`);
+    /// `fresh`: Keystone said so during this request (every token of it), not the cache.
+    Identity { identity: Arc<str>, fresh: bool },
     /// Keystone refused the token (or its service token): no grant is used.
     Refused,
     /// Grants keyed by the exact credentials: no Keystone URL, no token, or Keystone
@@ -163,6 +171,9 @@ struct Keystone {
     tokens_url: String,
     upstream: Arc<Upstream>,
     ttl: Duration,
+    /// `[auth] keystone_timeout`: how long an answer is waited for (else
+    /// `upstream.response_timeout`, minutes, for every request with a new token).
+    timeout: Duration,
     cache: moka::sync::Cache<[u8; 32], Entry>,
     /// Validations under way, by token hash: concurrent requests with the same token wait for
     /// one answer (a boot storm sends one token for every instance). An entry goes when its
@@ -206,6 +217,7 @@ impl Resolver {
                 tokens_url,
                 upstream,
                 ttl: config.cache_ttl,
+                timeout: config.keystone_timeout,
                 cache: moka::sync::Cache::builder()
                     .max_capacity(MAX_CACHE_BYTES)
                     .weigher(|_, e: &Entry| {
@@ -238,21 +250,43 @@ impl Resolver {
         let Some(keystone) = &self.keystone else {
             return Resolved::Exact;
         };
-        let (resolved, cached) = self.resolve_with(keystone, caller).await;
-        let result = match (&resolved, cached) {
-            (Resolved::Identity(_), true) => "cached",
-            (Resolved::Identity(_), false) => "keystone",
+        let (resolved, cached) = self.resolve_with(keystone, caller, Lookup::Cached).await;
+        self.count(&resolved, cached);
+        resolved
+    }
+
+    /// `resolve`, asking Keystone again for every token of the request (no cache, no
+    /// validation under way joined; the cache updated with the answers): what Keystone says
+    /// now, after Glance said yes to a token whose identity came from the cache.
+    pub async fn revalidate(&self, caller: &HeaderMap) -> Resolved {
+        let Some(keystone) = &self.keystone else {
+            return Resolved::Exact;
+        };
+        let (resolved, cached) = self.resolve_with(keystone, caller, Lookup::Fresh).await;
+        self.count(&resolved, cached);
+        resolved
+    }
+
+    /// `identity_resolutions_total{result}`.
+    fn count(&self, resolved: &Resolved, cached: bool) {
+        let result = match (resolved, cached) {
+            (Resolved::Identity { .. }, true) => "cached",
+            (Resolved::Identity { .. }, false) => "keystone",
             (Resolved::Refused, _) => "invalid",
             (Resolved::Exact, _) => "fallback",
         };
         if let Some(metrics) = &self.metrics {
             metrics.identity_resolved(result);
         }
-        resolved
     }
 
-    /// `resolve` with Keystone, and whether every answer was cached.
-    async fn resolve_with(&self, keystone: &Keystone, caller: &HeaderMap) -> (Resolved, bool) {
+    /// `resolve` with Keystone, and whether every answer was cached (or another request's).
+    async fn resolve_with(
+        &self,
+        keystone: &Keystone,
+        caller: &HeaderMap,
+        lookup: Lookup,
+    ) -> (Resolved, bool) {
         // Two values of a token header reach Glance joined into one (which it refuses);
         // resolving either one alone would be another caller's answer. The exact
         // credentials (every value) key such a request.
@@ -268,64 +302,130 @@ impl Resolver {
         else {
             return (Resolved::Exact, false);
         };
-        let (user, cached) = match self.identity(keystone, token).await {
-            (Answer::Valid { identity, .. }, cached) => (identity, cached),
-            (Answer::Refused, cached) => return (Resolved::Refused, cached),
+        let (user, said) = match self.identity(keystone, token, lookup).await {
+            (Answer::Valid { identity, .. }, said) => (identity, said),
+            (Answer::Refused, said) => return (Resolved::Refused, said.cached()),
             (Answer::Unavailable, _) => return (Resolved::Exact, false),
         };
         let Some(service) = caller.get("x-service-token") else {
-            return (Resolved::Identity(user.into()), cached);
+            let resolved = Resolved::Identity {
+                identity: user.into(),
+                fresh: said.fresh(),
+            };
+            return (resolved, said.cached());
         };
-        match self.identity(keystone, service).await {
+        match self.identity(keystone, service, lookup).await {
             (Answer::Valid { identity, .. }, both) => (
-                Resolved::Identity(format!("{user} service {identity}").into()),
-                cached && both,
+                Resolved::Identity {
+                    identity: format!("{user} service {identity}").into(),
+                    fresh: said.fresh() && both.fresh(),
+                },
+                said.cached() && both.cached(),
             ),
-            (Answer::Refused, both) => (Resolved::Refused, cached && both),
+            (Answer::Refused, both) => (Resolved::Refused, said.cached() && both.cached()),
             (Answer::Unavailable, _) => (Resolved::Exact, false),
         }
     }
 
     /// `Keystone::identity`, timed when Keystone is asked.
-    async fn identity(&self, keystone: &Keystone, token: &HeaderValue) -> (Answer, bool) {
+    async fn identity(
+        &self,
+        keystone: &Keystone,
+        token: &HeaderValue,
+        lookup: Lookup,
+    ) -> (Answer, Said) {
         let started = std::time::Instant::now();
-        let (answer, cached) = keystone.identity(token).await;
-        if let (false, Some(metrics)) = (cached, &self.metrics) {
+        let (answer, said) = keystone.identity(token, lookup).await;
+        if let (Said::Asked, Some(metrics)) = (said, &self.metrics) {
             metrics.keystone_response(started.elapsed().as_secs_f64());
         }
-        (answer, cached)
+        (answer, said)
+    }
+}
+
+/// Whether a token's answer may come from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The cache, else a validation (joined if under way).
+    Cached,
+    /// Keystone, asked by this request (the cache updated with its answer).
+    Fresh,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    /// The cache (or, unavailable, the rest after Keystone went down).
+    Cache,
+    /// Another request's validation, joined while under way: Keystone's answer came during
+    /// this request too (a boot storm's requests with one new token keep their grants under
+    /// its identity without asking again).
+    Joined,
+    /// Keystone, asked by this request.
+    Asked,
+}
+
+impl Said {
+    /// Whether this request did not ask Keystone itself (the metric's "cached").
+    fn cached(self) -> bool {
+        self != Said::Asked
+    }
+
+    /// Whether Keystone gave the answer during this request.
+    fn fresh(self) -> bool {
+        self != Said::Cache
     }
 }
 
 impl Keystone {
     /// The token's identity: cached, or Keystone's answer (cached when it says), asked once
-    /// for every request with this token meanwhile; whether this request did not ask.
-    async fn identity(&self, token: &HeaderValue) -> (Answer, bool) {
+    /// for every request with this token meanwhile (`Lookup::Fresh`: asked by this request,
+    /// whatever the cache holds); where the answer came from.
+    async fn identity(&self, token: &HeaderValue, lookup: Lookup) -> (Answer, Said) {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(answer) = self.cached(&key) {
-            return (answer, true);
+        if lookup == Lookup::Cached {
+            if let Some(answer) = self.cached(&key) {
+                return (answer, Said::Cache);
+            }
         }
         if now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
-            return (Answer::Unavailable, true);
+            return (Answer::Unavailable, Said::Cache);
+        }
+        if lookup == Lookup::Fresh {
+            return (self.ask_and_remember(key, token).await, Said::Asked);
         }
         let boarding = self.board(key);
+        if boarding.flight.initialized() {
+            // Answered before this request came (about to leave the board): as the cache.
+            let answer = boarding
+                .flight
+                .get()
+                .cloned()
+                .unwrap_or(Answer::Unavailable);
+            return (answer, Said::Cache);
+        }
         let mut asked = false;
         let answer = boarding
             .flight
             .get_or_init(|| async {
                 asked = true;
-                let (answer, down) = self.ask(token).await;
-                if down {
-                    let until = now_ms().saturating_add(millis(RETRY_AFTER));
-                    self.down_until_ms.fetch_max(until, Ordering::Relaxed);
-                }
-                self.remember(key, &answer);
-                answer
+                self.ask_and_remember(key, token).await
             })
             .await
             .clone();
         drop(boarding);
-        (answer, !asked)
+        (answer, if asked { Said::Asked } else { Said::Joined })
+    }
+
+    /// Keystone's answer, remembered; Keystone rests for `RETRY_AFTER` when it is down.
+    async fn ask_and_remember(&self, key: [u8; 32], token: &HeaderValue) -> Answer {
+        let (answer, down) = self.ask(token).await;
+        if down {
+            let until = now_ms().saturating_add(millis(RETRY_AFTER));
+            self.down_until_ms.fetch_max(until, Ordering::Relaxed);
+        }
+        self.remember(key, &answer);
+        answer
     }
 
     /// The answer cached for this token hash, while it stands.
@@ -398,7 +498,7 @@ impl Keystone {
     }
 
     /// Keystone's answer about `token`, validating itself; whether Keystone is down (no
-    /// answer, or a 5xx: not asked again for `RETRY_AFTER`).
+    /// answer, none within `keystone_timeout`, or a 5xx: not asked again for `RETRY_AFTER`).
     async fn ask(&self, token: &HeaderValue) -> (Answer, bool) {
         let req = match Request::builder()
             .method(Method::GET)
@@ -413,7 +513,12 @@ impl Keystone {
                 return (Answer::Unavailable, false);
             }
         };
-        match self.upstream.call_service(req, MAX_ANSWER).await {
+        let call = self.upstream.call_service(req, MAX_ANSWER);
+        let Ok(answered) = tokio::time::timeout(self.timeout, call).await else {
+            tracing::warn!(url = %self.tokens_url, timeout_ms = millis(self.timeout), retry_after_s = RETRY_AFTER.as_secs(), "Keystone did not answer within auth.keystone_timeout; grants keyed by the exact credentials");
+            return (Answer::Unavailable, true);
+        };
+        match answered {
             Ok((status, _, body)) => {
                 let answer = interpret(status, &body);
                 if answer == Answer::Unavailable {
@@ -466,12 +571,17 @@ mod tests {
 
     /// A resolver whose Keystone accepts connections and never answers.
     async fn silent_keystone() -> (Resolver, tokio::net::TcpListener) {
+        silent_keystone_with("").await
+    }
+
+    /// `silent_keystone` with these `[auth]` lines.
+    async fn silent_keystone_with(auth: &str) -> (Resolver, tokio::net::TcpListener) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let text = format!(
-            "[upstream]\nurls = [\"http://127.0.0.1:9\"]\n[auth]\nkeystone_url = \"http://{addr}/v3\"\n"
+            "[upstream]\nurls = [\"http://127.0.0.1:9\"]\n[auth]\nkeystone_url = \"http://{addr}/v3\"\n{auth}"
         );
         let config = crate::config::Config::from_toml_str(&text, "test").expect("config");
         let metrics = Arc::new(Metrics::new());
@@ -507,6 +617,28 @@ mod tests {
         last.abort();
         let _ = last.await;
         assert_eq!(keystone().boarded(), 0, "nobody waits: gone");
+    }
+
+    /// Issue 29, hostile probe B: a Keystone that never answers holds a resolution up for
+    /// `keystone_timeout` (not `upstream.response_timeout`), then the exact credentials; and
+    /// it rests for `RETRY_AFTER`: the next token falls back at once, a revalidation too.
+    #[tokio::test]
+    async fn a_silent_keystone_is_waited_for_keystone_timeout_then_rests() {
+        let (resolver, _listener) = silent_keystone_with("keystone_timeout = \"200ms\"\n").await;
+        let mut caller = HeaderMap::new();
+        caller.insert("x-auth-token", HeaderValue::from_static("t1"));
+        let started = std::time::Instant::now();
+        assert_eq!(resolver.resolve(&caller).await, Resolved::Exact);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        caller.insert("x-auth-token", HeaderValue::from_static("t2"));
+        let started = std::time::Instant::now();
+        assert_eq!(resolver.resolve(&caller).await, Resolved::Exact);
+        assert_eq!(resolver.revalidate(&caller).await, Resolved::Exact);
+        assert!(started.elapsed() < Duration::from_millis(100), "resting");
     }
 
     #[test]

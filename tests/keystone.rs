@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{config, metric, pattern, send, FakeGlance, FakeKeystone, Got, TestProxy};
+use support::{config, metric, pattern, send, FakeGlance, FakeKeystone, Faults, Got, TestProxy};
 
 /// `identity_resolutions_total{result}`.
 async fn resolutions(proxy: &TestProxy, result: &str) -> f64 {
@@ -299,4 +299,112 @@ async fn two_tokens_in_one_request_use_no_identity_grant() {
     let _ = send(&url, "GET", &two, Bytes::new()).await;
     assert!(about(&glance) > before, "Glance asked: no grant used");
     assert_eq!(keystone.asked("junk"), 0, "neither token resolved alone");
+}
+
+/// Issue 29, hostile probe A: a token's identity cached as [reader], its roles changed to
+/// [member, reader] in Keystone and Glance (which validates afresh) says yes: the grant is not
+/// kept under the cached [reader] identity, so a new reader-only token of the same user, which
+/// Glance refuses, is not served from it. Keystone is asked again (the cache updated); the same
+/// identity again: kept under it.
+#[tokio::test]
+async fn a_grant_is_not_kept_under_an_identity_from_the_cache_that_keystone_no_longer_gives() {
+    let (glance, keystone, proxy, image) = setup("grant_ttl = \"60s\"\n").await;
+    let deny = |status| Faults {
+        deny_download: status,
+        ..Faults::default()
+    };
+    keystone.issue("carol-1", "carol", "p1", &["reader"]);
+    glance.set_faults(deny(Some(403)));
+    assert_eq!(get_as(&proxy, "img", "carol-1").await.status, 403, "reader");
+    // The member role added: Glance says yes to carol-1, whose [reader] identity is cached.
+    keystone.issue("carol-1", "carol", "p1", &["member", "reader"]);
+    glance.set_faults(deny(None));
+    let got = get_as(&proxy, "img", "carol-1").await;
+    assert!(got.status == 200 && got.body == image, "{}", got.status);
+    assert_eq!(
+        keystone.asked("carol-1"),
+        2,
+        "asked again after Glance's yes"
+    );
+    // The role removed again: a new reader-only token of carol.
+    keystone.issue("carol-2", "carol", "p1", &["reader"]);
+    glance.set_faults(deny(Some(403)));
+    let got = get_as(&proxy, "img", "carol-2").await;
+    assert_eq!(
+        got.status, 403,
+        "served from a grant kept under a stale identity"
+    );
+    // carol-1's identity, asked again, is cached as [member, reader]: Glance's yes to it is
+    // kept under that identity (Keystone gives the same), which a new token of it reads.
+    glance.set_faults(deny(None));
+    assert_eq!(get_as(&proxy, "img", "carol-1").await.status, 200);
+    assert_eq!(keystone.asked("carol-1"), 3);
+    keystone.issue("carol-3", "carol", "p1", &["member", "reader"]);
+    glance.set_faults(deny(Some(403)));
+    let got = get_as(&proxy, "img", "carol-3").await;
+    assert!(got.status == 200 && got.body == image, "{}", got.status);
+    assert_eq!(
+        asked(&glance, "img", "carol-3"),
+        0,
+        "on the identity's grant"
+    );
+}
+
+/// Issue 29, hostile probe B: a Keystone that accepts and never answers holds a request up
+/// for `auth.keystone_timeout`, not `upstream.response_timeout`; then the exact credentials,
+/// and Keystone rests for `RETRY_AFTER`.
+#[tokio::test]
+async fn a_hung_keystone_holds_a_request_up_for_keystone_timeout_only() {
+    let (glance, keystone, proxy, image) = setup("keystone_timeout = \"300ms\"\n").await;
+    keystone.issue("alice-7", "alice", "p1", &["member", "reader"]);
+    keystone.delay(Duration::from_secs(8));
+    let started = tokio::time::Instant::now();
+    let got = get_as(&proxy, "img", "alice-7").await;
+    assert!(got.status == 200 && got.body == image, "{}", got.status);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?} for Keystone",
+        started.elapsed()
+    );
+    assert!(asked(&glance, "img", "alice-7") > 0, "Glance asked");
+    assert!(resolutions(&proxy, "fallback").await >= 1.0);
+    // Within RETRY_AFTER: not asked again, the exact credentials at once.
+    let started = tokio::time::Instant::now();
+    assert_eq!(get_as(&proxy, "img", "bob-1").await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(keystone.asked("bob-1"), 0);
+}
+
+/// Issue 29, hostile probe A: Glance says yes to a token whose identity is cached and Keystone,
+/// asked again, cannot say: the grant is kept under the token's exact credentials alone, so
+/// another token of that identity, which Glance refuses, is not served from it.
+#[tokio::test]
+async fn a_cached_identity_keystone_cannot_confirm_keeps_the_grant_on_the_exact_credentials() {
+    let (glance, keystone, proxy, _) = setup("grant_ttl = \"60s\"\n").await;
+    let deny = |status| Faults {
+        deny_download: status,
+        ..Faults::default()
+    };
+    keystone.issue("dave-1", "dave", "p1", &["member", "reader"]);
+    glance.set_faults(deny(Some(403)));
+    assert_eq!(get_as(&proxy, "img", "dave-1").await.status, 403);
+    keystone.fail(true);
+    glance.set_faults(deny(None));
+    assert_eq!(get_as(&proxy, "img", "dave-1").await.status, 200);
+    assert_eq!(
+        keystone.asked("dave-1"),
+        2,
+        "asked again after Glance's yes"
+    );
+    keystone.fail(false);
+    tokio::time::sleep(glance_cache_proxy::identity::RETRY_AFTER + Duration::from_millis(100))
+        .await;
+    keystone.issue("dave-2", "dave", "p1", &["member", "reader"]);
+    glance.set_faults(deny(Some(403)));
+    assert_eq!(
+        get_as(&proxy, "img", "dave-2").await.status,
+        403,
+        "served on a grant Keystone did not confirm"
+    );
+    assert_eq!(keystone.asked("dave-2"), 1);
 }

@@ -224,6 +224,10 @@ pub struct IdentityConfig {
     /// on serving a revoked token while Keystone answers (keystonemiddleware's
     /// `token_cache_time`).
     pub cache_ttl: Duration,
+    /// How long Keystone's answer to a token's validation is waited for; past it, Keystone
+    /// cannot say (the exact credentials key the request, and Keystone rests for
+    /// `identity::RETRY_AFTER`), rather than the request waiting `upstream.response_timeout`.
+    pub keystone_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -361,6 +365,7 @@ impl Config {
             offline_grace: fmt_duration(self.auth.offline_grace),
             keystone_url: keystone_url.map(Url::to_string).unwrap_or_default(),
             identity_cache_ttl: fmt_duration(self.identity.cache_ttl),
+            keystone_timeout: fmt_duration(self.identity.keystone_timeout),
         }
     }
 
@@ -548,6 +553,24 @@ mod tests {
         check_err(
             "[auth]\nidentity_cache_ttl = \"2h\"\n",
             &["auth.identity_cache_ttl", "at most 1h"],
+        );
+        assert_eq!(default.identity.keystone_timeout, Duration::from_secs(5));
+        assert_eq!(
+            Config::from_toml_str("[auth]\nkeystone_timeout = \"750ms\"\n", "test.toml")
+                .expect("valid")
+                .identity
+                .keystone_timeout,
+            Duration::from_millis(750)
+        );
+        for bad in ["0s", "2m"] {
+            check_err(
+                &format!("[auth]\nkeystone_timeout = \"{bad}\"\n"),
+                &["auth.keystone_timeout", "at most 1m"],
+            );
+        }
+        check_err(
+            "[auth]\nkeystone_timeout = \"soon\"\n",
+            &["auth.keystone_timeout"],
         );
     }
 

@@ -142,6 +142,7 @@ pub struct RawAuth {
     pub offline_grace: String,
     pub keystone_url: String,
     pub identity_cache_ttl: String,
+    pub keystone_timeout: String,
 }
 
 impl Default for RawAuth {
@@ -151,6 +152,7 @@ impl Default for RawAuth {
             offline_grace: "0s".into(),
             keystone_url: String::new(),
             identity_cache_ttl: "5m".into(),
+            keystone_timeout: "5s".into(),
         }
     }
 }
@@ -396,6 +398,10 @@ const MAX_OFFLINE_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// token is served at most this long while Keystone answers).
 const MAX_IDENTITY_CACHE_TTL: Duration = Duration::from_secs(3600);
 
+/// Longest `auth.keystone_timeout`: a minute (every request with a token not yet resolved
+/// waits for Keystone's answer up to this long).
+const MAX_KEYSTONE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl RawAuth {
     pub(super) fn identity(&self, bad: Bad) -> Result<IdentityConfig, ConfigError> {
         let keystone_url = match self.keystone_url.trim() {
@@ -406,9 +412,17 @@ impl RawAuth {
         if cache_ttl > MAX_IDENTITY_CACHE_TTL {
             return Err(bad("auth.identity_cache_ttl", "must be at most 1h".into()));
         }
+        let keystone_timeout = duration(bad, "auth.keystone_timeout", &self.keystone_timeout)?;
+        if keystone_timeout.is_zero() || keystone_timeout > MAX_KEYSTONE_TIMEOUT {
+            return Err(bad(
+                "auth.keystone_timeout",
+                "must be more than 0s and at most 1m".into(),
+            ));
+        }
         Ok(IdentityConfig {
             keystone_url,
             cache_ttl,
+            keystone_timeout,
         })
     }
 

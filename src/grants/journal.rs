@@ -3,12 +3,17 @@
 //!
 //! A text file, rewritten whole (temp file, fsync, rename, fsync of the directory) by the
 //! saver at most once a second, so a crash leaves the old or the new file, never a torn one.
-//! First line `glance-cache-proxy grants 3 <the secret's fingerprint>`, then the records the
+//! First line `glance-cache-proxy grants 4 <the secret's fingerprint>`, then the records the
 //! grants keep, once each:
-//! `record <sha256 of the JSON, hex> <the JSON as Glance sent it, on one line>`, then one
+//! `<mac> record <sha256 of the JSON, hex> <the JSON as Glance sent it, on one line>`, then one
 //! grant a line:
-//! `grant <caller key, hex> <granted, unix ms> <size> <md5|-> <os_hash_algo|-> <os_hash_value|->
-//! <record sha256|-> <image id>`. Caller keys are HMACs with the install's secret, kept beside
+//! `<mac> grant <caller key, hex> <granted, unix ms> <size> <md5|-> <os_hash_algo|->
+//! <os_hash_value|-> <record sha256|-> <image id>`. `<mac>` is an HMAC of the rest of the line
+//! with the install's secret (`Secret::line_mac`): a line whose MAC does not verify (copied
+//! from a journal of another install, or edited) is skipped and counted (`Skipped`, in the
+//! read-back log line), never trusted. A version 3 journal (no MACs) is ignored with one
+//! warning: grants are a cache of Glance's answers, losing them once on upgrade is safe.
+//! Caller keys are HMACs with the install's secret, kept beside
 //! the journal in `grants.key` (hex, mode 0600, made on first start): only keys are written,
 //! never a token, and without the secret a key tells nothing of who it is (noauth's headers
 //! are easy to guess; a bare hash of them is not). A journal whose first line names another
@@ -37,13 +42,28 @@ use crate::disk::is_storable_id;
 pub const FILE: &str = "grants";
 /// The secret's file, beside the journal.
 pub const SECRET_FILE: &str = "grants.key";
-const HEADER: &str = "glance-cache-proxy grants 3";
+const HEADER: &str = "glance-cache-proxy grants 4";
+/// The header of the format before lines had MACs (issue 29, hostile probe C).
+const HEADER_V3: &str = "glance-cache-proxy grants 3";
 
 /// The grants a journal held.
 pub type Loaded = Vec<(Key, Grant)>;
 
+/// Lines of the journal read back and skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Not UTF-8, too long, or not a record or a grant.
+    pub unreadable: usize,
+    /// Their MAC does not verify with the install's secret.
+    pub unverified: usize,
+}
+
 pub struct Journal {
     path: PathBuf,
+    /// The install's secret: each line's MAC.
+    secret: Secret,
+    /// What reading the journal back skipped (for the read-back log line).
+    skipped: Skipped,
     /// Names this instance's temp file.
     id: uuid::Uuid,
     /// The first line: the header and the secret's fingerprint.
@@ -62,22 +82,36 @@ impl Journal {
         let opened = match made {
             true => File::open(&path).map(|_| {
                 tracing::warn!(path = %path.display(), "a grants file without its secret; ignored");
-                Vec::new()
+                (Vec::new(), Skipped::default())
             }),
-            false => File::open(&path).and_then(|f| read(BufReader::new(f), &path, &first)),
+            false => {
+                File::open(&path).and_then(|f| read(BufReader::new(f), &path, &first, &secret))
+            }
         };
-        let grants = match opened {
-            Ok(grants) => grants,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        let (grants, skipped) = match opened {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), Skipped::default()),
             Err(e) => {
                 let aside = path.with_extension("bad");
                 let moved = fs::rename(&path, &aside);
                 tracing::error!(path = %path.display(), error = %e, set_aside = moved.is_ok(), "cannot read the remembered grants; starting without them");
-                Vec::new()
+                (Vec::new(), Skipped::default())
             }
         };
         let id = uuid::Uuid::new_v4();
-        Ok((Journal { path, id, first }, secret, grants))
+        let journal = Journal {
+            path,
+            secret: secret.clone(),
+            skipped,
+            id,
+            first,
+        };
+        Ok((journal, secret, grants))
+    }
+
+    /// What reading the journal back skipped.
+    pub fn skipped(&self) -> Skipped {
+        self.skipped
     }
 
     /// Replace the file's grants with these, durably; how many were written.
@@ -97,9 +131,13 @@ impl Journal {
             if let Some(json) = grant.record.as_ref().and_then(|r| one_line(r)) {
                 let sha = sha_hex(json.as_bytes());
                 if records.insert(sha.clone()) {
-                    text.push_str(&format!("record {sha} {json}\n"));
+                    let record = format!("record {sha} {json}");
+                    let mac = self.secret.line_mac(&record);
+                    text.push_str(&format!("{mac} {record}\n"));
                 }
             }
+            lines.push_str(&self.secret.line_mac(&line));
+            lines.push(' ');
             lines.push_str(&line);
             lines.push('\n');
             n += 1;
@@ -184,25 +222,46 @@ fn load_or_make_secret(path: &Path) -> io::Result<(Secret, bool)> {
     Ok((Secret::from_bytes(&bytes), true))
 }
 
-fn read(mut input: impl BufRead, path: &Path, header: &str) -> io::Result<Vec<(Key, Grant)>> {
+/// The grants of a journal whose first line is `header`, each line's MAC verified with
+/// `secret`; what was skipped.
+fn read(
+    mut input: impl BufRead,
+    path: &Path,
+    header: &str,
+    secret: &Secret,
+) -> io::Result<(Loaded, Skipped)> {
+    let none = || Ok((Vec::new(), Skipped::default()));
     match next_line(&mut input)? {
         Some(Some(first)) if first == header => {}
         Some(Some(first)) if first.starts_with(HEADER) => {
             tracing::warn!(path = %path.display(), "a grants file keyed with another secret; ignored");
-            return Ok(Vec::new());
+            return none();
         }
-        None => return Ok(Vec::new()),
+        Some(Some(first)) if first.starts_with(HEADER_V3) => {
+            tracing::warn!(path = %path.display(), "a grants file of the previous format (lines without MACs); ignored: grants are asked of Glance again");
+            return none();
+        }
+        None => return none(),
         Some(_) => {
             tracing::warn!(path = %path.display(), "not a grants file this version reads; ignored");
-            return Ok(Vec::new());
+            return none();
         }
     }
-    let (mut grants, mut records, mut bad) = (Vec::new(), HashMap::new(), 0);
+    let (mut grants, mut records) = (Vec::new(), HashMap::new());
+    let mut skipped = Skipped::default();
     while let Some(line) = next_line(&mut input)? {
-        let Some(text) = line else {
-            bad += 1;
+        let Some(line) = line else {
+            skipped.unreadable += 1;
             continue;
         };
+        let Some((mac, text)) = line.split_once(' ') else {
+            skipped.unreadable += 1;
+            continue;
+        };
+        if !secret.verifies_line(text, mac) {
+            skipped.unverified += 1;
+            continue;
+        }
         let parsed = match text.split_once(' ') {
             Some(("record", rest)) => parse_record(rest).map(|(sha, r)| {
                 records.insert(sha, r);
@@ -211,13 +270,13 @@ fn read(mut input: impl BufRead, path: &Path, header: &str) -> io::Result<Vec<(K
             _ => None,
         };
         if parsed.is_none() {
-            bad += 1;
+            skipped.unreadable += 1;
         }
     }
-    if bad > 0 {
-        tracing::warn!(path = %path.display(), lines = bad, "unreadable lines in the grants file skipped");
+    if skipped != Skipped::default() {
+        tracing::warn!(path = %path.display(), unreadable = skipped.unreadable, unverified = skipped.unverified, "lines of the grants file skipped");
     }
-    Ok(grants)
+    Ok((grants, skipped))
 }
 
 /// One grant's line; `None` for an id that cannot be written on one line.
@@ -423,7 +482,9 @@ mod tests {
         assert_eq!(n, 3);
         let text = fs::read_to_string(&path).expect("read");
         assert_eq!(
-            text.matches("\nrecord ").count(),
+            text.lines()
+                .filter(|l| l.split(' ').nth(1) == Some("record"))
+                .count(),
             1,
             "a shared record is written once"
         );
@@ -448,6 +509,72 @@ mod tests {
         line(&key("t", "img"), &grant(5, expected)).expect("line")
     }
 
+    /// `line` with its MAC, as `Journal::write` writes it.
+    fn signed(journal: &Journal, line: &str) -> String {
+        format!("{} {line}", journal.secret.line_mac(line))
+    }
+
+    /// Issue 29, hostile probe C: each line carries an HMAC with the install's secret; a line
+    /// copied from another install's journal, or edited, is skipped and counted, never trusted;
+    /// a journal of the previous format (no MACs) is ignored.
+    #[test]
+    fn a_copied_or_edited_line_is_not_trusted() {
+        let (ours, theirs) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let (path, their_path) = (ours.path().join(FILE), theirs.path().join(FILE));
+        let one = |size| Expected {
+            size,
+            md5: Some("ab".repeat(16)),
+            os_hash: None,
+        };
+        let mine = [(key("t", "img-1"), grant(1_000, one(1)))];
+        let (journal, _, _) = Journal::open(path.clone()).expect("open");
+        journal
+            .write(mine.iter().map(|(k, g)| (k, g)))
+            .expect("write");
+        let foreign = [(key("t", "img-2"), grant(2_000, one(2)))];
+        let (their_journal, _, _) = Journal::open(their_path.clone()).expect("open");
+        their_journal
+            .write(foreign.iter().map(|(k, g)| (k, g)))
+            .expect("write");
+        let text = fs::read_to_string(&path).expect("read");
+        let their_text = fs::read_to_string(&their_path).expect("read");
+        let copied = their_text.lines().nth(1).expect("their grant line");
+        assert!(copied.ends_with(" img-2"), "{copied}");
+        fs::write(&path, format!("{text}{copied}\n")).expect("write");
+        let (journal, _, back) = Journal::open(path.clone()).expect("open");
+        assert_eq!(back, mine, "the copied line is not trusted");
+        assert_eq!(journal.skipped().unverified, 1);
+        // Edited: an older grant made younger.
+        let edited = text.replacen(" 1000 ", " 9000 ", 1);
+        assert_ne!(edited, text);
+        fs::write(&path, &edited).expect("write");
+        let (journal, _, back) = Journal::open(path.clone()).expect("open");
+        assert!(back.is_empty(), "the edited line is not trusted");
+        assert_eq!(journal.skipped().unverified, 1);
+        // The previous format (version 3: the same lines without MACs): ignored.
+        let v3: Vec<String> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| match i {
+                0 => l.replacen(HEADER, HEADER_V3, 1),
+                _ => l
+                    .split_once(' ')
+                    .map(|(_, rest)| rest.to_string())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        fs::write(&path, v3.join("\n") + "\n").expect("write");
+        let (journal, _, back) = Journal::open(path.clone()).expect("open");
+        assert!(back.is_empty(), "a version 3 journal is ignored");
+        assert_eq!(journal.skipped(), Skipped::default(), "as a whole");
+        // Round trip: its own lines are trusted.
+        fs::write(&path, &text).expect("write");
+        assert_eq!(Journal::open(path).expect("open").2, mine);
+    }
+
     #[test]
     fn bad_lines_are_skipped_and_foreign_files_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -468,11 +595,24 @@ mod tests {
             format!("record {} {body}", "0".repeat(64)),
             format!("grant {hexkey} 5 1 - - - {} img", "0".repeat(64)),
         ];
-        let first = Journal::open(path.clone()).expect("open").0.first;
-        let text = format!("{first}\n{}\n{good}\n", bad.join("\n"));
+        let journal = Journal::open(path.clone()).expect("open").0;
+        let bad: Vec<String> = bad.iter().map(|l| signed(&journal, l)).collect();
+        let text = format!(
+            "{}\n{}\n{}\nno mac at all\n",
+            journal.first,
+            bad.join("\n"),
+            signed(&journal, &good)
+        );
         fs::write(&path, text).expect("write");
-        let (_, _, back) = Journal::open(path.clone()).expect("open");
+        let (again, _, back) = Journal::open(path.clone()).expect("open");
         assert_eq!(back.len(), 1, "only the good line: {back:?}");
+        assert_eq!(
+            again.skipped(),
+            Skipped {
+                unreadable: bad.len(),
+                unverified: 1
+            }
+        );
         fs::write(&path, format!("something else\n{good}\n")).expect("write");
         assert!(Journal::open(path.clone()).expect("open").2.is_empty());
         fs::write(&path, b"").expect("write");
@@ -484,7 +624,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(FILE);
         let good = good_line(None, Some((HashAlgo::Sha256, "ab".repeat(32))));
-        let first = Journal::open(path.clone()).expect("open").0.first;
+        let journal = Journal::open(path.clone()).expect("open").0;
+        let (first, good) = (&journal.first, signed(&journal, &good));
         let mut text = format!("{first}\n").into_bytes();
         text.extend_from_slice(b"grant \xff\xfe not utf-8\n");
         text.extend(std::iter::repeat_n(b'x', (MAX_LINE + 10) as usize));

@@ -2,7 +2,9 @@
 //! key what Glance says to it is kept under. With `[auth] keystone_url`, a grant Glance gives
 //! a token Keystone vouched for is kept under the identity (what its renewed tokens share)
 //! and under the token's exact credentials (what that very token is keyed by when Keystone
-//! cannot be asked); a refusal ends both.
+//! cannot be asked); a refusal ends both. Only an identity Keystone gave during the request
+//! keeps a grant (`fresh`): one from the identity cache may be up to `identity_cache_ttl` old
+//! (the token's roles changed since), while Glance decided with its own fresh validation.
 
 use crate::auth::CallerKey;
 
@@ -13,10 +15,13 @@ pub enum Who {
     /// Keyed by the exact credentials: no Keystone URL, no token, or Keystone unavailable.
     Exact(CallerKey),
     /// Keystone says the token is this identity (`Grants::caller_identity`); `exact` is the
-    /// token's own credentials (`Grants::caller`).
+    /// token's own credentials (`Grants::caller`); `fresh`: Keystone said so during this
+    /// request (else the identity cache did, and a "yes" is kept under `exact` alone until
+    /// `image::Context::confirm` has asked Keystone again).
     Identity {
         identity: CallerKey,
         exact: CallerKey,
+        fresh: bool,
     },
     /// Keystone refused the token: no grant is read or kept, and its exact credentials' grant
     /// ends (`Grants::standing`), so that it is not served once Keystone cannot be asked.
@@ -33,11 +38,16 @@ impl Who {
         }
     }
 
-    /// Every key a "yes" Glance gives the request is kept under.
+    /// Every key a "yes" Glance gives the request is kept under: an identity's only when
+    /// Keystone gave it during the request.
     pub fn keeps(self) -> impl Iterator<Item = CallerKey> {
         let (a, b) = match self {
             Who::Exact(key) => (Some(key), None),
-            Who::Identity { identity, exact } => (Some(identity), Some(exact)),
+            Who::Identity {
+                identity,
+                exact,
+                fresh,
+            } => (fresh.then_some(identity), Some(exact)),
             Who::Refused { .. } => (None, None),
         };
         a.into_iter().chain(b)
@@ -47,9 +57,17 @@ impl Who {
     pub fn ends(self) -> impl Iterator<Item = CallerKey> {
         let (a, b) = match self {
             Who::Exact(key) | Who::Refused { exact: key } => (Some(key), None),
-            Who::Identity { identity, exact } => (Some(identity), Some(exact)),
+            Who::Identity {
+                identity, exact, ..
+            } => (Some(identity), Some(exact)),
         };
         a.into_iter().chain(b)
+    }
+
+    /// Whether what a "yes" keeps waits on Keystone being asked again: an identity from the
+    /// cache.
+    pub fn stale(self) -> bool {
+        matches!(self, Who::Identity { fresh: false, .. })
     }
 }
 
@@ -76,12 +94,27 @@ mod tests {
     fn an_identity_keeps_and_ends_under_both_keys_a_refused_token_keeps_nothing() {
         let (identity, exact) = keys();
         check(Who::Exact(exact), Some(exact), &[exact], &[exact]);
+        let fresh = Who::Identity {
+            identity,
+            exact,
+            fresh: true,
+        };
         check(
-            Who::Identity { identity, exact },
+            fresh,
             Some(identity),
             &[identity, exact],
             &[identity, exact],
         );
+        assert!(!fresh.stale());
+        // An identity from the cache (issue 29, hostile probe A): read by, ended, but a "yes"
+        // is kept under the exact credentials only.
+        let cached = Who::Identity {
+            identity,
+            exact,
+            fresh: false,
+        };
+        check(cached, Some(identity), &[exact], &[identity, exact]);
+        assert!(cached.stale());
         check(Who::Refused { exact }, None, &[], &[exact]);
     }
 }

@@ -203,7 +203,8 @@ pub(super) fn answered_error(e: &Error) -> Answered {
 }
 
 /// Apply what a step teaches: Glance's "yes" granted (dated by the question; `expected` and
-/// `json` are what it said about the image), a refusal ending the caller's grant, an image
+/// `json` are what it said about the image; under an identity from the cache only once
+/// Keystone, asked again, gives the same: `Context::confirm`), a refusal ending the caller's grant, an image
 /// gone evicted (and with it every caller's grant: `Cache::on_removed`).
 pub(super) async fn apply(
     ctx: &Context<'_>,
@@ -220,6 +221,14 @@ pub(super) async fn apply(
         ctx.grants.refused(ask.who, ask.image_id);
     }
     if let (true, Some((expected, json))) = (effects.grant, granted) {
+        // A grant is kept under an identity only if Keystone gave it during this request
+        // (no need to ask when no window ever reads a grant).
+        let windows = ctx.grants.windows();
+        let used = !(windows.grant_ttl.is_zero() && windows.offline_grace.is_zero());
+        let who = match ask.who.stale() && used {
+            true => ctx.confirm(&ask.caller, ask.who).await,
+            false => ask.who,
+        };
         let asked = Asked {
             at_ms: ask.asked_ms,
             seq: ask.ticket,
@@ -227,7 +236,7 @@ pub(super) async fn apply(
             json,
             v2: ask.api == Api::V2,
         };
-        ctx.grants.granted(ask.who, ask.image_id, asked);
+        ctx.grants.granted(who, ask.image_id, asked);
     }
 }
 

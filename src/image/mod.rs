@@ -67,10 +67,41 @@ impl Context<'_> {
     /// resolves it, else its exact identity headers; none when Keystone refuses the token.
     pub async fn who(&self, caller: &HeaderMap) -> Who {
         let exact = self.grants.caller(caller);
-        match self.identity.resolve(caller).await {
-            Resolved::Identity(identity) => Who::Identity {
+        let resolved = self.identity.resolve(caller).await;
+        self.who_is(exact, resolved)
+    }
+
+    /// `who` of a request whose `who` came from the identity cache (`Who::stale`), asked
+    /// again now that Glance said yes: Keystone is asked again (bypassing and updating the
+    /// cache). The same identity: kept under it too; another, or Keystone cannot say: under
+    /// the exact credentials alone; the token refused now: kept under none. Any other `who`
+    /// as it is.
+    pub async fn confirm(&self, caller: &HeaderMap, who: Who) -> Who {
+        let Who::Identity {
+            identity,
+            exact,
+            fresh: false,
+        } = who
+        else {
+            return who;
+        };
+        match self.who_is(exact, self.identity.revalidate(caller).await) {
+            now @ Who::Identity {
+                identity: same,
+                fresh: true,
+                ..
+            } if same == identity => now,
+            Who::Identity { .. } | Who::Exact(_) => Who::Exact(exact),
+            refused @ Who::Refused { .. } => refused,
+        }
+    }
+
+    fn who_is(&self, exact: crate::auth::CallerKey, resolved: Resolved) -> Who {
+        match resolved {
+            Resolved::Identity { identity, fresh } => Who::Identity {
                 identity: self.grants.caller_identity(&identity),
                 exact,
+                fresh,
             },
             Resolved::Refused => Who::Refused { exact },
             Resolved::Exact => Who::Exact(exact),

@@ -1,7 +1,8 @@
 //! A Keystone stand-in for token validation (`GET /v3/auth/tokens`, the token as its own
 //! subject, as Keystone 30 answers it): known tokens are 200 with their user, project and
-//! roles, an unknown subject 404, a revoked token 401; `fail` makes every answer 503, `delay`
-//! slows every answer, `stop` refuses connections. Counts the validations per token.
+//! roles (`issue` again changes them), an unknown subject 404, a revoked token 401; `fail`
+//! makes every answer 503, `delay` slows (or, long, stalls) every answer, `stop` refuses
+//! connections. Counts the validations per token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,7 +75,8 @@ impl FakeKeystone {
         }
     }
 
-    /// `token` is `user` in `project` with `roles`.
+    /// `token` is `user` in `project` with `roles` (again: the token's roles changed, as
+    /// when an admin adds or removes a role: Keystone's validation says the new ones).
     pub fn issue(&self, token: &str, user: &str, project: &str, roles: &[&str]) {
         self.state.lock().expect("lock").tokens.insert(
             token.to_string(),
