@@ -13,6 +13,9 @@
 #    same three transfers (receive from Glance, write the cache file, send it to the client)
 #    with no hashing, as what those transfers cost on this machine, in the same rounds;
 #  - 64 clients asking for a cold image at once: one upstream download, total time;
+#  - READERS (default 8) clients asking for the cold image at once, ROUNDS rounds: one
+#    upstream download; the wall time until all are done and the proxy's CPU-seconds per GB
+#    served (the coalesced readers of a miss, issue 30 point 3);
 #  - with BASELINE_BIN=path/to/an/older/glance-cache-proxy, the same for that build in the same
 #    run: its rounds interleave with this build's, the order flipped every round.
 # Targets (ratios from this one run): miss rate >= 0.75 x min(one-core SHA-512, Glance
@@ -29,6 +32,7 @@ IMAGE_MIB=${1:-1024}
 ROUNDS=${2:-3}
 HERD_MIB=${3:-256}
 HERD=64
+READERS=${READERS:-8}
 LAUNCHER=scripts/glance-upstream/glance-upstream.sh
 NEW_BIN=target/release/glance-cache-proxy
 
@@ -173,6 +177,32 @@ for r in $(seq "$ROUNDS"); do
     for b_ in "${order[@]}"; do miss "$b_" >> "$work/miss-$b_"; done
     nginx_miss "$r" >> "$work/nginx"
 done
+# Coalesced readers: READERS clients of the cold image at once, per build, rounds interleaved.
+readers() { # NAME -> "seconds cpu_seconds downloads short" (CPU until all are done and committed)
+    local c0 t0 i n0 n1 p t short=0 hp=()
+    n0=$(grep -c "GET /v2/images/$a/file HTTP/1.1\" 200" "$gdata/log/access.log" || true)
+    c0=$(cpu_ticks "${pid[$1]}")
+    t0=$(now)
+    for i in $(seq "$READERS"); do
+        (timeout 900 curl -sf -o /dev/null -w '%{size_download}' -H 'X-Auth-Token: noauth' \
+            "${url[$1]}/v2/images/$a/file" > "$work/reader.$i") &
+        hp+=($!)
+    done
+    for p in "${hp[@]}"; do wait "$p" || true; done
+    t=$(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}')
+    committed "$work/cache-$1" "$a"
+    for i in $(seq "$READERS"); do [[ $(cat "$work/reader.$i") == "$bytes" ]] || short=$((short + 1)); done
+    n1=$(grep -c "GET /v2/images/$a/file HTTP/1.1\" 200" "$gdata/log/access.log" || true)
+    echo "$t $(calc "($(cpu_ticks "${pid[$1]}") - $c0) / $hz") $((n1 - n0)) $short"
+    drop "$1" "$a"
+}
+for b_ in "${builds[@]}"; do : > "$work/readers-$b_"; done
+for r in $(seq "$ROUNDS"); do
+    order=("${builds[@]}")
+    if (( r % 2 == 1 )); then order=($(printf '%s\n' "${builds[@]}" | tac)); fi
+    for b_ in "${order[@]}"; do readers "$b_" >> "$work/readers-$b_"; done
+done
+
 t_direct=$(median < "$work/direct")
 direct_gbps=$(calc "$gb / $t_direct")
 min_rate=$(awk -v s="$sha_cpu" -v d="$direct_gbps" 'BEGIN{print (s < d ? s : d)}')
@@ -227,6 +257,17 @@ if [[ -n ${BASELINE_BIN:-} ]]; then
         printf "\nThis build vs the baseline, round by round: faster in %d of %d, less CPU in %d of %d.\n", f, NR, c, NR}'
 fi
 echo
+served=$(calc "$READERS * $gb")
+echo "| coalesced readers: ${READERS} clients of one cold ${IMAGE_MIB} MiB image (median of $ROUNDS) | all done (s) | proxy CPU-s per GB served | downloads from Glance, short bodies (all rounds) | rounds: seconds, CPU-s |"
+echo "| --- | --- | --- | --- | --- |"
+for b_ in "${builds[@]}"; do
+    t=$(awk '{print $1}' "$work/readers-$b_" | median)
+    c=$(awk '{print $2}' "$work/readers-$b_" | median)
+    name="this build"; [[ $b_ == base ]] && name="baseline"
+    echo "| $name | $t | $(calc "$c / $served") | $(awk '{d += $3; s += $4} END {print d ", " s}' "$work/readers-$b_") | $(awk '{print $1, $2}' "$work/readers-$b_" | tr '\n' ';' | sed 's/;$//; s/;/; /g') |"
+    awk -v r="$ROUNDS" '{d += $3; s += $4} END {exit !(d == r && s == 0)}' "$work/readers-$b_" || fail_readers=1
+done
+echo
 echo "| cold herd: ${HERD} clients, one ${HERD_MIB} MiB image | all done (s) | downloads from Glance | wrong bodies (cksum) |"
 echo "| --- | --- | --- | --- |"
 fail=0
@@ -237,3 +278,4 @@ for b_ in "${builds[@]}"; do
     [[ $n == 1 && $bad == 0 ]] || fail=1
 done
 [[ $fail == 0 ]] || { echo "FAIL: herd"; exit 1; }
+[[ -z ${fail_readers:-} ]] || { echo "FAIL: coalesced readers (more than one download, or a short body)"; exit 1; }

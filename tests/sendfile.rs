@@ -166,6 +166,53 @@ async fn a_miss_is_sent_to_its_own_client_with_sendfile() {
     );
 }
 
+/// Issue 30: readers that join a miss in progress are sent the growing file with sendfile
+/// too, byte-exact, while the fill runs; one download from Glance for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_readers_of_a_miss_are_sent_the_growing_file_with_sendfile() {
+    let glance = FakeGlance::start().await;
+    let proxy = TestProxy::start(config(&[&glance.url], "")).await;
+    let data = pattern(4 << 20, 122);
+    glance.add_image("img", data.clone());
+    // A slow Glance: the fill is still running when the others join.
+    glance.set_faults(Faults {
+        drip: Some(Duration::from_millis(5)),
+        ..Faults::default()
+    });
+    let url = format!("{}/v2/images/img/file", proxy.url);
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { get(&url).await }
+    });
+    let tmp = proxy.cache_dir.join("tmp");
+    support::until(|| std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some())).await;
+    let joined: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    let mut all = vec![first.await.expect("task")];
+    for j in joined {
+        all.push(j.await.expect("task"));
+    }
+    for (i, got) in all.iter().enumerate() {
+        assert_eq!(got.status, 200, "reader {i}");
+        assert!(got.body_error.is_none(), "reader {i}: {:?}", got.body_error);
+        assert!(got.body == data, "reader {i}: other bytes");
+    }
+    assert_eq!(
+        glance.downloads("img"),
+        1,
+        "the readers joined the one fill"
+    );
+    assert_eq!(
+        proxy.sendfile_bytes(),
+        4 * data.len() as u64,
+        "every byte of every reader went out with sendfile"
+    );
+}
+
 /// Issue 26: two proxies in one process count their own sendfile bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_in_one_process_count_their_own_bytes() {

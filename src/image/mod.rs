@@ -475,12 +475,24 @@ fn respond_cached(
             let hooks = hooks(cache, Some(&hit), whole);
             conn.body(hit.file(), span.clone(), hooks).boxed_unsync()
         }
-        (source, _) => {
-            let hooks = match &source {
-                Source::Entry(hit) => hooks(cache, Some(hit), whole),
-                Source::Filling(_) => hooks(cache, None, false),
-            };
+        // A join: the growing file, as spans the connection sends with sendfile when it can
+        // (`body::follow` chooses), as reads otherwise.
+        (source @ Source::Filling(_), zero_copy) => {
+            let hooks = hooks(cache, None, false);
             let fallback = fallback(ctx.upstream, ask, size);
+            let zero_copy = zero_copy.cloned();
+            follow(
+                source.reader(),
+                span.clone(),
+                Some(fallback),
+                hooks,
+                zero_copy,
+            )
+        }
+        (Source::Entry(hit), None) => {
+            let hooks = hooks(cache, Some(&hit), whole);
+            let fallback = fallback(ctx.upstream, ask, size);
+            let source = Source::Entry(hit);
             follow(source.reader(), span.clone(), Some(fallback), hooks, None)
         }
     };

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes};
 
+use super::rescue::Rescue;
+
 /// Length of the placeholder region, and so of the largest `FileChunk`.
 pub const PLACEHOLDER_LEN: usize = 16 << 20;
 
@@ -115,6 +117,8 @@ pub struct SendJob {
     pub poisoned: Arc<AtomicBool>,
     /// `done` runs when the job is dropped with every byte sent (counting a cache hit).
     hooks: Mutex<Hooks>,
+    /// A followed image's fallback: what the IO writes instead when the file cannot be read.
+    pub rescue: Option<Arc<Rescue>>,
 }
 
 impl SendJob {
@@ -123,6 +127,7 @@ impl SendJob {
         span: std::ops::Range<u64>,
         poisoned: Arc<AtomicBool>,
         hooks: Hooks,
+        rescue: Option<Arc<Rescue>>,
     ) -> Arc<SendJob> {
         Arc::new(SendJob {
             file,
@@ -132,6 +137,7 @@ impl SendJob {
             consumed: AtomicU64::new(0),
             poisoned,
             hooks: Mutex::new(hooks),
+            rescue,
         })
     }
 

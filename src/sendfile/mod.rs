@@ -8,8 +8,10 @@
 //! guards the contract: if hyper ever consumes placeholder bytes that sendfile did not send,
 //! the connection is poisoned and refuses every later write (ARCHITECTURE.md, "Zero-copy never
 //! sends placeholder bytes").
-//! The client whose miss started a fill is served the same way from the growing file: its
-//! reader queues one job per span once the span's bytes are written (`Conn::file_chunk`).
+//! The readers of a fill (the client whose miss started it, and coalesced ones) are served
+//! the same way from the growing file: each queues one job per span once the span's bytes are
+//! written (`Conn::file_chunk`). A read error of such a span continues from the reader's
+//! fallback (`Rescue`) instead of failing the connection, as a hit's does.
 //!
 //! sendfile waits for the disk when its pages are not in the page cache, which would stall a
 //! runtime thread and every request on it. So a `Warmer` keeps a window ahead of each
@@ -33,9 +35,11 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 mod chunk;
+mod rescue;
 
 use chunk::{is_placeholder, SendJob};
 pub use chunk::{Chunk, FileChunk, Hooks, OnDiskError, OnDone, PLACEHOLDER_LEN};
+pub use rescue::{Rescue, RestBody, RestFuture, Resume, Taken};
 
 /// A body's error; the same type as `body::BoxError` (this module sits below `body`).
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,7 +110,7 @@ impl Conn {
         let _ = crate::sys::advise_sequential(&*file, span.start, span.end - span.start);
         FileBody {
             conn: Arc::clone(self),
-            job: SendJob::new(file, span, Arc::clone(&self.poisoned), hooks),
+            job: SendJob::new(file, span, Arc::clone(&self.poisoned), hooks, None),
             queued: false,
             yielded: 0,
         }
@@ -117,15 +121,19 @@ impl Conn {
     /// One chunk of `span` of `file` (at most `PLACEHOLDER_LEN` bytes), queued at once to be
     /// sent with sendfile: for a body that produces a file's bytes piece by piece (a reader
     /// following a fill), calling this from its `poll_frame` and yielding the chunk
-    /// directly. Every byte of the span must already be in the file.
+    /// directly. Every byte of the span must already be in the file. With a `rescue`, a
+    /// read error of the file continues from the rescue's fallback instead of failing the
+    /// connection (`rescue`).
     pub fn file_chunk(
         self: &Arc<Self>,
         file: Arc<std::fs::File>,
         span: std::ops::Range<u64>,
+        rescue: Option<Arc<Rescue>>,
     ) -> Chunk {
         let len = (span.end.saturating_sub(span.start)).min(PLACEHOLDER_LEN as u64);
         let span = span.start..span.start + len;
-        let job = SendJob::new(file, span, Arc::clone(&self.poisoned), Hooks::default());
+        let poisoned = Arc::clone(&self.poisoned);
+        let job = SendJob::new(file, span, poisoned, Hooks::default(), rescue);
         self.jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -319,6 +327,9 @@ impl<S: Socket> SendfileIo<S> {
             return Poll::Ready(Err(io::Error::other("sendfile: placeholder without a job")));
         };
         let sent = job.sent.load(Ordering::Acquire);
+        if job.rescue.as_ref().is_some_and(|r| r.active()) {
+            return self.poll_rescued(cx, &job, max);
+        }
         let counters = &self.conn.counters;
         let resident = ready!(self.warmer.poll_ready(cx, &job, job.start + sent, counters));
         let count = (job.len - sent).min(resident).min(MAX_CALL) as usize;
@@ -338,30 +349,66 @@ impl<S: Socket> SendfileIo<S> {
                         io::ErrorKind::UnexpectedEof,
                         "cached file shorter than announced",
                     );
-                    job.disk_failed(&e);
-                    return Poll::Ready(Err(e));
+                    return self.read_failed(cx, &job, max, e);
                 }
                 Ok(n) => {
-                    let sent = job.sent.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
                     self.conn
                         .counters
                         .sent
                         .fetch_add(n as u64, Ordering::Relaxed);
-                    if sent >= job.len {
-                        self.cork(false); // pushes the tail out now
-                    }
-                    return Poll::Ready(Ok(n));
+                    return Poll::Ready(Ok(self.advance(&job, n)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => {
-                    // EIO comes from reading the file (socket errors are EPIPE, ECONNRESET...).
-                    if e.raw_os_error() == Some(crate::sys::EIO) {
-                        job.disk_failed(&e);
-                    }
-                    return Poll::Ready(Err(e));
+                // EIO comes from reading the file (socket errors are EPIPE, ECONNRESET...).
+                Err(e) if e.raw_os_error() == Some(crate::sys::EIO) => {
+                    return self.read_failed(cx, &job, max, e)
                 }
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    /// Count `n` more bytes of `job` as sent.
+    fn advance(&mut self, job: &SendJob, n: usize) -> usize {
+        let sent = job.sent.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+        if sent >= job.len {
+            self.cork(false); // pushes the tail out now
+        }
+        n
+    }
+
+    /// Reading the job's file failed: a followed image continues from its fallback (the
+    /// job's rescue); anything else fails the connection, reporting the disk error.
+    fn read_failed(
+        &mut self,
+        cx: &mut Context<'_>,
+        job: &Arc<SendJob>,
+        max: usize,
+        error: io::Error,
+    ) -> Poll<io::Result<usize>> {
+        let at = job.start + job.sent.load(Ordering::Acquire);
+        if job.rescue.as_ref().is_some_and(|r| r.start(at)) {
+            tracing::error!(offset = at, error = %error, "cache read failed; continuing from upstream");
+            return self.poll_rescued(cx, job, max);
+        }
+        job.disk_failed(&error);
+        Poll::Ready(Err(error))
+    }
+
+    /// Write up to `max` bytes of `job` from its rescue's fallback instead of the file.
+    fn poll_rescued(
+        &mut self,
+        cx: &mut Context<'_>,
+        job: &Arc<SendJob>,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        let Some(rescue) = job.rescue.as_ref() else {
+            return Poll::Ready(Err(io::Error::other("sendfile: no fallback")));
+        };
+        let sent = job.sent.load(Ordering::Acquire);
+        let max = (job.len - sent).min(max as u64) as usize;
+        let n = ready!(rescue.poll_write(cx, &mut self.socket, job.start + sent, max))?;
+        Poll::Ready(Ok(self.advance(job, n)))
     }
 }
 
@@ -528,7 +575,8 @@ mod tests {
     fn advancing_unsent_placeholder_bytes_poisons_the_connection() {
         let conn = Conn::new(Arc::default());
         let file = Arc::new(tempfile::tempfile().expect("tempfile"));
-        let job = SendJob::new(file, 0..10, Arc::clone(&conn.poisoned), Default::default());
+        let poisoned = Arc::clone(&conn.poisoned);
+        let job = SendJob::new(file, 0..10, poisoned, Default::default(), None);
         let mut chunk = job.chunk(10);
         assert!(is_placeholder(bytes::Buf::chunk(&chunk)));
         job.sent.store(4, Ordering::Release);
