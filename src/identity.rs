@@ -267,8 +267,13 @@ impl Resolver {
         resolved
     }
 
-    /// `identity_resolutions_total{result}`.
-    fn count(&self, resolved: &Resolved, cached: bool) {
+    /// `identity_resolutions_total{result}`; `cached` is `None` when there was nothing to
+    /// resolve (no token, or an ambiguous one: not Keystone's to answer, and not counted, so
+    /// that no client can make Keystone look unreachable).
+    fn count(&self, resolved: &Resolved, cached: Option<bool>) {
+        let Some(cached) = cached else {
+            return;
+        };
         let result = match (resolved, cached) {
             (Resolved::Identity { .. }, true) => "cached",
             (Resolved::Identity { .. }, false) => "keystone",
@@ -280,13 +285,14 @@ impl Resolver {
         }
     }
 
-    /// `resolve` with Keystone, and whether every answer was cached (or another request's).
+    /// `resolve` with Keystone, and whether every answer was cached (or another request's);
+    /// `None` when the request has no token to resolve or an ambiguous one.
     async fn resolve_with(
         &self,
         keystone: &Keystone,
         caller: &HeaderMap,
         lookup: Lookup,
-    ) -> (Resolved, bool) {
+    ) -> (Resolved, Option<bool>) {
         // Two values of a token header reach Glance joined into one (which it refuses);
         // resolving either one alone would be another caller's answer. The exact
         // credentials (every value) key such a request.
@@ -294,25 +300,25 @@ impl Resolver {
             .iter()
             .any(|name| caller.get_all(*name).iter().nth(1).is_some())
         {
-            return (Resolved::Exact, false);
+            return (Resolved::Exact, None);
         }
         let Some(token) = caller
             .get("x-auth-token")
             .or_else(|| caller.get("x-storage-token"))
         else {
-            return (Resolved::Exact, false);
+            return (Resolved::Exact, None);
         };
         let (user, said) = match self.identity(keystone, token, lookup).await {
             (Answer::Valid { identity, .. }, said) => (identity, said),
-            (Answer::Refused, said) => return (Resolved::Refused, said.cached()),
-            (Answer::Unavailable, _) => return (Resolved::Exact, false),
+            (Answer::Refused, said) => return (Resolved::Refused, Some(said.cached())),
+            (Answer::Unavailable, _) => return (Resolved::Exact, Some(false)),
         };
         let Some(service) = caller.get("x-service-token") else {
             let resolved = Resolved::Identity {
                 identity: user.into(),
                 fresh: said.fresh(),
             };
-            return (resolved, said.cached());
+            return (resolved, Some(said.cached()));
         };
         match self.identity(keystone, service, lookup).await {
             (Answer::Valid { identity, .. }, both) => (
@@ -320,10 +326,10 @@ impl Resolver {
                     identity: format!("{user} service {identity}").into(),
                     fresh: said.fresh() && both.fresh(),
                 },
-                said.cached() && both.cached(),
+                Some(said.cached() && both.cached()),
             ),
-            (Answer::Refused, both) => (Resolved::Refused, said.cached() && both.cached()),
-            (Answer::Unavailable, _) => (Resolved::Exact, false),
+            (Answer::Refused, both) => (Resolved::Refused, Some(said.cached() && both.cached())),
+            (Answer::Unavailable, _) => (Resolved::Exact, Some(false)),
         }
     }
 

@@ -170,7 +170,7 @@ impl Metrics {
             identity: counters(
                 &registry,
                 "identity_resolutions_total",
-                "How callers' tokens were resolved for the grants' keys with auth.keystone_url: cached (an identity within auth.identity_cache_ttl), keystone (Keystone asked now), invalid (Keystone refused the token: no grant used), fallback (Keystone unreachable or failing: exact credentials).",
+                "How callers' tokens were resolved for the grants' keys with auth.keystone_url: cached (an identity within auth.identity_cache_ttl), keystone (Keystone asked now), invalid (Keystone refused the token: no grant used), fallback (Keystone unreachable or failing: exact credentials). Requests without a token, or with two values of a token header, have nothing for Keystone to resolve and are not counted.",
                 &["result"],
             ),
             keystone_seconds: registered(

@@ -299,6 +299,10 @@ async fn two_tokens_in_one_request_use_no_identity_grant() {
     let _ = send(&url, "GET", &two, Bytes::new()).await;
     assert!(about(&glance) > before, "Glance asked: no grant used");
     assert_eq!(keystone.asked("junk"), 0, "neither token resolved alone");
+    // Nothing for Keystone to answer, here or without a token: not counted as Keystone
+    // failing (no client can raise the "Keystone unreachable" alert).
+    let _ = send(&url, "GET", &[], Bytes::new()).await;
+    assert_eq!(resolutions(&proxy, "fallback").await, 0.0);
 }
 
 /// Issue 29, hostile probe A: a token's identity cached as [reader], its roles changed to
