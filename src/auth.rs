@@ -7,7 +7,7 @@
 //! A key is an HMAC with a per-install secret (`Secret`): the grants journal on disk holds
 //! keys, and with noauth's low-entropy headers a bare hash would show who downloaded what.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use ring::hmac;
 
 /// Headers that identify a caller to Glance: every header oslo.context's `from_environ`
@@ -174,14 +174,22 @@ pub struct CallerKey([u8; 32]);
 
 impl CallerKey {
     pub fn of(secret: &Secret, headers: &HeaderMap) -> CallerKey {
+        // The request's headers walked once (not a lookup per name: this runs on every image
+        // request), taken in `IDENTITY_HEADERS` order, each name's values in their order.
+        let mut picked: Vec<(usize, &str, &HeaderValue)> = headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let at = IDENTITY_HEADERS.binary_search(&name.as_str()).ok()?;
+                Some((at, name.as_str(), value))
+            })
+            .collect();
+        picked.sort_by_key(|(at, _, _)| *at);
         let mut h = hmac::Context::with_key(&secret.0);
-        for name in IDENTITY_HEADERS {
-            for value in headers.get_all(name) {
-                h.update(name.as_bytes());
-                h.update(&[0]);
-                h.update(value.as_bytes());
-                h.update(&[0]);
-            }
+        for (_, name, value) in picked {
+            h.update(name.as_bytes());
+            h.update(&[0]);
+            h.update(value.as_bytes());
+            h.update(&[0]);
         }
         CallerKey::from_tag(h.sign())
     }
@@ -265,6 +273,44 @@ mod tests {
         assert_eq!(a, a2, "the request id does not change who is asking");
         assert_ne!(a, b);
         assert_ne!(a, forged, "identity headers are part of the key");
+    }
+
+    /// The key is computed in one walk of the request's headers; it is the HMAC of the
+    /// identity headers in `IDENTITY_HEADERS` order, each name's values in their order,
+    /// whatever order the request sent the names in (journals written before keep matching).
+    #[test]
+    fn a_caller_key_follows_the_identity_headers_order_not_the_requests() {
+        let sent = [
+            ("x-roles", "member"),
+            ("user-agent", "curl"),
+            ("x-auth-token", "t1"),
+            ("x-roles", "reader"),
+            ("openstack-system-scope", "all"),
+        ];
+        let mut reversed = sent;
+        reversed.reverse();
+        // The same names, x-roles' values kept in their order.
+        let reordered = [sent[4], sent[2], sent[0], sent[1], sent[3]];
+        let mut h = hmac::Context::with_key(&secret().0);
+        for (name, value) in [
+            ("openstack-system-scope", "all"),
+            ("x-auth-token", "t1"),
+            ("x-roles", "member"),
+            ("x-roles", "reader"),
+        ] {
+            let parts: [&[u8]; 4] = [name.as_bytes(), &[0], value.as_bytes(), &[0]];
+            for part in parts {
+                h.update(part);
+            }
+        }
+        let expected = CallerKey::from_tag(h.sign());
+        assert_eq!(CallerKey::of(&secret(), &headers(&sent)), expected);
+        assert_eq!(CallerKey::of(&secret(), &headers(&reordered)), expected);
+        assert_ne!(
+            CallerKey::of(&secret(), &headers(&reversed)),
+            expected,
+            "the order of one name's values is part of the key"
+        );
     }
 
     #[test]
