@@ -34,16 +34,6 @@ async fn cached(proxy: &TestProxy, id: &str) {
     support::until(|| proxy.is_cached(id)).await;
 }
 
-/// Requests Glance saw for image `id` from `token` (records, probes, downloads).
-fn asked(glance: &FakeGlance, id: &str, token: &str) -> usize {
-    glance
-        .seen()
-        .iter()
-        .filter(|s| s.path_and_query.starts_with(&format!("/v2/images/{id}")))
-        .filter(|s| s.headers.get("x-auth-token").is_some_and(|t| t == token))
-        .count()
-}
-
 async fn record_as(proxy: &TestProxy, token: &str) -> Got {
     let url = format!("{}/v2/images/img", proxy.url);
     send(&url, "GET", &[("x-auth-token", token)], Bytes::new()).await
@@ -66,7 +56,7 @@ async fn repeat_hits_within_the_ttl_ask_glance_nothing_and_others_ask() {
 
     assert!(get_as(&proxy, "img", ALICE).await.body == data);
     cached(&proxy, "img").await;
-    let before = asked(&glance, "img", ALICE);
+    let before = glance.asked("img", ALICE);
     for _ in 0..3 {
         let got = get_as(&proxy, "img", ALICE).await;
         assert_eq!(got.status, 200);
@@ -83,7 +73,7 @@ async fn repeat_hits_within_the_ttl_ask_glance_nothing_and_others_ask() {
     assert_eq!(ranged.status, 206);
     assert_eq!(ranged.body, data.slice(10..20));
     assert_eq!(
-        asked(&glance, "img", ALICE),
+        glance.asked("img", ALICE),
         before,
         "no request to Glance within the TTL"
     );
@@ -93,7 +83,7 @@ async fn repeat_hits_within_the_ttl_ask_glance_nothing_and_others_ask() {
     // remembered on its own.
     let got = get_as(&proxy, "img", BOB).await;
     assert!(got.body == data);
-    assert_eq!(asked(&glance, "img", BOB), 1);
+    assert_eq!(glance.asked("img", BOB), 1);
     assert_eq!(decisions(&proxy, "allowed").await, 1.0);
     // The same token with another identity header is another identity.
     let forged = send(
@@ -115,15 +105,11 @@ async fn with_no_ttl_every_hit_asks_glance() {
     let proxy = TestProxy::start_with_admin(config(&[&glance.url], "")).await;
     assert!(get_as(&proxy, "img", ALICE).await.body == data);
     cached(&proxy, "img").await;
-    let before = asked(&glance, "img", ALICE);
+    let before = glance.asked("img", ALICE);
     for _ in 0..3 {
         assert!(get_as(&proxy, "img", ALICE).await.body == data);
     }
-    assert_eq!(
-        asked(&glance, "img", ALICE),
-        before + 3,
-        "one question each"
-    );
+    assert_eq!(glance.asked("img", ALICE), before + 3, "one question each");
     let probes = glance
         .seen()
         .iter()
@@ -151,19 +137,15 @@ async fn refusals_are_never_remembered() {
     });
     for round in 1..=3 {
         assert_eq!(get_as(&proxy, "img", BOB).await.status, 401);
-        assert_eq!(
-            asked(&glance, "img", BOB),
-            round,
-            "each refusal was Glance's"
-        );
+        assert_eq!(glance.asked("img", BOB), round, "each refusal was Glance's");
     }
     assert_eq!(decisions(&proxy, "denied").await, 3.0);
     // Allowed again: Glance is asked, and then Bob's own grant stands.
     glance.set_faults(Faults::default());
     assert!(get_as(&proxy, "img", BOB).await.body == data);
-    assert_eq!(asked(&glance, "img", BOB), 4);
+    assert_eq!(glance.asked("img", BOB), 4);
     assert!(get_as(&proxy, "img", BOB).await.body == data);
-    assert_eq!(asked(&glance, "img", BOB), 4);
+    assert_eq!(glance.asked("img", BOB), 4);
 }
 
 #[tokio::test]
@@ -199,10 +181,10 @@ async fn alice_must_ask_again(glance: &FakeGlance, proxy: &TestProxy, data: &Byt
         "{why}: Bob refills"
     );
     cached(proxy, "img").await;
-    let before = asked(glance, "img", ALICE);
+    let before = glance.asked("img", ALICE);
     assert!(get_as(proxy, "img", ALICE).await.body == *data);
     assert!(
-        asked(glance, "img", ALICE) > before,
+        glance.asked("img", ALICE) > before,
         "{why}: Alice asked again"
     );
 }
@@ -337,7 +319,7 @@ async fn a_probe_that_refuses_while_the_record_fails_ends_the_grant() {
     // A first hit with a grace asks both (a record to keep): the probe's refusal is the
     // answer, not the record's failure.
     assert_eq!(get_as(&proxy, "img", "token-carol").await.status, 403);
-    assert_eq!(asked(&glance, "img", "token-carol"), 2, "record and probe");
+    assert_eq!(glance.asked("img", "token-carol"), 2, "record and probe");
     glance.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(get_as(&proxy, "img", BOB).await.status, 502);
@@ -452,9 +434,9 @@ async fn a_first_hit_keeps_the_callers_record_for_the_grace() {
     let data = pattern(1 << 20, 16);
     let proxy = TestProxy::start(config(&[&glance.url], GRACE)).await;
     alice_and_bob_download(&glance, &proxy, &data).await;
-    assert_eq!(asked(&glance, "img", BOB), 2, "record and probe");
+    assert_eq!(glance.asked("img", BOB), 2, "record and probe");
     assert!(get_as(&proxy, "img", BOB).await.body == data);
-    assert_eq!(asked(&glance, "img", BOB), 3, "then the probe alone");
+    assert_eq!(glance.asked("img", BOB), 3, "then the probe alone");
     glance.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let got = record_as(&proxy, BOB).await;

@@ -23,16 +23,6 @@ async fn get_as(proxy: &TestProxy, id: &str, token: &str) -> Got {
     send(&url, "GET", &[("x-auth-token", token)], Bytes::new()).await
 }
 
-/// Requests Glance saw about image `id` with `token`.
-fn asked(glance: &FakeGlance, id: &str, token: &str) -> usize {
-    glance
-        .seen()
-        .iter()
-        .filter(|s| s.path_and_query.starts_with(&format!("/v2/images/{id}")))
-        .filter(|s| s.headers.get("x-auth-token").is_some_and(|t| t == token))
-        .count()
-}
-
 async fn cached(proxy: &TestProxy, id: &str) {
     support::until(|| proxy.is_cached(id)).await;
 }
@@ -64,14 +54,14 @@ async fn a_renewed_token_of_the_same_identity_uses_the_grant() {
     let (glance, keystone, proxy, image) = setup("grant_ttl = \"60s\"\n").await;
     let got = get_as(&proxy, "img", "alice-2").await;
     assert!(got.status == 200 && got.body == image);
-    assert_eq!(asked(&glance, "img", "alice-2"), 0, "Glance not asked");
+    assert_eq!(glance.asked("img", "alice-2"), 0, "Glance not asked");
     let got = get_as(&proxy, "img", "alice-2").await;
     assert_eq!(got.status, 200);
     assert_eq!(keystone.asked("alice-2"), 1, "validated once, then cached");
     let got = get_as(&proxy, "img", "bob-1").await;
     assert_eq!(got.status, 200);
     assert!(
-        asked(&glance, "img", "bob-1") > 0,
+        glance.asked("img", "bob-1") > 0,
         "another identity asks Glance"
     );
     // alice-1, alice-2, bob-1 asked; alice-2's second request cached.
@@ -168,7 +158,7 @@ async fn with_keystone_down_too_the_granted_token_is_served_on_its_own_credentia
     let (glance, keystone, proxy, image) = setup(auth).await;
     // alice-2 is served on the identity's grant, never granted by Glance itself.
     assert_eq!(get_as(&proxy, "img", "alice-2").await.status, 200);
-    assert_eq!(asked(&glance, "img", "alice-2"), 0);
+    assert_eq!(glance.asked("img", "alice-2"), 0);
     glance.stop();
     keystone.stop();
     until_refused(&proxy, "alice-2").await;
@@ -215,20 +205,20 @@ async fn keystone_failing_or_unreachable_falls_back_to_the_exact_credentials() {
     // Not resolved: keyed by the exact credentials, which Glance has not granted; asks Glance.
     assert_eq!(get_as(&proxy, "img", "alice-2").await.status, 200);
     assert!(
-        asked(&glance, "img", "alice-2") > 0,
+        glance.asked("img", "alice-2") > 0,
         "no widening: Glance asked"
     );
     keystone.stop();
-    let before = asked(&glance, "img", "alice-2");
+    let before = glance.asked("img", "alice-2");
     assert_eq!(get_as(&proxy, "img", "alice-2").await.status, 200);
     assert_eq!(
-        asked(&glance, "img", "alice-2"),
+        glance.asked("img", "alice-2"),
         before,
         "its own exact credentials' grant"
     );
     let got = get_as(&proxy, "img", "bob-1").await;
     assert_eq!(got.status, 200);
-    assert!(asked(&glance, "img", "bob-1") > 0);
+    assert!(glance.asked("img", "bob-1") > 0);
     assert!(resolutions(&proxy, "fallback").await >= 3.0);
 }
 
@@ -265,7 +255,7 @@ async fn an_unreachable_keystone_is_not_asked_by_every_request() {
     assert_eq!(get_as(&proxy, "img", "bob-1").await.status, 200);
     assert_eq!(keystone.asked("bob-1"), 0, "Keystone asked again at once");
     assert!(
-        asked(&glance, "img", "bob-1") > 0,
+        glance.asked("img", "bob-1") > 0,
         "no widening: Glance asked"
     );
     assert!(resolutions(&proxy, "fallback").await >= 2.0);
@@ -347,11 +337,7 @@ async fn a_grant_is_not_kept_under_an_identity_from_the_cache_that_keystone_no_l
     glance.set_faults(deny(Some(403)));
     let got = get_as(&proxy, "img", "carol-3").await;
     assert!(got.status == 200 && got.body == image, "{}", got.status);
-    assert_eq!(
-        asked(&glance, "img", "carol-3"),
-        0,
-        "on the identity's grant"
-    );
+    assert_eq!(glance.asked("img", "carol-3"), 0, "on the identity's grant");
 }
 
 /// Issue 29, hostile probe B: a Keystone that accepts and never answers holds a request up
@@ -370,7 +356,7 @@ async fn a_hung_keystone_holds_a_request_up_for_keystone_timeout_only() {
         "waited {:?} for Keystone",
         started.elapsed()
     );
-    assert!(asked(&glance, "img", "alice-7") > 0, "Glance asked");
+    assert!(glance.asked("img", "alice-7") > 0, "Glance asked");
     assert!(resolutions(&proxy, "fallback").await >= 1.0);
     // Within RETRY_AFTER: not asked again, the exact credentials at once.
     let started = tokio::time::Instant::now();

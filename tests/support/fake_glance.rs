@@ -250,6 +250,17 @@ impl FakeGlance {
         self.state.seen.lock().expect("seen lock").clone()
     }
 
+    /// Requests seen about image `id` (records, probes, downloads) with `token` as their
+    /// `X-Auth-Token`.
+    pub fn asked(&self, id: &str, token: &str) -> usize {
+        let about = format!("/v2/images/{id}");
+        self.seen()
+            .iter()
+            .filter(|s| s.path_and_query.starts_with(&about))
+            .filter(|s| s.headers.get("x-auth-token").is_some_and(|t| t == token))
+            .count()
+    }
+
     /// Requests of `method` whose head arrived (whether or not their body ever ended).
     pub fn heads(&self, method: &str) -> usize {
         let heads = self.state.heads.lock().expect("heads lock");
