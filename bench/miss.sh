@@ -2,7 +2,8 @@
 # Cold-miss benchmark against a real Glance (its own cache off), release build, one run
 # (issue 16):
 #  - one-core SHA-512 rate of this build's own `Digests` over the image's bytes
-#    (cargo bench --bench hashrate -- --file), GB per CPU-second of the hashing thread;
+#    (cargo bench --bench hashrate -- --file), GB per CPU-second of the hashing thread,
+#    once per round between the misses (the anchor follows the machine), median;
 #  - Glance's direct download rate;
 #  - the proxy's cold-miss rate and its CPU-seconds per GB of miss (utime+stime of the
 #    process, from the request until the entry is committed), ROUNDS rounds, the entry dropped
@@ -16,14 +17,19 @@
 #  - READERS (default 8) clients asking for the cold image at once, ROUNDS rounds: one
 #    upstream download; the wall time until all are done and the proxy's CPU-seconds per GB
 #    served (the coalesced readers of a miss, issue 30 point 3);
+#  - who pays for each miss: the server's CPU, the client's (curl), Glance's and the whole
+#    machine's (busy time in /proc/stat) over the same window, medians per GB: on loopback the
+#    kernel's TCP work lands on whichever process is running when it happens;
 #  - with BASELINE_BIN=path/to/an/older/glance-cache-proxy, the same for that build in the same
-#    run: its rounds interleave with this build's, the order flipped every round.
+#    run: its rounds interleave with this build's, the order flipped every round (NEW_BIN= puts
+#    another build in this tree's place).
 # Targets (ratios from this one run): miss rate >= 0.75 x min(one-core SHA-512, Glance
 # direct); proxy CPU per GB <= 1.6 x one core's SHA-512 CPU per GB (issue 16); the proxy's CPU
 # per GB beyond one core's SHA-512 <= nginx's whole miss (issue 30).
 #
 #   [BASELINE_BIN=...] bench/miss.sh [IMAGE_MIB] [ROUNDS] [HERD_MIB]   (defaults 1024 3 256)
-# Everything on 127.0.0.1, stopped on exit. Prints markdown tables; exits 1 if the herd made
+# On a VM with free page reporting, memory is settled first (bench/settle-memory.sh; SETTLE=0
+# skips it). Everything on 127.0.0.1, stopped on exit. Prints markdown tables; exits 1 if the herd made
 # more than one upstream download or a body was wrong.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,7 +40,7 @@ HERD_MIB=${3:-256}
 HERD=64
 READERS=${READERS:-8}
 LAUNCHER=scripts/glance-upstream/glance-upstream.sh
-NEW_BIN=target/release/glance-cache-proxy
+NEW_BIN=${NEW_BIN:-target/release/glance-cache-proxy}
 
 work=$(mktemp -d /tmp/gcp-bench-miss.XXXXXX)
 gdata=$work/glance pids=()
@@ -44,12 +50,15 @@ cleanup() {
     wait 2>/dev/null || true
     GLANCE_CACHE=0 "$LAUNCHER" stop "$gdata" >/dev/null 2>&1 || true
     rm -rf "$work"
+    restore_memory
 }
+source bench/settle-memory.sh
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 median() { sort -g | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 calc() { awk "BEGIN{printf \"%.2f\", $1}"; }
+rounds() { awk '{printf "%s%s %s", (NR > 1 ? "; " : ""), $1, $2}' "$1"; }
 
 cargo build --release --locked --bin glance-cache-proxy >&2
 if ! command -v nginx >/dev/null; then
@@ -59,7 +68,7 @@ fi
 load_before=$(uptime)
 
 gport=$(free_port)
-glance=$(GLANCE_CACHE=0 "$LAUNCHER" start "$gport" "$gdata" | awk '{print $2}')
+read -r glance_pid glance < <(GLANCE_CACHE=0 "$LAUNCHER" start "$gport" "$gdata")
 upload() { # MIB FILE -> image id
     local id
     id=$(curl -sf -X POST -H 'X-Auth-Token: noauth' -H 'Content-Type: application/json' \
@@ -77,11 +86,13 @@ bytes=$((IMAGE_MIB << 20))
 gb=$(calc "$bytes / 1e9")
 
 # One-core SHA-512 over the image's bytes, this build's `Digests`; checked against Glance's.
-read -r sha_cpu sha_wall sha_hex < <(cargo bench --locked --bench hashrate -- --file "$work/img" 3 2>/dev/null)
+hashrate=$(cargo bench --locked --bench hashrate --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
+[[ -x $hashrate ]] || { echo "FAIL: the hashrate bench did not build" >&2; exit 1; }
+read -r sha_cpu sha_wall sha_hex < <("$hashrate" --file "$work/img" 1)
 glance_hash=$(curl -sf -H 'X-Auth-Token: noauth' "$glance/v2/images/$a" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["os_hash_value"])')
 [[ $sha_hex == "$glance_hash" ]] || { echo "FAIL: sha512 of the file differs from Glance's" >&2; exit 1; }
-rm -f "$work/img" "$work/herd-img"
+rm -f "$work/herd-img"
 
 # Proxies: "new" (this tree's build) and, with BASELINE_BIN, "base"; each its own cache dir.
 declare -A url pid
@@ -134,22 +145,34 @@ if [[ -n ${BASELINE_BIN:-} ]]; then builds+=(base); start_proxy base "$BASELINE_
 
 cpu_ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
 hz=$(getconf CLK_TCK)
+glance_pids() { echo "$glance_pid $(pgrep -P "$glance_pid" | tr '\n' ' ')"; }
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+TIMEFORMAT='%U %S'
+fetch() { # URL [HEADER] -> "seconds client_cpu_seconds" (curl's own CPU, from bash's time)
+    local out
+    out=$( { time timeout 900 curl -sf -o /dev/null -w '%{time_total}\n' ${2:+-H "$2"} -H 'X-Auth-Token: noauth' "$1"; } 2>&1 ) || return 1
+    awk 'NR == 1 {t = $1} NR == 2 {printf "%s %.2f\n", t, $1 + $2}' <<< "$out"
+}
+since() { # C0 G0 M0 SERVER_PIDS... -> "server glance machine" CPU-seconds since the marks
+    local c0=$1 g0=$2 m0=$3; shift 3
+    echo "$(calc "($(cpu_ticks "$@") - $c0) / $hz") $(calc "($(cpu_ticks $(glance_pids)) - $g0) / $hz") $(calc "($(busy_ticks) - $m0) / $hz")"
+}
 committed() { for _ in $(seq 1200); do [[ -f $1/images/$2 ]] && return; sleep 0.05; done; echo "not cached" >&2; exit 1; }
-nginx_miss() { # ROUND -> "seconds cpu_seconds" (CPU until its cache file is whole)
-    local c0 t f
+nginx_miss() { # ROUND -> "seconds cpu client glance machine" (CPU until its cache file is whole)
+    local c0 g0 m0 t cl c g m f
     # Same conditions as the proxy, whose entry is dropped before each of its rounds: nginx's
     # cache directory holds no file when its round starts.
     find "$work/nginx-cache" -type f -delete 2>/dev/null || true
     [[ -z $(find "$work/nginx-cache" -type f 2>/dev/null) ]] || { echo "nginx's cache not emptied" >&2; exit 1; }
-    c0=$(cpu_ticks $(nginx_pids))
-    t=$(timeout 900 curl -sf -o /dev/null -w '%{time_total}' -H "X-Round: $1" -H 'X-Auth-Token: noauth' \
-        "http://127.0.0.1:$nport/v2/images/$a/file")
+    c0=$(cpu_ticks $(nginx_pids)) g0=$(cpu_ticks $(glance_pids)) m0=$(busy_ticks)
+    read -r t cl < <(fetch "http://127.0.0.1:$nport/v2/images/$a/file" "X-Round: $1")
     for _ in $(seq 1200); do   # the cache file: a header, then the image
         f=$(find "$work/nginx-cache" -type f -size +"$((bytes / 1024))"k | head -1)
         [[ -n $f ]] && break; sleep 0.05
     done
     [[ -n $f ]] || { echo "nginx did not cache the image" >&2; exit 1; }
-    echo "$t $(calc "($(cpu_ticks $(nginx_pids)) - $c0) / $hz")"
+    read -r c g m < <(since "$c0" "$g0" "$m0" $(nginx_pids))
+    echo "$t $c $cl $g $m"
 }
 drop() { # NAME ID: through the cache API, then wait for the file to go
     curl -sf -o /dev/null -X DELETE -H 'X-Auth-Token: noauth' "${url[$1]}/v2/cache/$2"
@@ -159,19 +182,24 @@ drop() { # NAME ID: through the cache API, then wait for the file to go
 direct() { # -> seconds
     timeout 900 curl -sf -o /dev/null -w '%{time_total}' -H 'X-Auth-Token: noauth' "$glance/v2/images/$a/file"
 }
-miss() { # NAME -> "seconds cpu_seconds" (CPU until the entry is committed)
-    local c0 t
-    c0=$(cpu_ticks "${pid[$1]}")
-    t=$(timeout 900 curl -sf -o /dev/null -w '%{time_total}' -H 'X-Auth-Token: noauth' "${url[$1]}/v2/images/$a/file")
+miss() { # NAME -> "seconds cpu client glance machine" (CPU until the entry is committed)
+    local c0 g0 m0 t cl c g m
+    c0=$(cpu_ticks "${pid[$1]}") g0=$(cpu_ticks $(glance_pids)) m0=$(busy_ticks)
+    read -r t cl < <(fetch "${url[$1]}/v2/images/$a/file")
     committed "$work/cache-$1" "$a"
-    echo "$t $(calc "($(cpu_ticks "${pid[$1]}") - $c0) / $hz")"
+    read -r c g m < <(since "$c0" "$g0" "$m0" "${pid[$1]}")
+    echo "$t $c $cl $g $m"
     drop "$1" "$a"
 }
 
 : > "$work/direct"; : > "$work/nginx"
 for b_ in "${builds[@]}"; do : > "$work/miss-$b_"; done
+settle_memory
+load_before=$(uptime)
+: > "$work/sha"
 for r in $(seq "$ROUNDS"); do
     direct >> "$work/direct"; echo >> "$work/direct"
+    "$hashrate" --file "$work/img" 1 | awk '{print $1}' >> "$work/sha"
     order=("${builds[@]}")
     if (( r % 2 == 0 )); then order=($(printf '%s\n' "${builds[@]}" | tac)); fi
     for b_ in "${order[@]}"; do miss "$b_" >> "$work/miss-$b_"; done
@@ -203,6 +231,8 @@ for r in $(seq "$ROUNDS"); do
     for b_ in "${order[@]}"; do readers "$b_" >> "$work/readers-$b_"; done
 done
 
+rm -f "$work/img"
+sha_cpu=$(median < "$work/sha")
 t_direct=$(median < "$work/direct")
 direct_gbps=$(calc "$gb / $t_direct")
 min_rate=$(awk -v s="$sha_cpu" -v d="$direct_gbps" 'BEGIN{print (s < d ? s : d)}')
@@ -234,7 +264,7 @@ echo "load before: ${load_before#*load average: }; after: ${load_after#*load ave
 echo
 echo "| anchor (${IMAGE_MIB} MiB) | GB/s | CPU-s per GB |"
 echo "| --- | --- | --- |"
-echo "| SHA-512, one core, this build's \`Digests\` over the image (per CPU-second; wall $sha_wall) | $sha_cpu | $(calc "1 / $sha_cpu") |"
+echo "| SHA-512, one core, this build's \`Digests\` over the image (per CPU-second, median of $ROUNDS, one per round: $(tr '\n' ' ' < "$work/sha")) | $sha_cpu | $(calc "1 / $sha_cpu") |"
 echo "| Glance direct, curl to /dev/null (median of $ROUNDS) | $direct_gbps | |"
 echo
 echo "| cold miss (${IMAGE_MIB} MiB, median of $ROUNDS) | seconds | GB/s | proxy CPU-s per GB | rate / min(SHA-512, direct) (target >= 0.75) | CPU per GB / SHA-512's (target <= 1.6) | rounds: seconds, CPU-s |"
@@ -244,16 +274,29 @@ for b_ in "${builds[@]}"; do
     c=$(awk '{print $2}' "$work/miss-$b_" | median)
     name=$b_; [[ $b_ == base ]] && name="baseline ($(basename "$BASELINE_BIN"))"
     [[ $b_ == new ]] && name="this build"
-    echo "| $name | $t | $(calc "$gb / $t") | $(calc "$c / $gb") | $(calc "($gb / $t) / $min_rate") | $(calc "($c / $gb) * $sha_cpu") | $(tr '\n' ';' < "$work/miss-$b_" | sed 's/;$//; s/;/; /g') |"
+    echo "| $name | $t | $(calc "$gb / $t") | $(calc "$c / $gb") | $(calc "($gb / $t) / $min_rate") | $(calc "($c / $gb) * $sha_cpu") | $(rounds "$work/miss-$b_") |"
 done
 t=$(awk '{print $1}' "$work/nginx" | median)
 c=$(awk '{print $2}' "$work/nginx" | median)
-echo "| ref: nginx proxy_cache, the same miss with no hashing (recv, cache-file write, sendfile) | $t | $(calc "$gb / $t") | $(calc "$c / $gb") | | | $(tr '\n' ';' < "$work/nginx" | sed 's/;$//; s/;/; /g') |"
+echo "| ref: nginx proxy_cache, the same miss with no hashing (recv, cache-file write, sendfile) | $t | $(calc "$gb / $t") | $(calc "$c / $gb") | | | $(rounds "$work/nginx") |"
 c_new=$(awk '{print $2}' "$work/miss-new" | median)
 echo
-echo "Beyond hashing: this build $(calc "$c_new / $gb - 1 / $sha_cpu") CPU-s per GB (its CPU per GB minus one core's SHA-512's); nginx's whole miss, which hashes nothing, $(calc "$c / $gb"): $(calc "($c_new / $gb - 1 / $sha_cpu) / ($c / $gb)")x nginx's (issue 30's target <= 1.0). The CPU target of issue 16 leaves $(calc "0.6 / $sha_cpu") beyond hashing."
+paired=$(paste "$work/miss-new" "$work/sha" "$work/nginx" | awk -v gb="$gb" '{print ($2 / gb - 1 / $6) / ($8 / gb)}' | median)
+echo "Beyond hashing: this build $(calc "$c_new / $gb - 1 / $sha_cpu") CPU-s per GB (its CPU per GB minus one core's SHA-512's); nginx's whole miss, which hashes nothing, $(calc "$c / $gb"): $(calc "($c_new / $gb - 1 / $sha_cpu) / ($c / $gb)")x nginx's (issue 30's target <= 1.0); round by round (each round's own SHA-512 and nginx miss), median $(calc "$paired")x. The CPU target of issue 16 leaves $(calc "0.6 / $sha_cpu") beyond hashing."
+echo
+echo "| who pays for a miss (median CPU-s per GB, same window) | server | client (curl) | Glance | whole machine | whole machine minus one core's SHA-512 |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for f in "${builds[@]}" nginx; do
+    file=$work/miss-$f; name="this build"
+    [[ $f == base ]] && name="baseline"
+    [[ $f == nginx ]] && file=$work/nginx name="nginx proxy_cache"
+    col() { awk -v k="$1" '{print $k}' "$file" | median; }
+    m=$(calc "$(col 5) / $gb")
+    [[ $f == nginx ]] && beyond="(hashes nothing)" || beyond=$(calc "$m - 1 / $sha_cpu")
+    echo "| $name | $(calc "$(col 2) / $gb") | $(calc "$(col 3) / $gb") | $(calc "$(col 4) / $gb") | $m | $beyond |"
+done
 if [[ -n ${BASELINE_BIN:-} ]]; then
-    paste "$work/miss-new" "$work/miss-base" | awk '{f += ($1 < $3); c += ($2 < $4)} END {
+    paste "$work/miss-new" "$work/miss-base" | awk '{f += ($1 < $6); c += ($2 < $7)} END {
         printf "\nThis build vs the baseline, round by round: faster in %d of %d, less CPU in %d of %d.\n", f, NR, c, NR}'
 fi
 echo

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # perf profiles of cold misses through the proxy and through nginx proxy_cache (issue 30),
 # two of each, alternated, each after its cache was emptied; prints per profile: samples
-# (cpu-clock, ns), shares by DSO, self and children by symbol.
+# (cpu-clock, ns), shares by DSO, by thread (the proxy's), self and children by symbol.
 #   bench/perf-miss.sh [MIB]   (default 512; a real Glance, cache off; 127.0.0.1; root for perf)
+# Memory is settled first on a VM with free page reporting (bench/settle-memory.sh; SETTLE=0
+# skips it).
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export GLANCE_VENV=$HOME/.cache/glance-cache-proxy/glance-venv
@@ -12,7 +14,8 @@ LAUNCHER=scripts/glance-upstream/glance-upstream.sh
 work=$(mktemp -d /tmp/gcp-perfmiss.XXXXXX); gdata=$work/glance; pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [[ -s $work/nginx.pid ]] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null; wait 2>/dev/null || true
-  GLANCE_CACHE=0 "$LAUNCHER" stop "$gdata" >/dev/null 2>&1 || true; rm -rf "$work"; }
+  GLANCE_CACHE=0 "$LAUNCHER" stop "$gdata" >/dev/null 2>&1 || true; rm -rf "$work"; restore_memory; }
+source bench/settle-memory.sh
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -42,7 +45,8 @@ http { access_log off; sendfile on; tcp_nopush on;
 NGINX
 nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
 for _ in $(seq 50); do [[ -s $work/nginx.pid ]] && break; sleep 0.1; done
-worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+worker=$(pgrep -f "nginx: worker" -P "$(cat "$work/nginx.pid")" | head -1)
+settle_memory
 # warm-up rounds (one each), then the profiled ones
 curl -sf -o /dev/null -H 'X-Auth-Token: noauth' "http://127.0.0.1:$pport/v2/images/$id/file"
 sleep 1; curl -sf -o /dev/null -X DELETE -H 'X-Auth-Token: noauth' "http://127.0.0.1:$pport/v2/cache/$id"; sleep 1
@@ -63,10 +67,11 @@ for r in 1 2; do
     perf report -i "$work/$w$r.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v "^#" | grep "%" | head -25 > "$work/$w$r-self.txt"
     perf report -i "$work/$w$r.data" --children --sort sym --stdio -g none 2>/dev/null | grep -v "^#" | grep "%" | head -40 > "$work/$w$r-children.txt"
     perf report -i "$work/$w$r.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v "^#" | grep "%" | head -12 > "$work/$w$r-dso.txt"
+    perf report -i "$work/$w$r.data" --no-children --sort pid,dso --stdio -g none 2>/dev/null | grep -v "^#" | grep "%" | head -12 > "$work/$w$r-threads.txt"
     perf report -i "$work/$w$r.data" --stdio --sort comm 2>/dev/null | grep -E "samples|Event count" | head -3 > "$work/$w$r-count.txt"
   done
 done
 for r in 1 2; do for w in proxy nginx; do
-  echo "== $w, round $r: $(cat "$work/$w$r-count.txt")"; echo "-- by DSO"; cat "$work/$w$r-dso.txt"
+  echo "== $w, round $r: $(cat "$work/$w$r-count.txt")"; echo "-- by DSO"; cat "$work/$w$r-dso.txt"; echo "-- by thread and DSO"; cat "$work/$w$r-threads.txt"
   echo "-- self"; head -12 "$work/$w$r-self.txt"; echo "-- children"; head -25 "$work/$w$r-children.txt"
 done; done
