@@ -301,10 +301,6 @@ mod tests {
     use std::sync::Mutex;
 
     use http_body_util::BodyExt;
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    use tokio::io::AsyncReadExt;
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 253) as u8).collect()
@@ -395,44 +391,24 @@ mod tests {
     /// Serve `follow` over `spans` on a zero-copy connection (hyper as the server runs it)
     /// and return what the client received after the head, and whether it ended cleanly.
     async fn serve_zero_copy(spans: Cut, fallback: Option<Fallback>) -> (Vec<u8>, bool) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let size = spans.size;
         let conn = sendfile::Conn::new(Arc::default());
-        let parts = Arc::new(Mutex::new(Some((spans, fallback))));
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let io = sendfile::SendfileIo::new(tcp, Arc::clone(&conn));
-            let service = service_fn(move |_req| {
-                let taken = parts.lock().expect("lock").take();
-                let (spans, fallback) = taken.expect("one request");
-                let conn = Some(Arc::clone(&conn));
-                let body = follow(spans, 0..size, fallback, Hooks::default(), conn);
+        let server = Arc::clone(&conn);
+        let raw = sendfile::testing::serve_one(
+            conn,
+            |b| {
+                b.writev(true).max_buf_size(READ_CHUNK);
+            },
+            move || {
+                let body = follow(spans, 0..size, fallback, Hooks::default(), Some(server));
                 let mut resp = http::Response::new(body);
                 resp.headers_mut()
                     .insert(http::header::CONTENT_LENGTH, size.into());
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            let mut builder = http1::Builder::new();
-            builder.writev(true).max_buf_size(READ_CHUNK);
-            let _ = builder.serve_connection(TokioIo::new(io), service).await;
-        });
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        tokio::io::AsyncWriteExt::write_all(
-            &mut s,
-            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                resp
+            },
         )
-        .await
-        .expect("request");
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw).await;
-        let at = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a head");
-        let body = raw[at + 4..].to_vec();
+        .await;
+        let body = sendfile::testing::body_of(&raw).to_vec();
         let whole = body.len() as u64 == size;
         (body, whole)
     }

@@ -473,16 +473,75 @@ impl<S: Socket> AsyncWrite for SendfileIo<S> {
     }
 }
 
+/// Test support shared by this module's tests and `body::follow`'s: one request served by
+/// hyper on a zero-copy connection.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
+
+    use http_body::Body;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{Conn, SendfileIo};
+
+    /// Serve one `GET` over a `SendfileIo` for `conn`, the server set up by `configure` and
+    /// answering with `respond`'s response; everything the client received (head and body)
+    /// until the connection closed.
+    pub(crate) async fn serve_one<B, F>(
+        conn: Arc<Conn>,
+        configure: impl FnOnce(&mut http1::Builder) + Send + 'static,
+        respond: F,
+    ) -> Vec<u8>
+    where
+        F: FnOnce() -> http::Response<B> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let respond = Arc::new(Mutex::new(Some(respond)));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let io = SendfileIo::new(tcp, conn);
+            let service = service_fn(move |_req| {
+                let respond = respond.lock().expect("lock").take();
+                let resp = respond.expect("one request")();
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let mut builder = http1::Builder::new();
+            configure(&mut builder);
+            let _ = builder.serve_connection(TokioIo::new(io), service).await;
+        });
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        raw
+    }
+
+    /// The body of a response `serve_one` returned: what follows the head (empty without one).
+    pub(crate) fn body_of(raw: &[u8]) -> &[u8] {
+        match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(at) => &raw[at + 4..],
+            None => &[],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
 
-    use http_body_util::BodyExt;
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    use tokio::io::AsyncReadExt;
+    use testing::body_of;
 
     /// Serve one hit of a file of 0xAB bytes through `SendfileIo` with the given write
     /// strategy; return what the client received (head and body).
@@ -494,42 +553,18 @@ mod tests {
             crate::sys::advise_dont_need(&file, 0, 0).expect("dontneed");
         }
         let file = Arc::new(file);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let conn = Conn::new(Arc::default());
         let (poisoned, counters) = (Arc::clone(&conn.poisoned), Arc::clone(&conn.counters));
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let io = SendfileIo::new(tcp, Arc::clone(&conn));
-            let service = service_fn(move |_req| {
-                let body = conn.body(Arc::clone(&file), 0..len as u64, Default::default());
-                async move {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(body.boxed_unsync()))
-                }
-            });
-            let mut builder = http1::Builder::new();
-            builder.writev(writev);
-            let _ = builder.serve_connection(TokioIo::new(io), service).await;
-        });
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        tokio::io::AsyncWriteExt::write_all(
-            &mut s,
-            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        let server = Arc::clone(&conn);
+        let got = testing::serve_one(
+            conn,
+            move |b| {
+                b.writev(writev);
+            },
+            move || http::Response::new(server.body(file, 0..len as u64, Default::default())),
         )
-        .await
-        .expect("request");
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got).await;
+        .await;
         (got, poisoned.load(Ordering::Acquire), counters.warmed())
-    }
-
-    fn body_of(raw: &[u8]) -> &[u8] {
-        match raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(at) => &raw[at + 4..],
-            None => &[],
-        }
     }
 
     #[tokio::test]
