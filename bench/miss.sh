@@ -59,13 +59,13 @@ now() { date +%s.%N; }
 median() { sort -g | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 calc() { awk "BEGIN{printf \"%.2f\", $1}"; }
 rounds() { awk '{printf "%s%s %s", (NR > 1 ? "; " : ""), $1, $2}' "$1"; }
+col() { awk -v k="$1" '{print $k}' "$2" | median; }   # COLUMN FILE -> its median
 
 cargo build --release --locked --bin glance-cache-proxy >&2
 if ! command -v nginx >/dev/null; then
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null
 fi
-load_before=$(uptime)
 
 gport=$(free_port)
 read -r glance_pid glance < <(GLANCE_CACHE=0 "$LAUNCHER" start "$gport" "$gdata")
@@ -290,10 +290,9 @@ for f in "${builds[@]}" nginx; do
     file=$work/miss-$f; name="this build"
     [[ $f == base ]] && name="baseline"
     [[ $f == nginx ]] && file=$work/nginx name="nginx proxy_cache"
-    col() { awk -v k="$1" '{print $k}' "$file" | median; }
-    m=$(calc "$(col 5) / $gb")
+    m=$(calc "$(col 5 "$file") / $gb")
     [[ $f == nginx ]] && beyond="(hashes nothing)" || beyond=$(calc "$m - 1 / $sha_cpu")
-    echo "| $name | $(calc "$(col 2) / $gb") | $(calc "$(col 3) / $gb") | $(calc "$(col 4) / $gb") | $m | $beyond |"
+    echo "| $name | $(calc "$(col 2 "$file") / $gb") | $(calc "$(col 3 "$file") / $gb") | $(calc "$(col 4 "$file") / $gb") | $m | $beyond |"
 done
 if [[ -n ${BASELINE_BIN:-} ]]; then
     paste "$work/miss-new" "$work/miss-base" | awk '{f += ($1 < $6); c += ($2 < $7)} END {

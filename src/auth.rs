@@ -79,8 +79,10 @@ pub fn is_identity_alias(name: &str) -> bool {
     name.contains('_') && is_identity(&name.replace('_', "-"))
 }
 
-/// What the proxy adds about the request itself (set by `upstream::headers`, never the
-/// client's own copies): kept on side requests so Glance logs and links see the same.
+/// Context about the request itself, kept on side requests so Glance logs and links see the
+/// same: the `x-forwarded-*` fields `upstream::headers` sets (never the client's own copies),
+/// and the client's `x-openstack-request-id` as it was forwarded (oslo's request-id middleware
+/// takes a well-formed one as the global request id).
 const CONTEXT_HEADERS: [&str; 4] = [
     "x-forwarded-for",
     "x-forwarded-proto",
